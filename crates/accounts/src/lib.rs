@@ -1,0 +1,143 @@
+//! Users, bearer tokens and balances. Every balance change is a guarded
+//! update plus a ledger row in one transaction, so the ledger always sums to
+//! the balance and the balance never goes below zero (rule 3).
+
+pub mod token;
+
+use commerce_domain::{ChargeAmount, UserId, UserName, MAX_BALANCE};
+use commerce_storage::idempotency::SaveAnswer;
+use commerce_storage::schema::{balance_ledger, users};
+use commerce_storage::{conn, DbPool, StorageError};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error("user not found")]
+    UserNotFound,
+    #[error("the balance would exceed its limit")]
+    BalanceLimit,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Balance {
+    pub user_id: UserId,
+    pub balance: i64,
+}
+
+pub async fn create_user(pool: &DbPool, name: &UserName) -> Result<User, AccountsError> {
+    let mut c = conn(pool).await?;
+    let id: i64 = diesel::insert_into(users::table)
+        .values(users::name.eq(name.as_str()))
+        .returning(users::id)
+        .get_result(&mut c)
+        .await
+        .map_err(StorageError::from)?;
+    Ok(User {
+        id: UserId::from_db(id),
+        name: name.as_str().to_owned(),
+    })
+}
+
+pub async fn user_exists(pool: &DbPool, user: UserId) -> Result<bool, AccountsError> {
+    let mut c = conn(pool).await?;
+    let found: Option<i64> = users::table
+        .find(user.get())
+        .select(users::id)
+        .first(&mut c)
+        .await
+        .optional()
+        .map_err(StorageError::from)?;
+    Ok(found.is_some())
+}
+
+pub async fn balance(pool: &DbPool, user: UserId) -> Result<Balance, AccountsError> {
+    let mut c = conn(pool).await?;
+    let amount: Option<i64> = users::table
+        .find(user.get())
+        .select(users::balance)
+        .first(&mut c)
+        .await
+        .optional()
+        .map_err(StorageError::from)?;
+    amount
+        .map(|balance| Balance { user_id: user, balance })
+        .ok_or(AccountsError::UserNotFound)
+}
+
+/// Adds `amount` to the balance. `answer`, when given, is stored in the same
+/// transaction so an idempotent retry replays exactly this result.
+pub async fn charge(
+    pool: &DbPool,
+    user: UserId,
+    amount: ChargeAmount,
+    answer: Option<SaveAnswer<Balance>>,
+) -> Result<Balance, AccountsError> {
+    let mut c = conn(pool).await?;
+    c.transaction(async |tx| {
+        // Guarded update: the bound is checked by the row update itself, so
+        // concurrent charges cannot race past it (the CHECK is the backstop).
+        let updated: Option<i64> = diesel::update(
+            users::table
+                .filter(users::id.eq(user.get()))
+                .filter(users::balance.le(MAX_BALANCE - amount.get())),
+        )
+        .set((
+            users::balance.eq(users::balance + amount.get()),
+            users::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(users::balance)
+        .get_result(tx)
+        .await
+        .optional()
+        .map_err(StorageError::from)?;
+        let Some(new_balance) = updated else {
+            let exists: Option<i64> = users::table
+                .find(user.get())
+                .select(users::id)
+                .first(tx)
+                .await
+                .optional()
+                .map_err(StorageError::from)?;
+            return Err(if exists.is_some() {
+                AccountsError::BalanceLimit
+            } else {
+                AccountsError::UserNotFound
+            });
+        };
+        diesel::insert_into(balance_ledger::table)
+            .values((
+                balance_ledger::user_id.eq(user.get()),
+                balance_ledger::delta.eq(amount.get()),
+                balance_ledger::balance_after.eq(new_balance),
+                balance_ledger::kind.eq("charge"),
+            ))
+            .execute(tx)
+            .await
+            .map_err(StorageError::from)?;
+        let result = Balance {
+            user_id: user,
+            balance: new_balance,
+        };
+        if let Some(answer) = answer {
+            answer.save(tx, &result).await?;
+        }
+        Ok(result)
+    })
+    .await
+}
+
+impl From<diesel::result::Error> for AccountsError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Storage(e.into())
+    }
+}

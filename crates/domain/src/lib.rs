@@ -1,0 +1,177 @@
+//! Domain newtypes. Values are parsed once at the edge (HTTP, config) and are
+//! valid by construction afterwards, so capability code never re-checks them.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The largest balance one user can hold (minor units). Keeps every sum far
+/// from `i64` overflow; the database enforces the same bound.
+pub const MAX_BALANCE: i64 = 1_000_000_000_000_000;
+/// The largest single charge (minor units).
+pub const MAX_CHARGE: i64 = 100_000_000_000;
+
+/// Why a raw value was refused. `code` is the stable API error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ParseError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ParseError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+macro_rules! id_type {
+    ($name:ident, $what:literal) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(i64);
+
+        impl $name {
+            /// Ids are positive database keys; anything else cannot name a row.
+            pub fn parse(raw: i64) -> Result<Self, ParseError> {
+                if raw > 0 {
+                    Ok(Self(raw))
+                } else {
+                    Err(ParseError::new("invalid_id", concat!($what, " id must be a positive integer")))
+                }
+            }
+            /// For values read back from the database, which only holds valid ids.
+            pub fn from_db(raw: i64) -> Self {
+                Self(raw)
+            }
+            pub fn get(self) -> i64 {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id_type!(UserId, "user");
+id_type!(ProductId, "product");
+id_type!(CouponId, "coupon");
+id_type!(UserCouponId, "user coupon");
+id_type!(OrderId, "order");
+
+/// A positive amount of money in minor units, bounded by [`MAX_CHARGE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ChargeAmount(i64);
+
+impl ChargeAmount {
+    pub fn parse(raw: i64) -> Result<Self, ParseError> {
+        if raw <= 0 {
+            return Err(ParseError::new("invalid_amount", "amount must be a positive integer"));
+        }
+        if raw > MAX_CHARGE {
+            return Err(ParseError::new(
+                "invalid_amount",
+                format!("amount must be at most {MAX_CHARGE}"),
+            ));
+        }
+        Ok(Self(raw))
+    }
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// A user's display name: trimmed, 1..=64 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct UserName(String);
+
+impl UserName {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(ParseError::new("invalid_name", "name must not be empty"));
+        }
+        if trimmed.chars().count() > Self::MAX_CHARS {
+            return Err(ParseError::new(
+                "invalid_name",
+                format!("name must be at most {} characters", Self::MAX_CHARS),
+            ));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(ParseError::new("invalid_name", "name must not contain control characters"));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// A client-chosen idempotency key: 1..=255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ParseError::new(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_must_be_positive() {
+        assert!(UserId::parse(0).is_err());
+        assert!(UserId::parse(-3).is_err());
+        assert_eq!(UserId::parse(7).map(UserId::get), Ok(7));
+    }
+
+    #[test]
+    fn charge_amount_bounds() {
+        assert_eq!(ChargeAmount::parse(0).map_err(|e| e.code), Err("invalid_amount"));
+        assert!(ChargeAmount::parse(-1).is_err());
+        assert!(ChargeAmount::parse(MAX_CHARGE + 1).is_err());
+        assert_eq!(ChargeAmount::parse(MAX_CHARGE).map(ChargeAmount::get), Ok(MAX_CHARGE));
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(UserName::parse("  kim ").map(UserName::into_inner), Ok("kim".to_owned()));
+        assert!(UserName::parse("   ").is_err());
+        assert!(UserName::parse(&"x".repeat(65)).is_err());
+        assert!(UserName::parse("a\u{0}b").is_err());
+        assert!(UserName::parse(&"가".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse("a b").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
+        assert!(IdempotencyKey::parse("order-1:retry").is_ok());
+    }
+}

@@ -1,0 +1,133 @@
+//! Builds the application once (pool, state, background tasks) and runs the
+//! HTTP server with graceful shutdown.
+
+use crate::config::{Settings, DEV_ADMIN_KEY, DEV_TOKEN_SECRET};
+use crate::error::{self, ApiError};
+use crate::state::AppState;
+use crate::{routes, telemetry};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use commerce_accounts::token::TokenSigner;
+use secrecy::{ExposeSecret, SecretString};
+use std::net::TcpListener;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing_actix_web::TracingLogger;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+/// Creates the database if missing and applies migrations.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let cfg = settings.db_config();
+    commerce_storage::ensure_database(&cfg).await?;
+    let applied = commerce_storage::run_migrations(&cfg).await?;
+    Ok(applied)
+}
+
+impl Application {
+    /// Migrates, builds the shared state and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let applied = migrate(&settings).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied migrations");
+        }
+        let db = commerce_storage::build_pool(&settings.db_config())?;
+        let admin_key = settings.auth.admin_key.clone().unwrap_or_else(|| {
+            tracing::warn!("COMMERCE__AUTH__ADMIN_KEY not set: using the development admin key");
+            SecretString::from(DEV_ADMIN_KEY)
+        });
+        let token_secret = settings.auth.token_secret.clone().unwrap_or_else(|| {
+            tracing::warn!("COMMERCE__AUTH__TOKEN_SECRET not set: using the development token secret");
+            SecretString::from(DEV_TOKEN_SECRET)
+        });
+        let tokens = TokenSigner::new(token_secret.expose_secret().as_bytes(), settings.auth.token_ttl_secs);
+        let state = web::Data::new(AppState {
+            db,
+            tokens,
+            admin_key,
+            metrics: telemetry::metrics_handle(),
+            shutdown: CancellationToken::new(),
+            settings,
+        });
+
+        let listener = TcpListener::bind(&state.settings.http.addr)?;
+        let port = listener.local_addr()?.port();
+        let workers = match state.settings.http.workers {
+            0 => std::thread::available_parallelism().map(usize::from).unwrap_or(2),
+            n => n,
+        };
+        let shared = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(error::json_error))
+                .app_data(web::PathConfig::default().error_handler(error::path_error))
+                .app_data(web::QueryConfig::default().error_handler(error::query_error))
+                .wrap(from_fn(telemetry::observe))
+                .wrap(TracingLogger::default())
+                .configure(routes::configure)
+                .default_service(web::to(not_found))
+        })
+        .workers(workers)
+        .backlog(4096)
+        .shutdown_timeout(state.settings.http.shutdown_timeout_secs)
+        .listen(listener)?
+        .run();
+
+        spawn_background(&state);
+        Ok(Self { port, server, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT or a stop through the handle; in-flight
+    /// requests get `shutdown_timeout_secs` to finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.state.shutdown.cancel();
+        result
+    }
+}
+
+async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::not_found("not_found", "no such route"))
+}
+
+/// Periodic upkeep. Each task ends when the server stops.
+fn spawn_background(state: &web::Data<AppState>) {
+    let st = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            tokio::select! {
+                _ = st.shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let purged = async {
+                let mut c = commerce_storage::conn(&st.db).await?;
+                commerce_storage::idempotency::purge_expired(&mut c, 10_000).await
+            }
+            .await;
+            match purged {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired idempotency keys removed"),
+                Err(e) => tracing::warn!(error = %e, "idempotency purge failed"),
+            }
+        }
+    });
+}

@@ -1,0 +1,162 @@
+//! The HTTP layer's one error type: a status, a stable snake_case `code`, a
+//! message safe to show, and `Retry-After` on every 503.
+
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use commerce_accounts::AccountsError;
+use commerce_domain::ParseError;
+use commerce_storage::StorageError;
+use serde::Serialize;
+use std::fmt;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+    /// Extra fields merged into the body (e.g. a queue position).
+    pub details: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable snake_case error code.
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+            details: None,
+        }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+        e.retry_after = Some(retry_after.max(1));
+        e
+    }
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({ "code": self.code, "message": self.message });
+        if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(map)) = (&self.details, &mut body) {
+            for (k, v) in extra {
+                map.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        body
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status).json(self.body());
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                res.headers_mut().insert(RETRY_AFTER, v);
+            }
+        }
+        res
+    }
+}
+
+impl From<ParseError> for ApiError {
+    fn from(e: ParseError) -> Self {
+        Self::unprocessable(e.code, e.message)
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::PoolExhausted => Self::unavailable("db_busy", "the database is busy, retry shortly", 1),
+            StorageError::Timeout => Self::unavailable("db_timeout", "the database took too long, retry shortly", 1),
+            StorageError::SerializationFailure => Self::unavailable("db_conflict", "a concurrent change won, retry", 1),
+            StorageError::Unavailable(msg) => {
+                tracing::warn!(error = %msg, "database unavailable");
+                Self::unavailable("db_unavailable", "the database is unavailable", 2)
+            }
+            StorageError::NotFound => Self::not_found("not_found", "not found"),
+            other => {
+                tracing::error!(error = %other, "storage error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<AccountsError> for ApiError {
+    fn from(e: AccountsError) -> Self {
+        match e {
+            AccountsError::UserNotFound => Self::not_found("user_not_found", "user not found"),
+            AccountsError::BalanceLimit => {
+                Self::unprocessable("balance_limit_exceeded", "the balance would exceed its limit")
+            }
+            AccountsError::Storage(s) => s.into(),
+        }
+    }
+}
+
+/// JSON body, path and query extractor failures as 4xx JSON errors.
+pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as J;
+    let api = match &err {
+        J::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        ),
+        J::OverflowKnownLength { .. } | J::Overflow { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body too large")
+        }
+        J::Deserialize(e) if e.is_data() => ApiError::unprocessable("invalid_body", format!("invalid body: {e}")),
+        J::Deserialize(e) => ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")),
+        other => ApiError::bad_request("invalid_body", other.to_string()),
+    };
+    api.into()
+}
+
+pub fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    ApiError::bad_request("invalid_path", format!("invalid path parameter: {err}")).into()
+}
+
+pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    ApiError::bad_request("invalid_query", format!("invalid query: {err}")).into()
+}

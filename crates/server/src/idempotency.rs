@@ -1,0 +1,109 @@
+//! `Idempotency-Key` handling for POSTs that change money or stock (rule 5):
+//! claim the key, run the work (which stores its answer in its own
+//! transaction), replay stored answers, refuse mismatches and overlaps.
+
+use crate::error::ApiError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use commerce_domain::{IdempotencyKey, UserId};
+use commerce_storage::idempotency::{self, Begin, Claim, SaveAnswer};
+use commerce_storage::DbPool;
+use serde::Serialize;
+use std::future::Future;
+
+pub const HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Runs `work` at most once per (user, key). Without the header the work just
+/// runs. `canonical_body` is the parsed request body, so formatting changes
+/// do not count as a different request.
+/// `present` turns the capability's result into the response body.
+pub async fn run<D, R, F, Fut>(
+    db: &DbPool,
+    req: &HttpRequest,
+    user: UserId,
+    canonical_body: &serde_json::Value,
+    status: StatusCode,
+    present: fn(&D) -> R,
+    work: F,
+) -> Result<HttpResponse, ApiError>
+where
+    D: 'static,
+    R: Serialize + 'static,
+    F: FnOnce(Option<SaveAnswer<D>>) -> Fut,
+    Fut: Future<Output = Result<D, ApiError>>,
+{
+    let Some(raw) = req.headers().get(HEADER) else {
+        let value = work(None).await?;
+        return Ok(HttpResponse::build(status).json(present(&value)));
+    };
+    let key = raw
+        .to_str()
+        .map_err(|_| ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII"))
+        .and_then(|s| IdempotencyKey::parse(s).map_err(|e| ApiError::bad_request(e.code, e.message)))?;
+    let route = format!("{} {}", req.method(), req.path());
+    let body = serde_json::to_vec(canonical_body).map_err(|_| ApiError::internal())?;
+    let claim = Claim {
+        user_id: user,
+        key,
+        request_hash: idempotency::request_hash(&route, &body),
+    };
+    let begun = {
+        let mut c = commerce_storage::conn(db).await?;
+        idempotency::begin(&mut c, &claim).await?
+    };
+    match begun {
+        Begin::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            Ok(HttpResponse::build(status)
+                .insert_header((REPLAYED_HEADER, "true"))
+                .json(body))
+        }
+        Begin::Mismatch => Err(ApiError::unprocessable(
+            "idempotency_key_mismatch",
+            "this Idempotency-Key was used with a different request",
+        )),
+        Begin::InProgress => {
+            let mut e = ApiError::conflict(
+                "request_in_progress",
+                "a request with this Idempotency-Key is still running",
+            );
+            e.retry_after = Some(1);
+            Err(e)
+        }
+        Begin::Started => {
+            let save = SaveAnswer {
+                claim: claim.clone(),
+                render: Box::new(move |value: &D| {
+                    let body = serde_json::to_value(present(value)).unwrap_or(serde_json::Value::Null);
+                    (status.as_u16(), body)
+                }),
+            };
+            match work(Some(save)).await {
+                Ok(value) => Ok(HttpResponse::build(status).json(present(&value))),
+                Err(err) => {
+                    finish_failed(db, &claim, &err).await;
+                    Err(err)
+                }
+            }
+        }
+    }
+}
+
+/// A refusal about the request (4xx) is the first answer and is kept; an
+/// infrastructure failure frees the key so a retry can do the work.
+async fn finish_failed(db: &DbPool, claim: &Claim, err: &ApiError) {
+    let outcome = async {
+        let mut c = commerce_storage::conn(db).await?;
+        if err.status.is_client_error() {
+            idempotency::complete(&mut c, claim, err.status.as_u16(), &err.body()).await
+        } else {
+            idempotency::release(&mut c, claim).await
+        }
+    }
+    .await;
+    if let Err(e) = outcome {
+        // The key stays claimed; it is taken over once it counts as abandoned.
+        tracing::warn!(error = %e, "could not settle idempotency key");
+    }
+}

@@ -1,0 +1,13 @@
+//! The commerce HTTP server: configuration, state, thin handlers.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod idempotency;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Settings;

@@ -1,0 +1,79 @@
+//! The caller's balance: read and charge.
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::idempotency;
+use crate::state::AppState;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use commerce_accounts::Balance;
+use commerce_domain::ChargeAmount;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/me/balance", web::get().to(get_balance))
+        .route("/api/v1/me/balance/charge", web::post().to(charge));
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BalanceBody {
+    user_id: i64,
+    balance: i64,
+}
+
+impl From<&Balance> for BalanceBody {
+    fn from(b: &Balance) -> Self {
+        Self {
+            user_id: b.user_id.get(),
+            balance: b.balance,
+        }
+    }
+}
+
+/// The caller's balance.
+#[utoipa::path(get, path = "/api/v1/me/balance", tag = "balance", security(("bearer" = [])),
+    responses((status = 200, body = BalanceBody), (status = 401, body = ErrorBody)))]
+pub async fn get_balance(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let balance = commerce_accounts::balance(&state.db, user.0).await?;
+    Ok(HttpResponse::Ok().json(BalanceBody::from(&balance)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChargeRequest {
+    /// Minor units, a positive integer. Kept raw so that a fraction, a string
+    /// or an out-of-range number is a 422 `invalid_amount`, not a parse error.
+    #[schema(value_type = i64)]
+    amount: serde_json::Value,
+}
+
+/// Add money to the caller's balance. Send an `Idempotency-Key` to make retries safe.
+#[utoipa::path(post, path = "/api/v1/me/balance/charge", tag = "balance", security(("bearer" = [])),
+    request_body = ChargeRequest, params(("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = BalanceBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn charge(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<ChargeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let amount = body
+        .amount
+        .as_i64()
+        .ok_or_else(|| ApiError::unprocessable("invalid_amount", "amount must be a positive integer"))
+        .and_then(|raw| ChargeAmount::parse(raw).map_err(ApiError::from))?;
+    let canonical = serde_json::json!({ "amount": amount.get() });
+    idempotency::run(
+        &state.db,
+        &req,
+        user.0,
+        &canonical,
+        StatusCode::OK,
+        |b: &Balance| BalanceBody::from(b),
+        |save| async {
+            Ok(commerce_accounts::charge(&state.db, user.0, amount, save).await?)
+        },
+    )
+    .await
+}

@@ -1,0 +1,55 @@
+//! Liveness, readiness (each dependency's state) and Prometheus metrics.
+
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+use std::time::Duration;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// The process answers.
+#[utoipa::path(get, path = "/health/live", tag = "ops", responses((status = 200)))]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready when PostgreSQL answers; optional dependencies that are down make
+/// it `degraded`, still 200.
+#[utoipa::path(get, path = "/health/ready", tag = "ops", responses((status = 200), (status = 503)))]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let db = match tokio::time::timeout(Duration::from_secs(2), commerce_storage::ping(&state.db)).await {
+        Ok(Ok(())) => json!({ "status": "up" }),
+        Ok(Err(e)) => json!({ "status": "down", "error": e.to_string() }),
+        Err(_) => json!({ "status": "down", "error": "timed out" }),
+    };
+    let db_up = db["status"] == "up";
+    let (size, available, waiting) = commerce_storage::pool_status(&state.db);
+    let checks = json!({
+        "database": db,
+        "db_pool": { "size": size, "available": available, "waiting": waiting },
+    });
+    if db_up {
+        HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks }))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "2"))
+            .json(json!({ "status": "unavailable", "code": "not_ready", "message": "database down", "checks": checks }))
+    }
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let (size, available, waiting) = commerce_storage::pool_status(&state.db);
+    metrics::gauge!("db_pool_connections", "state" => "open").set(size as f64);
+    metrics::gauge!("db_pool_connections", "state" => "idle").set(available as f64);
+    metrics::gauge!("db_pool_connections", "state" => "in_use").set(size.saturating_sub(available) as f64);
+    metrics::gauge!("db_pool_waiting").set(waiting as f64);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

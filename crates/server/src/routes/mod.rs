@@ -1,0 +1,15 @@
+//! Route registration, one module per resource.
+
+pub mod balance;
+pub mod health;
+pub mod openapi;
+pub mod users;
+
+use actix_web::web;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    health::configure(cfg);
+    openapi::configure(cfg);
+    users::configure(cfg);
+    balance::configure(cfg);
+}

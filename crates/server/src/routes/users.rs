@@ -1,0 +1,69 @@
+//! Sign-up and admin token minting.
+
+use crate::auth::Admin;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use commerce_domain::{UserId, UserName};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/users", web::post().to(sign_up))
+        .route("/api/v1/auth/token", web::post().to(mint_token));
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignUp {
+    name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SignedUp {
+    id: i64,
+    name: String,
+    token: String,
+}
+
+/// Sign up; the answer carries a bearer token.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = SignUp,
+    responses((status = 201, body = SignedUp), (status = 422, body = ErrorBody)))]
+pub async fn sign_up(state: web::Data<AppState>, body: web::Json<SignUp>) -> Result<HttpResponse, ApiError> {
+    let name = UserName::parse(&body.name)?;
+    let user = commerce_accounts::create_user(&state.db, &name).await?;
+    let token = state.tokens.issue(user.id).map_err(|_| ApiError::internal())?;
+    Ok(HttpResponse::Created().json(SignedUp {
+        id: user.id.get(),
+        name: user.name,
+        token,
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    user_id: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    token: String,
+}
+
+/// Mint a token for an existing user (admin; seeding and load tests).
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "users", request_body = TokenRequest,
+    params(("X-Admin-Key" = String, Header)),
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn mint_token(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<TokenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let user = UserId::parse(body.user_id)?;
+    if !commerce_accounts::user_exists(&state.db, user).await? {
+        return Err(ApiError::not_found("user_not_found", "user not found"));
+    }
+    let token = state.tokens.issue(user).map_err(|_| ApiError::internal())?;
+    Ok(HttpResponse::Ok().json(TokenResponse { token }))
+}

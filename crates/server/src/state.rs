@@ -1,0 +1,18 @@
+//! Application state, built once per process and shared by every worker.
+
+use crate::config::Settings;
+use commerce_accounts::token::TokenSigner;
+use commerce_storage::DbPool;
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+pub struct AppState {
+    pub settings: Settings,
+    pub db: DbPool,
+    pub tokens: TokenSigner,
+    pub admin_key: SecretString,
+    pub metrics: PrometheusHandle,
+    /// Cancelled when the server stops, ending background tasks.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,191 @@
+//! Idempotency keys (rule 5). A key is claimed in its own short statement;
+//! the work's transaction stores the answer in the same commit as its effects,
+//! so a replay never disagrees with what happened.
+
+use crate::schema::idempotency_keys::dsl as ik;
+use crate::StorageError;
+use commerce_domain::{IdempotencyKey, UserId};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use sha2::{Digest, Sha256};
+
+/// Keys are remembered this long (24 h).
+pub const KEY_TTL_SECS: i64 = 24 * 3600;
+/// A claim with no answer after this long belongs to a crashed holder.
+pub const ABANDONED_AFTER_SECS: i64 = 60;
+
+/// Digest of what a key promises to mean: the route and the canonical body.
+pub fn request_hash(route: &str, canonical_body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(route.as_bytes());
+    h.update([0]);
+    h.update(canonical_body);
+    hex::encode(h.finalize())
+}
+
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub user_id: UserId,
+    pub key: IdempotencyKey,
+    pub request_hash: String,
+}
+
+/// What claiming a key found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Begin {
+    /// The caller owns the key and must do the work.
+    Started,
+    /// The first request's answer, to send again.
+    Replay { status: u16, body: serde_json::Value },
+    /// The key was used with another request.
+    Mismatch,
+    /// The first request with this key is still running.
+    InProgress,
+}
+
+#[derive(Queryable)]
+struct Existing {
+    request_hash: String,
+    response_status: Option<i16>,
+    response_body: Option<serde_json::Value>,
+    abandoned: bool,
+    expired: bool,
+}
+
+pub async fn begin(conn: &mut AsyncPgConnection, claim: &Claim) -> Result<Begin, StorageError> {
+    let inserted = diesel::insert_into(ik::idempotency_keys)
+        .values((
+            ik::user_id.eq(claim.user_id.get()),
+            ik::key.eq(claim.key.as_str()),
+            ik::request_hash.eq(&claim.request_hash),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    if inserted == 1 {
+        return Ok(Begin::Started);
+    }
+    let abandoned_sql = format!("locked_at < now() - interval '{ABANDONED_AFTER_SECS} seconds'");
+    let expired_sql = format!("created_at < now() - interval '{KEY_TTL_SECS} seconds'");
+    let found: Option<Existing> = ik::idempotency_keys
+        .filter(ik::user_id.eq(claim.user_id.get()))
+        .filter(ik::key.eq(claim.key.as_str()))
+        .select((
+            ik::request_hash,
+            ik::response_status,
+            ik::response_body,
+            diesel::dsl::sql::<diesel::sql_types::Bool>(&abandoned_sql),
+            diesel::dsl::sql::<diesel::sql_types::Bool>(&expired_sql),
+        ))
+        .first(conn)
+        .await
+        .optional()?;
+    let Some(found) = found else {
+        // Purged between our insert and read: the key is free again.
+        return Box::pin(begin(conn, claim)).await;
+    };
+    let take_over = |reset: bool| async move {
+        let target = ik::idempotency_keys
+            .filter(ik::user_id.eq(claim.user_id.get()))
+            .filter(ik::key.eq(claim.key.as_str()));
+        let n = if reset {
+            diesel::update(target.filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&expired_sql)))
+                .set((
+                    ik::request_hash.eq(&claim.request_hash),
+                    ik::response_status.eq(None::<i16>),
+                    ik::response_body.eq(None::<serde_json::Value>),
+                    ik::locked_at.eq(diesel::dsl::now),
+                    ik::created_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await?
+        } else {
+            diesel::update(
+                target
+                    .filter(ik::response_status.is_null())
+                    .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(&abandoned_sql)),
+            )
+            .set(ik::locked_at.eq(diesel::dsl::now))
+            .execute(conn)
+            .await?
+        };
+        Ok::<_, StorageError>(if n == 1 { Begin::Started } else { Begin::InProgress })
+    };
+    if found.expired {
+        return take_over(true).await;
+    }
+    if found.request_hash != claim.request_hash {
+        return Ok(Begin::Mismatch);
+    }
+    match (found.response_status, found.response_body) {
+        (Some(status), Some(body)) => Ok(Begin::Replay {
+            status: u16::try_from(status).unwrap_or(500),
+            body,
+        }),
+        _ if found.abandoned => take_over(false).await,
+        _ => Ok(Begin::InProgress),
+    }
+}
+
+/// Stores the answer. Call inside the work's transaction for success answers,
+/// or on its own for a business refusal (which changed nothing).
+pub async fn complete(
+    conn: &mut AsyncPgConnection,
+    claim: &Claim,
+    status: u16,
+    body: &serde_json::Value,
+) -> Result<(), StorageError> {
+    diesel::update(
+        ik::idempotency_keys
+            .filter(ik::user_id.eq(claim.user_id.get()))
+            .filter(ik::key.eq(claim.key.as_str())),
+    )
+    .set((
+        ik::response_status.eq(i16::try_from(status).unwrap_or(500)),
+        ik::response_body.eq(body),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Frees a claimed key whose work failed for infrastructure reasons, so a
+/// retry can run it again.
+pub async fn release(conn: &mut AsyncPgConnection, claim: &Claim) -> Result<(), StorageError> {
+    diesel::delete(
+        ik::idempotency_keys
+            .filter(ik::user_id.eq(claim.user_id.get()))
+            .filter(ik::key.eq(claim.key.as_str()))
+            .filter(ik::response_status.is_null()),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes expired keys, a bounded batch at a time; returns how many went.
+pub async fn purge_expired(conn: &mut AsyncPgConnection, batch: i64) -> Result<usize, StorageError> {
+    let n = diesel::sql_query(format!(
+        "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(SELECT ctid FROM idempotency_keys \
+         WHERE created_at < now() - interval '{KEY_TTL_SECS} seconds' LIMIT $1))"
+    ))
+    .bind::<diesel::sql_types::BigInt, _>(batch)
+    .execute(conn)
+    .await?;
+    Ok(n)
+}
+
+/// A stored answer to write inside a capability's transaction: the capability
+/// calls `save` with its result; `render` (from the HTTP layer) turns the
+/// result into the status and body that will be replayed.
+pub struct SaveAnswer<T> {
+    pub claim: Claim,
+    pub render: Box<dyn FnOnce(&T) -> (u16, serde_json::Value) + Send>,
+}
+
+impl<T> SaveAnswer<T> {
+    pub async fn save(self, conn: &mut AsyncPgConnection, result: &T) -> Result<(), StorageError> {
+        let (status, body) = (self.render)(result);
+        complete(conn, &self.claim, status, &body).await
+    }
+}

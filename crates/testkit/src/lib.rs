@@ -1,0 +1,179 @@
+//! Test kit: starts the real server on port 0 against a database of its own
+//! (copied from a migrated template, dropped afterwards) and a Redis key
+//! prefix of its own, so integration tests run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+// pub mod chaos; (added when the proxy lands)
+pub mod db;
+
+use actix_web::dev::ServerHandle;
+use actix_web::web;
+use commerce_server::state::AppState;
+use commerce_server::{Application, Settings};
+use serde_json::Value;
+use std::sync::Arc;
+
+pub use db::TestDb;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+pub const TOKEN_SECRET: &str = "test-token-secret";
+
+/// Base settings for a test instance: port 0, the given database, a unique
+/// Redis prefix, two workers, quiet logs.
+pub fn test_settings(db_url: &str, redis_prefix: &str) -> Settings {
+    let env = [
+        ("COMMERCE__HTTP__ADDR", "127.0.0.1:0"),
+        ("COMMERCE__HTTP__WORKERS", "2"),
+        ("COMMERCE__HTTP__SHUTDOWN_TIMEOUT_SECS", "1"),
+        ("COMMERCE__DATABASE__URL", db_url),
+        ("COMMERCE__DATABASE__POOL_SIZE", "10"),
+        ("COMMERCE__REDIS__KEY_PREFIX", redis_prefix),
+        ("COMMERCE__AUTH__ADMIN_KEY", ADMIN_KEY),
+        ("COMMERCE__AUTH__TOKEN_SECRET", TOKEN_SECRET),
+        ("COMMERCE__LOG__LEVEL", "warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    Settings::load_from(None, env).expect("test settings")
+}
+
+/// One running server instance.
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    pub state: web::Data<AppState>,
+    pub db: Arc<TestDb>,
+    pub redis_prefix: String,
+    handle: ServerHandle,
+}
+
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: i64,
+    pub token: String,
+}
+
+impl TestApp {
+    /// A fresh database, a fresh Redis prefix, default settings.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(customize: impl FnOnce(&mut Settings)) -> Self {
+        let db = Arc::new(TestDb::create().await);
+        let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+        Self::spawn_on(db, &prefix, customize).await
+    }
+
+    /// Another instance sharing this one's database and Redis prefix (a
+    /// second replica behind the balancer).
+    pub async fn sibling(&self, customize: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_on(self.db.clone(), &self.redis_prefix, customize).await
+    }
+
+    pub async fn spawn_on(db: Arc<TestDb>, prefix: &str, customize: impl FnOnce(&mut Settings)) -> Self {
+        init_test_tracing();
+        let mut settings = test_settings(&db.url, prefix);
+        customize(&mut settings);
+        let app = Application::build(settings).await.expect("server builds");
+        let port = app.port();
+        let state = app.state();
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client");
+        Self {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            client,
+            state,
+            db,
+            redis_prefix: prefix.to_owned(),
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn create_user(&self, name: &str) -> TestUser {
+        let res = self
+            .client
+            .post(self.url("/api/v1/users"))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .expect("sign up");
+        assert_eq!(res.status(), 201, "sign up failed");
+        let body: Value = res.json().await.expect("json");
+        TestUser {
+            id: body["id"].as_i64().expect("id"),
+            token: body["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    /// GET with a bearer token; returns status and JSON body (Null if none).
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.expect("request");
+        split(res).await
+    }
+
+    /// POST JSON with optional bearer token and idempotency key.
+    pub async fn post_json(&self, path: &str, token: Option<&str>, key: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut req = self.client.post(self.url(path)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        split(req.send().await.expect("request")).await
+    }
+
+    /// POST as admin.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let res = self
+            .client
+            .post(self.url(path))
+            .header("X-Admin-Key", ADMIN_KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        split(res).await
+    }
+
+    /// Stops accepting, finishing in-flight requests.
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        // Not awaited: the runtime may be shutting down with the test.
+        drop(tokio::spawn(async move { handle.stop(false).await }));
+    }
+}
+
+pub async fn split(res: reqwest::Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await.unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn init_test_tracing() {
+    let level = std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into());
+    commerce_server::telemetry::init_tracing("text", &level);
+}

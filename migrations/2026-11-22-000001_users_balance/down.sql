@@ -1,0 +1,3 @@
+DROP TABLE idempotency_keys;
+DROP TABLE balance_ledger;
+DROP TABLE users;
