@@ -9,6 +9,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use commerce_accounts::token::TokenSigner;
+use commerce_coupons::Coupons;
+use commerce_resilience::{AlertSink, BreakerRegistry, LockConfig, LockManager, RedisClient};
 use secrecy::{ExposeSecret, SecretString};
 use std::net::TcpListener;
 use std::time::Duration;
@@ -46,7 +48,19 @@ impl Application {
             SecretString::from(DEV_TOKEN_SECRET)
         });
         let tokens = TokenSigner::new(token_secret.expose_secret().as_bytes(), settings.auth.token_ttl_secs);
+        let breakers = BreakerRegistry::new(AlertSink::from_url(settings.alerts.webhook_url.as_deref()));
+        for name in commerce_resilience::breaker::STANDARD {
+            breakers.register(name, settings.breaker_config(name));
+        }
+        // Lazy: the server starts (degraded) while Redis is down.
+        let redis = RedisClient::new(&settings.redis_config(), breakers.redis())?;
+        let locks = LockManager::new(redis.clone(), db.clone(), LockConfig::default());
+        let coupons = Coupons::new(db.clone(), redis.clone(), locks.clone(), settings.coupon_config());
         let state = web::Data::new(AppState {
+            breakers,
+            redis,
+            locks,
+            coupons,
             db,
             tokens,
             admin_key,
@@ -110,6 +124,23 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
 
 /// Periodic upkeep. Each task ends when the server stops.
 fn spawn_background(state: &web::Data<AppState>) {
+    let st = state.clone();
+    tokio::spawn(async move {
+        let every = Duration::from_secs(st.settings.coupons.reconcile_interval_secs);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = st.shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match st.coupons.reconcile_open().await {
+                Ok(fixed) if !fixed.is_empty() => tracing::warn!(?fixed, "coupon gates repaired"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "coupon reconciliation skipped"),
+            }
+        }
+    });
     let st = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(300));

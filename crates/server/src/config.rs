@@ -22,6 +22,31 @@ pub struct Settings {
     pub data_platform: UrlSetting,
     pub alerts: AlertSettings,
     pub log: LogSettings,
+    pub breaker: BreakerSettings,
+    pub coupons: CouponSettings,
+}
+
+/// Circuit breaker policy, shared by every dependency's breaker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open a breaker.
+    pub failure_threshold: u32,
+    /// First open period; doubles on each failed probe up to `max_open_ms`.
+    pub open_ms: u64,
+    pub max_open_ms: u64,
+    /// Calls let through at once while half-open.
+    pub half_open_probes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CouponSettings {
+    /// Concurrent PostgreSQL-only issues per instance while Redis is out.
+    pub fallback_concurrency: usize,
+    pub fallback_wait_ms: u64,
+    /// How often open coupons' Redis gates are checked against PostgreSQL.
+    pub reconcile_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +146,17 @@ token_ttl_secs = 86400
 [log]
 format = "text"
 level = "info"
+
+[breaker]
+failure_threshold = 5
+open_ms = 2000
+max_open_ms = 30000
+half_open_probes = 1
+
+[coupons]
+fallback_concurrency = 8
+fallback_wait_ms = 5000
+reconcile_interval_secs = 30
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +221,10 @@ impl Settings {
             ("database.lock_timeout_ms", self.database.lock_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
+            ("breaker.open_ms", self.breaker.open_ms),
+            ("breaker.max_open_ms", self.breaker.max_open_ms),
+            ("coupons.fallback_wait_ms", self.coupons.fallback_wait_ms),
+            ("coupons.reconcile_interval_secs", self.coupons.reconcile_interval_secs),
         ] {
             if v == 0 {
                 return bad(key, "must be greater than 0 (every wait is bounded)".into());
@@ -204,6 +244,15 @@ impl Settings {
                 }
             }
         }
+        if self.breaker.failure_threshold == 0 {
+            return bad("breaker.failure_threshold", "must be at least 1".into());
+        }
+        if self.breaker.half_open_probes == 0 {
+            return bad("breaker.half_open_probes", "must be at least 1".into());
+        }
+        if self.coupons.fallback_concurrency == 0 {
+            return bad("coupons.fallback_concurrency", "must be at least 1".into());
+        }
         if self.auth.token_ttl_secs <= 0 {
             return bad("auth.token_ttl_secs", "must be positive".into());
         }
@@ -211,6 +260,34 @@ impl Settings {
             return bad("log.format", "must be `text` or `json`".into());
         }
         Ok(())
+    }
+
+    pub fn breaker_config(&self, name: &str) -> commerce_resilience::BreakerConfig {
+        let b = &self.breaker;
+        let mut cfg = commerce_resilience::BreakerConfig::for_dependency(name);
+        cfg.failure_threshold = b.failure_threshold;
+        cfg.open_for = Duration::from_millis(b.open_ms);
+        cfg.max_open_for = Duration::from_millis(b.max_open_ms.max(b.open_ms));
+        cfg.half_open_max_probes = b.half_open_probes;
+        if name == commerce_resilience::breaker::REDIS {
+            cfg.call_timeout = Duration::from_millis(self.redis.response_timeout_ms);
+        }
+        cfg
+    }
+
+    pub fn redis_config(&self) -> commerce_resilience::RedisConfig {
+        let mut cfg = commerce_resilience::RedisConfig::with_url(&self.redis.url).key_prefix(&self.redis.key_prefix);
+        cfg.connect_timeout = Duration::from_millis(self.redis.connect_timeout_ms);
+        cfg.response_timeout = Duration::from_millis(self.redis.response_timeout_ms);
+        cfg
+    }
+
+    pub fn coupon_config(&self) -> commerce_coupons::CouponConfig {
+        commerce_coupons::CouponConfig {
+            fallback_concurrency: self.coupons.fallback_concurrency,
+            fallback_wait: Duration::from_millis(self.coupons.fallback_wait_ms),
+            ..Default::default()
+        }
     }
 
     pub fn db_config(&self) -> commerce_storage::DbConfig {

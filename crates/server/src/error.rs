@@ -5,6 +5,7 @@ use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use commerce_accounts::AccountsError;
+use commerce_coupons::CouponError;
 use commerce_domain::ParseError;
 use commerce_storage::StorageError;
 use serde::Serialize;
@@ -159,4 +160,20 @@ pub fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpReques
 
 pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     ApiError::bad_request("invalid_query", format!("invalid query: {err}")).into()
+}
+
+impl From<CouponError> for ApiError {
+    fn from(e: CouponError) -> Self {
+        match e {
+            CouponError::NotFound => Self::not_found("coupon_not_found", "coupon not found"),
+            CouponError::NotOpen(at) => Self::new(StatusCode::FORBIDDEN, "not_open", "the coupon is not open yet")
+                .with_details(serde_json::json!({ "opens_at": at })),
+            CouponError::Expired => Self::new(StatusCode::GONE, "expired", "the coupon has expired"),
+            CouponError::SoldOut => Self::conflict("sold_out", "the coupon is sold out"),
+            CouponError::AlreadyIssued => Self::conflict("already_issued", "the coupon was already issued to you"),
+            CouponError::Busy(why) => Self::unavailable("coupon_busy", why, 1),
+            CouponError::Invalid(p) => p.into(),
+            CouponError::Storage(s) => s.into(),
+        }
+    }
 }

@@ -2,6 +2,8 @@
 
 use crate::config::Settings;
 use commerce_accounts::token::TokenSigner;
+use commerce_coupons::Coupons;
+use commerce_resilience::{BreakerRegistry, LockManager, RedisClient};
 use commerce_storage::DbPool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::SecretString;
@@ -13,6 +15,10 @@ pub struct AppState {
     pub tokens: TokenSigner,
     pub admin_key: SecretString,
     pub metrics: PrometheusHandle,
+    pub breakers: BreakerRegistry,
+    pub redis: RedisClient,
+    pub locks: LockManager,
+    pub coupons: Coupons,
     /// Cancelled when the server stops, ending background tasks.
     pub shutdown: CancellationToken,
 }

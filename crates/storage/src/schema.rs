@@ -37,3 +37,32 @@ diesel::table! {
 
 diesel::joinable!(balance_ledger -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(users, balance_ledger, idempotency_keys);
+
+diesel::table! {
+    coupons (id) {
+        id -> Int8,
+        name -> Text,
+        discount_amount -> Int8,
+        quantity -> Int4,
+        opens_at -> Timestamptz,
+        expires_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    user_coupons (id) {
+        id -> Int8,
+        coupon_id -> Int8,
+        coupon_quantity -> Int4,
+        user_id -> Int8,
+        slot -> Int4,
+        status -> Text,
+        order_id -> Nullable<Int8>,
+        issued_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::joinable!(user_coupons -> coupons (coupon_id));
+diesel::allow_tables_to_appear_in_same_query!(coupons, user_coupons, users);

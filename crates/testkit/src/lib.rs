@@ -3,7 +3,7 @@
 //! prefix of its own, so integration tests run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// pub mod chaos; (added when the proxy lands)
+pub mod chaos;
 pub mod db;
 
 use actix_web::dev::ServerHandle;
@@ -17,6 +17,7 @@ pub use db::TestDb;
 
 pub const ADMIN_KEY: &str = "test-admin-key";
 pub const TOKEN_SECRET: &str = "test-token-secret";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// Base settings for a test instance: port 0, the given database, a unique
 /// Redis prefix, two workers, quiet logs.
@@ -150,6 +151,74 @@ impl TestApp {
             .await
             .expect("request");
         split(res).await
+    }
+
+    /// Inserts `n` users in one statement and signs their tokens locally
+    /// (fast seeding for burst tests).
+    pub async fn seed_users(&self, n: usize) -> Vec<TestUser> {
+        #[derive(diesel::QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            id: i64,
+        }
+        let mut c = self.db.conn().await;
+        let ids: Vec<Id> = diesel_async::RunQueryDsl::load(
+            diesel::sql_query("INSERT INTO users (name) SELECT 'user' || g FROM generate_series(1, $1) g RETURNING id")
+                .bind::<diesel::sql_types::Integer, _>(i32::try_from(n).expect("n")),
+            &mut c,
+        )
+        .await
+        .expect("seed users");
+        let signer = commerce_accounts::token::TokenSigner::new(TOKEN_SECRET.as_bytes(), 3600);
+        ids.into_iter()
+            .map(|r| TestUser {
+                id: r.id,
+                token: signer.issue(commerce_domain::UserId::from_db(r.id)).expect("token"),
+            })
+            .collect()
+    }
+
+    /// POST with a bearer token and no body.
+    pub async fn post_empty(&self, path: &str, token: &str) -> (u16, Value) {
+        let res = self.client.post(self.url(path)).bearer_auth(token).send().await.expect("request");
+        split(res).await
+    }
+
+    /// A Redis connection for assertions and fault injection (keys under
+    /// this app's prefix only: other tests share the server).
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(REDIS_URL)
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// Deletes every key under this app's prefix: the test-scoped
+    /// equivalent of FLUSHALL (a real FLUSHALL would hit parallel tests).
+    pub async fn flush_prefix(&self) -> usize {
+        let mut c = self.redis().await;
+        let pattern = format!("{}*", self.redis_prefix);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .expect("scan");
+            if !keys.is_empty() {
+                deleted += redis::cmd("DEL").arg(&keys).query_async::<usize>(&mut c).await.expect("del");
+            }
+            if next == 0 {
+                return deleted;
+            }
+            cursor = next;
+        }
     }
 
     /// Stops accepting, finishing in-flight requests.

@@ -27,13 +27,29 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         Err(_) => json!({ "status": "down", "error": "timed out" }),
     };
     let db_up = db["status"] == "up";
+    // Redis is optional: its absence degrades, it does not make us unready.
+    let redis = match tokio::time::timeout(Duration::from_millis(500), state.redis.ping()).await {
+        Ok(Ok(())) => json!({ "status": "up" }),
+        Ok(Err(e)) => json!({ "status": "down", "error": e.to_string() }),
+        Err(_) => json!({ "status": "down", "error": "timed out" }),
+    };
+    let redis_up = redis["status"] == "up";
     let (size, available, waiting) = commerce_storage::pool_status(&state.db);
+    let breakers: serde_json::Map<String, serde_json::Value> = state
+        .breakers
+        .snapshot()
+        .into_iter()
+        .map(|b| (b.name.clone(), json!(b.state)))
+        .collect();
     let checks = json!({
         "database": db,
+        "redis": redis,
         "db_pool": { "size": size, "available": available, "waiting": waiting },
+        "breakers": breakers,
     });
     if db_up {
-        HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks }))
+        let status = if redis_up && !breakers.values().any(|s| s != "closed") { "ready" } else { "degraded" };
+        HttpResponse::Ok().json(json!({ "status": status, "checks": checks }))
     } else {
         HttpResponse::ServiceUnavailable()
             .insert_header((actix_web::http::header::RETRY_AFTER, "2"))
@@ -49,6 +65,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     metrics::gauge!("db_pool_connections", "state" => "idle").set(available as f64);
     metrics::gauge!("db_pool_connections", "state" => "in_use").set(size.saturating_sub(available) as f64);
     metrics::gauge!("db_pool_waiting").set(waiting as f64);
+    state.breakers.publish_gauges();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -1,6 +1,8 @@
 //! Route registration, one module per resource.
 
+pub mod admin;
 pub mod balance;
+pub mod coupons;
 pub mod health;
 pub mod openapi;
 pub mod users;
@@ -12,4 +14,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     openapi::configure(cfg);
     users::configure(cfg);
     balance::configure(cfg);
+    coupons::configure(cfg);
+    admin::configure(cfg);
 }

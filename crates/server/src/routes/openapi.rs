@@ -15,6 +15,12 @@ use utoipa::{Modify, OpenApi};
         super::health::live,
         super::health::ready,
         super::health::metrics,
+        super::coupons::issue,
+        super::coupons::mine,
+        super::admin::create_coupon,
+        super::admin::reconcile_coupon,
+        super::admin::breakers,
+        super::admin::control_breaker,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&Security)

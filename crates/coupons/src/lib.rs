@@ -1,0 +1,508 @@
+//! First-come coupon issuing, exact under a peak and without row locks.
+//!
+//! Fast path: one atomic Redis Lua script (the gate) answers duplicate, sold
+//! out, or winner with a numbered slot; only winners write to PostgreSQL,
+//! and their row is committed before the answer. PostgreSQL stays the truth
+//! and the last guard (unique user, unique slot within 1..quantity), so rule 1
+//! holds even when the gate's state is wrong, stale or lost.
+//!
+//! Degraded paths: a missing gate is rebuilt from PostgreSQL under a lock; an
+//! unavailable Redis sends requests to a PostgreSQL-only path behind a
+//! concurrency limit, and the gate is rebuilt before it is trusted again.
+
+pub mod gate;
+mod store;
+
+use chrono::{DateTime, Utc};
+use commerce_domain::{CouponId, ParseError, UserCouponId, UserId};
+use commerce_resilience::{LockManager, RedisClient};
+use commerce_storage::{DbPool, StorageError};
+use gate::{GateAnswer, GateState};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+pub use store::InsertError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CouponError {
+    #[error("coupon not found")]
+    NotFound,
+    #[error("coupon opens at {0}")]
+    NotOpen(DateTime<Utc>),
+    #[error("coupon expired")]
+    Expired,
+    #[error("coupon sold out")]
+    SoldOut,
+    #[error("coupon already issued to this user")]
+    AlreadyIssued,
+    /// Too many requests on the degraded path, or a winner's write failed
+    /// and was given back: retry shortly.
+    #[error("coupon issuing busy: {0}")]
+    Busy(&'static str),
+    #[error(transparent)]
+    Invalid(#[from] ParseError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Coupon {
+    pub id: CouponId,
+    pub name: String,
+    pub discount_amount: i64,
+    pub quantity: i32,
+    pub opens_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A validated coupon definition.
+#[derive(Debug, Clone)]
+pub struct NewCoupon {
+    pub name: String,
+    pub discount_amount: i64,
+    pub quantity: i32,
+    pub opens_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+pub const MAX_QUANTITY: i64 = 10_000_000;
+pub const MAX_DISCOUNT: i64 = 100_000_000_000;
+
+impl NewCoupon {
+    pub fn parse(
+        name: &str,
+        discount_amount: i64,
+        quantity: i64,
+        opens_at: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Self, ParseError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(ParseError::new("invalid_name", "name must be 1 to 100 characters"));
+        }
+        if !(1..=MAX_DISCOUNT).contains(&discount_amount) {
+            return Err(ParseError::new(
+                "invalid_discount",
+                format!("discount_amount must be between 1 and {MAX_DISCOUNT}"),
+            ));
+        }
+        if !(1..=MAX_QUANTITY).contains(&quantity) {
+            return Err(ParseError::new(
+                "invalid_quantity",
+                format!("quantity must be between 1 and {MAX_QUANTITY}"),
+            ));
+        }
+        if expires_at.is_some_and(|e| e <= opens_at) {
+            return Err(ParseError::new("invalid_expiry", "expires_at must be after opens_at"));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            discount_amount,
+            quantity: i32::try_from(quantity).map_err(|_| ParseError::new("invalid_quantity", "quantity too large"))?,
+            opens_at,
+            expires_at,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuedCoupon {
+    pub user_coupon_id: UserCouponId,
+    pub coupon_id: CouponId,
+    pub user_id: UserId,
+    pub discount_amount: i64,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MyCoupon {
+    pub user_coupon_id: UserCouponId,
+    pub coupon_id: CouponId,
+    pub name: String,
+    pub discount_amount: i64,
+    /// `issued`, `used` or `expired`.
+    pub status: String,
+    pub order_id: Option<i64>,
+    pub issued_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What a reconciliation found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileReport {
+    pub coupon_id: CouponId,
+    pub issued_in_database: i64,
+    pub gate_before: Option<GateState>,
+    pub gate_after: GateState,
+    /// Whether the gate disagreed with PostgreSQL and was rewritten.
+    pub repaired: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CouponConfig {
+    /// Concurrent PostgreSQL-only issues per instance while Redis is out.
+    pub fallback_concurrency: usize,
+    /// How long a request waits for a fallback permit before a 503.
+    pub fallback_wait: Duration,
+    /// Bound on waiting for another instance's gate rebuild.
+    pub rebuild_wait: Duration,
+}
+
+impl Default for CouponConfig {
+    fn default() -> Self {
+        Self {
+            fallback_concurrency: 8,
+            fallback_wait: Duration::from_secs(5),
+            rebuild_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The coupon capability. Cheap to clone; built once per process.
+#[derive(Clone)]
+pub struct Coupons {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DbPool,
+    redis: RedisClient,
+    locks: LockManager,
+    config: CouponConfig,
+    fallback: Semaphore,
+    /// Coupons are immutable once created: cache their definitions.
+    defs: RwLock<HashMap<CouponId, Arc<Coupon>>>,
+    /// Coupons this instance issued while the gate was bypassed: their gate
+    /// is rebuilt before it is trusted again.
+    dirty: Mutex<HashSet<CouponId>>,
+    /// Coupons PostgreSQL showed to be fully issued (permanent: rows are
+    /// never deleted).
+    sold_out: RwLock<HashSet<CouponId>>,
+    /// Last (gate users, database rows) seen by the periodic check.
+    drift: Mutex<HashMap<CouponId, (i64, i64)>>,
+}
+
+/// Which path served an issue, for metrics.
+fn count(path: &'static str, outcome: &'static str) {
+    metrics::counter!("coupon_issue_total", "path" => path, "outcome" => outcome).increment(1);
+}
+
+fn lock_poisoned<T>(_: T) -> CouponError {
+    CouponError::Storage(StorageError::Other("lock poisoned".into()))
+}
+
+impl Coupons {
+    pub fn new(db: DbPool, redis: RedisClient, locks: LockManager, config: CouponConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                fallback: Semaphore::new(config.fallback_concurrency.max(1)),
+                db,
+                redis,
+                locks,
+                config,
+                defs: RwLock::default(),
+                dirty: Mutex::default(),
+                sold_out: RwLock::default(),
+                drift: Mutex::default(),
+            }),
+        }
+    }
+
+    pub async fn create(&self, new: &NewCoupon) -> Result<Coupon, CouponError> {
+        let coupon = store::create(&self.inner.db, new).await?;
+        // Prime the gate; if Redis is out the first request rebuilds it.
+        if let Err(e) = self.rebuild(&coupon).await {
+            tracing::info!(coupon = %coupon.id, error = %e, "gate not primed at creation");
+        }
+        Ok(coupon)
+    }
+
+    pub async fn get(&self, id: CouponId) -> Result<Arc<Coupon>, CouponError> {
+        if let Some(c) = self.inner.defs.read().map_err(lock_poisoned)?.get(&id) {
+            return Ok(c.clone());
+        }
+        let coupon = Arc::new(store::find(&self.inner.db, id).await?.ok_or(CouponError::NotFound)?);
+        self.inner.defs.write().map_err(lock_poisoned)?.insert(id, coupon.clone());
+        Ok(coupon)
+    }
+
+    pub async fn mine(&self, user: UserId) -> Result<Vec<MyCoupon>, CouponError> {
+        store::mine(&self.inner.db, user).await
+    }
+
+    /// Issues `coupon` to `user`, first come first served.
+    pub async fn issue(&self, id: CouponId, user: UserId) -> Result<IssuedCoupon, CouponError> {
+        let coupon = self.get(id).await?;
+        let now = Utc::now();
+        if now < coupon.opens_at {
+            return Err(CouponError::NotOpen(coupon.opens_at));
+        }
+        if coupon.expires_at.is_some_and(|e| now >= e) {
+            return Err(CouponError::Expired);
+        }
+        if self.is_dirty(id)? && self.inner.redis.breaker().state() != commerce_resilience::BreakerState::Open {
+            // Back from a Redis outage: rebuild before trusting the gate.
+            if self.rebuild_locked(&coupon).await.is_ok() {
+                self.inner.dirty.lock().map_err(lock_poisoned)?.remove(&id);
+            }
+        }
+        for _ in 0..2 {
+            match gate::issue(&self.inner.redis, id, user, coupon.quantity).await {
+                Ok(GateAnswer::Winner { slot }) => return self.commit_winner(&coupon, user, slot).await,
+                Ok(GateAnswer::AlreadyIssued) => {
+                    if self.confirm_holder(id, user).await? {
+                        count("gate", "already_issued");
+                        return Err(CouponError::AlreadyIssued);
+                    }
+                    // A phantom: the gate counted a winner whose write never
+                    // landed (reply lost, write failed). Forget it and retry.
+                    self.give_back(id, user, true, None).await;
+                }
+                Ok(GateAnswer::SoldOut) => {
+                    count("gate", "sold_out");
+                    return Err(CouponError::SoldOut);
+                }
+                Ok(GateAnswer::NotLoaded) => {
+                    if self.rebuild_locked(&coupon).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(coupon = %id, error = %e, "gate unavailable, using the database path");
+                    self.mark_dirty(id)?;
+                    break;
+                }
+            }
+        }
+        self.issue_in_database(&coupon, user).await
+    }
+
+    /// A gate winner writes its row. The gate is compensated when the
+    /// database refuses, so no unit is lost.
+    async fn commit_winner(&self, coupon: &Coupon, user: UserId, slot: i32) -> Result<IssuedCoupon, CouponError> {
+        let mut c = commerce_storage::conn(&self.inner.db).await;
+        let result = match c.as_mut() {
+            Ok(conn) => store::insert(conn, coupon, user, slot).await,
+            Err(_) => Err(InsertError::Storage(StorageError::PoolExhausted)),
+        };
+        drop(c);
+        match result {
+            Ok(issued) => {
+                count("gate", "issued");
+                Ok(issued)
+            }
+            Err(InsertError::AlreadyIssued) => {
+                // The gate lost track of this holder (rebuilt mid-flight):
+                // keep the user, free the slot.
+                self.give_back(coupon.id, user, false, Some(slot)).await;
+                count("gate", "already_issued");
+                Err(CouponError::AlreadyIssued)
+            }
+            Err(InsertError::SlotTaken) => {
+                // The gate's numbering is stale (state lost, or the database
+                // path issued meanwhile): find a real free slot instead.
+                self.mark_dirty(coupon.id)?;
+                match self.issue_in_database(coupon, user).await {
+                    Err(CouponError::SoldOut) => {
+                        self.give_back(coupon.id, user, true, None).await;
+                        Err(CouponError::SoldOut)
+                    }
+                    other => other,
+                }
+            }
+            Err(InsertError::Storage(e)) => {
+                tracing::warn!(coupon = %coupon.id, user = %user, error = %e, "winner's write failed; unit given back");
+                self.give_back(coupon.id, user, true, Some(slot)).await;
+                count("gate", "write_failed");
+                Err(if e.is_unavailable() {
+                    CouponError::Storage(e)
+                } else {
+                    CouponError::Busy("the coupon could not be recorded, retry")
+                })
+            }
+        }
+    }
+
+    /// "Already issued" is only said when PostgreSQL agrees. The first
+    /// request may still be writing, so a missing row is awaited briefly.
+    async fn confirm_holder(&self, id: CouponId, user: UserId) -> Result<bool, CouponError> {
+        for attempt in 0..6 {
+            if store::holds(&self.inner.db, id, user).await? {
+                return Ok(true);
+            }
+            if attempt < 5 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn give_back(&self, id: CouponId, user: UserId, forget_user: bool, slot: Option<i32>) {
+        if let Err(e) = gate::give_back(&self.inner.redis, id, user, forget_user, slot).await {
+            tracing::warn!(coupon = %id, error = %e, "gate compensation failed; gate will be rebuilt");
+            let _ = self.mark_dirty(id);
+        }
+    }
+
+    /// The PostgreSQL-only path: bounded concurrency, constraints decide.
+    async fn issue_in_database(&self, coupon: &Coupon, user: UserId) -> Result<IssuedCoupon, CouponError> {
+        // Cheap answers first (one indexed read); the permit only guards
+        // the slot search and insert.
+        if store::holds(&self.inner.db, coupon.id, user).await? {
+            count("database", "already_issued");
+            return Err(CouponError::AlreadyIssued);
+        }
+        if self.inner.sold_out.read().map_err(lock_poisoned)?.contains(&coupon.id) {
+            count("database", "sold_out");
+            return Err(CouponError::SoldOut);
+        }
+        let _permit = tokio::time::timeout(self.inner.config.fallback_wait, self.inner.fallback.acquire())
+            .await
+            .map_err(|_| CouponError::Busy("coupon issuing is degraded and busy, retry shortly"))?
+            .map_err(|_| CouponError::Busy("coupon issuing is shutting down"))?;
+        let mut c = commerce_storage::conn(&self.inner.db).await?;
+        // Collisions with concurrent issuers are retried; each search starts
+        // at a random slot so they rarely collide.
+        for _ in 0..8 {
+            let Some(slot) = store::free_slot(&mut c, coupon).await? else {
+                self.inner.sold_out.write().map_err(lock_poisoned)?.insert(coupon.id);
+                count("database", "sold_out");
+                return Err(CouponError::SoldOut);
+            };
+            match store::insert(&mut c, coupon, user, slot).await {
+                Ok(issued) => {
+                    count("database", "issued");
+                    return Ok(issued);
+                }
+                Err(InsertError::AlreadyIssued) => {
+                    count("database", "already_issued");
+                    return Err(CouponError::AlreadyIssued);
+                }
+                Err(InsertError::SlotTaken) => continue,
+                Err(InsertError::Storage(e)) => return Err(e.into()),
+            }
+        }
+        Err(CouponError::Busy("too much contention, retry"))
+    }
+
+    fn is_dirty(&self, id: CouponId) -> Result<bool, CouponError> {
+        Ok(self.inner.dirty.lock().map_err(lock_poisoned)?.contains(&id))
+    }
+
+    fn mark_dirty(&self, id: CouponId) -> Result<(), CouponError> {
+        self.inner.dirty.lock().map_err(lock_poisoned)?.insert(id);
+        Ok(())
+    }
+
+    /// Rebuilds the gate unless another instance just did: takes the
+    /// coupon's lock, then re-checks that the state is still missing or
+    /// dirty before loading it from PostgreSQL.
+    async fn rebuild_locked(&self, coupon: &Coupon) -> Result<(), CouponError> {
+        let name = format!("coupon-gate:{}", coupon.id);
+        let guard = self
+            .inner
+            .locks
+            .acquire(&name, Duration::from_secs(10), self.inner.config.rebuild_wait)
+            .await
+            .map_err(|_| CouponError::Busy("coupon gate is being rebuilt"))?;
+        let loaded = gate::state(&self.inner.redis, coupon.id).await.map(|s| s.loaded);
+        let result = match loaded {
+            Ok(true) if !self.is_dirty(coupon.id)? => Ok(()),
+            Ok(_) => self.rebuild(coupon).await.map(|_| ()),
+            Err(_) => Err(CouponError::Busy("redis unavailable")),
+        };
+        let _ = guard.release().await;
+        result
+    }
+
+    /// Loads the gate from PostgreSQL (callers hold the coupon's lock, or
+    /// the coupon is brand new).
+    async fn rebuild(&self, coupon: &Coupon) -> Result<GateState, CouponError> {
+        let holders = store::holders(&self.inner.db, coupon.id).await?;
+        let expire = coupon
+            .expires_at
+            .unwrap_or_else(|| Utc::now() + chrono::Duration::days(30))
+            + chrono::Duration::days(1);
+        gate::load(&self.inner.redis, coupon.id, coupon.quantity, &holders, expire.timestamp())
+            .await
+            .map_err(|_| CouponError::Busy("redis unavailable"))?;
+        metrics::counter!("coupon_gate_rebuilds_total").increment(1);
+        tracing::info!(coupon = %coupon.id, holders = holders.len(), "coupon gate rebuilt from the database");
+        gate::state(&self.inner.redis, coupon.id)
+            .await
+            .map_err(|_| CouponError::Busy("redis unavailable"))
+    }
+
+    /// Repairs drift between the gate and PostgreSQL (admin route).
+    pub async fn reconcile(&self, id: CouponId) -> Result<ReconcileReport, CouponError> {
+        let coupon = self.get(id).await?;
+        let name = format!("coupon-gate:{id}");
+        let guard = self
+            .inner
+            .locks
+            .acquire(&name, Duration::from_secs(10), self.inner.config.rebuild_wait)
+            .await
+            .map_err(|_| CouponError::Busy("coupon gate is being rebuilt"))?;
+        let before = gate::state(&self.inner.redis, id).await.ok();
+        let result = self.rebuild(&coupon).await;
+        let _ = guard.release().await;
+        let after = result?;
+        self.inner.dirty.lock().map_err(lock_poisoned)?.remove(&id);
+        let issued = store::issued_count(&self.inner.db, id).await?;
+        Ok(ReconcileReport {
+            coupon_id: id,
+            issued_in_database: issued,
+            repaired: before != Some(after),
+            gate_before: before,
+            gate_after: after,
+        })
+    }
+
+    /// Periodic check of open coupons: a gate whose holder count differs
+    /// from PostgreSQL's by the same amount on two consecutive checks (so not
+    /// just winners in flight) is rebuilt. Returns the coupons repaired.
+    pub async fn reconcile_open(&self) -> Result<Vec<CouponId>, CouponError> {
+        let mut repaired = Vec::new();
+        for coupon in store::open_now(&self.inner.db).await? {
+            let Ok(state) = gate::state(&self.inner.redis, coupon.id).await else {
+                return Ok(repaired);
+            };
+            let rows = store::issued_count(&self.inner.db, coupon.id).await?;
+            let seen = (state.users, rows);
+            let previous = self.inner.drift.lock().map_err(lock_poisoned)?.insert(coupon.id, seen);
+            let drifted = !state.loaded || (state.users != rows && previous == Some(seen));
+            if drifted && self.reconcile(coupon.id).await.is_ok() {
+                repaired.push(coupon.id);
+            }
+        }
+        Ok(repaired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn coupon_definitions_are_validated() {
+        let open = t("2026-01-01T00:00:00Z");
+        assert!(NewCoupon::parse("c", 100, 10, open, None).is_ok());
+        assert_eq!(NewCoupon::parse(" ", 100, 10, open, None).unwrap_err().code, "invalid_name");
+        assert_eq!(NewCoupon::parse("c", 0, 10, open, None).unwrap_err().code, "invalid_discount");
+        assert_eq!(NewCoupon::parse("c", 1, 0, open, None).unwrap_err().code, "invalid_quantity");
+        assert_eq!(
+            NewCoupon::parse("c", 1, MAX_QUANTITY + 1, open, None).unwrap_err().code,
+            "invalid_quantity"
+        );
+        assert_eq!(NewCoupon::parse("c", 1, 1, open, Some(open)).unwrap_err().code, "invalid_expiry");
+    }
+}

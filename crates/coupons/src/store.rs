@@ -1,0 +1,247 @@
+//! PostgreSQL side of coupons: the truth and the last guard.
+
+use crate::{Coupon, CouponError, IssuedCoupon, MyCoupon, NewCoupon};
+use commerce_domain::{CouponId, UserCouponId, UserId};
+use commerce_storage::schema::{coupons, user_coupons};
+use commerce_storage::{conn, DbPool, StorageError};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+type CouponRow = (
+    i64,
+    String,
+    i64,
+    i32,
+    chrono::DateTime<chrono::Utc>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+fn to_coupon(r: CouponRow) -> Coupon {
+    Coupon {
+        id: CouponId::from_db(r.0),
+        name: r.1,
+        discount_amount: r.2,
+        quantity: r.3,
+        opens_at: r.4,
+        expires_at: r.5,
+    }
+}
+
+const COUPON_COLUMNS: (
+    coupons::id,
+    coupons::name,
+    coupons::discount_amount,
+    coupons::quantity,
+    coupons::opens_at,
+    coupons::expires_at,
+) = (
+    coupons::id,
+    coupons::name,
+    coupons::discount_amount,
+    coupons::quantity,
+    coupons::opens_at,
+    coupons::expires_at,
+);
+
+pub async fn create(pool: &DbPool, new: &NewCoupon) -> Result<Coupon, CouponError> {
+    let mut c = conn(pool).await?;
+    let row: CouponRow = diesel::insert_into(coupons::table)
+        .values((
+            coupons::name.eq(&new.name),
+            coupons::discount_amount.eq(new.discount_amount),
+            coupons::quantity.eq(new.quantity),
+            coupons::opens_at.eq(new.opens_at),
+            coupons::expires_at.eq(new.expires_at),
+        ))
+        .returning(COUPON_COLUMNS)
+        .get_result(&mut c)
+        .await
+        .map_err(StorageError::from)?;
+    Ok(to_coupon(row))
+}
+
+pub async fn find(pool: &DbPool, id: CouponId) -> Result<Option<Coupon>, CouponError> {
+    let mut c = conn(pool).await?;
+    let row: Option<CouponRow> = coupons::table
+        .find(id.get())
+        .select(COUPON_COLUMNS)
+        .first(&mut c)
+        .await
+        .optional()
+        .map_err(StorageError::from)?;
+    Ok(row.map(to_coupon))
+}
+
+/// Coupons that can be issued now (for periodic reconciliation).
+pub async fn open_now(pool: &DbPool) -> Result<Vec<Coupon>, CouponError> {
+    let mut c = conn(pool).await?;
+    let now = chrono::Utc::now();
+    let rows: Vec<CouponRow> = coupons::table
+        .filter(coupons::opens_at.le(now))
+        .filter(coupons::expires_at.is_null().or(coupons::expires_at.gt(now)))
+        .select(COUPON_COLUMNS)
+        .order(coupons::id)
+        .limit(1000)
+        .load(&mut c)
+        .await
+        .map_err(StorageError::from)?;
+    Ok(rows.into_iter().map(to_coupon).collect())
+}
+
+/// (user, slot) of every issued coupon.
+pub async fn holders(pool: &DbPool, id: CouponId) -> Result<Vec<(i64, i32)>, CouponError> {
+    let mut c = conn(pool).await?;
+    Ok(user_coupons::table
+        .filter(user_coupons::coupon_id.eq(id.get()))
+        .select((user_coupons::user_id, user_coupons::slot))
+        .load(&mut c)
+        .await
+        .map_err(StorageError::from)?)
+}
+
+pub async fn issued_count(pool: &DbPool, id: CouponId) -> Result<i64, CouponError> {
+    let mut c = conn(pool).await?;
+    Ok(user_coupons::table
+        .filter(user_coupons::coupon_id.eq(id.get()))
+        .count()
+        .get_result(&mut c)
+        .await
+        .map_err(StorageError::from)?)
+}
+
+pub async fn holds(pool: &DbPool, id: CouponId, user: UserId) -> Result<bool, CouponError> {
+    let mut c = conn(pool).await?;
+    let found: Option<i64> = user_coupons::table
+        .filter(user_coupons::coupon_id.eq(id.get()))
+        .filter(user_coupons::user_id.eq(user.get()))
+        .select(user_coupons::id)
+        .first(&mut c)
+        .await
+        .optional()
+        .map_err(StorageError::from)?;
+    Ok(found.is_some())
+}
+
+/// Why an insert of an issued coupon was refused by the database.
+pub enum InsertError {
+    AlreadyIssued,
+    SlotTaken,
+    Storage(StorageError),
+}
+
+/// Writes the issued coupon in its slot. Constraints decide the races.
+pub async fn insert(
+    conn: &mut AsyncPgConnection,
+    coupon: &Coupon,
+    user: UserId,
+    slot: i32,
+) -> Result<IssuedCoupon, InsertError> {
+    let res: Result<(i64, chrono::DateTime<chrono::Utc>), _> = diesel::insert_into(user_coupons::table)
+        .values((
+            user_coupons::coupon_id.eq(coupon.id.get()),
+            user_coupons::coupon_quantity.eq(coupon.quantity),
+            user_coupons::user_id.eq(user.get()),
+            user_coupons::slot.eq(slot),
+        ))
+        .returning((user_coupons::id, user_coupons::issued_at))
+        .get_result(conn)
+        .await;
+    match res.map_err(StorageError::from) {
+        Ok((id, issued_at)) => Ok(IssuedCoupon {
+            user_coupon_id: UserCouponId::from_db(id),
+            coupon_id: coupon.id,
+            user_id: user,
+            discount_amount: coupon.discount_amount,
+            issued_at,
+            expires_at: coupon.expires_at,
+        }),
+        Err(StorageError::UniqueViolation(c)) if c == "user_coupons_one_per_user" => Err(InsertError::AlreadyIssued),
+        Err(StorageError::UniqueViolation(c)) if c == "user_coupons_one_per_slot" => Err(InsertError::SlotTaken),
+        Err(StorageError::CheckViolation(c)) if c == "user_coupons_slot_range" => Err(InsertError::SlotTaken),
+        Err(e) => Err(InsertError::Storage(e)),
+    }
+}
+
+#[derive(QueryableByName)]
+struct FreeSlot {
+    #[diesel(sql_type = Integer)]
+    slot: i32,
+}
+
+/// A free slot, searched from a random start so concurrent searchers spread.
+pub async fn free_slot(conn: &mut AsyncPgConnection, coupon: &Coupon) -> Result<Option<i32>, StorageError> {
+    let start = rand::random_range(1..=coupon.quantity.max(1));
+    for (from, to) in [(start, coupon.quantity), (1, start - 1)] {
+        if from > to {
+            continue;
+        }
+        let found: Option<FreeSlot> = diesel::sql_query(
+            "SELECT s::int AS slot FROM generate_series($2::int, $3::int) AS s \
+             WHERE NOT EXISTS (SELECT 1 FROM user_coupons u WHERE u.coupon_id = $1 AND u.slot = s) LIMIT 1",
+        )
+        .bind::<BigInt, _>(coupon.id.get())
+        .bind::<Integer, _>(from)
+        .bind::<Integer, _>(to)
+        .get_result(conn)
+        .await
+        .optional()?;
+        if let Some(f) = found {
+            return Ok(Some(f.slot));
+        }
+    }
+    Ok(None)
+}
+
+type MyRow = (
+    i64,
+    i64,
+    String,
+    i64,
+    String,
+    Option<i64>,
+    chrono::DateTime<chrono::Utc>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+pub async fn mine(pool: &DbPool, user: UserId) -> Result<Vec<MyCoupon>, CouponError> {
+    let mut c = conn(pool).await?;
+    let rows: Vec<MyRow> = user_coupons::table
+        .inner_join(coupons::table)
+        .filter(user_coupons::user_id.eq(user.get()))
+        .select((
+            user_coupons::id,
+            coupons::id,
+            coupons::name,
+            coupons::discount_amount,
+            user_coupons::status,
+            user_coupons::order_id,
+            user_coupons::issued_at,
+            user_coupons::used_at,
+            coupons::expires_at,
+        ))
+        .order(user_coupons::id.desc())
+        .limit(500)
+        .load(&mut c)
+        .await
+        .map_err(StorageError::from)?;
+    let now = chrono::Utc::now();
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let expired = r.8.is_some_and(|e| e <= now);
+            MyCoupon {
+                user_coupon_id: UserCouponId::from_db(r.0),
+                coupon_id: CouponId::from_db(r.1),
+                name: r.2,
+                discount_amount: r.3,
+                status: if r.4 == "issued" && expired { "expired".to_owned() } else { r.4 },
+                order_id: r.5,
+                issued_at: r.6,
+                used_at: r.7,
+                expires_at: r.8,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,236 @@
+//! Command line: `loadtest <scenario> [options]`, `loadtest list`, `loadtest help`.
+
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+usage: cargo run -p loadtest --release -- <scenario> [options]
+       cargo run -p loadtest --release -- list
+
+Builds commerce-server (release), starts N instances behind nginx against a fresh
+database, seeds 10 000 users (and what the scenario needs), runs the scenario's k6
+script and the /health/live ceiling with the same VU shape, checks the rules in
+SQL and writes loadtests/reports/<scenario>-<date>.md.
+
+options:
+  --instances N         server instances (default 2)
+  --vu-scale F          multiply VU counts and arrival rates (default 1)
+  --duration-scale F    multiply durations and per-VU iterations (default 1)
+  --think-scale F       multiply think times; 0 removes them (default 1)
+  --quick               smoke run: 1 000 users and products, VUs x0.2, durations x0.1
+  --keep-running        leave servers and nginx up after the report (Ctrl-C stops them)
+  --no-ceiling          skip the /health/live ceiling run
+  --balancer B          auto (nginx when installed, else k6 spreads), nginx, or k6
+  --workers N           actix workers per instance (default: cores / instances, at least 1)
+  --server-bin PATH     use this commerce-server binary instead of building one
+  --database NAME       database to drop and recreate (default commerce_load)
+  --label TEXT          report name suffix: <scenario>-<label>-<date>.md
+  --force               run even when the server does not list the scenario's endpoints
+
+exit codes: 0 passed; 1 run error; 2 usage; 3 scenario not available yet;
+            4 k6 thresholds crossed; 5 a rule broke (SQL checks)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balancer {
+    Auto,
+    Nginx,
+    K6,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOptions {
+    pub scenario: String,
+    pub instances: usize,
+    pub vu_scale: f64,
+    pub duration_scale: f64,
+    pub think_scale: f64,
+    pub quick: bool,
+    pub keep_running: bool,
+    pub ceiling: bool,
+    pub balancer: Balancer,
+    pub workers: Option<usize>,
+    pub server_bin: Option<PathBuf>,
+    pub database: String,
+    pub label: Option<String>,
+    pub force: bool,
+    pub users: usize,
+    pub products: usize,
+}
+
+impl RunOptions {
+    fn new(scenario: String) -> Self {
+        Self {
+            scenario,
+            instances: 2,
+            vu_scale: 1.0,
+            duration_scale: 1.0,
+            think_scale: 1.0,
+            quick: false,
+            keep_running: false,
+            ceiling: true,
+            balancer: Balancer::Auto,
+            workers: None,
+            server_bin: None,
+            database: "commerce_load".to_owned(),
+            label: None,
+            force: false,
+            users: 10_000,
+            products: 10_000,
+        }
+    }
+
+    /// `--quick` folded into the scales and data sizes.
+    fn apply_quick(&mut self) {
+        if self.quick {
+            self.vu_scale *= 0.2;
+            self.duration_scale *= 0.1;
+            self.users = 1_000;
+            self.products = 1_000;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Help,
+    List,
+    Run(Box<RunOptions>),
+}
+
+fn value<'a>(flag: &str, it: &mut impl Iterator<Item = &'a String>) -> Result<&'a String, String> {
+    it.next().ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn scale(flag: &str, raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{flag} must be a non-negative number, got `{raw}`")),
+    }
+}
+
+fn positive(flag: &str, raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!("{flag} must be a positive integer, got `{raw}`")),
+    }
+}
+
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let mut it = args.iter();
+    let first = match it.next() {
+        None => return Ok(Command::Help),
+        Some(s) => s.as_str(),
+    };
+    match first {
+        "-h" | "--help" | "help" => return Ok(Command::Help),
+        "list" => return Ok(Command::List),
+        s if s.starts_with('-') => return Err(format!("the scenario comes first, got `{s}`")),
+        _ => {}
+    }
+    let mut o = RunOptions::new(first.to_owned());
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--instances" => o.instances = positive(flag, value(flag, &mut it)?)?,
+            "--vu-scale" => o.vu_scale = scale(flag, value(flag, &mut it)?)?,
+            "--duration-scale" => o.duration_scale = scale(flag, value(flag, &mut it)?)?,
+            "--think-scale" => o.think_scale = scale(flag, value(flag, &mut it)?)?,
+            "--quick" => o.quick = true,
+            "--keep-running" => o.keep_running = true,
+            "--no-ceiling" => o.ceiling = false,
+            "--force" => o.force = true,
+            "--balancer" => {
+                o.balancer = match value(flag, &mut it)?.as_str() {
+                    "auto" => Balancer::Auto,
+                    "nginx" => Balancer::Nginx,
+                    "k6" => Balancer::K6,
+                    other => return Err(format!("--balancer is auto, nginx or k6, got `{other}`")),
+                }
+            }
+            "--workers" => o.workers = Some(positive(flag, value(flag, &mut it)?)?),
+            "--server-bin" => o.server_bin = Some(PathBuf::from(value(flag, &mut it)?)),
+            "--database" => {
+                let db = value(flag, &mut it)?;
+                if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("--database takes letters, digits and _, got `{db}`"));
+                }
+                o.database = db.clone();
+            }
+            "--label" => {
+                let label = value(flag, &mut it)?;
+                if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                    return Err(format!("--label takes letters, digits, - and _, got `{label}`"));
+                }
+                o.label = Some(label.clone());
+            }
+            "-h" | "--help" => return Ok(Command::Help),
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    if o.vu_scale == 0.0 || o.duration_scale == 0.0 {
+        return Err("--vu-scale and --duration-scale must be greater than 0".to_owned());
+    }
+    o.apply_quick();
+    Ok(Command::Run(Box::new(o)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    fn run(s: &str) -> RunOptions {
+        match parse(&args(s)) {
+            Ok(Command::Run(o)) => *o,
+            other => panic!("expected a run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let o = run("charge");
+        assert_eq!(o.scenario, "charge");
+        assert_eq!(o.instances, 2);
+        assert_eq!(o.vu_scale, 1.0);
+        assert_eq!(o.users, 10_000);
+        assert!(o.ceiling);
+        assert!(!o.keep_running);
+        assert_eq!(o.balancer, Balancer::Auto);
+        assert_eq!(o.database, "commerce_load");
+    }
+
+    #[test]
+    fn options() {
+        let o = run("coupon-peak --instances 3 --vu-scale 0.5 --duration-scale 0.17 --keep-running --no-ceiling --balancer k6 --workers 2 --label x1");
+        assert_eq!(o.instances, 3);
+        assert_eq!(o.vu_scale, 0.5);
+        assert_eq!(o.duration_scale, 0.17);
+        assert!(o.keep_running);
+        assert!(!o.ceiling);
+        assert_eq!(o.balancer, Balancer::K6);
+        assert_eq!(o.workers, Some(2));
+        assert_eq!(o.label.as_deref(), Some("x1"));
+    }
+
+    #[test]
+    fn quick_scales_down() {
+        let o = run("charge --quick --vu-scale 0.5");
+        assert!((o.vu_scale - 0.1).abs() < 1e-9);
+        assert!((o.duration_scale - 0.1).abs() < 1e-9);
+        assert_eq!(o.users, 1_000);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(parse(&args("charge --instances 0")).is_err());
+        assert!(parse(&args("charge --vu-scale -1")).is_err());
+        assert!(parse(&args("charge --vu-scale 0")).is_err());
+        assert!(parse(&args("charge --bogus")).is_err());
+        assert!(parse(&args("charge --instances")).is_err());
+        assert!(parse(&args("--instances 2")).is_err());
+        assert!(parse(&args("charge --database a;b")).is_err());
+        assert_eq!(parse(&args("list")), Ok(Command::List));
+        assert_eq!(parse(&[]), Ok(Command::Help));
+    }
+}

@@ -1,0 +1,80 @@
+//! Admin routes: coupons, reconciliation, circuit breakers.
+
+use crate::auth::Admin;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use commerce_coupons::NewCoupon;
+use commerce_domain::CouponId;
+use commerce_resilience::BreakerAction;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/admin/coupons", web::post().to(create_coupon))
+        .route("/admin/coupons/{id}/reconcile", web::post().to(reconcile_coupon))
+        .route("/admin/breakers", web::get().to(breakers))
+        .route("/admin/breakers/{name}/{action}", web::post().to(control_breaker));
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCoupon {
+    name: String,
+    discount_amount: i64,
+    quantity: i64,
+    opens_at: chrono::DateTime<chrono::Utc>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Create a first-come coupon.
+#[utoipa::path(post, path = "/admin/coupons", tag = "admin", security(("admin" = [])), request_body = CreateCoupon,
+    responses((status = 201, body = Object), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_coupon(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<CreateCoupon>,
+) -> Result<HttpResponse, ApiError> {
+    let new = NewCoupon::parse(&body.name, body.discount_amount, body.quantity, body.opens_at, body.expires_at)?;
+    let coupon = state.coupons.create(&new).await?;
+    Ok(HttpResponse::Created().json(coupon))
+}
+
+/// Repair drift between the coupon's Redis gate and PostgreSQL.
+#[utoipa::path(post, path = "/admin/coupons/{id}/reconcile", tag = "admin", security(("admin" = [])),
+    params(("id" = i64, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn reconcile_coupon(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let id = CouponId::parse(path.into_inner()).map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
+    let report = state.coupons.reconcile(id).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+/// Every circuit breaker's state and counts.
+#[utoipa::path(get, path = "/admin/breakers", tag = "admin", security(("admin" = [])), responses((status = 200, body = Object)))]
+pub async fn breakers(_admin: Admin, state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.breakers.report())
+}
+
+/// Force a breaker open or closed, or reset it.
+#[utoipa::path(post, path = "/admin/breakers/{name}/{action}", tag = "admin", security(("admin" = [])),
+    params(("name" = String, Path), ("action" = String, Path, description = "force-open, force-close or reset")),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn control_breaker(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (name, action) = path.into_inner();
+    let action: BreakerAction = action
+        .parse()
+        .map_err(|_| ApiError::not_found("unknown_action", "action must be force-open, force-close or reset"))?;
+    let snapshot = state
+        .breakers
+        .control(&name, action)
+        .map_err(|_| ApiError::not_found("unknown_breaker", format!("no breaker named `{name}`")))?;
+    Ok(HttpResponse::Ok().json(snapshot))
+}

@@ -1,0 +1,2 @@
+DROP TABLE user_coupons;
+DROP TABLE coupons;
