@@ -36,7 +36,6 @@ diesel::table! {
 }
 
 diesel::joinable!(balance_ledger -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, balance_ledger, idempotency_keys);
 
 diesel::table! {
     coupons (id) {
@@ -65,4 +64,76 @@ diesel::table! {
 }
 
 diesel::joinable!(user_coupons -> coupons (coupon_id));
-diesel::allow_tables_to_appear_in_same_query!(coupons, user_coupons, users);
+
+diesel::table! {
+    products (id) {
+        id -> Int8,
+        name -> Text,
+        description -> Text,
+        price -> Int8,
+        stock -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    product_sales_daily (day, product_id) {
+        day -> Date,
+        product_id -> Int8,
+        units -> Int8,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> Int8,
+        user_id -> Int8,
+        status -> Text,
+        total -> Int8,
+        discount -> Int8,
+        pay_amount -> Int8,
+        user_coupon_id -> Nullable<Int8>,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+        paid_at -> Nullable<Timestamptz>,
+        closed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    order_items (order_id, product_id) {
+        order_id -> Int8,
+        product_id -> Int8,
+        quantity -> Int4,
+        unit_price -> Int8,
+    }
+}
+
+diesel::table! {
+    payments (id) {
+        id -> Int8,
+        order_id -> Int8,
+        user_id -> Int8,
+        amount -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(order_items -> orders (order_id));
+diesel::joinable!(order_items -> products (product_id));
+diesel::joinable!(product_sales_daily -> products (product_id));
+diesel::joinable!(payments -> orders (order_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    balance_ledger,
+    idempotency_keys,
+    coupons,
+    user_coupons,
+    products,
+    product_sales_daily,
+    orders,
+    order_items,
+    payments,
+);
