@@ -29,6 +29,16 @@ pg_isready -h 127.0.0.1 -p 5432 -q || { log "PostgreSQL is not reachable on 127.
 psql -h 127.0.0.1 -U postgres -d postgres -tAc 'SELECT 1' >/dev/null || {
   log "cannot connect as postgres@127.0.0.1 (trust auth expected)"; exit 1; }
 
+# Integration tests run many server instances at once, each with a pool.
+max_conn=$(psql -h 127.0.0.1 -U postgres -d postgres -tAc 'SHOW max_connections')
+if [ "${max_conn:-0}" -lt 500 ]; then
+  log "raising PostgreSQL max_connections from $max_conn to 500 (restart)"
+  psql -h 127.0.0.1 -U postgres -d postgres -qc 'ALTER SYSTEM SET max_connections = 500'
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main restart
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+
 # Redis
 if ! have redis-server; then
   apt_install redis-server

@@ -128,6 +128,13 @@ pub async fn charge(
             user_id: user,
             balance: new_balance,
         };
+        commerce_storage::outbox::enqueue(
+            tx,
+            commerce_storage::outbox::event::BALANCE_CHARGED,
+            &user.to_string(),
+            &serde_json::json!({ "user_id": user, "amount": amount.get(), "balance": new_balance }),
+        )
+        .await?;
         if let Some(answer) = answer {
             answer.save(tx, &result).await?;
         }

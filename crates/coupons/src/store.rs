@@ -137,17 +137,33 @@ pub async fn insert(
     user: UserId,
     slot: i32,
 ) -> Result<IssuedCoupon, InsertError> {
-    let res: Result<(i64, chrono::DateTime<chrono::Utc>), _> = diesel::insert_into(user_coupons::table)
-        .values((
-            user_coupons::coupon_id.eq(coupon.id.get()),
-            user_coupons::coupon_quantity.eq(coupon.quantity),
-            user_coupons::user_id.eq(user.get()),
-            user_coupons::slot.eq(slot),
-        ))
-        .returning((user_coupons::id, user_coupons::issued_at))
-        .get_result(conn)
+    use diesel_async::AsyncConnection;
+    // The row and its `coupon_issued` event commit together (outbox).
+    let res: Result<(i64, chrono::DateTime<chrono::Utc>), StorageError> = conn
+        .transaction(async |tx| {
+            let (id, issued_at): (i64, chrono::DateTime<chrono::Utc>) = diesel::insert_into(user_coupons::table)
+                .values((
+                    user_coupons::coupon_id.eq(coupon.id.get()),
+                    user_coupons::coupon_quantity.eq(coupon.quantity),
+                    user_coupons::user_id.eq(user.get()),
+                    user_coupons::slot.eq(slot),
+                ))
+                .returning((user_coupons::id, user_coupons::issued_at))
+                .get_result(tx)
+                .await?;
+            commerce_storage::outbox::enqueue(
+                tx,
+                commerce_storage::outbox::event::COUPON_ISSUED,
+                &coupon.id.to_string(),
+                &serde_json::json!({
+                    "user_coupon_id": id, "coupon_id": coupon.id, "user_id": user, "issued_at": issued_at,
+                }),
+            )
+            .await?;
+            Ok::<_, StorageError>((id, issued_at))
+        })
         .await;
-    match res.map_err(StorageError::from) {
+    match res {
         Ok((id, issued_at)) => Ok(IssuedCoupon {
             user_coupon_id: UserCouponId::from_db(id),
             coupon_id: coupon.id,

@@ -13,6 +13,8 @@ use std::future::Future;
 
 pub const HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// How long a request waits for a concurrent one with the same key.
+const IN_PROGRESS_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Runs `work` at most once per (user, key). Without the header the work just
 /// runs. `canonical_body` is the parsed request body, so formatting changes
@@ -48,9 +50,20 @@ where
         key,
         request_hash: idempotency::request_hash(&route, &body),
     };
-    let begun = {
-        let mut c = commerce_storage::conn(db).await?;
-        idempotency::begin(&mut c, &claim).await?
+    // A double click usually arrives while the first request is still
+    // running: wait briefly for its answer rather than refusing. The
+    // connection goes back to the pool between looks (the first request
+    // needs one to finish).
+    let deadline = std::time::Instant::now() + IN_PROGRESS_WAIT;
+    let begun = loop {
+        let begun = {
+            let mut c = commerce_storage::conn(db).await?;
+            idempotency::begin(&mut c, &claim).await?
+        };
+        if begun != Begin::InProgress || std::time::Instant::now() >= deadline {
+            break begun;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     };
     match begun {
         Begin::Replay { status, body } => {

@@ -2,6 +2,7 @@
 //! migrations, the diesel schema, error mapping, and idempotency keys.
 
 pub mod idempotency;
+pub mod outbox;
 pub mod schema;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};

@@ -125,6 +125,19 @@ diesel::joinable!(order_items -> products (product_id));
 diesel::joinable!(product_sales_daily -> products (product_id));
 diesel::joinable!(payments -> orders (order_id));
 
+diesel::table! {
+    outbox (id) {
+        id -> Uuid,
+        event_type -> Text,
+        aggregate_key -> Text,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+        attempts -> Int4,
+        published_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     balance_ledger,
@@ -136,4 +149,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     orders,
     order_items,
     payments,
+    outbox,
 );

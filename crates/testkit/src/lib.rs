@@ -27,7 +27,7 @@ pub fn test_settings(db_url: &str, redis_prefix: &str) -> Settings {
         ("COMMERCE__HTTP__WORKERS", "2"),
         ("COMMERCE__HTTP__SHUTDOWN_TIMEOUT_SECS", "1"),
         ("COMMERCE__DATABASE__URL", db_url),
-        ("COMMERCE__DATABASE__POOL_SIZE", "10"),
+        ("COMMERCE__DATABASE__POOL_SIZE", "8"),
         ("COMMERCE__REDIS__KEY_PREFIX", redis_prefix),
         ("COMMERCE__AUTH__ADMIN_KEY", ADMIN_KEY),
         ("COMMERCE__AUTH__TOKEN_SECRET", TOKEN_SECRET),

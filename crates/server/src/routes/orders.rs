@@ -1,0 +1,161 @@
+//! Orders: create (reserves stock), read, cancel, pay.
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::idempotency;
+use crate::state::AppState;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use commerce_domain::OrderId;
+use commerce_orders::{NewOrder, Order, Payment};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/orders", web::post().to(create))
+        .route("/api/v1/orders/{id}", web::get().to(get))
+        .route("/api/v1/orders/{id}/cancel", web::post().to(cancel))
+        .route("/api/v1/orders/{id}/payment", web::post().to(pay));
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemRequest {
+    product_id: i64,
+    quantity: i64,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    items: Vec<ItemRequest>,
+    user_coupon_id: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderBody {
+    id: i64,
+    status: String,
+    total: i64,
+    discount: i64,
+    pay_amount: i64,
+    user_coupon_id: Option<i64>,
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<commerce_orders::OrderItem>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    paid_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<&Order> for OrderBody {
+    fn from(o: &Order) -> Self {
+        Self {
+            id: o.id.get(),
+            status: o.status.clone(),
+            total: o.total,
+            discount: o.discount,
+            pay_amount: o.pay_amount,
+            user_coupon_id: o.user_coupon_id.map(|c| c.get()),
+            items: o.items.clone(),
+            expires_at: o.expires_at,
+            created_at: o.created_at,
+            paid_at: o.paid_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PaymentBody {
+    order_id: i64,
+    status: &'static str,
+    paid_amount: i64,
+    balance: i64,
+    paid_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<&Payment> for PaymentBody {
+    fn from(p: &Payment) -> Self {
+        Self {
+            order_id: p.order_id.get(),
+            status: p.status,
+            paid_amount: p.paid_amount,
+            balance: p.balance,
+            paid_at: p.paid_at,
+        }
+    }
+}
+
+fn order_id(raw: i64) -> Result<OrderId, ApiError> {
+    OrderId::parse(raw).map_err(|_| ApiError::not_found("order_not_found", "order not found"))
+}
+
+/// Create an order: reserves stock until it is paid, cancelled or expires.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), request_body = CreateOrder,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, body = OrderBody), (status = 409, body = ErrorBody, description = "out_of_stock"),
+        (status = 422, body = ErrorBody)))]
+pub async fn create(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<CreateOrder>,
+) -> Result<HttpResponse, ApiError> {
+    let items: Vec<(i64, i64)> = body.items.iter().map(|i| (i.product_id, i.quantity)).collect();
+    let new = NewOrder::parse(&items, body.user_coupon_id)?;
+    let canonical = serde_json::json!({
+        "items": new.lines.iter().map(|l| (l.product.get(), l.quantity)).collect::<Vec<_>>(),
+        "user_coupon_id": new.user_coupon.map(|c| c.get()),
+    });
+    idempotency::run(
+        &state.db,
+        &req,
+        user.0,
+        &canonical,
+        StatusCode::CREATED,
+        |o: &Order| OrderBody::from(o),
+        |save| async { Ok(state.orders.create(user.0, &new, save).await?) },
+    )
+    .await
+}
+
+/// One of the caller's orders (another user's order is 404).
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
+    params(("id" = i64, Path)), responses((status = 200, body = OrderBody), (status = 404, body = ErrorBody)))]
+pub async fn get(user: AuthUser, state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let order = state.orders.get(user.0, order_id(path.into_inner())?).await?;
+    Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
+}
+
+/// Cancel a pending order; its stock is returned.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 200, body = OrderBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel(user: AuthUser, state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let order = state.orders.cancel(user.0, order_id(path.into_inner())?).await?;
+    Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
+}
+
+/// Pay an order from the balance, at most once.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/payment", tag = "orders", security(("bearer" = [])),
+    params(("id" = i64, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = PaymentBody),
+        (status = 409, body = ErrorBody, description = "insufficient_balance, already_paid, expired"),
+        (status = 404, body = ErrorBody)))]
+pub async fn pay(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let id = order_id(path.into_inner())?;
+    idempotency::run(
+        &state.db,
+        &req,
+        user.0,
+        &serde_json::json!({ "order_id": id.get() }),
+        StatusCode::OK,
+        |p: &Payment| PaymentBody::from(p),
+        |save| async { Ok(state.orders.pay(user.0, id, save).await?) },
+    )
+    .await
+}
