@@ -8,6 +8,8 @@ CREATE TABLE outbox (
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     attempts      INTEGER     NOT NULL DEFAULT 0,
     published_at  TIMESTAMPTZ,
+    -- A relay's lease on the row while it publishes (instances skip it).
+    claimed_until TIMESTAMPTZ,
     last_error    TEXT
 );
 CREATE INDEX outbox_unpublished_idx ON outbox (created_at) WHERE published_at IS NULL;

@@ -150,14 +150,22 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--database" => {
                 let db = value(flag, &mut it)?;
                 if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(format!("--database takes letters, digits and _, got `{db}`"));
+                    return Err(format!(
+                        "--database takes letters, digits and _, got `{db}`"
+                    ));
                 }
                 o.database = db.clone();
             }
             "--label" => {
                 let label = value(flag, &mut it)?;
-                if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                    return Err(format!("--label takes letters, digits, - and _, got `{label}`"));
+                if label.is_empty()
+                    || !label
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(format!(
+                        "--label takes letters, digits, - and _, got `{label}`"
+                    ));
                 }
                 o.label = Some(label.clone());
             }

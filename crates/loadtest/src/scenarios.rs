@@ -88,7 +88,10 @@ const FLOW_NEEDS: &[Endpoint] = &[
     CREATE_ORDER,
     PAY,
 ];
-const FLOW_DATA: DataNeeds = DataNeeds { products: true, ..NONE };
+const FLOW_DATA: DataNeeds = DataNeeds {
+    products: true,
+    ..NONE
+};
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -224,11 +227,18 @@ impl Shape {
             .and_then(parse_k6_duration)
             .ok_or("k6 inspect: no totalDuration")?;
         let max_vus = inspect.get("maxVUs").and_then(Value::as_u64).unwrap_or(0);
-        Ok(Self { scenario, total, max_vus })
+        Ok(Self {
+            scenario,
+            total,
+            max_vus,
+        })
     }
 
     fn executor(&self) -> &str {
-        self.scenario.get("executor").and_then(Value::as_str).unwrap_or("?")
+        self.scenario
+            .get("executor")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
     }
 
     fn num(&self, key: &str) -> u64 {
@@ -236,7 +246,10 @@ impl Shape {
     }
 
     fn dur(&self, key: &str) -> Option<Duration> {
-        self.scenario.get(key).and_then(Value::as_str).and_then(parse_k6_duration)
+        self.scenario
+            .get(key)
+            .and_then(Value::as_str)
+            .and_then(parse_k6_duration)
     }
 
     /// The most VUs the shape runs at once.
@@ -246,7 +259,12 @@ impl Shape {
                 .scenario
                 .get("stages")
                 .and_then(Value::as_array)
-                .map(|st| st.iter().filter_map(|s| s.get("target").and_then(Value::as_u64)).max().unwrap_or(0))
+                .map(|st| {
+                    st.iter()
+                        .filter_map(|s| s.get("target").and_then(Value::as_u64))
+                        .max()
+                        .unwrap_or(0)
+                })
                 .unwrap_or(0)
                 .max(self.num("startVUs")),
             "constant-arrival-rate" => self.num("maxVUs"),
@@ -261,7 +279,10 @@ impl Shape {
             "per-vu-iterations" => Some(self.num("vus") * self.num("iterations")),
             "shared-iterations" => Some(self.num("iterations")),
             "constant-arrival-rate" => {
-                let unit = self.dur("timeUnit").unwrap_or(Duration::from_secs(1)).as_secs_f64();
+                let unit = self
+                    .dur("timeUnit")
+                    .unwrap_or(Duration::from_secs(1))
+                    .as_secs_f64();
                 let secs = self.dur("duration")?.as_secs_f64();
                 Some((self.num("rate") as f64 * secs / unit.max(0.001)).ceil() as u64)
             }
@@ -274,7 +295,11 @@ impl Shape {
         let s = &self.scenario;
         let text = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
         match self.executor() {
-            "constant-vus" => format!("constant-vus: {} VUs for {}", self.num("vus"), text("duration")),
+            "constant-vus" => format!(
+                "constant-vus: {} VUs for {}",
+                self.num("vus"),
+                text("duration")
+            ),
             "ramping-vus" => {
                 let stages: Vec<String> = s
                     .get("stages")
@@ -344,16 +369,26 @@ pub fn parse_k6_duration(text: &str) -> Option<Duration> {
     let mut total = 0.0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return None;
         }
         let n: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let (unit, len) = [("ms", 2), ("µs", "µs".len()), ("us", 2), ("ns", 2), ("h", 1), ("m", 1), ("s", 1)]
-            .iter()
-            .find(|(u, _)| rest.starts_with(u))
-            .map(|(u, l)| (*u, *l))?;
+        let (unit, len) = [
+            ("ms", 2),
+            ("µs", "µs".len()),
+            ("us", 2),
+            ("ns", 2),
+            ("h", 1),
+            ("m", 1),
+            ("s", 1),
+        ]
+        .iter()
+        .find(|(u, _)| rest.starts_with(u))
+        .map(|(u, l)| (*u, *l))?;
         let secs = match unit {
             "h" => 3600.0,
             "m" => 60.0,
@@ -436,7 +471,10 @@ mod tests {
         assert_eq!(shape.total, Duration::from_secs_f64(50.4));
         assert_eq!(shape.peak_vus(), 100);
         assert_eq!(shape.expected_iterations(), None);
-        assert!(shape.scenario.get("startTime").is_none(), "nulls are stripped");
+        assert!(
+            shape.scenario.get("startTime").is_none(),
+            "nulls are stripped"
+        );
     }
 
     #[test]

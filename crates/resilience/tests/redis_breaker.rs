@@ -141,7 +141,7 @@ async fn half_open_admits(probes: usize) {
                     .run(|mut c| async move {
                         let n: i64 = redis::cmd("INCR").arg(&key).query_async(&mut c).await?;
                         // Keep the probe in flight while the others arrive.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tokio::time::sleep(Duration::from_millis(400)).await;
                         Ok(n)
                     })
                     .await

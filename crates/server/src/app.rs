@@ -56,11 +56,46 @@ impl Application {
         let redis = RedisClient::new(&settings.redis_config(), breakers.redis())?;
         let locks = LockManager::new(redis.clone(), db.clone(), LockConfig::default());
         let coupons = Coupons::new(db.clone(), redis.clone(), locks.clone(), settings.coupon_config());
+        let catalog = commerce_catalog::Catalog::new(
+            db.clone(),
+            redis.clone(),
+            &settings.redis_config(),
+            settings.catalog_config(),
+        )?;
+        let orders = commerce_orders::Orders::new(db.clone(), locks.clone(), settings.order_config());
+        let queue = commerce_queue::WaitingRoom::new(redis.clone(), breakers.clone(), db.clone(), settings.queue_config());
+        let dispatcher = commerce_events::Dispatcher::new(
+            db.clone(),
+            crate::events::consumers(&settings, &breakers, &catalog),
+            commerce_events::RetryPolicy {
+                max_attempts: settings.events.max_attempts,
+                ..Default::default()
+            },
+        );
+        let sink = match settings.kafka_config() {
+            Some(k) => commerce_events::relay::Sink::Kafka(commerce_events::kafka::Publisher::new(&k, breakers.kafka())?),
+            None => commerce_events::relay::Sink::InProcess(dispatcher.clone()),
+        };
+        let relay = commerce_events::relay::Relay::new(
+            db.clone(),
+            sink,
+            breakers.kafka(),
+            commerce_events::relay::RelayConfig {
+                batch: settings.events.relay_batch,
+                idle: Duration::from_millis(settings.events.relay_idle_ms),
+                ..Default::default()
+            },
+        );
         let state = web::Data::new(AppState {
+            events: dispatcher,
+            relay,
+            orders,
+            queue,
             breakers,
             redis,
             locks,
             coupons,
+            catalog,
             db,
             tokens,
             admin_key,
@@ -124,6 +159,45 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
 
 /// Periodic upkeep. Each task ends when the server stops.
 fn spawn_background(state: &web::Data<AppState>) {
+    spawn_events(state);
+    let st = state.clone();
+    tokio::spawn(async move {
+        // Catalog invalidation listener (reconnects on its own) and upkeep.
+        tokio::select! {
+            _ = st.shutdown.cancelled() => {}
+            _ = st.catalog.run_background() => {}
+        }
+    });
+    let st = state.clone();
+    tokio::spawn(async move {
+        // Waiting-room admission: every instance ticks, one admits per interval.
+        tokio::select! {
+            _ = st.shutdown.cancelled() => {}
+            _ = st.queue.run_admission() => {}
+        }
+    });
+    let st = state.clone();
+    tokio::spawn(async move {
+        // Every instance sweeps; the guarded transition makes that safe.
+        let mut tick = tokio::time::interval(Duration::from_millis(st.settings.orders.sweep_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = st.shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            loop {
+                match st.orders.expire_overdue(500).await {
+                    Ok(n) if n > 0 => tracing::info!(expired = n, "overdue orders expired, stock returned"),
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "order sweep failed");
+                        break;
+                    }
+                }
+            }
+        }
+    });
     let st = state.clone();
     tokio::spawn(async move {
         let every = Duration::from_secs(st.settings.coupons.reconcile_interval_secs);
@@ -159,6 +233,39 @@ fn spawn_background(state: &web::Data<AppState>) {
                 Ok(n) => tracing::info!(purged = n, "expired idempotency keys removed"),
                 Err(e) => tracing::warn!(error = %e, "idempotency purge failed"),
             }
+        }
+    });
+}
+
+/// The outbox relay and, with a broker, one Kafka consumer per group.
+fn spawn_events(state: &web::Data<AppState>) {
+    let st = state.clone();
+    tokio::spawn(async move {
+        if let Some(kafka) = st.settings.kafka_config() {
+            let types = st.events.event_types();
+            // Topics first (the broker may be down: retry until it answers).
+            loop {
+                match commerce_events::kafka::ensure_topics(&kafka, &types).await {
+                    Ok(()) => break,
+                    Err(e) => tracing::warn!(error = %e, "kafka topics not created yet"),
+                }
+                tokio::select! {
+                    _ = st.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+            for consumer in st.events.consumers() {
+                tokio::spawn(commerce_events::kafka::consume(
+                    kafka.clone(),
+                    st.events.clone(),
+                    consumer.clone(),
+                    st.shutdown.clone(),
+                ));
+            }
+        }
+        st.relay.run(st.shutdown.clone()).await;
+        if let commerce_events::relay::Sink::Kafka(p) = st.relay.sink() {
+            p.flush(Duration::from_secs(5));
         }
     });
 }

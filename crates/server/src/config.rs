@@ -20,10 +20,62 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub auth: AuthSettings,
     pub data_platform: UrlSetting,
+    pub notification: UrlSetting,
+    pub events: EventSettings,
     pub alerts: AlertSettings,
     pub log: LogSettings,
     pub breaker: BreakerSettings,
     pub coupons: CouponSettings,
+    pub catalog: CatalogSettings,
+    pub orders: OrderSettings,
+    pub queue: QueueSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderSettings {
+    /// How long a pending order holds its stock.
+    pub ttl_secs: u64,
+    /// How often overdue pending orders are expired.
+    pub sweep_interval_ms: u64,
+}
+
+/// The waiting room (`[queue]`): admission pace, token lifetimes, polling
+/// hints, which routes require an active token, and the per-instance limiter
+/// used while Redis is out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Users admitted per room per tick while healthy (halved per unhealthy
+    /// tick, back by a quarter per healthy one).
+    pub admit_per_tick: u32,
+    /// The admission interval; one instance admits per interval.
+    pub tick_ms: u64,
+    /// Whether this instance runs the admission loop (at least one must;
+    /// off: admission only through `WaitingRoom::admit_once`).
+    pub admitter: bool,
+    /// An active token lapses after this long without a poll or protected call.
+    pub active_idle_secs: u64,
+    /// A waiting token not polled for this long is dropped (>= 2 × retry_max_secs).
+    pub waiting_idle_secs: u64,
+    /// Active users per room at most (0: no cap).
+    pub max_active: u64,
+    /// Rooms (coupon or sale) open at once, the store's not counted.
+    pub max_rooms: u64,
+    /// `retry_after` bounds, and polls per estimated wait (`wait / k`).
+    pub retry_min_secs: u64,
+    pub retry_max_secs: u64,
+    pub polls_per_wait: u32,
+    /// Require an active token to issue a coupon / create an order.
+    pub protect_coupon_issue: bool,
+    pub protect_order_create: bool,
+    /// Room guarding coupon issuing: `store`, or `coupon` (each coupon's own).
+    pub coupon_room: String,
+    /// The local token bucket used while Redis is out, per instance.
+    pub fallback_rate_per_sec: f64,
+    pub fallback_burst: u32,
+    /// Admission slows while the reported p95 exceeds this (0: ignore).
+    pub p95_limit_ms: u64,
 }
 
 /// Circuit breaker policy, shared by every dependency's breaker.
@@ -47,6 +99,39 @@ pub struct CouponSettings {
     pub fallback_wait_ms: u64,
     /// How often open coupons' Redis gates are checked against PostgreSQL.
     pub reconcile_interval_secs: u64,
+}
+
+/// Product cache and popular-products settings (`[catalog]`). A change made
+/// through the catalog is visible on every instance within `l1_ttl_ms`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSettings {
+    /// How long an in-process (L1) copy of a product page is served: the
+    /// bound on how stale a page (stock included) can be after a change.
+    pub l1_ttl_ms: u64,
+    /// Products held in process.
+    pub l1_capacity: u64,
+    /// Lifetime of a Redis (L2) copy, before jitter.
+    pub l2_ttl_ms: u64,
+    /// Random spread of the Redis TTL, percent either side (0..=50), so
+    /// products cached together do not expire together.
+    pub l2_jitter_pct: u32,
+    /// A copy read after this share of its TTL (10..=95) is refreshed in the
+    /// background, so hot products never expire under load.
+    pub refresh_ahead_pct: u32,
+    /// How long the last copy of a product is kept to answer (marked stale)
+    /// while PostgreSQL fails.
+    pub stale_ttl_secs: u64,
+    /// Concurrent PostgreSQL reads of product pages per instance.
+    pub db_concurrency: usize,
+    /// Wait for one of those, then 503 `catalog_busy` with `Retry-After`.
+    pub db_wait_ms: u64,
+    /// How long the popular-products board is reused in process.
+    pub popular_ttl_ms: u64,
+    /// How long the product list's `total` (an exact count) is reused.
+    pub count_ttl_ms: u64,
+    /// How often the Redis sales ranking is re-checked against PostgreSQL.
+    pub ranking_rebuild_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,7 +167,25 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
+    /// Unset: events are delivered to the consumers in process.
     pub brokers: Option<String>,
+    /// Topics are `<topic_prefix><event_type>`.
+    pub topic_prefix: String,
+    /// Consumer groups are `<group_prefix><consumer>`.
+    pub group_prefix: String,
+    pub delivery_timeout_ms: u64,
+    pub partitions: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// Attempts of a consumer before an event is parked in dead letters.
+    pub max_attempts: u32,
+    /// Bound on each external call of a consumer.
+    pub http_timeout_ms: u64,
+    pub relay_batch: i64,
+    pub relay_idle_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +238,18 @@ connect_timeout_ms = 500
 response_timeout_ms = 500
 
 [kafka]
+topic_prefix = "commerce."
+group_prefix = "commerce."
+delivery_timeout_ms = 5000
+partitions = 3
+
+[events]
+max_attempts = 5
+http_timeout_ms = 2000
+relay_batch = 200
+relay_idle_ms = 50
+
+[notification]
 
 [auth]
 token_ttl_secs = 86400
@@ -153,10 +268,45 @@ open_ms = 2000
 max_open_ms = 30000
 half_open_probes = 1
 
+[orders]
+ttl_secs = 300
+sweep_interval_ms = 1000
+
+[queue]
+admit_per_tick = 100
+tick_ms = 1000
+admitter = true
+active_idle_secs = 300
+waiting_idle_secs = 180
+max_active = 0
+max_rooms = 1000
+retry_min_secs = 1
+retry_max_secs = 60
+polls_per_wait = 2
+protect_coupon_issue = false
+protect_order_create = false
+coupon_room = "store"
+fallback_rate_per_sec = 50.0
+fallback_burst = 100
+p95_limit_ms = 500
+
 [coupons]
 fallback_concurrency = 8
 fallback_wait_ms = 5000
 reconcile_interval_secs = 30
+
+[catalog]
+l1_ttl_ms = 1000
+l1_capacity = 10000
+l2_ttl_ms = 30000
+l2_jitter_pct = 10
+refresh_ahead_pct = 75
+stale_ttl_secs = 300
+db_concurrency = 16
+db_wait_ms = 500
+popular_ttl_ms = 2000
+count_ttl_ms = 5000
+ranking_rebuild_secs = 60
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +374,11 @@ impl Settings {
             ("breaker.open_ms", self.breaker.open_ms),
             ("breaker.max_open_ms", self.breaker.max_open_ms),
             ("coupons.fallback_wait_ms", self.coupons.fallback_wait_ms),
+            ("orders.ttl_secs", self.orders.ttl_secs),
+            ("kafka.delivery_timeout_ms", self.kafka.delivery_timeout_ms),
+            ("events.http_timeout_ms", self.events.http_timeout_ms),
+            ("events.relay_idle_ms", self.events.relay_idle_ms),
+            ("orders.sweep_interval_ms", self.orders.sweep_interval_ms),
             ("coupons.reconcile_interval_secs", self.coupons.reconcile_interval_secs),
         ] {
             if v == 0 {
@@ -236,6 +391,7 @@ impl Settings {
         }
         for (key, v) in [
             ("data_platform.url", &self.data_platform.url),
+            ("notification.url", &self.notification.url),
             ("alerts.webhook_url", &self.alerts.webhook_url),
         ] {
             if let Some(u) = v {
@@ -243,6 +399,18 @@ impl Settings {
                     return bad(key, format!("`{u}` is not an http(s) URL"));
                 }
             }
+        }
+        if self.events.max_attempts == 0 {
+            return bad("events.max_attempts", "must be at least 1".into());
+        }
+        if self.events.relay_batch <= 0 {
+            return bad("events.relay_batch", "must be positive".into());
+        }
+        if self.kafka.partitions <= 0 {
+            return bad("kafka.partitions", "must be positive".into());
+        }
+        if self.kafka.brokers.as_deref().is_some_and(|b| b.trim().is_empty()) {
+            return bad("kafka.brokers", "must not be empty when set".into());
         }
         if self.breaker.failure_threshold == 0 {
             return bad("breaker.failure_threshold", "must be at least 1".into());
@@ -253,6 +421,40 @@ impl Settings {
         if self.coupons.fallback_concurrency == 0 {
             return bad("coupons.fallback_concurrency", "must be at least 1".into());
         }
+        let c = &self.catalog;
+        for (key, v) in [
+            ("catalog.l1_ttl_ms", c.l1_ttl_ms),
+            ("catalog.l1_capacity", c.l1_capacity),
+            ("catalog.l2_ttl_ms", c.l2_ttl_ms),
+            ("catalog.stale_ttl_secs", c.stale_ttl_secs),
+            ("catalog.db_wait_ms", c.db_wait_ms),
+            ("catalog.popular_ttl_ms", c.popular_ttl_ms),
+            ("catalog.count_ttl_ms", c.count_ttl_ms),
+            ("catalog.ranking_rebuild_secs", c.ranking_rebuild_secs),
+        ] {
+            if v == 0 {
+                return bad(key, "must be greater than 0".into());
+            }
+        }
+        if c.l2_ttl_ms < c.l1_ttl_ms {
+            return bad(
+                "catalog.l2_ttl_ms",
+                "must be at least catalog.l1_ttl_ms".into(),
+            );
+        }
+        if c.l2_jitter_pct > 50 {
+            return bad("catalog.l2_jitter_pct", "must be at most 50".into());
+        }
+        if !(10..=95).contains(&c.refresh_ahead_pct) {
+            return bad(
+                "catalog.refresh_ahead_pct",
+                "must be between 10 and 95".into(),
+            );
+        }
+        if c.db_concurrency == 0 {
+            return bad("catalog.db_concurrency", "must be at least 1".into());
+        }
+        self.validate_queue()?;
         if self.auth.token_ttl_secs <= 0 {
             return bad("auth.token_ttl_secs", "must be positive".into());
         }
@@ -280,6 +482,108 @@ impl Settings {
         cfg.connect_timeout = Duration::from_millis(self.redis.connect_timeout_ms);
         cfg.response_timeout = Duration::from_millis(self.redis.response_timeout_ms);
         cfg
+    }
+
+    pub fn kafka_config(&self) -> Option<commerce_events::kafka::KafkaConfig> {
+        let k = &self.kafka;
+        k.brokers.as_ref().map(|brokers| commerce_events::kafka::KafkaConfig {
+            brokers: brokers.clone(),
+            topic_prefix: k.topic_prefix.clone(),
+            group_prefix: k.group_prefix.clone(),
+            delivery_timeout: Duration::from_millis(k.delivery_timeout_ms),
+            partitions: k.partitions,
+        })
+    }
+
+    fn validate_queue(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_owned() });
+        let q = &self.queue;
+        if q.admit_per_tick == 0 {
+            return bad("queue.admit_per_tick", "must be at least 1");
+        }
+        if q.tick_ms < 10 {
+            return bad("queue.tick_ms", "must be at least 10");
+        }
+        if q.active_idle_secs == 0 {
+            return bad("queue.active_idle_secs", "must be at least 1");
+        }
+        if q.retry_min_secs == 0 {
+            return bad("queue.retry_min_secs", "must be at least 1");
+        }
+        if q.retry_max_secs < q.retry_min_secs {
+            return bad("queue.retry_max_secs", "must be at least queue.retry_min_secs");
+        }
+        if q.polls_per_wait == 0 {
+            return bad("queue.polls_per_wait", "must be at least 1");
+        }
+        if q.waiting_idle_secs < q.retry_max_secs.saturating_mul(2) {
+            return bad("queue.waiting_idle_secs", "must be at least 2 × queue.retry_max_secs (slow pollers would be dropped)");
+        }
+        if q.max_rooms == 0 {
+            return bad("queue.max_rooms", "must be at least 1");
+        }
+        if !matches!(q.coupon_room.as_str(), "store" | "coupon") {
+            return bad("queue.coupon_room", "must be `store` or `coupon`");
+        }
+        if !(q.fallback_rate_per_sec.is_finite() && q.fallback_rate_per_sec > 0.0) {
+            return bad("queue.fallback_rate_per_sec", "must be a positive number");
+        }
+        if q.fallback_burst == 0 {
+            return bad("queue.fallback_burst", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn queue_config(&self) -> commerce_queue::QueueConfig {
+        let q = &self.queue;
+        commerce_queue::QueueConfig {
+            admit_per_tick: q.admit_per_tick,
+            tick: Duration::from_millis(q.tick_ms),
+            admitter: q.admitter,
+            active_idle: Duration::from_secs(q.active_idle_secs),
+            waiting_idle: Duration::from_secs(q.waiting_idle_secs),
+            max_active: q.max_active,
+            max_rooms: q.max_rooms,
+            retry: commerce_queue::RetryPolicy {
+                min_secs: q.retry_min_secs,
+                max_secs: q.retry_max_secs,
+                polls_per_wait: q.polls_per_wait,
+            },
+            protect_coupon_issue: q.protect_coupon_issue,
+            coupon_room: if q.coupon_room == "coupon" {
+                commerce_queue::CouponRoom::PerCoupon
+            } else {
+                commerce_queue::CouponRoom::Store
+            },
+            protect_order_create: q.protect_order_create,
+            fallback_rate_per_sec: q.fallback_rate_per_sec,
+            fallback_burst: q.fallback_burst,
+            p95_limit: (q.p95_limit_ms > 0).then(|| Duration::from_millis(q.p95_limit_ms)),
+        }
+    }
+
+    pub fn order_config(&self) -> commerce_orders::OrderConfig {
+        commerce_orders::OrderConfig {
+            ttl: Duration::from_secs(self.orders.ttl_secs),
+            ..Default::default()
+        }
+    }
+
+    pub fn catalog_config(&self) -> commerce_catalog::CatalogConfig {
+        let c = &self.catalog;
+        commerce_catalog::CatalogConfig {
+            l1_ttl: Duration::from_millis(c.l1_ttl_ms),
+            l1_capacity: c.l1_capacity,
+            l2_ttl: Duration::from_millis(c.l2_ttl_ms),
+            l2_jitter_pct: c.l2_jitter_pct,
+            refresh_ahead_pct: c.refresh_ahead_pct,
+            stale_ttl: Duration::from_secs(c.stale_ttl_secs),
+            db_concurrency: c.db_concurrency,
+            db_wait: Duration::from_millis(c.db_wait_ms),
+            popular_ttl: Duration::from_millis(c.popular_ttl_ms),
+            count_ttl: Duration::from_millis(c.count_ttl_ms),
+            ranking_rebuild_every: Duration::from_secs(c.ranking_rebuild_secs),
+        }
     }
 
     pub fn coupon_config(&self) -> commerce_coupons::CouponConfig {

@@ -5,7 +5,9 @@ use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use commerce_accounts::AccountsError;
+use commerce_catalog::CatalogError;
 use commerce_coupons::CouponError;
+use commerce_orders::OrderError;
 use commerce_domain::ParseError;
 use commerce_storage::StorageError;
 use serde::Serialize;
@@ -174,6 +176,66 @@ impl From<CouponError> for ApiError {
             CouponError::Busy(why) => Self::unavailable("coupon_busy", why, 1),
             CouponError::Invalid(p) => p.into(),
             CouponError::Storage(s) => s.into(),
+        }
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::NotFound => Self::not_found("order_not_found", "order not found"),
+            OrderError::UnknownProduct(p) => Self::unprocessable("unknown_product", format!("product {p} does not exist")),
+            OrderError::OutOfStock(p) => Self::conflict("out_of_stock", format!("not enough stock for product {p}"))
+                .with_details(serde_json::json!({ "product_id": p })),
+            OrderError::InvalidCoupon(why) => Self::unprocessable("invalid_coupon", why),
+            OrderError::AlreadyPaid => Self::conflict("already_paid", "the order is already paid"),
+            OrderError::Expired => Self::conflict("expired", "the order has expired"),
+            OrderError::Cancelled => Self::conflict("order_cancelled", "the order was cancelled"),
+            OrderError::InsufficientBalance => Self::conflict("insufficient_balance", "the balance is too low"),
+            OrderError::CouponAlreadyUsed => Self::conflict("coupon_already_used", "the coupon was already used"),
+            OrderError::CouponExpired => Self::conflict("coupon_expired", "the coupon has expired"),
+            OrderError::Busy => Self::unavailable("payment_in_progress", "the order is being paid, retry shortly", 1),
+            OrderError::Invalid(p) => p.into(),
+            OrderError::Storage(s) => s.into(),
+        }
+    }
+}
+
+impl From<commerce_queue::QueueError> for ApiError {
+    /// `not_admitted` is a 403 carrying the caller's place in line and a
+    /// `Retry-After`, so clients wait instead of hammering the route.
+    fn from(e: commerce_queue::QueueError) -> Self {
+        use commerce_queue::QueueError as Q;
+        let (code, message) = (e.code(), e.to_string());
+        match e {
+            Q::InvalidTarget(_) => Self::unprocessable(code, message),
+            Q::InvalidToken => Self::bad_request(code, message),
+            Q::TokenNotFound => Self::not_found(code, message),
+            Q::NotAdmitted { target, position, retry_after_secs, degraded } => {
+                let mut api = Self::new(StatusCode::FORBIDDEN, code, message).with_details(serde_json::json!({
+                    "target": target.to_string(),
+                    "position": position,
+                    "retry_after": retry_after_secs,
+                    "degraded": degraded,
+                }));
+                api.retry_after = Some(retry_after_secs.max(1));
+                api
+            }
+            Q::RoomsFull { retry_after_secs } => Self::unavailable(code, message, retry_after_secs),
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::NotFound => Self::not_found("product_not_found", "product not found"),
+            CatalogError::Busy {
+                reason,
+                retry_after_secs,
+            } => Self::unavailable("catalog_busy", reason, retry_after_secs),
+            CatalogError::Invalid(p) => p.into(),
+            CatalogError::Storage(s) => s.into(),
         }
     }
 }

@@ -19,6 +19,12 @@ pub struct AppState {
     pub redis: RedisClient,
     pub locks: LockManager,
     pub coupons: Coupons,
+    pub catalog: commerce_catalog::Catalog,
+    pub orders: commerce_orders::Orders,
+    pub queue: commerce_queue::WaitingRoom,
+    /// The consumers of this process (dead letters are re-driven through it).
+    pub events: commerce_events::Dispatcher,
+    pub relay: commerce_events::relay::Relay,
     /// Cancelled when the server stops, ending background tasks.
     pub shutdown: CancellationToken,
 }

@@ -134,6 +134,7 @@ diesel::table! {
         created_at -> Timestamptz,
         attempts -> Int4,
         published_at -> Nullable<Timestamptz>,
+        claimed_until -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
     }
 }

@@ -3,7 +3,9 @@
 //! prefix of its own, so integration tests run in parallel.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod broker;
 pub mod chaos;
+pub mod fake_http;
 pub mod db;
 
 use actix_web::dev::ServerHandle;
@@ -219,6 +221,18 @@ impl TestApp {
             }
             cursor = next;
         }
+    }
+
+    /// GET as admin.
+    pub async fn get_json_admin(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .client
+            .get(self.url(path))
+            .header("X-Admin-Key", ADMIN_KEY)
+            .send()
+            .await
+            .expect("request");
+        split(res).await
     }
 
     /// Stops accepting, finishing in-flight requests.

@@ -32,6 +32,7 @@ pub struct IssuedBody {
         (status = 410, body = ErrorBody, description = "expired"), (status = 503, body = ErrorBody)))]
 pub async fn issue(user: AuthUser, state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = CouponId::parse(path.into_inner()).map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
+    state.queue.require_admitted(user.0, commerce_queue::Protected::CouponIssue(id)).await?;
     let issued = state.coupons.issue(id, user.0).await?;
     Ok(HttpResponse::Created().json(IssuedBody {
         user_coupon_id: issued.user_coupon_id.get(),

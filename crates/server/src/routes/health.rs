@@ -41,7 +41,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         .into_iter()
         .map(|b| (b.name.clone(), json!(b.state)))
         .collect();
+    let outbox = match tokio::time::timeout(Duration::from_secs(1), state.relay.backlog()).await {
+        Ok(Ok(b)) => json!(b),
+        _ => json!(null),
+    };
     let checks = json!({
+        "outbox": outbox,
         "database": db,
         "redis": redis,
         "db_pool": { "size": size, "available": available, "waiting": waiting },

@@ -4,7 +4,10 @@ pub mod admin;
 pub mod balance;
 pub mod coupons;
 pub mod health;
+pub mod orders;
 pub mod openapi;
+pub mod products;
+pub mod queue;
 pub mod users;
 
 use actix_web::web;
@@ -15,5 +18,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     users::configure(cfg);
     balance::configure(cfg);
     coupons::configure(cfg);
+    products::configure(cfg);
+    orders::configure(cfg);
+    queue::configure(cfg);
     admin::configure(cfg);
 }

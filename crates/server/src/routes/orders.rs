@@ -100,6 +100,7 @@ pub async fn create(
     req: HttpRequest,
     body: web::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
+    state.queue.require_admitted(user.0, commerce_queue::Protected::OrderCreate).await?;
     let items: Vec<(i64, i64)> = body.items.iter().map(|i| (i.product_id, i.quantity)).collect();
     let new = NewOrder::parse(&items, body.user_coupon_id)?;
     let canonical = serde_json::json!({

@@ -1,0 +1,188 @@
+//! Kafka transport: an idempotent producer behind the `kafka` breaker, topic
+//! creation at start-up, and one consumer group per consumer with offsets
+//! stored only after the event is settled (at least once).
+
+use crate::{Consumer, Dispatcher, Event};
+use commerce_resilience::{Breaker, CallError};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    /// Topics are `<topic_prefix><event_type>`.
+    pub topic_prefix: String,
+    /// Consumer groups are `<group_prefix><consumer name>`.
+    pub group_prefix: String,
+    /// Bound on one delivery (`message.timeout.ms`).
+    pub delivery_timeout: Duration,
+    pub partitions: i32,
+}
+
+impl KafkaConfig {
+    pub fn topic(&self, event_type: &str) -> String {
+        format!("{}{event_type}", self.topic_prefix)
+    }
+}
+
+/// Publishes events; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    config: Arc<KafkaConfig>,
+    breaker: Breaker,
+}
+
+impl Publisher {
+    pub fn new(config: &KafkaConfig, breaker: Breaker) -> Result<Self, KafkaError> {
+        let timeout_ms = config.delivery_timeout.as_millis().to_string();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", &timeout_ms)
+            .set("request.timeout.ms", &timeout_ms)
+            .set("socket.connection.setup.timeout.ms", "3000")
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("linger.ms", "5")
+            .create()?;
+        Ok(Self {
+            producer,
+            config: Arc::new(config.clone()),
+            breaker,
+        })
+    }
+
+    /// Sends one event and waits for the broker's acknowledgement.
+    pub async fn publish(&self, event: &Event) -> Result<(), String> {
+        let topic = self.config.topic(&event.event_type);
+        let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+        let key = event.key.clone();
+        let send = async {
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            self.producer
+                .send(record, self.config.delivery_timeout)
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        };
+        // A little over the delivery timeout: librdkafka answers first.
+        let bound = self.config.delivery_timeout + Duration::from_secs(1);
+        match self.breaker.call_classified(Some(bound), send, |_: &KafkaError| true).await {
+            Ok(()) => Ok(()),
+            Err(CallError::Rejected { .. }) => Err("kafka breaker open".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Waits for queued messages (on shutdown; dropping purges them).
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer as _;
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "kafka producer flush incomplete");
+        }
+    }
+}
+
+/// Creates the topics if missing (the test broker does not auto-create).
+pub async fn ensure_topics(config: &KafkaConfig, event_types: &[&str]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("socket.connection.setup.timeout.ms", "3000")
+        .create()?;
+    let names: Vec<String> = event_types.iter().map(|t| config.topic(t)).collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, config.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    for result in admin.create_topics(&topics, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                tracing::warn!(topic = %name, ?code, "topic creation failed");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `consumer` as its own group until `shutdown`.
+pub async fn consume(config: KafkaConfig, dispatcher: Dispatcher, consumer: Arc<dyn Consumer>, shutdown: CancellationToken) {
+    let group = format!("{}{}", config.group_prefix, consumer.name());
+    let client: Result<StreamConsumer, _> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        // Offsets are stored by hand once an event is settled.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("socket.connection.setup.timeout.ms", "3000")
+        .set("reconnect.backoff.max.ms", "1000")
+        .create();
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(group, error = %e, "kafka consumer could not be created");
+            return;
+        }
+    };
+    let topics: Vec<String> = consumer.event_types().iter().map(|t| config.topic(t)).collect();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(e) = client.subscribe(&topic_refs) {
+        tracing::error!(group, error = %e, "kafka subscribe failed");
+        return;
+    }
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = client.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(group, error = %e, "kafka receive failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        let event: Option<Event> = message.payload().and_then(|p| serde_json::from_slice(p).ok());
+        match event {
+            Some(event) => loop {
+                let delivery = dispatcher.deliver(consumer.as_ref(), &event).await;
+                match delivery {
+                    crate::Delivery::Deferred(wait) => {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {
+                                // Not settled: leave the offset, another member redelivers.
+                                let _ = client.commit_consumer_state(CommitMode::Sync);
+                                return;
+                            }
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    _ => break,
+                }
+            },
+            None => tracing::warn!(group, offset = message.offset(), "undecodable event skipped"),
+        }
+        if let Err(e) = client.store_offset_from_message(&message) {
+            tracing::warn!(group, error = %e, "offset store failed");
+        }
+    }
+    let _ = client.commit_consumer_state(CommitMode::Sync);
+}

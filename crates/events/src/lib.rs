@@ -1,0 +1,395 @@
+//! Side effects leave the request path through events (rule 6).
+//!
+//! State changes write outbox rows in their own transaction (see
+//! `commerce_storage::outbox`). The [`relay::Relay`] publishes unpublished
+//! rows to Kafka, or, with no broker configured, hands them to the same
+//! consumers in process. Every consumer is its own group with its own inbox:
+//! an event id seen before is ignored, and the inbox row commits with the
+//! consumer's effect. A consumer that keeps failing parks the event in
+//! `dead_letters`, from where an admin re-drives it.
+
+pub mod consumers;
+pub mod kafka;
+pub mod relay;
+
+use chrono::{DateTime, Utc};
+use commerce_storage::{conn, DbPool, StorageError};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One committed event, as relayed and consumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: uuid::Uuid,
+    pub event_type: String,
+    pub key: String,
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why a consumer could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Worth retrying now (a 5xx, a timeout): counts toward parking.
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// The dependency is known to be down (its breaker is open): try the
+    /// event again later without counting an attempt.
+    #[error("unavailable, retry after {0:?}")]
+    Unavailable(Duration),
+    /// Will never succeed as it is (a 4xx, a malformed event): park it.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl From<StorageError> for HandleError {
+    fn from(e: StorageError) -> Self {
+        if e.is_unavailable() {
+            Self::Unavailable(Duration::from_secs(1))
+        } else {
+            Self::Retryable(e.to_string())
+        }
+    }
+}
+
+impl From<diesel::result::Error> for HandleError {
+    fn from(e: diesel::result::Error) -> Self {
+        StorageError::from(e).into()
+    }
+}
+
+/// A consumer group. A transactional consumer's effect runs inside the
+/// transaction that records the event in its inbox (`tx` is `Some`), so a
+/// database effect happens exactly once. Any other consumer runs outside a
+/// transaction (`tx` is `None`, no connection held during a slow external
+/// call): the inbox is checked before and written after, so its effect
+/// happens at least once, and is sent with the event id for the peer to
+/// drop the rare duplicate.
+pub trait Consumer: Send + Sync + 'static {
+    /// Group name; also names the inbox table `inbox_<name>`.
+    fn name(&self) -> &'static str;
+    /// Event types this consumer wants.
+    fn event_types(&self) -> &'static [&'static str];
+    /// Whether `handle` wants the inbox transaction.
+    fn transactional(&self) -> bool {
+        false
+    }
+    fn handle<'a>(
+        &'a self,
+        tx: Option<&'a mut AsyncPgConnection>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>>;
+    /// Runs after the inbox row committed (e.g. refresh a cache).
+    fn after_commit<'a>(&'a self, _event: &'a Event) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// What delivering one event to one consumer came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Processed,
+    /// Seen before: ignored.
+    Duplicate,
+    /// Given up after the retries: now in `dead_letters`.
+    Parked,
+    /// Not now (dependency down); deliver again after the delay.
+    Deferred(Duration),
+}
+
+impl Delivery {
+    /// Done with, from the sender's point of view (offset may advance).
+    pub fn is_settled(self) -> bool {
+        !matches!(self, Self::Deferred(_))
+    }
+}
+
+/// Retry policy of a delivery.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts before the event is parked.
+    pub max_attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The consumers of this process and how to deliver to them.
+#[derive(Clone)]
+pub struct Dispatcher {
+    db: DbPool,
+    consumers: Arc<Vec<Arc<dyn Consumer>>>,
+    policy: RetryPolicy,
+}
+
+fn inbox_table(name: &str) -> Option<String> {
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')).then(|| format!("inbox_{name}"))
+}
+
+impl Dispatcher {
+    pub fn new(db: DbPool, consumers: Vec<Arc<dyn Consumer>>, policy: RetryPolicy) -> Self {
+        Self {
+            db,
+            consumers: Arc::new(consumers),
+            policy,
+        }
+    }
+
+    pub fn consumers(&self) -> &[Arc<dyn Consumer>] {
+        &self.consumers
+    }
+
+    pub fn consumer(&self, name: &str) -> Option<Arc<dyn Consumer>> {
+        self.consumers.iter().find(|c| c.name() == name).cloned()
+    }
+
+    /// Every event type some consumer wants (topics to create and relay).
+    pub fn event_types(&self) -> Vec<&'static str> {
+        let mut types: Vec<&'static str> = self.consumers.iter().flat_map(|c| c.event_types().iter().copied()).collect();
+        types.sort_unstable();
+        types.dedup();
+        types
+    }
+
+    /// Delivers to every interested consumer; the event is settled when all
+    /// are. Returns the longest deferral, if any.
+    pub async fn deliver_all(&self, event: &Event) -> Option<Duration> {
+        // Consumers are independent: a slow or failing one does not hold
+        // the others back.
+        let deliveries = futures::future::join_all(
+            self.consumers
+                .iter()
+                .filter(|c| c.event_types().contains(&event.event_type.as_str()))
+                .map(|c| self.deliver(c.as_ref(), event)),
+        )
+        .await;
+        deliveries
+            .into_iter()
+            .filter_map(|d| match d {
+                Delivery::Deferred(d) => Some(d),
+                _ => None,
+            })
+            .max()
+    }
+
+    /// Applies `event` to `consumer` once: retries with backoff, parks after
+    /// `max_attempts` real failures, defers while the dependency is down.
+    pub async fn deliver(&self, consumer: &dyn Consumer, event: &Event) -> Delivery {
+        let Some(table) = inbox_table(consumer.name()) else {
+            return self.park(consumer, event, "invalid consumer name", 0).await;
+        };
+        let mut backoff = self.policy.first_backoff;
+        let mut last_error = String::new();
+        for attempt in 1..=self.policy.max_attempts {
+            let outcome = self.attempt(consumer, &table, event).await;
+            let kind = match &outcome {
+                Ok(Delivery::Duplicate) => "duplicate",
+                Ok(_) => "processed",
+                Err(HandleError::Unavailable(_)) => "deferred",
+                Err(HandleError::Retryable(_)) => "retry",
+                Err(HandleError::Permanent(_)) => "permanent",
+            };
+            metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => kind).increment(1);
+            match outcome {
+                Ok(Delivery::Processed) => {
+                    metrics::histogram!("events_lag_seconds", "consumer" => consumer.name()).record(
+                        (Utc::now() - event.created_at).num_milliseconds().max(0) as f64 / 1000.0,
+                    );
+                    consumer.after_commit(event).await;
+                    return Delivery::Processed;
+                }
+                Ok(other) => return other,
+                Err(HandleError::Unavailable(d)) => return Delivery::Deferred(d),
+                Err(HandleError::Permanent(e)) => return self.park(consumer, event, &e, attempt).await,
+                Err(HandleError::Retryable(e)) => {
+                    tracing::debug!(consumer = consumer.name(), event = %event.id, attempt, error = %e, "consumer failed, retrying");
+                    last_error = e;
+                    if attempt < self.policy.max_attempts {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.policy.max_backoff);
+                    }
+                }
+            }
+        }
+        self.park(consumer, event, &last_error, self.policy.max_attempts).await
+    }
+
+    async fn attempt(&self, consumer: &dyn Consumer, table: &str, event: &Event) -> Result<Delivery, HandleError> {
+        let insert = format!("INSERT INTO {table} (event_id) VALUES ($1) ON CONFLICT DO NOTHING");
+        if consumer.transactional() {
+            let mut c = conn(&self.db).await?;
+            return c
+                .transaction(async |tx| {
+                    let fresh = diesel::sql_query(&insert).bind::<SqlUuid, _>(event.id).execute(tx).await?;
+                    if fresh == 0 {
+                        return Ok(Delivery::Duplicate);
+                    }
+                    consumer.handle(Some(tx), event).await?;
+                    Ok(Delivery::Processed)
+                })
+                .await;
+        }
+        #[derive(QueryableByName)]
+        struct Seen {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            seen: bool,
+        }
+        let seen: Seen = {
+            let mut c = conn(&self.db).await?;
+            diesel::sql_query(format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE event_id = $1) AS seen"))
+                .bind::<SqlUuid, _>(event.id)
+                .get_result(&mut c)
+                .await?
+        };
+        if seen.seen {
+            return Ok(Delivery::Duplicate);
+        }
+        consumer.handle(None, event).await?;
+        let mut c = conn(&self.db).await?;
+        diesel::sql_query(&insert).bind::<SqlUuid, _>(event.id).execute(&mut c).await?;
+        Ok(Delivery::Processed)
+    }
+
+    async fn park(&self, consumer: &dyn Consumer, event: &Event, error: &str, attempts: u32) -> Delivery {
+        tracing::warn!(consumer = consumer.name(), event = %event.id, error, "event parked in dead letters");
+        metrics::counter!("events_dead_lettered_total", "consumer" => consumer.name()).increment(1);
+        let saved = async {
+            let mut c = conn(&self.db).await?;
+            diesel::sql_query(
+                "INSERT INTO dead_letters (consumer, event_id, event_type, aggregate_key, payload, event_created_at, error, attempts) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (consumer, event_id) DO UPDATE SET error = EXCLUDED.error, \
+                 attempts = dead_letters.attempts + EXCLUDED.attempts, redriven_at = NULL",
+            )
+            .bind::<Text, _>(consumer.name())
+            .bind::<SqlUuid, _>(event.id)
+            .bind::<Text, _>(&event.event_type)
+            .bind::<Text, _>(&event.key)
+            .bind::<Jsonb, _>(&event.payload)
+            .bind::<Timestamptz, _>(event.created_at)
+            .bind::<Text, _>(error)
+            .bind::<Integer, _>(i32::try_from(attempts).unwrap_or(i32::MAX))
+            .execute(&mut c)
+            .await?;
+            Ok::<_, StorageError>(())
+        }
+        .await;
+        match saved {
+            Ok(()) => Delivery::Parked,
+            // Could not even park: try the event again later.
+            Err(_) => Delivery::Deferred(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// A parked event, as listed to admins.
+#[derive(Debug, Clone, Serialize, QueryableByName)]
+pub struct DeadLetter {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub consumer: String,
+    #[diesel(sql_type = SqlUuid)]
+    pub event_id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    #[diesel(sql_type = Text)]
+    pub aggregate_key: String,
+    #[diesel(sql_type = Jsonb)]
+    pub payload: serde_json::Value,
+    #[diesel(sql_type = Timestamptz)]
+    pub event_created_at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    pub error: String,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub redriven_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("dead letter not found")]
+    NotFound,
+    #[error("consumer {0} is not running here")]
+    UnknownConsumer(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl Dispatcher {
+    /// Parked events not yet re-driven, oldest first.
+    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, DeadLetterError> {
+        let mut c = conn(&self.db).await?;
+        Ok(diesel::sql_query(
+            "SELECT * FROM dead_letters WHERE redriven_at IS NULL ORDER BY id LIMIT $1",
+        )
+        .bind::<BigInt, _>(limit)
+        .load(&mut c)
+        .await
+        .map_err(StorageError::from)?)
+    }
+
+    /// Delivers a parked event again (inbox dedup still applies).
+    pub async fn redrive(&self, id: i64) -> Result<(DeadLetter, Delivery), DeadLetterError> {
+        let letter: DeadLetter = {
+            let mut c = conn(&self.db).await?;
+            diesel::sql_query("SELECT * FROM dead_letters WHERE id = $1")
+                .bind::<BigInt, _>(id)
+                .get_result(&mut c)
+                .await
+                .optional()
+                .map_err(StorageError::from)?
+                .ok_or(DeadLetterError::NotFound)?
+        };
+        let consumer = self
+            .consumer(&letter.consumer)
+            .ok_or_else(|| DeadLetterError::UnknownConsumer(letter.consumer.clone()))?;
+        let event = Event {
+            id: letter.event_id,
+            event_type: letter.event_type.clone(),
+            key: letter.aggregate_key.clone(),
+            payload: letter.payload.clone(),
+            created_at: letter.event_created_at,
+        };
+        let delivery = self.deliver(consumer.as_ref(), &event).await;
+        if matches!(delivery, Delivery::Processed | Delivery::Duplicate) {
+            let mut c = conn(&self.db).await?;
+            diesel::sql_query("UPDATE dead_letters SET redriven_at = now() WHERE id = $1")
+                .bind::<BigInt, _>(id)
+                .execute(&mut c)
+                .await
+                .map_err(StorageError::from)?;
+        }
+        Ok((letter, delivery))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_names_are_checked() {
+        assert_eq!(inbox_table("ranking").as_deref(), Some("inbox_ranking"));
+        assert_eq!(inbox_table("data_platform").as_deref(), Some("inbox_data_platform"));
+        assert!(inbox_table("x; DROP TABLE y").is_none());
+        assert!(inbox_table("").is_none());
+    }
+}

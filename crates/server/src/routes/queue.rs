@@ -1,0 +1,158 @@
+//! The waiting room: enter it (get a token) and poll the token.
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use actix_web::http::header::RETRY_AFTER;
+use actix_web::{web, HttpResponse};
+use commerce_queue::{Target, Ticket};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/queue/tokens", web::post().to(enter))
+        .route("/api/v1/queue/tokens/{token}", web::get().to(poll));
+}
+
+/// Optional body of `POST /api/v1/queue/tokens`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnterRequest {
+    /// `store` (default), `coupon:<id>` or `sale:<id>`.
+    target: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct TargetQuery {
+    target: Option<String>,
+}
+
+/// A queue token's state.
+#[derive(Serialize, ToSchema)]
+pub struct TicketBody {
+    token: String,
+    /// `waiting` or `active`.
+    status: &'static str,
+    /// 1 = next in line, 0 once active; null while degraded and waiting.
+    position: Option<u64>,
+    /// Seconds before the next poll (also in `Retry-After`); grows with the
+    /// position, up to a minute. Once active: poll (or use a protected
+    /// route) within this to keep the token alive.
+    retry_after: u64,
+    target: String,
+    /// Answered by this instance's local limiter because Redis is out: no
+    /// global order, and the token is only meaningful to this instance.
+    degraded: bool,
+}
+
+fn respond(mut res: actix_web::HttpResponseBuilder, t: Ticket) -> HttpResponse {
+    res.insert_header((RETRY_AFTER, t.retry_after_secs.to_string()))
+        .json(TicketBody {
+            token: t.token,
+            status: t.status.as_str(),
+            position: t.position,
+            retry_after: t.retry_after_secs,
+            target: t.target.to_string(),
+            degraded: t.degraded,
+        })
+}
+
+/// The room asked for, by body or query (they must agree), else the store.
+fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiError> {
+    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<EnterRequest>(body)
+            .map_err(|e| {
+                if e.is_data() {
+                    ApiError::unprocessable("invalid_body", format!("invalid body: {e}"))
+                } else {
+                    ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
+                }
+            })?
+            .target
+    };
+    let raw = match (from_body, query) {
+        (Some(b), Some(q)) if b != q => {
+            return Err(ApiError::unprocessable(
+                "invalid_queue_target",
+                "target given in both body and query, with different values",
+            ))
+        }
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => return Ok(Target::Store),
+    };
+    Ok(Target::parse(&raw)?)
+}
+
+/// Enter a waiting room. The same caller gets the same token back while it
+/// is alive: 201 for a new token, 200 for the existing one.
+#[utoipa::path(post, path = "/api/v1/queue/tokens", tag = "queue", security(("bearer" = [])),
+    params(("target" = Option<String>, Query, description = "store (default), coupon:<id> or sale:<id>")),
+    request_body(content = Option<EnterRequest>, description = "optional; `target` as in the query"),
+    responses((status = 201, body = TicketBody, description = "new token; Retry-After says when to poll"),
+        (status = 200, body = TicketBody, description = "the caller's existing token"),
+        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody, description = "invalid_queue_target"),
+        (status = 503, body = ErrorBody, description = "queue_rooms_full")))]
+pub async fn enter(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    query: web::Query<TargetQuery>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let target = requested_target(query.into_inner().target, &body)?;
+    let ticket = state.queue.enter(user.0, target).await?;
+    let res = if ticket.created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(respond(res, ticket))
+}
+
+/// Poll a token (only its owner can; anyone else gets 404). One Redis round
+/// trip; it also keeps the token alive.
+#[utoipa::path(get, path = "/api/v1/queue/tokens/{token}", tag = "queue", security(("bearer" = [])),
+    params(("token" = String, Path)),
+    responses((status = 200, body = TicketBody), (status = 400, body = ErrorBody, description = "invalid_queue_token"),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "queue_token_not_found: unknown, expired or not yours")))]
+pub async fn poll(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ticket = state.queue.poll(user.0, &path.into_inner()).await?;
+    Ok(respond(HttpResponse::Ok(), ticket))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn target_from_body_or_query() {
+        assert_eq!(requested_target(None, b"").unwrap(), Target::Store);
+        assert_eq!(requested_target(None, b"  \n").unwrap(), Target::Store);
+        assert_eq!(requested_target(None, b"{}").unwrap(), Target::Store);
+        assert_eq!(
+            requested_target(None, br#"{"target":"coupon:4"}"#).unwrap(),
+            Target::Coupon(4)
+        );
+        assert_eq!(
+            requested_target(Some("sale:2".into()), b"").unwrap(),
+            Target::Sale(2)
+        );
+        assert_eq!(
+            requested_target(Some("sale:2".into()), br#"{"target":"sale:2"}"#).unwrap(),
+            Target::Sale(2)
+        );
+        let e = requested_target(Some("sale:2".into()), br#"{"target":"store"}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_queue_target");
+        assert_eq!(requested_target(None, b"{").unwrap_err().code, "malformed_json");
+        assert_eq!(requested_target(None, br#"{"x":1}"#).unwrap_err().code, "invalid_body");
+        let e = requested_target(Some("nope".into()), b"").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, "invalid_queue_target"));
+    }
+}

@@ -1,0 +1,274 @@
+//! Side effects through events (rule 6): outbox, relay, idempotent
+//! consumers, dead letters; in process and through a real broker (tansu).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use commerce_events::consumers::DATA_PLATFORM;
+use commerce_events::{Delivery, Event};
+use commerce_testkit::broker::Broker;
+use commerce_testkit::fake_http::{FakePeer, Mode};
+use commerce_testkit::{TestApp, TestUser};
+use diesel_async::RunQueryDsl;
+use futures::StreamExt;
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(diesel::QueryableByName)]
+struct Id {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
+async fn product(app: &TestApp, stock: i32) -> i64 {
+    let mut c = app.db.conn().await;
+    let row: Id = diesel::sql_query("INSERT INTO products (name, price, stock) VALUES ('p', 10, $1) RETURNING id")
+        .bind::<diesel::sql_types::Integer, _>(stock)
+        .get_result(&mut c)
+        .await
+        .unwrap();
+    row.id
+}
+
+/// Gives every user money (directly, with its ledger row).
+async fn fund(app: &TestApp, amount: i64) {
+    let mut c = app.db.conn().await;
+    diesel::sql_query(format!(
+        "WITH u AS (UPDATE users SET balance = balance + {amount} RETURNING id, balance) \
+         INSERT INTO balance_ledger (user_id, delta, balance_after, kind) SELECT id, {amount}, balance, 'charge' FROM u"
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
+}
+
+/// Creates and pays one order (2 units) per user, `in_flight` at a time,
+/// alternating instances; `progress` counts paid orders.
+async fn pay_orders(apps: &[&TestApp], users: &[TestUser], product: i64, in_flight: usize, progress: &AtomicUsize) -> Vec<Duration> {
+    futures::stream::iter(users.iter().enumerate())
+        .map(|(i, u)| {
+            let app = apps[i % apps.len()];
+            async move {
+                let (s, o) = app
+                    .post_json(
+                        "/api/v1/orders",
+                        Some(&u.token),
+                        None,
+                        &json!({"items": [{"product_id": product, "quantity": 2}]}),
+                    )
+                    .await;
+                assert_eq!(s, 201, "{o}");
+                let started = Instant::now();
+                let (s, p) = app
+                    .post_json(&format!("/api/v1/orders/{}/payment", o["id"]), Some(&u.token), None, &json!({}))
+                    .await;
+                assert_eq!(s, 200, "{p}");
+                progress.fetch_add(1, Ordering::SeqCst);
+                started.elapsed()
+            }
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await
+}
+
+async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    app.db.scalar(sql).await
+}
+
+fn p95(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 95 / 100).min(v.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_consumers_apply_each_event_once() {
+    let peer = FakePeer::start().await;
+    let url = peer.url.clone();
+    let app = TestApp::spawn_with(|s| s.data_platform.url = Some(url)).await;
+    let users = app.seed_users(60).await;
+    fund(&app, 1_000).await;
+    let p = product(&app, 1_000).await;
+    pay_orders(&[&app], &users, p, 20, &AtomicUsize::new(0)).await;
+    eventually("every consumer to see 60 paid orders", Duration::from_secs(20), async || {
+        count(&app, "SELECT COUNT(*) AS n FROM inbox_ranking").await == 60 && peer.distinct() == 60
+    })
+    .await;
+    assert_eq!(peer.accepted(), 60, "no duplicate effects");
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL").await, 0);
+    assert_eq!(
+        count(&app, &format!("SELECT COALESCE(SUM(units), 0)::BIGINT AS n FROM product_sales_daily WHERE product_id = {p}")).await,
+        120
+    );
+    // The notification consumer (no URL: logs) saw paid orders too.
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM inbox_notification").await, 60);
+    let (_, ready) = app.get_json("/health/ready", None).await;
+    assert_eq!(ready["checks"]["outbox"]["unpublished"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_is_ignored_by_every_consumer() {
+    let peer = FakePeer::start().await;
+    let url = peer.url.clone();
+    let app = TestApp::spawn_with(|s| s.data_platform.url = Some(url)).await;
+    let p = product(&app, 10).await;
+    let event = Event {
+        id: uuid::Uuid::now_v7(),
+        event_type: "order_paid".into(),
+        key: "1".into(),
+        payload: json!({"order_id": 1, "user_id": 1, "amount": 20, "paid_at": chrono::Utc::now(),
+                         "items": [{"product_id": p, "quantity": 2, "unit_price": 10}]}),
+        created_at: chrono::Utc::now(),
+    };
+    for consumer in app.state.events.consumers() {
+        assert_eq!(app.state.events.deliver(consumer.as_ref(), &event).await, Delivery::Processed);
+        assert_eq!(app.state.events.deliver(consumer.as_ref(), &event).await, Delivery::Duplicate);
+    }
+    assert_eq!(peer.accepted(), 1);
+    assert_eq!(
+        count(&app, &format!("SELECT units AS n FROM product_sales_daily WHERE product_id = {p}")).await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_data_platform_parks_events_then_redrive_delivers_once() {
+    let peer = FakePeer::start().await;
+    peer.set_mode(Mode::Fail(500));
+    let url = peer.url.clone();
+    let app = TestApp::spawn_with(|s| {
+        s.data_platform.url = Some(url);
+        s.events.max_attempts = 3;
+        // Keep the breaker closed so every attempt reaches the peer.
+        s.breaker.failure_threshold = 1000;
+    })
+    .await;
+    let users = app.seed_users(10).await;
+    fund(&app, 1_000).await;
+    let p = product(&app, 100).await;
+    pay_orders(&[&app], &users, p, 10, &AtomicUsize::new(0)).await;
+    eventually("10 dead letters", Duration::from_secs(30), async || {
+        count(&app, "SELECT COUNT(*) AS n FROM dead_letters WHERE redriven_at IS NULL").await == 10
+    })
+    .await;
+    assert_eq!(count(&app, "SELECT MIN(attempts)::BIGINT AS n FROM dead_letters").await, 3);
+    assert!(peer.requests() >= 30, "three attempts each");
+    // Other consumers were not held back.
+    eventually("ranking effects", Duration::from_secs(10), async || {
+        count(&app, "SELECT COUNT(*) AS n FROM inbox_ranking").await == 10
+    })
+    .await;
+
+    peer.set_mode(Mode::Ok);
+    let (s, list) = app.get_json_admin("/admin/dead-letters").await;
+    assert_eq!(s, 200);
+    let ids: Vec<i64> = list["items"].as_array().unwrap().iter().map(|d| d["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 10);
+    assert!(list["items"][0]["consumer"] == DATA_PLATFORM);
+    for id in &ids {
+        let (s, r) = app.admin_post(&format!("/admin/dead-letters/{id}/redrive"), &json!({})).await;
+        assert_eq!((s, r["outcome"].as_str()), (200, Some("processed")), "{r}");
+    }
+    assert_eq!(peer.distinct(), 10);
+    assert_eq!(peer.accepted(), 10);
+    // Re-driving again changes nothing.
+    let (s, _) = app.admin_post(&format!("/admin/dead-letters/{}/redrive", ids[0]), &json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(peer.accepted(), 10);
+    let (_, list) = app.get_json_admin("/admin/dead-letters").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    let (s, _) = app.admin_post("/admin/dead-letters/999999/redrive", &json!({})).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_data_platform_does_not_slow_payments() {
+    let fast_peer = FakePeer::start().await;
+    let slow_peer = FakePeer::start().await;
+    slow_peer.set_mode(Mode::Delay(Duration::from_millis(200)));
+    let (fast_url, slow_url) = (fast_peer.url.clone(), slow_peer.url.clone());
+    let fast = TestApp::spawn_with(|s| s.data_platform.url = Some(fast_url)).await;
+    let slow = TestApp::spawn_with(|s| s.data_platform.url = Some(slow_url)).await;
+    let mut p95s = Vec::new();
+    for app in [&fast, &slow] {
+        let users = app.seed_users(100).await;
+        fund(app, 1_000).await;
+        let p = product(app, 1_000).await;
+        p95s.push(p95(pay_orders(&[app], &users, p, 10, &AtomicUsize::new(0)).await));
+    }
+    eprintln!("payment p95: fast data platform {:?}, 200 ms data platform {:?}", p95s[0], p95s[1]);
+    // Generous: the 200 ms call is off the request path, so it must not add
+    // anything near 200 ms to the payment.
+    assert!(p95s[1] < p95s[0] * 2 + Duration::from_millis(100), "{p95s:?}");
+    eventually("the slow peer to get every event", Duration::from_secs(30), async || slow_peer.distinct() == 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_kafka_every_effect_happens_once_despite_broker_and_consumer_failures() {
+    let mut broker = Broker::start();
+    let peer = FakePeer::start().await;
+    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let address = broker.address();
+    let configure = |s: &mut commerce_server::Settings| {
+        s.kafka.brokers = Some(address.clone());
+        s.kafka.topic_prefix = prefix.clone();
+        s.kafka.group_prefix = prefix.clone();
+        s.kafka.delivery_timeout_ms = 2000;
+        s.data_platform.url = Some(peer.url.clone());
+        s.breaker.open_ms = 500;
+        s.breaker.max_open_ms = 2000;
+    };
+    let a = TestApp::spawn_with(configure).await;
+    let b = a.sibling(configure).await;
+    let users = a.seed_users(1000).await;
+    fund(&a, 1_000).await;
+    let p = product(&a, 10_000).await;
+
+    let progress = AtomicUsize::new(0);
+    let apps = [&a, &b];
+    let payments = pay_orders(&apps, &users, p, 25, &progress);
+    let chaos = async {
+        let wait_for = |n: usize| {
+            let progress = &progress;
+            async move {
+                while progress.load(Ordering::SeqCst) < n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        wait_for(250).await;
+        broker.stop();
+        wait_for(450).await;
+        // One instance's consumers die mid-batch.
+        b.stop().await;
+        b.state.shutdown.cancel();
+        wait_for(550).await;
+        broker.resume();
+        wait_for(700).await;
+        let b2 = a.sibling(configure).await;
+        (b2, broker)
+    };
+    let (_, (b2, broker)) = tokio::join!(payments, chaos);
+    eventually("every effect of 1000 paid orders", Duration::from_secs(90), async || {
+        peer.distinct() == 1000 && count(&a, "SELECT COUNT(*) AS n FROM inbox_ranking").await == 1000
+    })
+    .await;
+    assert_eq!(peer.accepted(), 1000, "each data-platform effect once");
+    assert_eq!(count(&a, "SELECT COUNT(*) AS n FROM inbox_data_platform").await, 1000);
+    assert_eq!(count(&a, "SELECT COUNT(*) AS n FROM inbox_notification").await, 1000);
+    assert_eq!(
+        count(&a, &format!("SELECT COALESCE(SUM(units), 0)::BIGINT AS n FROM product_sales_daily WHERE product_id = {p}")).await,
+        2000,
+        "each ranking effect once"
+    );
+    assert_eq!(count(&a, "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL").await, 0);
+    drop(b2);
+    drop(broker);
+}
