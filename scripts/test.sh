@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+# The Kafka-compatible broker the event tests start (built once, ~13 min).
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+  echo "[test] installing tansu (once)"
+  cargo install --locked tansu --version 0.6.0 --no-default-features --features libsql
+fi
+export TANSU_BIN="${TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
 # Leftover per-test databases from an interrupted run.
 psql -h 127.0.0.1 -U postgres -d postgres -tAc \
   "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\" WITH (FORCE);' FROM pg_database WHERE datname LIKE 'test\_%' OR datname LIKE 'empty\_%'" \
