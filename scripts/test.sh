@@ -11,7 +11,7 @@ fi
 export TANSU_BIN="${TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
 # Leftover per-test databases from an interrupted run.
 psql -h 127.0.0.1 -U postgres -d postgres -tAc \
-  "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\" WITH (FORCE);' FROM pg_database WHERE datname LIKE 'test\_%' OR datname LIKE 'empty\_%'" \
+  "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\" WITH (FORCE);' FROM pg_database WHERE datname LIKE 'test\_%' OR datname LIKE 'empty\_%' OR datname LIKE 'res\_test\_%'" \
   | psql -h 127.0.0.1 -U postgres -d postgres -q >/dev/null 2>&1 || true
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -70,7 +70,10 @@ pub async fn balance(pool: &DbPool, user: UserId) -> Result<Balance, AccountsErr
         .optional()
         .map_err(StorageError::from)?;
     amount
-        .map(|balance| Balance { user_id: user, balance })
+        .map(|balance| Balance {
+            user_id: user,
+            balance,
+        })
         .ok_or(AccountsError::UserNotFound)
 }
 

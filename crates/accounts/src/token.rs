@@ -51,16 +51,18 @@ impl TokenSigner {
             iat: now,
             exp: now.saturating_add(ttl_secs),
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|_| TokenError::Invalid)
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|_| TokenError::Invalid)
     }
 
     pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
-        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
-            }
-        })?;
+        let data =
+            decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                    _ => TokenError::Invalid,
+                }
+            })?;
         let id: i64 = data.claims.sub.parse().map_err(|_| TokenError::Invalid)?;
         UserId::parse(id).map_err(|_| TokenError::Invalid)
     }

@@ -37,7 +37,9 @@ static GIVE_BACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GIVE_BA
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateAnswer {
-    Winner { slot: i32 },
+    Winner {
+        slot: i32,
+    },
     AlreadyIssued,
     SoldOut,
     /// The gate's state is missing (new coupon, Redis restart or flush).
@@ -103,7 +105,9 @@ pub async fn give_back(
     for k in keys.all() {
         inv.key(k);
     }
-    inv.arg(user.get()).arg(if forget_user { "1" } else { "0" }).arg(slot.unwrap_or(0));
+    inv.arg(user.get())
+        .arg(if forget_user { "1" } else { "0" })
+        .arg(slot.unwrap_or(0));
     let _: i64 = redis.invoke_script(&inv).await?;
     Ok(())
 }
@@ -117,7 +121,10 @@ pub struct GateState {
     pub free_slots: i64,
 }
 
-pub async fn state(redis: &RedisClient, coupon: CouponId) -> Result<GateState, CallError<RedisError>> {
+pub async fn state(
+    redis: &RedisClient,
+    coupon: CouponId,
+) -> Result<GateState, CallError<RedisError>> {
     let keys = Keys::new(redis, coupon);
     let (loaded, users, seq, free): (bool, i64, Option<i64>, i64) = redis
         .run(|mut c| async move {
@@ -157,7 +164,12 @@ pub async fn load(
         }
     }
     let holes: Vec<i32> = (1..=max_slot)
-        .filter(|s| !taken.get(usize::try_from(*s).unwrap_or(0)).copied().unwrap_or(true))
+        .filter(|s| {
+            !taken
+                .get(usize::try_from(*s).unwrap_or(0))
+                .copied()
+                .unwrap_or(true)
+        })
         .collect();
     let users: Vec<i64> = holders.iter().map(|(u, _)| *u).collect();
     redis
@@ -174,7 +186,10 @@ pub async fn load(
             }
             p.hset(&keys.meta, "quantity", quantity).ignore();
             for k in keys.all() {
-                p.cmd("PEXPIREAT").arg(k).arg(expire_at_unix.saturating_mul(1000)).ignore();
+                p.cmd("PEXPIREAT")
+                    .arg(k)
+                    .arg(expire_at_unix.saturating_mul(1000))
+                    .ignore();
             }
             p.query_async::<()>(&mut c).await
         })
@@ -182,7 +197,10 @@ pub async fn load(
 }
 
 /// Forgets the gate's state so the next request rebuilds it from PostgreSQL.
-pub async fn invalidate(redis: &RedisClient, coupon: CouponId) -> Result<(), CallError<RedisError>> {
+pub async fn invalidate(
+    redis: &RedisClient,
+    coupon: CouponId,
+) -> Result<(), CallError<RedisError>> {
     let keys = Keys::new(redis, coupon);
     redis.del(&[&keys.meta]).await.map(|_| ())
 }

@@ -81,7 +81,10 @@ impl NewCoupon {
     ) -> Result<Self, ParseError> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 100 {
-            return Err(ParseError::new("invalid_name", "name must be 1 to 100 characters"));
+            return Err(ParseError::new(
+                "invalid_name",
+                "name must be 1 to 100 characters",
+            ));
         }
         if !(1..=MAX_DISCOUNT).contains(&discount_amount) {
             return Err(ParseError::new(
@@ -96,12 +99,16 @@ impl NewCoupon {
             ));
         }
         if expires_at.is_some_and(|e| e <= opens_at) {
-            return Err(ParseError::new("invalid_expiry", "expires_at must be after opens_at"));
+            return Err(ParseError::new(
+                "invalid_expiry",
+                "expires_at must be after opens_at",
+            ));
         }
         Ok(Self {
             name: name.to_owned(),
             discount_amount,
-            quantity: i32::try_from(quantity).map_err(|_| ParseError::new("invalid_quantity", "quantity too large"))?,
+            quantity: i32::try_from(quantity)
+                .map_err(|_| ParseError::new("invalid_quantity", "quantity too large"))?,
             opens_at,
             expires_at,
         })
@@ -226,8 +233,16 @@ impl Coupons {
         if let Some(c) = self.inner.defs.read().map_err(lock_poisoned)?.get(&id) {
             return Ok(c.clone());
         }
-        let coupon = Arc::new(store::find(&self.inner.db, id).await?.ok_or(CouponError::NotFound)?);
-        self.inner.defs.write().map_err(lock_poisoned)?.insert(id, coupon.clone());
+        let coupon = Arc::new(
+            store::find(&self.inner.db, id)
+                .await?
+                .ok_or(CouponError::NotFound)?,
+        );
+        self.inner
+            .defs
+            .write()
+            .map_err(lock_poisoned)?
+            .insert(id, coupon.clone());
         Ok(coupon)
     }
 
@@ -245,7 +260,9 @@ impl Coupons {
         if coupon.expires_at.is_some_and(|e| now >= e) {
             return Err(CouponError::Expired);
         }
-        if self.is_dirty(id)? && self.inner.redis.breaker().state() != commerce_resilience::BreakerState::Open {
+        if self.is_dirty(id)?
+            && self.inner.redis.breaker().state() != commerce_resilience::BreakerState::Open
+        {
             // Back from a Redis outage: rebuild before trusting the gate.
             if self.rebuild_locked(&coupon).await.is_ok() {
                 self.inner.dirty.lock().map_err(lock_poisoned)?.remove(&id);
@@ -253,7 +270,9 @@ impl Coupons {
         }
         for _ in 0..2 {
             match gate::issue(&self.inner.redis, id, user, coupon.quantity).await {
-                Ok(GateAnswer::Winner { slot }) => return self.commit_winner(&coupon, user, slot).await,
+                Ok(GateAnswer::Winner { slot }) => {
+                    return self.commit_winner(&coupon, user, slot).await
+                }
                 Ok(GateAnswer::AlreadyIssued) => {
                     if self.confirm_holder(id, user).await? {
                         count("gate", "already_issued");
@@ -284,7 +303,12 @@ impl Coupons {
 
     /// A gate winner writes its row. The gate is compensated when the
     /// database refuses, so no unit is lost.
-    async fn commit_winner(&self, coupon: &Coupon, user: UserId, slot: i32) -> Result<IssuedCoupon, CouponError> {
+    async fn commit_winner(
+        &self,
+        coupon: &Coupon,
+        user: UserId,
+        slot: i32,
+    ) -> Result<IssuedCoupon, CouponError> {
         let mut c = commerce_storage::conn(&self.inner.db).await;
         let result = match c.as_mut() {
             Ok(conn) => store::insert(conn, coupon, user, slot).await,
@@ -350,27 +374,44 @@ impl Coupons {
     }
 
     /// The PostgreSQL-only path: bounded concurrency, constraints decide.
-    async fn issue_in_database(&self, coupon: &Coupon, user: UserId) -> Result<IssuedCoupon, CouponError> {
+    async fn issue_in_database(
+        &self,
+        coupon: &Coupon,
+        user: UserId,
+    ) -> Result<IssuedCoupon, CouponError> {
         // Cheap answers first (one indexed read); the permit only guards
         // the slot search and insert.
         if store::holds(&self.inner.db, coupon.id, user).await? {
             count("database", "already_issued");
             return Err(CouponError::AlreadyIssued);
         }
-        if self.inner.sold_out.read().map_err(lock_poisoned)?.contains(&coupon.id) {
+        if self
+            .inner
+            .sold_out
+            .read()
+            .map_err(lock_poisoned)?
+            .contains(&coupon.id)
+        {
             count("database", "sold_out");
             return Err(CouponError::SoldOut);
         }
-        let _permit = tokio::time::timeout(self.inner.config.fallback_wait, self.inner.fallback.acquire())
-            .await
-            .map_err(|_| CouponError::Busy("coupon issuing is degraded and busy, retry shortly"))?
-            .map_err(|_| CouponError::Busy("coupon issuing is shutting down"))?;
+        let _permit = tokio::time::timeout(
+            self.inner.config.fallback_wait,
+            self.inner.fallback.acquire(),
+        )
+        .await
+        .map_err(|_| CouponError::Busy("coupon issuing is degraded and busy, retry shortly"))?
+        .map_err(|_| CouponError::Busy("coupon issuing is shutting down"))?;
         let mut c = commerce_storage::conn(&self.inner.db).await?;
         // Collisions with concurrent issuers are retried; each search starts
         // at a random slot so they rarely collide.
         for _ in 0..8 {
             let Some(slot) = store::free_slot(&mut c, coupon).await? else {
-                self.inner.sold_out.write().map_err(lock_poisoned)?.insert(coupon.id);
+                self.inner
+                    .sold_out
+                    .write()
+                    .map_err(lock_poisoned)?
+                    .insert(coupon.id);
                 count("database", "sold_out");
                 return Err(CouponError::SoldOut);
             };
@@ -391,7 +432,12 @@ impl Coupons {
     }
 
     fn is_dirty(&self, id: CouponId) -> Result<bool, CouponError> {
-        Ok(self.inner.dirty.lock().map_err(lock_poisoned)?.contains(&id))
+        Ok(self
+            .inner
+            .dirty
+            .lock()
+            .map_err(lock_poisoned)?
+            .contains(&id))
     }
 
     fn mark_dirty(&self, id: CouponId) -> Result<(), CouponError> {
@@ -407,10 +453,16 @@ impl Coupons {
         let guard = self
             .inner
             .locks
-            .acquire(&name, Duration::from_secs(10), self.inner.config.rebuild_wait)
+            .acquire(
+                &name,
+                Duration::from_secs(10),
+                self.inner.config.rebuild_wait,
+            )
             .await
             .map_err(|_| CouponError::Busy("coupon gate is being rebuilt"))?;
-        let loaded = gate::state(&self.inner.redis, coupon.id).await.map(|s| s.loaded);
+        let loaded = gate::state(&self.inner.redis, coupon.id)
+            .await
+            .map(|s| s.loaded);
         let result = match loaded {
             Ok(true) if !self.is_dirty(coupon.id)? => Ok(()),
             Ok(_) => self.rebuild(coupon).await.map(|_| ()),
@@ -428,9 +480,15 @@ impl Coupons {
             .expires_at
             .unwrap_or_else(|| Utc::now() + chrono::Duration::days(30))
             + chrono::Duration::days(1);
-        gate::load(&self.inner.redis, coupon.id, coupon.quantity, &holders, expire.timestamp())
-            .await
-            .map_err(|_| CouponError::Busy("redis unavailable"))?;
+        gate::load(
+            &self.inner.redis,
+            coupon.id,
+            coupon.quantity,
+            &holders,
+            expire.timestamp(),
+        )
+        .await
+        .map_err(|_| CouponError::Busy("redis unavailable"))?;
         metrics::counter!("coupon_gate_rebuilds_total").increment(1);
         tracing::info!(coupon = %coupon.id, holders = holders.len(), "coupon gate rebuilt from the database");
         gate::state(&self.inner.redis, coupon.id)
@@ -445,7 +503,11 @@ impl Coupons {
         let guard = self
             .inner
             .locks
-            .acquire(&name, Duration::from_secs(10), self.inner.config.rebuild_wait)
+            .acquire(
+                &name,
+                Duration::from_secs(10),
+                self.inner.config.rebuild_wait,
+            )
             .await
             .map_err(|_| CouponError::Busy("coupon gate is being rebuilt"))?;
         let before = gate::state(&self.inner.redis, id).await.ok();
@@ -474,7 +536,12 @@ impl Coupons {
             };
             let rows = store::issued_count(&self.inner.db, coupon.id).await?;
             let seen = (state.users, rows);
-            let previous = self.inner.drift.lock().map_err(lock_poisoned)?.insert(coupon.id, seen);
+            let previous = self
+                .inner
+                .drift
+                .lock()
+                .map_err(lock_poisoned)?
+                .insert(coupon.id, seen);
             let drifted = !state.loaded || (state.users != rows && previous == Some(seen));
             if drifted && self.reconcile(coupon.id).await.is_ok() {
                 repaired.push(coupon.id);
@@ -496,13 +563,29 @@ mod tests {
     fn coupon_definitions_are_validated() {
         let open = t("2026-01-01T00:00:00Z");
         assert!(NewCoupon::parse("c", 100, 10, open, None).is_ok());
-        assert_eq!(NewCoupon::parse(" ", 100, 10, open, None).unwrap_err().code, "invalid_name");
-        assert_eq!(NewCoupon::parse("c", 0, 10, open, None).unwrap_err().code, "invalid_discount");
-        assert_eq!(NewCoupon::parse("c", 1, 0, open, None).unwrap_err().code, "invalid_quantity");
         assert_eq!(
-            NewCoupon::parse("c", 1, MAX_QUANTITY + 1, open, None).unwrap_err().code,
+            NewCoupon::parse(" ", 100, 10, open, None).unwrap_err().code,
+            "invalid_name"
+        );
+        assert_eq!(
+            NewCoupon::parse("c", 0, 10, open, None).unwrap_err().code,
+            "invalid_discount"
+        );
+        assert_eq!(
+            NewCoupon::parse("c", 1, 0, open, None).unwrap_err().code,
             "invalid_quantity"
         );
-        assert_eq!(NewCoupon::parse("c", 1, 1, open, Some(open)).unwrap_err().code, "invalid_expiry");
+        assert_eq!(
+            NewCoupon::parse("c", 1, MAX_QUANTITY + 1, open, None)
+                .unwrap_err()
+                .code,
+            "invalid_quantity"
+        );
+        assert_eq!(
+            NewCoupon::parse("c", 1, 1, open, Some(open))
+                .unwrap_err()
+                .code,
+            "invalid_expiry"
+        );
     }
 }

@@ -79,7 +79,11 @@ pub async fn open_now(pool: &DbPool) -> Result<Vec<Coupon>, CouponError> {
     let now = chrono::Utc::now();
     let rows: Vec<CouponRow> = coupons::table
         .filter(coupons::opens_at.le(now))
-        .filter(coupons::expires_at.is_null().or(coupons::expires_at.gt(now)))
+        .filter(
+            coupons::expires_at
+                .is_null()
+                .or(coupons::expires_at.gt(now)),
+        )
         .select(COUPON_COLUMNS)
         .order(coupons::id)
         .limit(1000)
@@ -172,9 +176,15 @@ pub async fn insert(
             issued_at,
             expires_at: coupon.expires_at,
         }),
-        Err(StorageError::UniqueViolation(c)) if c == "user_coupons_one_per_user" => Err(InsertError::AlreadyIssued),
-        Err(StorageError::UniqueViolation(c)) if c == "user_coupons_one_per_slot" => Err(InsertError::SlotTaken),
-        Err(StorageError::CheckViolation(c)) if c == "user_coupons_slot_range" => Err(InsertError::SlotTaken),
+        Err(StorageError::UniqueViolation(c)) if c == "user_coupons_one_per_user" => {
+            Err(InsertError::AlreadyIssued)
+        }
+        Err(StorageError::UniqueViolation(c)) if c == "user_coupons_one_per_slot" => {
+            Err(InsertError::SlotTaken)
+        }
+        Err(StorageError::CheckViolation(c)) if c == "user_coupons_slot_range" => {
+            Err(InsertError::SlotTaken)
+        }
         Err(e) => Err(InsertError::Storage(e)),
     }
 }
@@ -186,7 +196,10 @@ struct FreeSlot {
 }
 
 /// A free slot, searched from a random start so concurrent searchers spread.
-pub async fn free_slot(conn: &mut AsyncPgConnection, coupon: &Coupon) -> Result<Option<i32>, StorageError> {
+pub async fn free_slot(
+    conn: &mut AsyncPgConnection,
+    coupon: &Coupon,
+) -> Result<Option<i32>, StorageError> {
     let start = rand::random_range(1..=coupon.quantity.max(1));
     for (from, to) in [(start, coupon.quantity), (1, start - 1)] {
         if from > to {
@@ -252,7 +265,11 @@ pub async fn mine(pool: &DbPool, user: UserId) -> Result<Vec<MyCoupon>, CouponEr
                 coupon_id: CouponId::from_db(r.1),
                 name: r.2,
                 discount_amount: r.3,
-                status: if r.4 == "issued" && expired { "expired".to_owned() } else { r.4 },
+                status: if r.4 == "issued" && expired {
+                    "expired".to_owned()
+                } else {
+                    r.4
+                },
                 order_id: r.5,
                 issued_at: r.6,
                 used_at: r.7,

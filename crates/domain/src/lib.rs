@@ -29,7 +29,9 @@ impl ParseError {
 
 macro_rules! id_type {
     ($name:ident, $what:literal) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+        )]
         #[serde(transparent)]
         pub struct $name(i64);
 
@@ -39,7 +41,10 @@ macro_rules! id_type {
                 if raw > 0 {
                     Ok(Self(raw))
                 } else {
-                    Err(ParseError::new("invalid_id", concat!($what, " id must be a positive integer")))
+                    Err(ParseError::new(
+                        "invalid_id",
+                        concat!($what, " id must be a positive integer"),
+                    ))
                 }
             }
             /// For values read back from the database, which only holds valid ids.
@@ -73,7 +78,10 @@ pub struct ChargeAmount(i64);
 impl ChargeAmount {
     pub fn parse(raw: i64) -> Result<Self, ParseError> {
         if raw <= 0 {
-            return Err(ParseError::new("invalid_amount", "amount must be a positive integer"));
+            return Err(ParseError::new(
+                "invalid_amount",
+                "amount must be a positive integer",
+            ));
         }
         if raw > MAX_CHARGE {
             return Err(ParseError::new(
@@ -108,7 +116,10 @@ impl UserName {
             ));
         }
         if trimmed.chars().any(char::is_control) {
-            return Err(ParseError::new("invalid_name", "name must not contain control characters"));
+            return Err(ParseError::new(
+                "invalid_name",
+                "name must not contain control characters",
+            ));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -152,15 +163,24 @@ mod tests {
 
     #[test]
     fn charge_amount_bounds() {
-        assert_eq!(ChargeAmount::parse(0).map_err(|e| e.code), Err("invalid_amount"));
+        assert_eq!(
+            ChargeAmount::parse(0).map_err(|e| e.code),
+            Err("invalid_amount")
+        );
         assert!(ChargeAmount::parse(-1).is_err());
         assert!(ChargeAmount::parse(MAX_CHARGE + 1).is_err());
-        assert_eq!(ChargeAmount::parse(MAX_CHARGE).map(ChargeAmount::get), Ok(MAX_CHARGE));
+        assert_eq!(
+            ChargeAmount::parse(MAX_CHARGE).map(ChargeAmount::get),
+            Ok(MAX_CHARGE)
+        );
     }
 
     #[test]
     fn names_are_trimmed_and_bounded() {
-        assert_eq!(UserName::parse("  kim ").map(UserName::into_inner), Ok("kim".to_owned()));
+        assert_eq!(
+            UserName::parse("  kim ").map(UserName::into_inner),
+            Ok("kim".to_owned())
+        );
         assert!(UserName::parse("   ").is_err());
         assert!(UserName::parse(&"x".repeat(65)).is_err());
         assert!(UserName::parse("a\u{0}b").is_err());

@@ -87,8 +87,12 @@ impl HttpConsumer {
         {
             Ok(()) => Ok(()),
             Err(CallError::Rejected { retry_after }) => Err(HandleError::Unavailable(retry_after)),
-            Err(CallError::Timeout { after }) => Err(HandleError::Retryable(format!("timed out after {after:?}"))),
-            Err(CallError::Inner(e)) if e.is_failure() => Err(HandleError::Retryable(e.to_string())),
+            Err(CallError::Timeout { after }) => {
+                Err(HandleError::Retryable(format!("timed out after {after:?}")))
+            }
+            Err(CallError::Inner(e)) if e.is_failure() => {
+                Err(HandleError::Retryable(e.to_string()))
+            }
             Err(CallError::Inner(e)) => Err(HandleError::Permanent(e.to_string())),
         }
     }
@@ -103,7 +107,11 @@ impl Consumer for HttpConsumer {
         self.event_types
     }
 
-    fn handle<'a>(&'a self, _tx: Option<&'a mut AsyncPgConnection>, event: &'a Event) -> BoxFuture<'a, Result<(), HandleError>> {
+    fn handle<'a>(
+        &'a self,
+        _tx: Option<&'a mut AsyncPgConnection>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
             match &self.url {
                 Some(url) => self.post(url, event).await,

@@ -77,7 +77,11 @@ impl Publisher {
         };
         // A little over the delivery timeout: librdkafka answers first.
         let bound = self.config.delivery_timeout + Duration::from_secs(1);
-        match self.breaker.call_classified(Some(bound), send, |_: &KafkaError| true).await {
+        match self
+            .breaker
+            .call_classified(Some(bound), send, |_: &KafkaError| true)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(CallError::Rejected { .. }) => Err("kafka breaker open".into()),
             Err(e) => Err(e.to_string()),
@@ -118,7 +122,12 @@ pub async fn ensure_topics(config: &KafkaConfig, event_types: &[&str]) -> Result
 }
 
 /// Runs `consumer` as its own group until `shutdown`.
-pub async fn consume(config: KafkaConfig, dispatcher: Dispatcher, consumer: Arc<dyn Consumer>, shutdown: CancellationToken) {
+pub async fn consume(
+    config: KafkaConfig,
+    dispatcher: Dispatcher,
+    consumer: Arc<dyn Consumer>,
+    shutdown: CancellationToken,
+) {
     let group = format!("{}{}", config.group_prefix, consumer.name());
     let client: Result<StreamConsumer, _> = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
@@ -139,7 +148,11 @@ pub async fn consume(config: KafkaConfig, dispatcher: Dispatcher, consumer: Arc<
             return;
         }
     };
-    let topics: Vec<String> = consumer.event_types().iter().map(|t| config.topic(t)).collect();
+    let topics: Vec<String> = consumer
+        .event_types()
+        .iter()
+        .map(|t| config.topic(t))
+        .collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     if let Err(e) = client.subscribe(&topic_refs) {
         tracing::error!(group, error = %e, "kafka subscribe failed");
@@ -160,7 +173,9 @@ pub async fn consume(config: KafkaConfig, dispatcher: Dispatcher, consumer: Arc<
                 }
             }
         };
-        let event: Option<Event> = message.payload().and_then(|p| serde_json::from_slice(p).ok());
+        let event: Option<Event> = message
+            .payload()
+            .and_then(|p| serde_json::from_slice(p).ok());
         match event {
             Some(event) => loop {
                 let delivery = dispatcher.deliver(consumer.as_ref(), &event).await;
@@ -178,7 +193,11 @@ pub async fn consume(config: KafkaConfig, dispatcher: Dispatcher, consumer: Arc<
                     _ => break,
                 }
             },
-            None => tracing::warn!(group, offset = message.offset(), "undecodable event skipped"),
+            None => tracing::warn!(
+                group,
+                offset = message.offset(),
+                "undecodable event skipped"
+            ),
         }
         if let Err(e) = client.store_offset_from_message(&message) {
             tracing::warn!(group, error = %e, "offset store failed");

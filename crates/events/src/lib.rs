@@ -137,7 +137,8 @@ pub struct Dispatcher {
 }
 
 fn inbox_table(name: &str) -> Option<String> {
-    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')).then(|| format!("inbox_{name}"))
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .then(|| format!("inbox_{name}"))
 }
 
 impl Dispatcher {
@@ -159,7 +160,11 @@ impl Dispatcher {
 
     /// Every event type some consumer wants (topics to create and relay).
     pub fn event_types(&self) -> Vec<&'static str> {
-        let mut types: Vec<&'static str> = self.consumers.iter().flat_map(|c| c.event_types().iter().copied()).collect();
+        let mut types: Vec<&'static str> = self
+            .consumers
+            .iter()
+            .flat_map(|c| c.event_types().iter().copied())
+            .collect();
         types.sort_unstable();
         types.dedup();
         types
@@ -206,15 +211,19 @@ impl Dispatcher {
             metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => kind).increment(1);
             match outcome {
                 Ok(Delivery::Processed) => {
-                    metrics::histogram!("events_lag_seconds", "consumer" => consumer.name()).record(
-                        (Utc::now() - event.created_at).num_milliseconds().max(0) as f64 / 1000.0,
-                    );
+                    metrics::histogram!("events_lag_seconds", "consumer" => consumer.name())
+                        .record(
+                            (Utc::now() - event.created_at).num_milliseconds().max(0) as f64
+                                / 1000.0,
+                        );
                     consumer.after_commit(event).await;
                     return Delivery::Processed;
                 }
                 Ok(other) => return other,
                 Err(HandleError::Unavailable(d)) => return Delivery::Deferred(d),
-                Err(HandleError::Permanent(e)) => return self.park(consumer, event, &e, attempt).await,
+                Err(HandleError::Permanent(e)) => {
+                    return self.park(consumer, event, &e, attempt).await
+                }
                 Err(HandleError::Retryable(e)) => {
                     tracing::debug!(consumer = consumer.name(), event = %event.id, attempt, error = %e, "consumer failed, retrying");
                     last_error = e;
@@ -225,16 +234,25 @@ impl Dispatcher {
                 }
             }
         }
-        self.park(consumer, event, &last_error, self.policy.max_attempts).await
+        self.park(consumer, event, &last_error, self.policy.max_attempts)
+            .await
     }
 
-    async fn attempt(&self, consumer: &dyn Consumer, table: &str, event: &Event) -> Result<Delivery, HandleError> {
+    async fn attempt(
+        &self,
+        consumer: &dyn Consumer,
+        table: &str,
+        event: &Event,
+    ) -> Result<Delivery, HandleError> {
         let insert = format!("INSERT INTO {table} (event_id) VALUES ($1) ON CONFLICT DO NOTHING");
         if consumer.transactional() {
             let mut c = conn(&self.db).await?;
             return c
                 .transaction(async |tx| {
-                    let fresh = diesel::sql_query(&insert).bind::<SqlUuid, _>(event.id).execute(tx).await?;
+                    let fresh = diesel::sql_query(&insert)
+                        .bind::<SqlUuid, _>(event.id)
+                        .execute(tx)
+                        .await?;
                     if fresh == 0 {
                         return Ok(Delivery::Duplicate);
                     }
@@ -250,21 +268,32 @@ impl Dispatcher {
         }
         let seen: Seen = {
             let mut c = conn(&self.db).await?;
-            diesel::sql_query(format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE event_id = $1) AS seen"))
-                .bind::<SqlUuid, _>(event.id)
-                .get_result(&mut c)
-                .await?
+            diesel::sql_query(format!(
+                "SELECT EXISTS (SELECT 1 FROM {table} WHERE event_id = $1) AS seen"
+            ))
+            .bind::<SqlUuid, _>(event.id)
+            .get_result(&mut c)
+            .await?
         };
         if seen.seen {
             return Ok(Delivery::Duplicate);
         }
         consumer.handle(None, event).await?;
         let mut c = conn(&self.db).await?;
-        diesel::sql_query(&insert).bind::<SqlUuid, _>(event.id).execute(&mut c).await?;
+        diesel::sql_query(&insert)
+            .bind::<SqlUuid, _>(event.id)
+            .execute(&mut c)
+            .await?;
         Ok(Delivery::Processed)
     }
 
-    async fn park(&self, consumer: &dyn Consumer, event: &Event, error: &str, attempts: u32) -> Delivery {
+    async fn park(
+        &self,
+        consumer: &dyn Consumer,
+        event: &Event,
+        error: &str,
+        attempts: u32,
+    ) -> Delivery {
         tracing::warn!(consumer = consumer.name(), event = %event.id, error, "event parked in dead letters");
         metrics::counter!("events_dead_lettered_total", "consumer" => consumer.name()).increment(1);
         let saved = async {
@@ -388,7 +417,10 @@ mod tests {
     #[test]
     fn inbox_names_are_checked() {
         assert_eq!(inbox_table("ranking").as_deref(), Some("inbox_ranking"));
-        assert_eq!(inbox_table("data_platform").as_deref(), Some("inbox_data_platform"));
+        assert_eq!(
+            inbox_table("data_platform").as_deref(),
+            Some("inbox_data_platform")
+        );
         assert!(inbox_table("x; DROP TABLE y").is_none());
         assert!(inbox_table("").is_none());
     }

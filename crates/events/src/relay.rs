@@ -103,7 +103,9 @@ impl Relay {
     pub async fn run(&self, shutdown: CancellationToken) {
         loop {
             let wait = match self.run_once().await {
-                Ok(pass) if pass.claimed as i64 >= self.config.batch && pass.pause.is_none() => Duration::ZERO,
+                Ok(pass) if pass.claimed as i64 >= self.config.batch && pass.pause.is_none() => {
+                    Duration::ZERO
+                }
                 Ok(pass) => pass.pause.unwrap_or(self.config.idle),
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox relay pass failed");
@@ -168,7 +170,7 @@ impl Relay {
         let claimed = events.len();
         let (ok, failed, pause) = match &self.sink {
             Sink::InProcess(dispatcher) => {
-                let results: Vec<(uuid::Uuid, Option<Duration>)> = futures::stream::iter(events.into_iter())
+                let results: Vec<(uuid::Uuid, Option<Duration>)> = futures::stream::iter(events)
                     .map(|e| {
                         let dispatcher = dispatcher.clone();
                         async move { (e.id, dispatcher.deliver_all(&e).await) }
@@ -177,10 +179,14 @@ impl Relay {
                     .collect()
                     .await;
                 let pause = results.iter().filter_map(|(_, d)| *d).max();
-                let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, d)| d.is_none());
+                let (ok, failed): (Vec<_>, Vec<_>) =
+                    results.into_iter().partition(|(_, d)| d.is_none());
                 (
                     ok.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
-                    failed.into_iter().map(|(id, _)| (id, "consumer deferred".to_owned())).collect::<Vec<_>>(),
+                    failed
+                        .into_iter()
+                        .map(|(id, _)| (id, "consumer deferred".to_owned()))
+                        .collect::<Vec<_>>(),
                     pause.map(|p| p.min(Duration::from_secs(5))),
                 )
             }
@@ -212,7 +218,11 @@ impl Relay {
         })
     }
 
-    async fn settle(&self, ok: &[uuid::Uuid], failed: &[(uuid::Uuid, String)]) -> Result<(), StorageError> {
+    async fn settle(
+        &self,
+        ok: &[uuid::Uuid],
+        failed: &[(uuid::Uuid, String)],
+    ) -> Result<(), StorageError> {
         let mut c = conn(&self.db).await?;
         if !ok.is_empty() {
             diesel::sql_query(

@@ -9,7 +9,9 @@ use commerce_domain::{OrderId, ParseError, ProductId, UserCouponId, UserId};
 use commerce_resilience::LockManager;
 use commerce_storage::idempotency::SaveAnswer;
 use commerce_storage::outbox::{self, event};
-use commerce_storage::schema::{balance_ledger, coupons, order_items, orders, payments, products, user_coupons, users};
+use commerce_storage::schema::{
+    balance_ledger, coupons, order_items, orders, payments, products, user_coupons, users,
+};
 use commerce_storage::{conn, DbPool, StorageError};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -78,7 +80,10 @@ impl NewOrder {
             return Err(ParseError::new("invalid_items", "items must not be empty"));
         }
         if items.len() > MAX_ITEMS {
-            return Err(ParseError::new("invalid_items", format!("at most {MAX_ITEMS} items")));
+            return Err(ParseError::new(
+                "invalid_items",
+                format!("at most {MAX_ITEMS} items"),
+            ));
         }
         let mut seen = HashSet::new();
         let mut lines = Vec::with_capacity(items.len());
@@ -91,11 +96,15 @@ impl NewOrder {
                 ));
             }
             if !seen.insert(product) {
-                return Err(ParseError::new("duplicate_product", "each product may appear once"));
+                return Err(ParseError::new(
+                    "duplicate_product",
+                    "each product may appear once",
+                ));
             }
             lines.push(Line {
                 product,
-                quantity: i32::try_from(quantity).map_err(|_| ParseError::new("invalid_quantity", "too large"))?,
+                quantity: i32::try_from(quantity)
+                    .map_err(|_| ParseError::new("invalid_quantity", "too large"))?,
             });
         }
         lines.sort_by_key(|l| l.product);
@@ -218,7 +227,11 @@ fn to_order(r: OrderRow, items: Vec<OrderItem>) -> Order {
 async fn load_items(c: &mut AsyncPgConnection, order: i64) -> Result<Vec<OrderItem>, OrderError> {
     let rows: Vec<(i64, i32, i64)> = order_items::table
         .filter(order_items::order_id.eq(order))
-        .select((order_items::product_id, order_items::quantity, order_items::unit_price))
+        .select((
+            order_items::product_id,
+            order_items::quantity,
+            order_items::unit_price,
+        ))
         .order(order_items::product_id)
         .load(c)
         .await?;
@@ -261,7 +274,8 @@ impl Orders {
         answer: Option<SaveAnswer<Order>>,
     ) -> Result<Order, OrderError> {
         let mut c = conn(&self.db).await?;
-        let ttl = chrono::Duration::from_std(self.config.ttl).unwrap_or(chrono::Duration::minutes(5));
+        let ttl =
+            chrono::Duration::from_std(self.config.ttl).unwrap_or(chrono::Duration::minutes(5));
         let result = c
             .transaction(async |tx| {
                 let mut items = Vec::with_capacity(new.lines.len());
@@ -327,7 +341,10 @@ impl Orders {
                         )
                     })
                     .collect();
-                diesel::insert_into(order_items::table).values(&rows).execute(tx).await?;
+                diesel::insert_into(order_items::table)
+                    .values(&rows)
+                    .execute(tx)
+                    .await?;
                 let order = to_order(row, items);
                 if let Some(answer) = answer {
                     answer.save(tx, &order).await?;
@@ -371,7 +388,10 @@ impl Orders {
                         .filter(orders::user_id.eq(user.get()))
                         .filter(orders::status.eq("pending")),
                 )
-                .set((orders::status.eq("cancelled"), orders::closed_at.eq(diesel::dsl::now)))
+                .set((
+                    orders::status.eq("cancelled"),
+                    orders::closed_at.eq(diesel::dsl::now),
+                ))
                 .returning(orders::id)
                 .get_result(tx)
                 .await
@@ -409,7 +429,11 @@ impl Orders {
     ) -> Result<Payment, OrderError> {
         let lock = self
             .locks
-            .acquire(&format!("order-pay:{id}"), self.config.pay_lock_ttl, self.config.pay_lock_wait)
+            .acquire(
+                &format!("order-pay:{id}"),
+                self.config.pay_lock_ttl,
+                self.config.pay_lock_wait,
+            )
             .await
             .map_err(|e| match e {
                 commerce_resilience::LockError::Busy { .. } => OrderError::Busy,
@@ -450,8 +474,15 @@ impl Orders {
                     .filter(orders::status.eq("pending"))
                     .filter(orders::expires_at.gt(diesel::dsl::now)),
             )
-            .set((orders::status.eq("paid"), orders::paid_at.eq(diesel::dsl::now)))
-            .returning((orders::pay_amount, orders::user_coupon_id, orders::created_at))
+            .set((
+                orders::status.eq("paid"),
+                orders::paid_at.eq(diesel::dsl::now),
+            ))
+            .returning((
+                orders::pay_amount,
+                orders::user_coupon_id,
+                orders::created_at,
+            ))
             .get_result(tx)
             .await
             .optional()?;
@@ -465,7 +496,10 @@ impl Orders {
                         .filter(users::id.eq(user.get()))
                         .filter(users::balance.ge(amount)),
                 )
-                .set((users::balance.eq(users::balance - amount), users::updated_at.eq(diesel::dsl::now)))
+                .set((
+                    users::balance.eq(users::balance - amount),
+                    users::updated_at.eq(diesel::dsl::now),
+                ))
                 .returning(users::balance)
                 .get_result(tx)
                 .await
@@ -483,7 +517,11 @@ impl Orders {
                     .await?;
                 after
             } else {
-                users::table.find(user.get()).select(users::balance).first(tx).await?
+                users::table
+                    .find(user.get())
+                    .select(users::balance)
+                    .first(tx)
+                    .await?
             };
             // 3. The coupon, guarded: unused, the caller's, not expired.
             if let Some(uc) = user_coupon {
@@ -503,8 +541,11 @@ impl Orders {
                 .await
                 .optional()?;
                 let coupon = used.ok_or(OrderError::CouponAlreadyUsed)?;
-                let expires: Option<DateTime<Utc>> =
-                    coupons::table.find(coupon).select(coupons::expires_at).first(tx).await?;
+                let expires: Option<DateTime<Utc>> = coupons::table
+                    .find(coupon)
+                    .select(coupons::expires_at)
+                    .first(tx)
+                    .await?;
                 if expires.is_some_and(|e| e <= Utc::now()) {
                     return Err(OrderError::CouponExpired);
                 }
@@ -586,7 +627,10 @@ impl Orders {
                     .filter(orders::status.eq("pending"))
                     .filter(orders::expires_at.le(diesel::dsl::now)),
             )
-            .set((orders::status.eq("expired"), orders::closed_at.eq(diesel::dsl::now)))
+            .set((
+                orders::status.eq("expired"),
+                orders::closed_at.eq(diesel::dsl::now),
+            ))
             .returning((orders::id, orders::user_id))
             .get_results(tx)
             .await?;
@@ -610,25 +654,44 @@ impl Orders {
 }
 
 /// The discount a user coupon gives, if the caller may use it now.
-async fn coupon_discount(tx: &mut AsyncPgConnection, user: UserId, uc: UserCouponId) -> Result<i64, OrderError> {
+async fn coupon_discount(
+    tx: &mut AsyncPgConnection,
+    user: UserId,
+    uc: UserCouponId,
+) -> Result<i64, OrderError> {
     let found: Option<(i64, String, i64, Option<DateTime<Utc>>)> = user_coupons::table
         .inner_join(coupons::table)
         .filter(user_coupons::id.eq(uc.get()))
-        .select((user_coupons::user_id, user_coupons::status, coupons::discount_amount, coupons::expires_at))
+        .select((
+            user_coupons::user_id,
+            user_coupons::status,
+            coupons::discount_amount,
+            coupons::expires_at,
+        ))
         .first(tx)
         .await
         .optional()?;
     match found {
-        Some((owner, _, _, _)) if owner != user.get() => Err(OrderError::InvalidCoupon("not your coupon")),
+        Some((owner, _, _, _)) if owner != user.get() => {
+            Err(OrderError::InvalidCoupon("not your coupon"))
+        }
         None => Err(OrderError::InvalidCoupon("no such coupon")),
-        Some((_, status, _, _)) if status != "issued" => Err(OrderError::InvalidCoupon("coupon already used")),
-        Some((_, _, _, Some(exp))) if exp <= Utc::now() => Err(OrderError::InvalidCoupon("coupon expired")),
+        Some((_, status, _, _)) if status != "issued" => {
+            Err(OrderError::InvalidCoupon("coupon already used"))
+        }
+        Some((_, _, _, Some(exp))) if exp <= Utc::now() => {
+            Err(OrderError::InvalidCoupon("coupon expired"))
+        }
         Some((_, _, discount, _)) => Ok(discount),
     }
 }
 
 /// Why the guarded `pending -> paid` update matched nothing.
-async fn why_not_payable(tx: &mut AsyncPgConnection, user: UserId, id: OrderId) -> Result<OrderError, OrderError> {
+async fn why_not_payable(
+    tx: &mut AsyncPgConnection,
+    user: UserId,
+    id: OrderId,
+) -> Result<OrderError, OrderError> {
     let row: Option<(i64, String, DateTime<Utc>)> = orders::table
         .find(id.get())
         .select((orders::user_id, orders::status, orders::expires_at))
@@ -650,13 +713,31 @@ mod tests {
 
     #[test]
     fn order_requests_are_validated() {
-        assert_eq!(NewOrder::parse(&[], None).unwrap_err().code, "invalid_items");
-        assert_eq!(NewOrder::parse(&[(1, 0)], None).unwrap_err().code, "invalid_quantity");
-        assert_eq!(NewOrder::parse(&[(1, 101)], None).unwrap_err().code, "invalid_quantity");
-        assert_eq!(NewOrder::parse(&[(0, 1)], None).unwrap_err().code, "invalid_id");
-        assert_eq!(NewOrder::parse(&[(1, 1), (1, 2)], None).unwrap_err().code, "duplicate_product");
+        assert_eq!(
+            NewOrder::parse(&[], None).unwrap_err().code,
+            "invalid_items"
+        );
+        assert_eq!(
+            NewOrder::parse(&[(1, 0)], None).unwrap_err().code,
+            "invalid_quantity"
+        );
+        assert_eq!(
+            NewOrder::parse(&[(1, 101)], None).unwrap_err().code,
+            "invalid_quantity"
+        );
+        assert_eq!(
+            NewOrder::parse(&[(0, 1)], None).unwrap_err().code,
+            "invalid_id"
+        );
+        assert_eq!(
+            NewOrder::parse(&[(1, 1), (1, 2)], None).unwrap_err().code,
+            "duplicate_product"
+        );
         let many: Vec<(i64, i64)> = (1..=21).map(|i| (i, 1)).collect();
-        assert_eq!(NewOrder::parse(&many, None).unwrap_err().code, "invalid_items");
+        assert_eq!(
+            NewOrder::parse(&many, None).unwrap_err().code,
+            "invalid_items"
+        );
         let ok = NewOrder::parse(&[(9, 1), (3, 2)], Some(4)).unwrap();
         assert_eq!(ok.lines[0].product.get(), 3, "sorted by product");
         assert_eq!(ok.user_coupon.map(UserCouponId::get), Some(4));

@@ -62,7 +62,8 @@ return 0
 ";
 
 /// The table the PostgreSQL fallback takes fencing tokens from. Also in
-/// `MIGRATION.sql`; [`LockManager::ensure_schema`] creates it for tests.
+/// `migrations/2026-11-22-000006_lock_fencing`; [`LockManager::ensure_schema`]
+/// creates it for tests that run without the migrations.
 pub const FENCING_TABLE_SQL: &str =
     "CREATE TABLE IF NOT EXISTS lock_fencing (name text PRIMARY KEY, token bigint NOT NULL)";
 

@@ -41,7 +41,11 @@ impl Consumer for RankingConsumer {
         &[event::ORDER_PAID]
     }
 
-    fn handle<'a>(&'a self, _tx: Option<&'a mut AsyncPgConnection>, event: &'a Event) -> BoxFuture<'a, Result<(), HandleError>> {
+    fn handle<'a>(
+        &'a self,
+        _tx: Option<&'a mut AsyncPgConnection>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
             let paid: OrderPaid = serde_json::from_value(event.payload.clone())
                 .map_err(|e| HandleError::Permanent(format!("bad order_paid payload: {e}")))?;
@@ -51,19 +55,26 @@ impl Consumer for RankingConsumer {
                 .map(|i| ProductId::parse(i.product_id).map(|p| (p, i.quantity)))
                 .collect::<Result<_, _>>()
                 .map_err(|e| HandleError::Permanent(e.to_string()))?;
-            self.catalog.record_sales(&sales, paid.paid_at).await.map_err(|e| {
-                if e.is_unavailable() {
-                    HandleError::Unavailable(Duration::from_secs(1))
-                } else {
-                    HandleError::Retryable(e.to_string())
-                }
-            })
+            self.catalog
+                .record_sales(&sales, paid.paid_at)
+                .await
+                .map_err(|e| {
+                    if e.is_unavailable() {
+                        HandleError::Unavailable(Duration::from_secs(1))
+                    } else {
+                        HandleError::Retryable(e.to_string())
+                    }
+                })
         })
     }
 }
 
 /// The consumers every instance runs.
-pub fn consumers(settings: &Settings, breakers: &BreakerRegistry, catalog: &Catalog) -> Vec<Arc<dyn Consumer>> {
+pub fn consumers(
+    settings: &Settings,
+    breakers: &BreakerRegistry,
+    catalog: &Catalog,
+) -> Vec<Arc<dyn Consumer>> {
     let timeout = Duration::from_millis(settings.events.http_timeout_ms);
     vec![
         Arc::new(HttpConsumer::new(
@@ -75,7 +86,12 @@ pub fn consumers(settings: &Settings, breakers: &BreakerRegistry, catalog: &Cata
         )),
         Arc::new(HttpConsumer::new(
             NOTIFICATION,
-            &[event::ORDER_PAID, event::COUPON_ISSUED, event::ORDER_CANCELLED, event::ORDER_EXPIRED],
+            &[
+                event::ORDER_PAID,
+                event::COUPON_ISSUED,
+                event::ORDER_CANCELLED,
+                event::ORDER_EXPIRED,
+            ],
             settings.notification.url.clone(),
             breakers.notification(),
             timeout,

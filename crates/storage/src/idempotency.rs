@@ -36,7 +36,10 @@ pub enum Begin {
     /// The caller owns the key and must do the work.
     Started,
     /// The first request's answer, to send again.
-    Replay { status: u16, body: serde_json::Value },
+    Replay {
+        status: u16,
+        body: serde_json::Value,
+    },
     /// The key was used with another request.
     Mismatch,
     /// The first request with this key is still running.
@@ -109,7 +112,11 @@ pub async fn begin(conn: &mut AsyncPgConnection, claim: &Claim) -> Result<Begin,
             .execute(conn)
             .await?
         };
-        Ok::<_, StorageError>(if n == 1 { Begin::Started } else { Begin::InProgress })
+        Ok::<_, StorageError>(if n == 1 {
+            Begin::Started
+        } else {
+            Begin::InProgress
+        })
     };
     if found.expired {
         return take_over(true).await;
@@ -164,7 +171,10 @@ pub async fn release(conn: &mut AsyncPgConnection, claim: &Claim) -> Result<(), 
 }
 
 /// Deletes expired keys, a bounded batch at a time; returns how many went.
-pub async fn purge_expired(conn: &mut AsyncPgConnection, batch: i64) -> Result<usize, StorageError> {
+pub async fn purge_expired(
+    conn: &mut AsyncPgConnection,
+    batch: i64,
+) -> Result<usize, StorageError> {
     let n = diesel::sql_query(format!(
         "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(SELECT ctid FROM idempotency_keys \
          WHERE created_at < now() - interval '{KEY_TTL_SECS} seconds' LIMIT $1))"
@@ -180,8 +190,11 @@ pub async fn purge_expired(conn: &mut AsyncPgConnection, batch: i64) -> Result<u
 /// result into the status and body that will be replayed.
 pub struct SaveAnswer<T> {
     pub claim: Claim,
-    pub render: Box<dyn FnOnce(&T) -> (u16, serde_json::Value) + Send>,
+    pub render: Render<T>,
 }
+
+/// Turns a result into the (status, body) that a retry will get.
+pub type Render<T> = Box<dyn FnOnce(&T) -> (u16, serde_json::Value) + Send>;
 
 impl<T> SaveAnswer<T> {
     pub async fn save(self, conn: &mut AsyncPgConnection, result: &T) -> Result<(), StorageError> {

@@ -8,7 +8,9 @@ pub mod schema;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::ConnectionError;
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use std::time::Duration;
@@ -66,7 +68,9 @@ impl From<DieselError> for StorageError {
                     DatabaseErrorKind::CheckViolation => Self::CheckViolation(constraint),
                     DatabaseErrorKind::ForeignKeyViolation => Self::ForeignKeyViolation(constraint),
                     DatabaseErrorKind::SerializationFailure => Self::SerializationFailure,
-                    DatabaseErrorKind::ClosedConnection => Self::Unavailable(info.message().to_owned()),
+                    DatabaseErrorKind::ClosedConnection => {
+                        Self::Unavailable(info.message().to_owned())
+                    }
                     _ => {
                         let msg = info.message();
                         // diesel does not expose SQLSTATE 57014/55P03; the messages are stable.
@@ -158,7 +162,10 @@ pub fn build_pool(cfg: &DbConfig) -> Result<DbPool, StorageError> {
                 .map_err(|e| ConnectionError::BadConnection(e.to_string()))
         })
     });
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&cfg.url, manager_config);
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        &cfg.url,
+        manager_config,
+    );
     Pool::builder(manager)
         .max_size(cfg.pool_size)
         .wait_timeout(Some(cfg.pool_wait))
@@ -189,7 +196,8 @@ pub fn pool_status(pool: &DbPool) -> (usize, usize, usize) {
 
 /// Splits a URL into (server URL with the maintenance database, database name).
 fn split_database(url: &str) -> Result<(String, String), StorageError> {
-    let mut parsed = url::Url::parse(url).map_err(|e| StorageError::Other(format!("bad database url: {e}")))?;
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| StorageError::Other(format!("bad database url: {e}")))?;
     let name = parsed.path().trim_start_matches('/').to_owned();
     if name.is_empty() {
         return Err(StorageError::Other("database url names no database".into()));
@@ -216,10 +224,11 @@ pub async fn ensure_database(cfg: &DbConfig) -> Result<(), StorageError> {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         exists: bool,
     }
-    let row: Exists = diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-        .bind::<diesel::sql_types::Text, _>(&name)
-        .get_result(&mut conn)
-        .await?;
+    let row: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result(&mut conn)
+            .await?;
     if !row.exists {
         match diesel::sql_query(format!("CREATE DATABASE {}", quote_ident(&name)))
             .execute(&mut conn)
@@ -248,12 +257,18 @@ pub async fn run_migrations(cfg: &DbConfig) -> Result<Vec<String>, StorageError>
         let result = (|| -> Result<Vec<String>, StorageError> {
             let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
                 diesel::Connection::establish(&url).map_err(StorageError::from)?;
-            diesel::RunQueryDsl::execute(diesel::sql_query("SELECT pg_advisory_lock(7231001)"), &mut conn)?;
+            diesel::RunQueryDsl::execute(
+                diesel::sql_query("SELECT pg_advisory_lock(7231001)"),
+                &mut conn,
+            )?;
             let applied = conn
                 .run_pending_migrations(MIGRATIONS)
                 .map(|v| v.iter().map(|m| m.to_string()).collect::<Vec<_>>())
                 .map_err(|e| StorageError::Other(format!("migration failed: {e}")));
-            let _ = diesel::RunQueryDsl::execute(diesel::sql_query("SELECT pg_advisory_unlock(7231001)"), &mut conn);
+            let _ = diesel::RunQueryDsl::execute(
+                diesel::sql_query("SELECT pg_advisory_unlock(7231001)"),
+                &mut conn,
+            );
             applied
         })();
         let _ = tx.send(result);
@@ -268,10 +283,14 @@ mod tests {
 
     #[test]
     fn splits_database_from_url() {
-        let (admin, name) = split_database("postgres://postgres@127.0.0.1:5432/commerce?connect_timeout=3")
-            .unwrap_or_default();
+        let (admin, name) =
+            split_database("postgres://postgres@127.0.0.1:5432/commerce?connect_timeout=3")
+                .unwrap_or_default();
         assert_eq!(name, "commerce");
-        assert_eq!(admin, "postgres://postgres@127.0.0.1:5432/postgres?connect_timeout=3");
+        assert_eq!(
+            admin,
+            "postgres://postgres@127.0.0.1:5432/postgres?connect_timeout=3"
+        );
         assert!(split_database("postgres://h:5432").is_err());
     }
 

@@ -18,8 +18,11 @@ pub fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU_BIN") {
         return PathBuf::from(p);
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("tansu")).find(|p| p.is_file()));
+    let on_path = std::env::var_os("PATH").map(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("tansu"))
+            .find(|p| p.is_file())
+    });
     if let Some(Some(p)) = on_path {
         return p;
     }
@@ -35,7 +38,11 @@ impl Broker {
             .expect("free port");
         let dir = std::env::temp_dir().join(format!("tansu-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("broker dir");
-        let mut broker = Self { port, dir, child: None };
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
         broker.resume();
         broker
     }

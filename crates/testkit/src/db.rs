@@ -56,7 +56,10 @@ async fn ensure_template() -> String {
     let name = format!("commerce_tpl_{}", migrations_digest());
     let mut c = admin_conn().await;
     // Serialise template creation across test processes.
-    diesel::sql_query("SELECT pg_advisory_lock(7231002)").execute(&mut c).await.expect("lock");
+    diesel::sql_query("SELECT pg_advisory_lock(7231002)")
+        .execute(&mut c)
+        .await
+        .expect("lock");
     let ready: Flag = diesel::sql_query(
         "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate) AS flag",
     )
@@ -66,16 +69,27 @@ async fn ensure_template() -> String {
     .expect("query template");
     if !ready.flag {
         let q = quote_ident(&name);
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)")).execute(&mut c).await.expect("drop");
-        diesel::sql_query(format!("CREATE DATABASE {q}")).execute(&mut c).await.expect("create template");
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {q} WITH (FORCE)"))
+            .execute(&mut c)
+            .await
+            .expect("drop");
+        diesel::sql_query(format!("CREATE DATABASE {q}"))
+            .execute(&mut c)
+            .await
+            .expect("create template");
         let cfg = DbConfig::with_url(format!("{}/{name}", server_url()));
-        commerce_storage::run_migrations(&cfg).await.expect("migrate template");
+        commerce_storage::run_migrations(&cfg)
+            .await
+            .expect("migrate template");
         diesel::sql_query(format!("ALTER DATABASE {q} WITH IS_TEMPLATE true"))
             .execute(&mut c)
             .await
             .expect("mark template");
     }
-    diesel::sql_query("SELECT pg_advisory_unlock(7231002)").execute(&mut c).await.expect("unlock");
+    diesel::sql_query("SELECT pg_advisory_unlock(7231002)")
+        .execute(&mut c)
+        .await
+        .expect("unlock");
     name
 }
 
@@ -84,10 +98,14 @@ impl TestDb {
         let template = ensure_template().await;
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let mut c = admin_conn().await;
-        diesel::sql_query(format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(&name), quote_ident(&template)))
-            .execute(&mut c)
-            .await
-            .expect("create test database");
+        diesel::sql_query(format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            quote_ident(&name),
+            quote_ident(&template)
+        ))
+        .execute(&mut c)
+        .await
+        .expect("create test database");
         Self {
             url: format!("{}/{name}", server_url()),
             name,
@@ -96,7 +114,9 @@ impl TestDb {
 
     /// A direct connection for assertions.
     pub async fn conn(&self) -> diesel_async::AsyncPgConnection {
-        commerce_storage::connect(&DbConfig::with_url(&self.url)).await.expect("connect test db")
+        commerce_storage::connect(&DbConfig::with_url(&self.url))
+            .await
+            .expect("connect test db")
     }
 
     /// Runs a query returning one BIGINT column named `n`.
@@ -117,13 +137,18 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs outside async context guarantees: use a thread of its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     let mut c = admin_conn().await;
-                    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name)))
-                        .execute(&mut c)
-                        .await;
+                    let _ = diesel::sql_query(format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        quote_ident(&name)
+                    ))
+                    .execute(&mut c)
+                    .await;
                 });
             }
         })

@@ -43,15 +43,26 @@ async fn receive(req: HttpRequest, shared: web::Data<Mutex<Shared>>) -> HttpResp
     };
     match mode {
         Mode::Fail(status) => {
-            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("status")).finish()
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("status"))
+                .finish()
         }
         Mode::Delay(d) => {
             tokio::time::sleep(d).await;
-            *shared.lock().expect("lock").accepted.entry(key).or_default() += 1;
+            *shared
+                .lock()
+                .expect("lock")
+                .accepted
+                .entry(key)
+                .or_default() += 1;
             HttpResponse::Ok().finish()
         }
         Mode::Ok => {
-            *shared.lock().expect("lock").accepted.entry(key).or_default() += 1;
+            *shared
+                .lock()
+                .expect("lock")
+                .accepted
+                .entry(key)
+                .or_default() += 1;
             HttpResponse::Ok().finish()
         }
     }
@@ -61,11 +72,15 @@ impl FakePeer {
     pub async fn start() -> Self {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let data = web::Data::from(shared.clone());
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(receive)))
-            .workers(1)
-            .disable_signals()
-            .bind("127.0.0.1:0")
-            .expect("bind fake peer");
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(receive))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind fake peer");
         let port = server.addrs()[0].port();
         let server = server.run();
         let handle = server.handle();

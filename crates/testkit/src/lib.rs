@@ -5,8 +5,8 @@
 
 pub mod broker;
 pub mod chaos;
-pub mod fake_http;
 pub mod db;
+pub mod fake_http;
 
 use actix_web::dev::ServerHandle;
 use actix_web::web;
@@ -75,7 +75,11 @@ impl TestApp {
         Self::spawn_on(self.db.clone(), &self.redis_prefix, customize).await
     }
 
-    pub async fn spawn_on(db: Arc<TestDb>, prefix: &str, customize: impl FnOnce(&mut Settings)) -> Self {
+    pub async fn spawn_on(
+        db: Arc<TestDb>,
+        prefix: &str,
+        customize: impl FnOnce(&mut Settings),
+    ) -> Self {
         init_test_tracing();
         let mut settings = test_settings(&db.url, prefix);
         customize(&mut settings);
@@ -131,7 +135,13 @@ impl TestApp {
     }
 
     /// POST JSON with optional bearer token and idempotency key.
-    pub async fn post_json(&self, path: &str, token: Option<&str>, key: Option<&str>, body: &Value) -> (u16, Value) {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
         let mut req = self.client.post(self.url(path)).json(body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -175,14 +185,22 @@ impl TestApp {
         ids.into_iter()
             .map(|r| TestUser {
                 id: r.id,
-                token: signer.issue(commerce_domain::UserId::from_db(r.id)).expect("token"),
+                token: signer
+                    .issue(commerce_domain::UserId::from_db(r.id))
+                    .expect("token"),
             })
             .collect()
     }
 
     /// POST with a bearer token and no body.
     pub async fn post_empty(&self, path: &str, token: &str) -> (u16, Value) {
-        let res = self.client.post(self.url(path)).bearer_auth(token).send().await.expect("request");
+        let res = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
         split(res).await
     }
 
@@ -214,7 +232,11 @@ impl TestApp {
                 .await
                 .expect("scan");
             if !keys.is_empty() {
-                deleted += redis::cmd("DEL").arg(&keys).query_async::<usize>(&mut c).await.expect("del");
+                deleted += redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<usize>(&mut c)
+                    .await
+                    .expect("del");
             }
             if next == 0 {
                 return deleted;

@@ -30,22 +30,35 @@ async fn concurrent_charges_with_resent_keys_count_once() {
     let results = join_all(plan.iter().map(|(key, amount)| {
         let (app, user) = (&app, &user);
         async move {
-            app.post_json("/api/v1/me/balance/charge", Some(&user.token), Some(key), &json!({ "amount": amount }))
-                .await
+            app.post_json(
+                "/api/v1/me/balance/charge",
+                Some(&user.token),
+                Some(key),
+                &json!({ "amount": amount }),
+            )
+            .await
         }
     }))
     .await;
     let mut by_status: HashMap<u16, usize> = HashMap::new();
     for (status, body) in &results {
         *by_status.entry(*status).or_default() += 1;
-        assert!(*status == 200 || (*status == 409 && body["code"] == "request_in_progress"), "{status} {body}");
+        assert!(
+            *status == 200 || (*status == 409 && body["code"] == "request_in_progress"),
+            "{status} {body}"
+        );
     }
     assert!(by_status[&200] >= 150, "{by_status:?}");
     // A 409 means "still running"; a retry then gets the replay.
     for ((key, amount), (status, _)) in plan.iter().zip(&results) {
         if *status == 409 {
             let (s, body) = app
-                .post_json("/api/v1/me/balance/charge", Some(&user.token), Some(key), &json!({ "amount": amount }))
+                .post_json(
+                    "/api/v1/me/balance/charge",
+                    Some(&user.token),
+                    Some(key),
+                    &json!({ "amount": amount }),
+                )
                 .await;
             assert_eq!(s, 200, "{body}");
         }
@@ -54,7 +67,10 @@ async fn concurrent_charges_with_resent_keys_count_once() {
     assert_eq!(ledger_sum(&app, user.id).await, expected);
     let rows = app
         .db
-        .scalar(&format!("SELECT COUNT(*) AS n FROM balance_ledger WHERE user_id = {}", user.id))
+        .scalar(&format!(
+            "SELECT COUNT(*) AS n FROM balance_ledger WHERE user_id = {}",
+            user.id
+        ))
         .await;
     assert_eq!(rows, 150);
 }
@@ -64,7 +80,14 @@ async fn idempotency_replays_refuses_mismatch_and_overlap() {
     let app = TestApp::spawn().await;
     let user = app.create_user("lee").await;
     let path = "/api/v1/me/balance/charge";
-    let (s1, b1) = app.post_json(path, Some(&user.token), Some("once"), &json!({"amount": 500})).await;
+    let (s1, b1) = app
+        .post_json(
+            path,
+            Some(&user.token),
+            Some("once"),
+            &json!({"amount": 500}),
+        )
+        .await;
     assert_eq!(s1, 200);
     // Same key, same body (formatted differently): the first answer again.
     let res = app
@@ -81,25 +104,48 @@ async fn idempotency_replays_refuses_mismatch_and_overlap() {
     let (s2, b2) = commerce_testkit::split(res).await;
     assert_eq!((s2, &b2), (200, &b1));
     // Same key, different body: 422 and nothing changes.
-    let (s3, b3) = app.post_json(path, Some(&user.token), Some("once"), &json!({"amount": 999})).await;
+    let (s3, b3) = app
+        .post_json(
+            path,
+            Some(&user.token),
+            Some("once"),
+            &json!({"amount": 999}),
+        )
+        .await;
     assert_eq!(s3, 422);
     assert_eq!(b3["code"], "idempotency_key_mismatch");
     assert_eq!(balance_of(&app, &user.token).await, 500);
 
     // 20 concurrent requests with one new key: one charge; the rest replay or 409.
-    let results = join_all(
-        (0..20).map(|_| async { app.post_json(path, Some(&user.token), Some("burst"), &json!({"amount": 7})).await }),
-    )
+    let results = join_all((0..20).map(|_| async {
+        app.post_json(
+            path,
+            Some(&user.token),
+            Some("burst"),
+            &json!({"amount": 7}),
+        )
+        .await
+    }))
     .await;
     for (status, body) in &results {
-        assert!(*status == 200 || (*status == 409 && body["code"] == "request_in_progress"), "{status} {body}");
+        assert!(
+            *status == 200 || (*status == 409 && body["code"] == "request_in_progress"),
+            "{status} {body}"
+        );
     }
     assert_eq!(balance_of(&app, &user.token).await, 507);
     assert_eq!(ledger_sum(&app, user.id).await, 507);
 
     // Keys are per user: another user's identical key is independent.
     let other = app.create_user("park").await;
-    let (s4, b4) = app.post_json(path, Some(&other.token), Some("once"), &json!({"amount": 500})).await;
+    let (s4, b4) = app
+        .post_json(
+            path,
+            Some(&other.token),
+            Some("once"),
+            &json!({"amount": 500}),
+        )
+        .await;
     assert_eq!(s4, 200, "{b4}");
     assert_eq!(b4["user_id"], other.id);
     assert_eq!(balance_of(&app, &user.token).await, 507);
@@ -110,7 +156,8 @@ async fn bad_charges_are_4xx_and_change_nothing() {
     let app = TestApp::spawn().await;
     let user = app.create_user("choi").await;
     let path = "/api/v1/me/balance/charge";
-    app.post_json(path, Some(&user.token), None, &json!({"amount": 100})).await;
+    app.post_json(path, Some(&user.token), None, &json!({"amount": 100}))
+        .await;
 
     let bodies: Vec<(&str, &str, &str)> = vec![
         ("application/json", r#"{"amount": 0}"#, "invalid_amount"),
@@ -118,12 +165,24 @@ async fn bad_charges_are_4xx_and_change_nothing() {
         ("application/json", r#"{"amount": 10.5}"#, "invalid_amount"),
         ("application/json", r#"{"amount": "100"}"#, "invalid_amount"),
         ("application/json", r#"{"amount": 1e30}"#, "invalid_amount"),
-        ("application/json", r#"{"amount": 99999999999999999999999}"#, "invalid_amount"),
-        ("application/json", r#"{"amount": 9223372036854775807}"#, "invalid_amount"),
+        (
+            "application/json",
+            r#"{"amount": 99999999999999999999999}"#,
+            "invalid_amount",
+        ),
+        (
+            "application/json",
+            r#"{"amount": 9223372036854775807}"#,
+            "invalid_amount",
+        ),
         ("application/json", r#"{"amount": null}"#, "invalid_amount"),
         ("application/json", "", "malformed_json"),
         ("application/json", "{}", "invalid_body"),
-        ("application/json", r#"{"amount": 5, "extra": 1}"#, "invalid_body"),
+        (
+            "application/json",
+            r#"{"amount": 5, "extra": 1}"#,
+            "invalid_body",
+        ),
         ("application/json", r#"{"amount": 5"#, "malformed_json"),
         ("application/json", r#""text""#, "invalid_body"),
         ("text/plain", r#"{"amount": 5}"#, "unsupported_media_type"),
@@ -146,7 +205,9 @@ async fn bad_charges_are_4xx_and_change_nothing() {
     // Bad idempotency keys.
     let long = "k".repeat(300);
     for key in ["has space", long.as_str()] {
-        let (status, json) = app.post_json(path, Some(&user.token), Some(key), &json!({"amount": 5})).await;
+        let (status, json) = app
+            .post_json(path, Some(&user.token), Some(key), &json!({"amount": 5}))
+            .await;
         assert_eq!(status, 400, "{json}");
         assert_eq!(json["code"], "invalid_idempotency_key");
     }
@@ -164,9 +225,17 @@ async fn bad_charges_are_4xx_and_change_nothing() {
     )
     .await
     .unwrap();
-    let (status, json) = app.post_json(path, Some(&user.token), None, &json!({"amount": 101})).await;
-    assert_eq!((status, json["code"].as_str()), (422, Some("balance_limit_exceeded")), "{json}");
-    let (status, _) = app.post_json(path, Some(&user.token), None, &json!({"amount": 100})).await;
+    let (status, json) = app
+        .post_json(path, Some(&user.token), None, &json!({"amount": 101}))
+        .await;
+    assert_eq!(
+        (status, json["code"].as_str()),
+        (422, Some("balance_limit_exceeded")),
+        "{json}"
+    );
+    let (status, _) = app
+        .post_json(path, Some(&user.token), None, &json!({"amount": 100}))
+        .await;
     assert_eq!(status, 200);
     let balance = balance_of(&app, &user.token).await;
     assert!(balance <= commerce_domain::MAX_BALANCE);
@@ -178,17 +247,34 @@ async fn tokens_are_checked_and_users_see_only_their_own_balance() {
     let app = TestApp::spawn().await;
     let a = app.create_user("a").await;
     let b = app.create_user("b").await;
-    app.post_json("/api/v1/me/balance/charge", Some(&a.token), None, &json!({"amount": 300})).await;
+    app.post_json(
+        "/api/v1/me/balance/charge",
+        Some(&a.token),
+        None,
+        &json!({"amount": 300}),
+    )
+    .await;
     // B's token reads and charges B only.
     let (s, body) = app.get_json("/api/v1/me/balance", Some(&b.token)).await;
-    assert_eq!((s, body["user_id"].as_i64(), body["balance"].as_i64()), (200, Some(b.id), Some(0)));
-    app.post_json("/api/v1/me/balance/charge", Some(&b.token), None, &json!({"amount": 5})).await;
+    assert_eq!(
+        (s, body["user_id"].as_i64(), body["balance"].as_i64()),
+        (200, Some(b.id), Some(0))
+    );
+    app.post_json(
+        "/api/v1/me/balance/charge",
+        Some(&b.token),
+        None,
+        &json!({"amount": 5}),
+    )
+    .await;
     assert_eq!(balance_of(&app, &a.token).await, 300);
 
     // Missing, malformed, forged and expired tokens: 401 with a code.
     let (s, body) = app.get_json("/api/v1/me/balance", None).await;
     assert_eq!((s, body["code"].as_str()), (401, Some("missing_token")));
-    let (s, _) = app.get_json("/api/v1/me/balance", Some("not-a-token")).await;
+    let (s, _) = app
+        .get_json("/api/v1/me/balance", Some("not-a-token"))
+        .await;
     assert_eq!(s, 401);
     let forged = commerce_accounts_token(b"another-secret", a.id, 60);
     let (s, body) = app.get_json("/api/v1/me/balance", Some(&forged)).await;
@@ -202,13 +288,19 @@ async fn tokens_are_checked_and_users_see_only_their_own_balance() {
         .post_json("/api/v1/auth/token", None, None, &json!({"user_id": a.id}))
         .await;
     assert_eq!(s, 401);
-    let (s, body) = app.admin_post("/api/v1/auth/token", &json!({"user_id": a.id})).await;
+    let (s, body) = app
+        .admin_post("/api/v1/auth/token", &json!({"user_id": a.id}))
+        .await;
     assert_eq!(s, 200);
     let minted = body["token"].as_str().unwrap();
     assert_eq!(balance_of(&app, minted).await, 300);
-    let (s, body) = app.admin_post("/api/v1/auth/token", &json!({"user_id": 987654})).await;
+    let (s, body) = app
+        .admin_post("/api/v1/auth/token", &json!({"user_id": 987654}))
+        .await;
     assert_eq!((s, body["code"].as_str()), (404, Some("user_not_found")));
-    let (s, _) = app.admin_post("/api/v1/auth/token", &json!({"user_id": -1})).await;
+    let (s, _) = app
+        .admin_post("/api/v1/auth/token", &json!({"user_id": -1}))
+        .await;
     assert_eq!(s, 422);
 }
 
@@ -226,12 +318,19 @@ fn commerce_accounts_token(secret: &[u8], user: i64, ttl: i64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_up_validates_names() {
     let app = TestApp::spawn().await;
-    for body in [json!({"name": ""}), json!({"name": "   "}), json!({"name": "x".repeat(65)}), json!({})] {
+    for body in [
+        json!({"name": ""}),
+        json!({"name": "   "}),
+        json!({"name": "x".repeat(65)}),
+        json!({}),
+    ] {
         let (s, b) = app.post_json("/api/v1/users", None, None, &body).await;
         assert_eq!(s, 422, "{body}: {b}");
         assert!(b["code"].is_string());
     }
-    let (s, b) = app.post_json("/api/v1/users", None, None, &json!({"name": " 김철수 "})).await;
+    let (s, b) = app
+        .post_json("/api/v1/users", None, None, &json!({"name": " 김철수 "}))
+        .await;
     assert_eq!(s, 201);
     assert_eq!(b["name"], "김철수");
     assert_eq!(app.db.scalar("SELECT COUNT(*) AS n FROM users").await, 1);
@@ -268,7 +367,10 @@ async fn exhausted_pool_answers_503_then_recovers() {
     let (_, body) = commerce_testkit::split(res).await;
     assert_eq!(body["code"], "db_busy");
     // Bounded by the pool wait, far from the 2 s hold.
-    assert!(waited < std::time::Duration::from_millis(1500), "{waited:?}");
+    assert!(
+        waited < std::time::Duration::from_millis(1500),
+        "{waited:?}"
+    );
     holder.await.unwrap();
     assert_eq!(balance_of(&app, &user.token).await, 0);
 }
@@ -292,7 +394,12 @@ async fn server_migrates_an_empty_database_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_endpoints_and_request_ids() {
     let app = TestApp::spawn().await;
-    let res = app.client.get(app.url("/health/live")).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers().get("x-request-id").is_some());
     let (s, body) = app.get_json("/health/ready", None).await;
@@ -303,7 +410,15 @@ async fn ops_endpoints_and_request_ids() {
     assert!(body["paths"]["/api/v1/me/balance/charge"]["post"].is_object());
     let (s, body) = app.get_json("/no/such/route", None).await;
     assert_eq!((s, body["code"].as_str()), (404, Some("not_found")));
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("http_requests_total"), "{text}");
     assert!(text.contains("db_pool_connections"));
 }

@@ -21,11 +21,13 @@ struct Id {
 
 async fn product(app: &TestApp, stock: i32) -> i64 {
     let mut c = app.db.conn().await;
-    let row: Id = diesel::sql_query("INSERT INTO products (name, price, stock) VALUES ('p', 10, $1) RETURNING id")
-        .bind::<diesel::sql_types::Integer, _>(stock)
-        .get_result(&mut c)
-        .await
-        .unwrap();
+    let row: Id = diesel::sql_query(
+        "INSERT INTO products (name, price, stock) VALUES ('p', 10, $1) RETURNING id",
+    )
+    .bind::<diesel::sql_types::Integer, _>(stock)
+    .get_result(&mut c)
+    .await
+    .unwrap();
     row.id
 }
 
@@ -43,7 +45,13 @@ async fn fund(app: &TestApp, amount: i64) {
 
 /// Creates and pays one order (2 units) per user, `in_flight` at a time,
 /// alternating instances; `progress` counts paid orders.
-async fn pay_orders(apps: &[&TestApp], users: &[TestUser], product: i64, in_flight: usize, progress: &AtomicUsize) -> Vec<Duration> {
+async fn pay_orders(
+    apps: &[&TestApp],
+    users: &[TestUser],
+    product: i64,
+    in_flight: usize,
+    progress: &AtomicUsize,
+) -> Vec<Duration> {
     futures::stream::iter(users.iter().enumerate())
         .map(|(i, u)| {
             let app = apps[i % apps.len()];
@@ -59,7 +67,12 @@ async fn pay_orders(apps: &[&TestApp], users: &[TestUser], product: i64, in_flig
                 assert_eq!(s, 201, "{o}");
                 let started = Instant::now();
                 let (s, p) = app
-                    .post_json(&format!("/api/v1/orders/{}/payment", o["id"]), Some(&u.token), None, &json!({}))
+                    .post_json(
+                        &format!("/api/v1/orders/{}/payment", o["id"]),
+                        Some(&u.token),
+                        None,
+                        &json!({}),
+                    )
                     .await;
                 assert_eq!(s, 200, "{p}");
                 progress.fetch_add(1, Ordering::SeqCst);
@@ -97,18 +110,33 @@ async fn in_process_consumers_apply_each_event_once() {
     fund(&app, 1_000).await;
     let p = product(&app, 1_000).await;
     pay_orders(&[&app], &users, p, 20, &AtomicUsize::new(0)).await;
-    eventually("every consumer to see 60 paid orders", Duration::from_secs(20), async || {
-        count(&app, "SELECT COUNT(*) AS n FROM inbox_ranking").await == 60 && peer.distinct() == 60
-    })
+    eventually(
+        "every consumer to see 60 paid orders",
+        Duration::from_secs(20),
+        async || {
+            count(&app, "SELECT COUNT(*) AS n FROM inbox_ranking").await == 60
+                && peer.distinct() == 60
+        },
+    )
     .await;
     assert_eq!(peer.accepted(), 60, "no duplicate effects");
-    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL").await, 0);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL"
+        )
+        .await,
+        0
+    );
     assert_eq!(
         count(&app, &format!("SELECT COALESCE(SUM(units), 0)::BIGINT AS n FROM product_sales_daily WHERE product_id = {p}")).await,
         120
     );
     // The notification consumer (no URL: logs) saw paid orders too.
-    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM inbox_notification").await, 60);
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) AS n FROM inbox_notification").await,
+        60
+    );
     let (_, ready) = app.get_json("/health/ready", None).await;
     assert_eq!(ready["checks"]["outbox"]["unpublished"], 0);
 }
@@ -128,12 +156,22 @@ async fn a_redelivered_event_is_ignored_by_every_consumer() {
         created_at: chrono::Utc::now(),
     };
     for consumer in app.state.events.consumers() {
-        assert_eq!(app.state.events.deliver(consumer.as_ref(), &event).await, Delivery::Processed);
-        assert_eq!(app.state.events.deliver(consumer.as_ref(), &event).await, Delivery::Duplicate);
+        assert_eq!(
+            app.state.events.deliver(consumer.as_ref(), &event).await,
+            Delivery::Processed
+        );
+        assert_eq!(
+            app.state.events.deliver(consumer.as_ref(), &event).await,
+            Delivery::Duplicate
+        );
     }
     assert_eq!(peer.accepted(), 1);
     assert_eq!(
-        count(&app, &format!("SELECT units AS n FROM product_sales_daily WHERE product_id = {p}")).await,
+        count(
+            &app,
+            &format!("SELECT units AS n FROM product_sales_daily WHERE product_id = {p}")
+        )
+        .await,
         2
     );
 }
@@ -155,10 +193,18 @@ async fn failing_data_platform_parks_events_then_redrive_delivers_once() {
     let p = product(&app, 100).await;
     pay_orders(&[&app], &users, p, 10, &AtomicUsize::new(0)).await;
     eventually("10 dead letters", Duration::from_secs(30), async || {
-        count(&app, "SELECT COUNT(*) AS n FROM dead_letters WHERE redriven_at IS NULL").await == 10
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM dead_letters WHERE redriven_at IS NULL",
+        )
+        .await
+            == 10
     })
     .await;
-    assert_eq!(count(&app, "SELECT MIN(attempts)::BIGINT AS n FROM dead_letters").await, 3);
+    assert_eq!(
+        count(&app, "SELECT MIN(attempts)::BIGINT AS n FROM dead_letters").await,
+        3
+    );
     assert!(peer.requests() >= 30, "three attempts each");
     // Other consumers were not held back.
     eventually("ranking effects", Duration::from_secs(10), async || {
@@ -169,22 +215,36 @@ async fn failing_data_platform_parks_events_then_redrive_delivers_once() {
     peer.set_mode(Mode::Ok);
     let (s, list) = app.get_json_admin("/admin/dead-letters").await;
     assert_eq!(s, 200);
-    let ids: Vec<i64> = list["items"].as_array().unwrap().iter().map(|d| d["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids.len(), 10);
     assert!(list["items"][0]["consumer"] == DATA_PLATFORM);
     for id in &ids {
-        let (s, r) = app.admin_post(&format!("/admin/dead-letters/{id}/redrive"), &json!({})).await;
+        let (s, r) = app
+            .admin_post(&format!("/admin/dead-letters/{id}/redrive"), &json!({}))
+            .await;
         assert_eq!((s, r["outcome"].as_str()), (200, Some("processed")), "{r}");
     }
     assert_eq!(peer.distinct(), 10);
     assert_eq!(peer.accepted(), 10);
     // Re-driving again changes nothing.
-    let (s, _) = app.admin_post(&format!("/admin/dead-letters/{}/redrive", ids[0]), &json!({})).await;
+    let (s, _) = app
+        .admin_post(
+            &format!("/admin/dead-letters/{}/redrive", ids[0]),
+            &json!({}),
+        )
+        .await;
     assert_eq!(s, 200);
     assert_eq!(peer.accepted(), 10);
     let (_, list) = app.get_json_admin("/admin/dead-letters").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
-    let (s, _) = app.admin_post("/admin/dead-letters/999999/redrive", &json!({})).await;
+    let (s, _) = app
+        .admin_post("/admin/dead-letters/999999/redrive", &json!({}))
+        .await;
     assert_eq!(s, 404);
 }
 
@@ -201,13 +261,26 @@ async fn a_slow_data_platform_does_not_slow_payments() {
         let users = app.seed_users(100).await;
         fund(app, 1_000).await;
         let p = product(app, 1_000).await;
-        p95s.push(p95(pay_orders(&[app], &users, p, 10, &AtomicUsize::new(0)).await));
+        p95s.push(p95(
+            pay_orders(&[app], &users, p, 10, &AtomicUsize::new(0)).await
+        ));
     }
-    eprintln!("payment p95: fast data platform {:?}, 200 ms data platform {:?}", p95s[0], p95s[1]);
+    eprintln!(
+        "payment p95: fast data platform {:?}, 200 ms data platform {:?}",
+        p95s[0], p95s[1]
+    );
     // Generous: the 200 ms call is off the request path, so it must not add
     // anything near 200 ms to the payment.
-    assert!(p95s[1] < p95s[0] * 2 + Duration::from_millis(100), "{p95s:?}");
-    eventually("the slow peer to get every event", Duration::from_secs(30), async || slow_peer.distinct() == 100).await;
+    assert!(
+        p95s[1] < p95s[0] * 2 + Duration::from_millis(100),
+        "{p95s:?}"
+    );
+    eventually(
+        "the slow peer to get every event",
+        Duration::from_secs(30),
+        async || slow_peer.distinct() == 100,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,19 +329,37 @@ async fn through_kafka_every_effect_happens_once_despite_broker_and_consumer_fai
         (b2, broker)
     };
     let (_, (b2, broker)) = tokio::join!(payments, chaos);
-    eventually("every effect of 1000 paid orders", Duration::from_secs(90), async || {
-        peer.distinct() == 1000 && count(&a, "SELECT COUNT(*) AS n FROM inbox_ranking").await == 1000
-    })
+    eventually(
+        "every effect of 1000 paid orders",
+        Duration::from_secs(90),
+        async || {
+            peer.distinct() == 1000
+                && count(&a, "SELECT COUNT(*) AS n FROM inbox_ranking").await == 1000
+        },
+    )
     .await;
     assert_eq!(peer.accepted(), 1000, "each data-platform effect once");
-    assert_eq!(count(&a, "SELECT COUNT(*) AS n FROM inbox_data_platform").await, 1000);
-    assert_eq!(count(&a, "SELECT COUNT(*) AS n FROM inbox_notification").await, 1000);
+    assert_eq!(
+        count(&a, "SELECT COUNT(*) AS n FROM inbox_data_platform").await,
+        1000
+    );
+    assert_eq!(
+        count(&a, "SELECT COUNT(*) AS n FROM inbox_notification").await,
+        1000
+    );
     assert_eq!(
         count(&a, &format!("SELECT COALESCE(SUM(units), 0)::BIGINT AS n FROM product_sales_daily WHERE product_id = {p}")).await,
         2000,
         "each ranking effect once"
     );
-    assert_eq!(count(&a, "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL").await, 0);
+    assert_eq!(
+        count(
+            &a,
+            "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL"
+        )
+        .await,
+        0
+    );
     drop(b2);
     drop(broker);
 }

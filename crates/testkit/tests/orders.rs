@@ -20,12 +20,14 @@ async fn products(app: &TestApp, specs: &[(i64, i32)]) -> Vec<i64> {
     let mut c = app.db.conn().await;
     let mut ids = Vec::new();
     for (price, stock) in specs {
-        let row: Id = diesel::sql_query("INSERT INTO products (name, price, stock) VALUES ('p', $1, $2) RETURNING id")
-            .bind::<diesel::sql_types::BigInt, _>(price)
-            .bind::<diesel::sql_types::Integer, _>(stock)
-            .get_result(&mut c)
-            .await
-            .unwrap();
+        let row: Id = diesel::sql_query(
+            "INSERT INTO products (name, price, stock) VALUES ('p', $1, $2) RETURNING id",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(price)
+        .bind::<diesel::sql_types::Integer, _>(stock)
+        .get_result(&mut c)
+        .await
+        .unwrap();
         ids.push(row.id);
     }
     ids
@@ -33,27 +35,53 @@ async fn products(app: &TestApp, specs: &[(i64, i32)]) -> Vec<i64> {
 
 async fn charge(app: &TestApp, user: &TestUser, amount: i64) {
     let (s, b) = app
-        .post_json("/api/v1/me/balance/charge", Some(&user.token), None, &json!({ "amount": amount }))
+        .post_json(
+            "/api/v1/me/balance/charge",
+            Some(&user.token),
+            None,
+            &json!({ "amount": amount }),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
 }
 
-async fn order(app: &TestApp, user: &TestUser, items: &[(i64, i64)], coupon: Option<i64>) -> (u16, Value) {
-    let items: Vec<Value> = items.iter().map(|(p, q)| json!({"product_id": p, "quantity": q})).collect();
-    app.post_json("/api/v1/orders", Some(&user.token), None, &json!({ "items": items, "user_coupon_id": coupon }))
-        .await
+async fn order(
+    app: &TestApp,
+    user: &TestUser,
+    items: &[(i64, i64)],
+    coupon: Option<i64>,
+) -> (u16, Value) {
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(p, q)| json!({"product_id": p, "quantity": q}))
+        .collect();
+    app.post_json(
+        "/api/v1/orders",
+        Some(&user.token),
+        None,
+        &json!({ "items": items, "user_coupon_id": coupon }),
+    )
+    .await
 }
 
 async fn pay(app: &TestApp, user: &TestUser, order: i64, key: Option<&str>) -> (u16, Value) {
-    app.post_json(&format!("/api/v1/orders/{order}/payment"), Some(&user.token), key, &json!({}))
-        .await
+    app.post_json(
+        &format!("/api/v1/orders/{order}/payment"),
+        Some(&user.token),
+        key,
+        &json!({}),
+    )
+    .await
 }
 
 /// Rules 2 and 3 over the whole database: stock never negative, stock plus
 /// units held by pending or paid orders equals the initial stock, and every
 /// balance equals its ledger.
 async fn check_invariants(app: &TestApp, initial: &HashMap<i64, i64>) {
-    let negative = app.db.scalar("SELECT COUNT(*) AS n FROM products WHERE stock < 0").await;
+    let negative = app
+        .db
+        .scalar("SELECT COUNT(*) AS n FROM products WHERE stock < 0")
+        .await;
     assert_eq!(negative, 0);
     for (product, stock) in initial {
         let accounted = app
@@ -101,8 +129,19 @@ async fn thousand_orders_for_fifty_units() {
         .filter(|(s, b)| *s == 409 && b["code"] == "out_of_stock")
         .count();
     assert_eq!(created, 50, "exactly the stock is sold");
-    assert_eq!(out, 950, "{:?}", results.iter().find(|(s, _)| *s != 201 && *s != 409));
-    assert_eq!(a.db.scalar(&format!("SELECT stock::BIGINT AS n FROM products WHERE id = {p}")).await, 0);
+    assert_eq!(
+        out,
+        950,
+        "{:?}",
+        results.iter().find(|(s, _)| *s != 201 && *s != 409)
+    );
+    assert_eq!(
+        a.db.scalar(&format!(
+            "SELECT stock::BIGINT AS n FROM products WHERE id = {p}"
+        ))
+        .await,
+        0
+    );
     check_invariants(&a, &HashMap::from([(p, 50)])).await;
 }
 
@@ -127,7 +166,10 @@ async fn pairs_race_for_the_last_unit() {
         }
     }
     assert_eq!(wins.len(), 500);
-    assert!(wins.values().all(|w| *w == 1), "exactly one of each pair wins");
+    assert!(
+        wins.values().all(|w| *w == 1),
+        "exactly one of each pair wins"
+    );
     check_invariants(&a, &ids.iter().map(|p| (*p, 1)).collect()).await;
 }
 
@@ -146,29 +188,48 @@ async fn fifty_concurrent_payments_pay_once() {
         let app = if i % 2 == 0 { &a } else { &b };
         let user = &user;
         // Half share one key (double clicks); the rest each have their own.
-        let key = if i < 25 { "same-key".to_owned() } else { format!("key-{i}") };
+        let key = if i < 25 {
+            "same-key".to_owned()
+        } else {
+            format!("key-{i}")
+        };
         async move { pay(app, user, id, Some(&key)).await }
     }))
     .await;
     let paid = results.iter().filter(|(s, _)| *s == 200).count();
     for (s, body) in &results {
-        assert!(*s == 200 || (*s == 409 && body["code"] == "already_paid"), "{s} {body}");
+        assert!(
+            *s == 200 || (*s == 409 && body["code"] == "already_paid"),
+            "{s} {body}"
+        );
     }
     // Every 200 is the same payment (the first, or its replay).
     assert!(paid >= 1);
-    assert!(results.iter().filter(|(s, _)| *s == 200).all(|(_, b)| b["order_id"] == id && b["paid_amount"] == 3_000));
+    assert!(results
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .all(|(_, b)| b["order_id"] == id && b["paid_amount"] == 3_000));
     let (_, bal) = a.get_json("/api/v1/me/balance", Some(&user.token)).await;
     assert_eq!(bal["balance"], 7_000, "one debit");
     let db = &a.db;
-    assert_eq!(db.scalar(&format!("SELECT COUNT(*) AS n FROM payments WHERE order_id = {id}")).await, 1);
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT COUNT(*) AS n FROM payments WHERE order_id = {id}"
+        ))
+        .await,
+        1
+    );
     assert_eq!(
         db.scalar(&format!("SELECT COUNT(*) AS n FROM outbox WHERE event_type = 'order_paid' AND aggregate_key = '{id}'"))
             .await,
         1
     );
     assert_eq!(
-        db.scalar(&format!("SELECT COUNT(*) AS n FROM balance_ledger WHERE user_id = {} AND kind = 'payment'", user.id))
-            .await,
+        db.scalar(&format!(
+            "SELECT COUNT(*) AS n FROM balance_ledger WHERE user_id = {} AND kind = 'payment'",
+            user.id
+        ))
+        .await,
         1
     );
     check_invariants(&a, &HashMap::from([(p, 10)])).await;
@@ -181,11 +242,12 @@ async fn payment_racing_expiry_pays_or_expires_never_both() {
         s.orders.sweep_interval_ms = 50;
     })
     .await;
-    let b = a.sibling(|s| {
-        s.orders.ttl_secs = 1;
-        s.orders.sweep_interval_ms = 50;
-    })
-    .await;
+    let b = a
+        .sibling(|s| {
+            s.orders.ttl_secs = 1;
+            s.orders.sweep_interval_ms = 50;
+        })
+        .await;
     let users = a.seed_users(40).await;
     let p = products(&a, &[(100, 1000)]).await[0];
     let mut orders = Vec::new();
@@ -237,8 +299,13 @@ async fn insufficient_balance_coupon_reuse_and_cancel() {
     let (_, o1) = order(&a, &user, &[(p, 1)], None).await;
     let o1 = o1["id"].as_i64().unwrap();
     let (s, body) = pay(&a, &user, o1, Some("k1")).await;
-    assert_eq!((s, body["code"].as_str()), (409, Some("insufficient_balance")));
-    let (_, ord) = a.get_json(&format!("/api/v1/orders/{o1}"), Some(&user.token)).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (409, Some("insufficient_balance"))
+    );
+    let (_, ord) = a
+        .get_json(&format!("/api/v1/orders/{o1}"), Some(&user.token))
+        .await;
     assert_eq!(ord["status"], "pending");
     let (_, bal) = a.get_json("/api/v1/me/balance", Some(&user.token)).await;
     assert_eq!(bal["balance"], 500);
@@ -251,35 +318,73 @@ async fn insufficient_balance_coupon_reuse_and_cancel() {
         )
         .await;
     assert_eq!(s, 201);
-    let (s, issued) = a.post_empty(&format!("/api/v1/coupons/{}/issue", coupon["id"]), &user.token).await;
+    let (s, issued) = a
+        .post_empty(
+            &format!("/api/v1/coupons/{}/issue", coupon["id"]),
+            &user.token,
+        )
+        .await;
     assert_eq!(s, 201, "{issued}");
     let uc = issued["user_coupon_id"].as_i64().unwrap();
     charge(&a, &user, 5_000).await;
     let (s, o2) = order(&a, &user, &[(p, 1)], Some(uc)).await;
     assert_eq!(s, 201, "{o2}");
-    assert_eq!((o2["discount"].as_i64(), o2["pay_amount"].as_i64()), (Some(300), Some(700)));
+    assert_eq!(
+        (o2["discount"].as_i64(), o2["pay_amount"].as_i64()),
+        (Some(300), Some(700))
+    );
     let (_, o3) = order(&b, &user, &[(p, 2)], Some(uc)).await;
     let (o2, o3) = (o2["id"].as_i64().unwrap(), o3["id"].as_i64().unwrap());
     let (r2, r3) = tokio::join!(pay(&a, &user, o2, None), pay(&b, &user, o3, None));
     let outcomes = [r2.0, r3.0];
-    assert!(outcomes.contains(&200) && outcomes.contains(&409), "{r2:?} {r3:?}");
+    assert!(
+        outcomes.contains(&200) && outcomes.contains(&409),
+        "{r2:?} {r3:?}"
+    );
     let loser = if r2.0 == 409 { &r2.1 } else { &r3.1 };
     assert_eq!(loser["code"], "coupon_already_used");
     let (_, bal) = a.get_json("/api/v1/me/balance", Some(&user.token)).await;
     let expected = 5_500 - if r2.0 == 200 { 700 } else { 2_000 - 300 };
     assert_eq!(bal["balance"], expected, "only the winner debited");
-    assert_eq!(a.db.scalar(&format!("SELECT COUNT(*) AS n FROM user_coupons WHERE id = {uc} AND status = 'used'")).await, 1);
+    assert_eq!(
+        a.db.scalar(&format!(
+            "SELECT COUNT(*) AS n FROM user_coupons WHERE id = {uc} AND status = 'used'"
+        ))
+        .await,
+        1
+    );
 
     // Cancel then pay: 409, stock returned once; cancelling again is a no-op.
-    let (s, c) = a.post_json(&format!("/api/v1/orders/{o1}/cancel"), Some(&user.token), None, &json!({})).await;
+    let (s, c) = a
+        .post_json(
+            &format!("/api/v1/orders/{o1}/cancel"),
+            Some(&user.token),
+            None,
+            &json!({}),
+        )
+        .await;
     assert_eq!((s, c["status"].as_str()), (200, Some("cancelled")));
-    let (s, c2) = b.post_json(&format!("/api/v1/orders/{o1}/cancel"), Some(&user.token), None, &json!({})).await;
+    let (s, c2) = b
+        .post_json(
+            &format!("/api/v1/orders/{o1}/cancel"),
+            Some(&user.token),
+            None,
+            &json!({}),
+        )
+        .await;
     assert_eq!((s, c2["status"].as_str()), (200, Some("cancelled")));
     let (s, body) = pay(&a, &user, o1, None).await;
     assert_eq!((s, body["code"].as_str()), (409, Some("order_cancelled")));
     // The paid order cannot be cancelled.
     let paid = if r2.0 == 200 { o2 } else { o3 };
-    let (s, body) = a.post_json(&format!("/api/v1/orders/{paid}/cancel"), Some(&user.token), None, &json!({})).await;
+    let (s, body) = a
+        .post_json(
+            &format!("/api/v1/orders/{paid}/cancel"),
+            Some(&user.token),
+            None,
+            &json!({}),
+        )
+        .await;
     assert_eq!((s, body["code"].as_str()), (409, Some("already_paid")));
     check_invariants(&a, &HashMap::from([(p, 10)])).await;
 }
@@ -294,30 +399,71 @@ async fn bad_order_input_is_4xx_and_reserves_nothing() {
     assert_eq!(s, 201);
     let theirs = theirs["id"].as_i64().unwrap();
     let cases: Vec<(Value, u16, &str)> = vec![
-        (json!({"items": [{"product_id": 999999, "quantity": 1}]}), 422, "unknown_product"),
-        (json!({"items": [{"product_id": p, "quantity": 0}]}), 422, "invalid_quantity"),
-        (json!({"items": [{"product_id": p, "quantity": 1000000}]}), 422, "invalid_quantity"),
-        (json!({"items": [{"product_id": p, "quantity": 1}, {"product_id": p, "quantity": 1}]}), 422, "duplicate_product"),
+        (
+            json!({"items": [{"product_id": 999999, "quantity": 1}]}),
+            422,
+            "unknown_product",
+        ),
+        (
+            json!({"items": [{"product_id": p, "quantity": 0}]}),
+            422,
+            "invalid_quantity",
+        ),
+        (
+            json!({"items": [{"product_id": p, "quantity": 1000000}]}),
+            422,
+            "invalid_quantity",
+        ),
+        (
+            json!({"items": [{"product_id": p, "quantity": 1}, {"product_id": p, "quantity": 1}]}),
+            422,
+            "duplicate_product",
+        ),
         (json!({"items": []}), 422, "invalid_items"),
-        (json!({"items": [{"product_id": p, "quantity": 6}]}), 409, "out_of_stock"),
-        (json!({"items": [{"product_id": p, "quantity": 1}], "user_coupon_id": 12345}), 422, "invalid_coupon"),
-        (json!({"items": [{"product_id": p, "quantity": 1.5}]}), 422, "invalid_body"),
+        (
+            json!({"items": [{"product_id": p, "quantity": 6}]}),
+            409,
+            "out_of_stock",
+        ),
+        (
+            json!({"items": [{"product_id": p, "quantity": 1}], "user_coupon_id": 12345}),
+            422,
+            "invalid_coupon",
+        ),
+        (
+            json!({"items": [{"product_id": p, "quantity": 1.5}]}),
+            422,
+            "invalid_body",
+        ),
         (json!({"items": "nope"}), 422, "invalid_body"),
         (json!({"itemz": []}), 422, "invalid_body"),
     ];
     for (body, status, code) in cases {
-        let (s, b) = a.post_json("/api/v1/orders", Some(&user.token), None, &body).await;
+        let (s, b) = a
+            .post_json("/api/v1/orders", Some(&user.token), None, &body)
+            .await;
         assert_eq!((s, b["code"].as_str()), (status, Some(code)), "{body}");
     }
     // Someone else's order: not found for reads, cancel and payment.
-    let (s, _) = a.get_json(&format!("/api/v1/orders/{theirs}"), Some(&user.token)).await;
+    let (s, _) = a
+        .get_json(&format!("/api/v1/orders/{theirs}"), Some(&user.token))
+        .await;
     assert_eq!(s, 404);
     let (s, _) = pay(&a, &user, theirs, None).await;
     assert_eq!(s, 404);
-    let (s, _) = a.post_json(&format!("/api/v1/orders/{theirs}/cancel"), Some(&user.token), None, &json!({})).await;
+    let (s, _) = a
+        .post_json(
+            &format!("/api/v1/orders/{theirs}/cancel"),
+            Some(&user.token),
+            None,
+            &json!({}),
+        )
+        .await;
     assert_eq!(s, 404);
     for bad in ["abc", "-1", "0"] {
-        let (s, _) = a.get_json(&format!("/api/v1/orders/{bad}"), Some(&user.token)).await;
+        let (s, _) = a
+            .get_json(&format!("/api/v1/orders/{bad}"), Some(&user.token))
+            .await;
         assert!(s == 400 || s == 404, "{bad}: {s}");
     }
     // Someone else's coupon.
@@ -327,10 +473,21 @@ async fn bad_order_input_is_4xx_and_reserves_nothing() {
             &json!({"name": "c", "discount_amount": 10, "quantity": 5, "opens_at": chrono::Utc::now() - chrono::Duration::seconds(1)}),
         )
         .await;
-    let (_, issued) = a.post_empty(&format!("/api/v1/coupons/{}/issue", coupon["id"]), &other.token).await;
+    let (_, issued) = a
+        .post_empty(
+            &format!("/api/v1/coupons/{}/issue", coupon["id"]),
+            &other.token,
+        )
+        .await;
     let (s, b) = order(&a, &user, &[(p, 1)], issued["user_coupon_id"].as_i64()).await;
     assert_eq!((s, b["code"].as_str()), (422, Some("invalid_coupon")));
-    assert_eq!(a.db.scalar(&format!("SELECT stock::BIGINT AS n FROM products WHERE id = {p}")).await, 4);
+    assert_eq!(
+        a.db.scalar(&format!(
+            "SELECT stock::BIGINT AS n FROM products WHERE id = {p}"
+        ))
+        .await,
+        4
+    );
     assert_eq!(a.db.scalar("SELECT COUNT(*) AS n FROM orders").await, 1);
     check_invariants(&a, &HashMap::from([(p, 5)])).await;
 }
@@ -341,14 +498,32 @@ async fn order_idempotency_replays_the_same_order() {
     let user = a.create_user("u").await;
     let p = products(&a, &[(100, 5)]).await[0];
     let body = json!({"items": [{"product_id": p, "quantity": 2}]});
-    let (s1, o1) = a.post_json("/api/v1/orders", Some(&user.token), Some("ord-1"), &body).await;
-    let (s2, o2) = a.post_json("/api/v1/orders", Some(&user.token), Some("ord-1"), &body).await;
+    let (s1, o1) = a
+        .post_json("/api/v1/orders", Some(&user.token), Some("ord-1"), &body)
+        .await;
+    let (s2, o2) = a
+        .post_json("/api/v1/orders", Some(&user.token), Some("ord-1"), &body)
+        .await;
     assert_eq!((s1, s2), (201, 201));
     assert_eq!(o1, o2);
-    assert_eq!(a.db.scalar(&format!("SELECT stock::BIGINT AS n FROM products WHERE id = {p}")).await, 3);
+    assert_eq!(
+        a.db.scalar(&format!(
+            "SELECT stock::BIGINT AS n FROM products WHERE id = {p}"
+        ))
+        .await,
+        3
+    );
     let (s3, b3) = a
-        .post_json("/api/v1/orders", Some(&user.token), Some("ord-1"), &json!({"items": [{"product_id": p, "quantity": 1}]}))
+        .post_json(
+            "/api/v1/orders",
+            Some(&user.token),
+            Some("ord-1"),
+            &json!({"items": [{"product_id": p, "quantity": 1}]}),
+        )
         .await;
-    assert_eq!((s3, b3["code"].as_str()), (422, Some("idempotency_key_mismatch")));
+    assert_eq!(
+        (s3, b3["code"].as_str()),
+        (422, Some("idempotency_key_mismatch"))
+    );
     check_invariants(&a, &HashMap::from([(p, 5)])).await;
 }

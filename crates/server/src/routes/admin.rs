@@ -12,11 +12,17 @@ use utoipa::ToSchema;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/coupons", web::post().to(create_coupon))
-        .route("/admin/coupons/{id}/reconcile", web::post().to(reconcile_coupon))
+        .route(
+            "/admin/coupons/{id}/reconcile",
+            web::post().to(reconcile_coupon),
+        )
         .route("/admin/dead-letters", web::get().to(dead_letters))
         .route("/admin/dead-letters/{id}/redrive", web::post().to(redrive))
         .route("/admin/breakers", web::get().to(breakers))
-        .route("/admin/breakers/{name}/{action}", web::post().to(control_breaker));
+        .route(
+            "/admin/breakers/{name}/{action}",
+            web::post().to(control_breaker),
+        );
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -37,7 +43,13 @@ pub async fn create_coupon(
     state: web::Data<AppState>,
     body: web::Json<CreateCoupon>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = NewCoupon::parse(&body.name, body.discount_amount, body.quantity, body.opens_at, body.expires_at)?;
+    let new = NewCoupon::parse(
+        &body.name,
+        body.discount_amount,
+        body.quantity,
+        body.opens_at,
+        body.expires_at,
+    )?;
     let coupon = state.coupons.create(&new).await?;
     Ok(HttpResponse::Created().json(coupon))
 }
@@ -50,7 +62,8 @@ pub async fn reconcile_coupon(
     state: web::Data<AppState>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = CouponId::parse(path.into_inner()).map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
+    let id = CouponId::parse(path.into_inner())
+        .map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
     let report = state.coupons.reconcile(id).await?;
     Ok(HttpResponse::Ok().json(report))
 }
@@ -71,28 +84,45 @@ pub async fn control_breaker(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, action) = path.into_inner();
-    let action: BreakerAction = action
-        .parse()
-        .map_err(|_| ApiError::not_found("unknown_action", "action must be force-open, force-close or reset"))?;
-    let snapshot = state
-        .breakers
-        .control(&name, action)
-        .map_err(|_| ApiError::not_found("unknown_breaker", format!("no breaker named `{name}`")))?;
+    let action: BreakerAction = action.parse().map_err(|_| {
+        ApiError::not_found(
+            "unknown_action",
+            "action must be force-open, force-close or reset",
+        )
+    })?;
+    let snapshot = state.breakers.control(&name, action).map_err(|_| {
+        ApiError::not_found("unknown_breaker", format!("no breaker named `{name}`"))
+    })?;
     Ok(HttpResponse::Ok().json(snapshot))
 }
 
 /// Events parked by a consumer after its retries, oldest first.
 #[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", security(("admin" = [])), responses((status = 200, body = Object)))]
-pub async fn dead_letters(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let items = state.events.dead_letters(500).await.map_err(dead_letter_error)?;
+pub async fn dead_letters(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let items = state
+        .events
+        .dead_letters(500)
+        .await
+        .map_err(dead_letter_error)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))
 }
 
 /// Deliver a parked event to its consumer again.
 #[utoipa::path(post, path = "/admin/dead-letters/{id}/redrive", tag = "admin", security(("admin" = [])),
     params(("id" = i64, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
-pub async fn redrive(_admin: Admin, state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
-    let (letter, delivery) = state.events.redrive(path.into_inner()).await.map_err(dead_letter_error)?;
+pub async fn redrive(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let (letter, delivery) = state
+        .events
+        .redrive(path.into_inner())
+        .await
+        .map_err(dead_letter_error)?;
     let outcome = match delivery {
         commerce_events::Delivery::Processed => "processed",
         commerce_events::Delivery::Duplicate => "duplicate",
@@ -106,10 +136,13 @@ pub async fn redrive(_admin: Admin, state: web::Data<AppState>, path: web::Path<
 
 fn dead_letter_error(e: commerce_events::DeadLetterError) -> ApiError {
     match e {
-        commerce_events::DeadLetterError::NotFound => ApiError::not_found("dead_letter_not_found", "no such dead letter"),
-        commerce_events::DeadLetterError::UnknownConsumer(c) => {
-            ApiError::unprocessable("unknown_consumer", format!("consumer {c} does not run here"))
+        commerce_events::DeadLetterError::NotFound => {
+            ApiError::not_found("dead_letter_not_found", "no such dead letter")
         }
+        commerce_events::DeadLetterError::UnknownConsumer(c) => ApiError::unprocessable(
+            "unknown_consumer",
+            format!("consumer {c} does not run here"),
+        ),
         commerce_events::DeadLetterError::Storage(s) => s.into(),
     }
 }

@@ -100,8 +100,15 @@ pub async fn create(
     req: HttpRequest,
     body: web::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
-    state.queue.require_admitted(user.0, commerce_queue::Protected::OrderCreate).await?;
-    let items: Vec<(i64, i64)> = body.items.iter().map(|i| (i.product_id, i.quantity)).collect();
+    state
+        .queue
+        .require_admitted(user.0, commerce_queue::Protected::OrderCreate)
+        .await?;
+    let items: Vec<(i64, i64)> = body
+        .items
+        .iter()
+        .map(|i| (i.product_id, i.quantity))
+        .collect();
     let new = NewOrder::parse(&items, body.user_coupon_id)?;
     let canonical = serde_json::json!({
         "items": new.lines.iter().map(|l| (l.product.get(), l.quantity)).collect::<Vec<_>>(),
@@ -122,8 +129,15 @@ pub async fn create(
 /// One of the caller's orders (another user's order is 404).
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
     params(("id" = i64, Path)), responses((status = 200, body = OrderBody), (status = 404, body = ErrorBody)))]
-pub async fn get(user: AuthUser, state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
-    let order = state.orders.get(user.0, order_id(path.into_inner())?).await?;
+pub async fn get(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let order = state
+        .orders
+        .get(user.0, order_id(path.into_inner())?)
+        .await?;
     Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
 }
 
@@ -131,8 +145,15 @@ pub async fn get(user: AuthUser, state: web::Data<AppState>, path: web::Path<i64
 #[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
     params(("id" = i64, Path)),
     responses((status = 200, body = OrderBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn cancel(user: AuthUser, state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
-    let order = state.orders.cancel(user.0, order_id(path.into_inner())?).await?;
+pub async fn cancel(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let order = state
+        .orders
+        .cancel(user.0, order_id(path.into_inner())?)
+        .await?;
     Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
 }
 
