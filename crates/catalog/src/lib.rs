@@ -169,7 +169,7 @@ impl Default for CatalogConfig {
         Self {
             l1_ttl: Duration::from_secs(1),
             l1_capacity: 10_000,
-            l2_ttl: Duration::from_secs(30),
+            l2_ttl: Duration::from_secs(5),
             l2_jitter_pct: 10,
             refresh_ahead_pct: 75,
             stale_ttl: Duration::from_secs(300),
@@ -329,6 +329,9 @@ struct Inner {
     /// For the invalidation listener's dedicated connection.
     subscriber: redis::Client,
     subscribe_timeout: Duration,
+    /// Tags this instance's announcements, so it skips its own (it already
+    /// applied them, and dropping its fresh copy would only cost a reload).
+    origin: u64,
     config: CatalogConfig,
     refresh_after: Duration,
     l1: Cache<ProductId, Arc<Entry>>,
@@ -399,6 +402,7 @@ impl Catalog {
                 redis,
                 subscriber,
                 subscribe_timeout: redis_config.connect_timeout.max(Duration::from_millis(100)) * 2,
+                origin: rand::random(),
                 refresh_after,
                 l1,
                 seen,
@@ -506,11 +510,8 @@ impl Catalog {
         &self,
         ids: &[ProductId],
     ) -> Result<(), commerce_resilience::CallError<redis::RedisError>> {
-        let payload = ids
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let ids = ids.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let payload = format!("{:x}:{}", self.inner.origin, ids.join(","));
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(self.channel()).arg(payload);
         self.inner.redis.query::<i64>(cmd).await.map(|_| ())

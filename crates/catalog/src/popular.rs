@@ -103,26 +103,53 @@ impl Catalog {
     /// day rebuilt later, never returned. The future is `Send + 'static`
     /// once its arguments are owned, so callers may `tokio::spawn` it; if it
     /// is dropped between the two writes, Redis is repaired the same way.
+    /// Records units sold inside the caller's transaction (an event
+    /// consumer's inbox transaction: the sale then counts exactly once).
+    /// Call [`Catalog::publish_sales`] after the commit to update Redis.
+    pub async fn record_sales_in(
+        &self,
+        conn: &mut diesel_async::AsyncPgConnection,
+        sales: &[(ProductId, i64)],
+        at: DateTime<Utc>,
+    ) -> Result<(), CatalogError> {
+        let rows = merge_sales(sales)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        crate::store::add_sales_on(conn, at.date_naive(), &rows)
+            .await
+            .map_err(|e| match e {
+                StorageError::ForeignKeyViolation(_) => CatalogError::NotFound,
+                other => CatalogError::Storage(other),
+            })?;
+        Ok(())
+    }
+
+    /// Publishes committed sales of these products to the Redis ranking
+    /// (absolute totals under `ZADD GT`: repeating it is harmless).
+    pub async fn publish_sales(&self, products: &[ProductId], at: DateTime<Utc>) {
+        let day = at.date_naive();
+        let ids: Vec<i64> = products.iter().map(|p| p.get()).collect();
+        let published = match crate::store::totals_of(&self.inner.db, day, &ids).await {
+            Ok(totals) => self.zadd_totals(day, &totals).await.is_ok(),
+            Err(_) => false,
+        };
+        if !published {
+            lock(&self.inner.dirty_days).insert(day);
+        }
+        self.inner.popular.invalidate_all();
+    }
+
     pub async fn record_sales(
         &self,
         sales: &[(ProductId, i64)],
         at: DateTime<Utc>,
     ) -> Result<(), CatalogError> {
-        let mut merged: BTreeMap<i64, i64> = BTreeMap::new();
-        for (id, units) in sales {
-            if *units <= 0 {
-                return Err(ParseError::new("invalid_units", "units sold must be positive").into());
-            }
-            let slot = merged.entry(id.get()).or_default();
-            *slot = slot
-                .checked_add(*units)
-                .ok_or_else(|| ParseError::new("invalid_units", "units sold overflow"))?;
-        }
-        if merged.is_empty() {
+        let rows = merge_sales(sales)?;
+        if rows.is_empty() {
             return Ok(());
         }
         let day = at.date_naive();
-        let rows: Vec<(i64, i64)> = merged.into_iter().collect();
         let totals = crate::store::add_sales(&self.inner.db, day, &rows)
             .await
             .map_err(|e| match e {
@@ -353,6 +380,22 @@ impl Catalog {
             .map(|(id, units)| (ProductId::from_db(id), units))
             .collect())
     }
+}
+
+/// Sums units per product (sorted by id, so concurrent upserts lock rows in
+/// one order); refuses non-positive units.
+fn merge_sales(sales: &[(ProductId, i64)]) -> Result<Vec<(i64, i64)>, CatalogError> {
+    let mut merged: BTreeMap<i64, i64> = BTreeMap::new();
+    for (id, units) in sales {
+        if *units <= 0 {
+            return Err(ParseError::new("invalid_units", "units sold must be positive").into());
+        }
+        let slot = merged.entry(id.get()).or_default();
+        *slot = slot
+            .checked_add(*units)
+            .ok_or_else(|| ParseError::new("invalid_units", "units sold overflow"))?;
+    }
+    Ok(merged.into_iter().collect())
 }
 
 #[cfg(test)]

@@ -232,13 +232,39 @@ pub(crate) async fn add_sales(
     sales: &[(i64, i64)],
 ) -> Result<Vec<(i64, i64)>, StorageError> {
     let mut c = conn(pool).await?;
+    add_sales_on(&mut c, day, sales).await
+}
+
+/// [`add_sales`] on a given connection (inside a caller's transaction).
+pub(crate) async fn add_sales_on(
+    c: &mut diesel_async::AsyncPgConnection,
+    day: NaiveDate,
+    sales: &[(i64, i64)],
+) -> Result<Vec<(i64, i64)>, StorageError> {
     let (ids, units): (Vec<i64>, Vec<i64>) = sales.iter().copied().unzip();
     let rows: Vec<Units> = diesel::sql_query(UPSERT_SALES_SQL)
         .bind::<Date, _>(day)
         .bind::<Array<BigInt>, _>(ids)
         .bind::<Array<BigInt>, _>(units)
-        .load(&mut c)
+        .load(c)
         .await?;
+    Ok(rows.into_iter().map(|r| (r.product_id, r.units)).collect())
+}
+
+/// Today's totals of some products (to publish after a caller's commit).
+pub(crate) async fn totals_of(
+    pool: &DbPool,
+    day: NaiveDate,
+    ids: &[i64],
+) -> Result<Vec<(i64, i64)>, StorageError> {
+    let mut c = conn(pool).await?;
+    let rows: Vec<Units> = diesel::sql_query(
+        "SELECT product_id, units FROM product_sales_daily WHERE day = $1 AND product_id = ANY($2)",
+    )
+    .bind::<Date, _>(day)
+    .bind::<Array<BigInt>, _>(ids)
+    .load(&mut c)
+    .await?;
     Ok(rows.into_iter().map(|r| (r.product_id, r.units)).collect())
 }
 

@@ -74,11 +74,7 @@ impl Catalog {
                 msg = stream.next() => {
                     let Some(msg) = msg else { return };
                     let payload: String = msg.get_payload().unwrap_or_default();
-                    for id in payload.split(',').filter_map(|p| p.trim().parse::<i64>().ok()) {
-                        if let Ok(id) = ProductId::parse(id) {
-                            self.drop_local(id).await;
-                        }
-                    }
+                    self.apply_announcement(&payload).await;
                 }
                 _ = ping.tick() => {
                     let alive = self
@@ -92,6 +88,21 @@ impl Catalog {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// `<origin hex>:<id>,<id>…`; this instance's own are skipped.
+    async fn apply_announcement(&self, payload: &str) {
+        let Some((origin, ids)) = payload.split_once(':') else {
+            return;
+        };
+        if u64::from_str_radix(origin, 16).ok() == Some(self.inner.origin) {
+            return;
+        }
+        for id in ids.split(',').filter_map(|p| p.trim().parse::<i64>().ok()) {
+            if let Ok(id) = ProductId::parse(id) {
+                self.drop_local(id).await;
             }
         }
     }

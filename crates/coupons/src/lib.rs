@@ -163,7 +163,7 @@ pub struct CouponConfig {
 impl Default for CouponConfig {
     fn default() -> Self {
         Self {
-            fallback_concurrency: 8,
+            fallback_concurrency: 16,
             fallback_wait: Duration::from_secs(5),
             rebuild_wait: Duration::from_secs(3),
         }
@@ -183,7 +183,8 @@ struct Inner {
     config: CouponConfig,
     fallback: Semaphore,
     /// Coupons are immutable once created: cache their definitions.
-    defs: RwLock<HashMap<CouponId, Arc<Coupon>>>,
+    /// Loaded once per instance even under a stampede (single flight).
+    defs: RwLock<HashMap<CouponId, Arc<tokio::sync::OnceCell<Arc<Coupon>>>>>,
     /// Coupons this instance issued while the gate was bypassed: their gate
     /// is rebuilt before it is trusted again.
     dirty: Mutex<HashSet<CouponId>>,
@@ -197,6 +198,17 @@ struct Inner {
 /// Which path served an issue, for metrics.
 fn count(path: &'static str, outcome: &'static str) {
     metrics::counter!("coupon_issue_total", "path" => path, "outcome" => outcome).increment(1);
+}
+
+/// A write that failed for a reason other than a constraint: the caller
+/// may retry (never a 500: nothing about the request was wrong).
+fn write_failed(e: StorageError) -> CouponError {
+    if e.is_unavailable() {
+        CouponError::Storage(e)
+    } else {
+        tracing::warn!(error = %e, "coupon write failed");
+        CouponError::Busy("the coupon could not be recorded, retry")
+    }
 }
 
 fn lock_poisoned<T>(_: T) -> CouponError {
@@ -230,20 +242,26 @@ impl Coupons {
     }
 
     pub async fn get(&self, id: CouponId) -> Result<Arc<Coupon>, CouponError> {
-        if let Some(c) = self.inner.defs.read().map_err(lock_poisoned)?.get(&id) {
-            return Ok(c.clone());
+        let cell = {
+            let found = self.inner.defs.read().map_err(lock_poisoned)?.get(&id).cloned();
+            match found {
+                Some(cell) => cell,
+                None => self.inner.defs.write().map_err(lock_poisoned)?.entry(id).or_default().clone(),
+            }
+        };
+        let coupon = cell
+            .get_or_try_init(|| async {
+                store::find(&self.inner.db, id).await?.map(Arc::new).ok_or(CouponError::NotFound)
+            })
+            .await;
+        if coupon.is_err() {
+            // Unknown ids must not grow the map (an empty cell is retried).
+            let mut defs = self.inner.defs.write().map_err(lock_poisoned)?;
+            if defs.get(&id).is_some_and(|c| c.get().is_none()) {
+                defs.remove(&id);
+            }
         }
-        let coupon = Arc::new(
-            store::find(&self.inner.db, id)
-                .await?
-                .ok_or(CouponError::NotFound)?,
-        );
-        self.inner
-            .defs
-            .write()
-            .map_err(lock_poisoned)?
-            .insert(id, coupon.clone());
-        Ok(coupon)
+        coupon.cloned()
     }
 
     pub async fn mine(&self, user: UserId) -> Result<Vec<MyCoupon>, CouponError> {
@@ -343,11 +361,7 @@ impl Coupons {
                 tracing::warn!(coupon = %coupon.id, user = %user, error = %e, "winner's write failed; unit given back");
                 self.give_back(coupon.id, user, true, Some(slot)).await;
                 count("gate", "write_failed");
-                Err(if e.is_unavailable() {
-                    CouponError::Storage(e)
-                } else {
-                    CouponError::Busy("the coupon could not be recorded, retry")
-                })
+                Err(write_failed(e))
             }
         }
     }
@@ -425,7 +439,7 @@ impl Coupons {
                     return Err(CouponError::AlreadyIssued);
                 }
                 Err(InsertError::SlotTaken) => continue,
-                Err(InsertError::Storage(e)) => return Err(e.into()),
+                Err(InsertError::Storage(e)) => return Err(write_failed(e)),
             }
         }
         Err(CouponError::Busy("too much contention, retry"))

@@ -141,32 +141,35 @@ pub async fn insert(
     user: UserId,
     slot: i32,
 ) -> Result<IssuedCoupon, InsertError> {
-    use diesel_async::AsyncConnection;
-    // The row and its `coupon_issued` event commit together (outbox).
-    let res: Result<(i64, chrono::DateTime<chrono::Utc>), StorageError> = conn
-        .transaction(async |tx| {
-            let (id, issued_at): (i64, chrono::DateTime<chrono::Utc>) = diesel::insert_into(user_coupons::table)
-                .values((
-                    user_coupons::coupon_id.eq(coupon.id.get()),
-                    user_coupons::coupon_quantity.eq(coupon.quantity),
-                    user_coupons::user_id.eq(user.get()),
-                    user_coupons::slot.eq(slot),
-                ))
-                .returning((user_coupons::id, user_coupons::issued_at))
-                .get_result(tx)
-                .await?;
-            commerce_storage::outbox::enqueue(
-                tx,
-                commerce_storage::outbox::event::COUPON_ISSUED,
-                &coupon.id.to_string(),
-                &serde_json::json!({
-                    "user_coupon_id": id, "coupon_id": coupon.id, "user_id": user, "issued_at": issued_at,
-                }),
-            )
-            .await?;
-            Ok::<_, StorageError>((id, issued_at))
-        })
-        .await;
+    // The row and its `coupon_issued` event commit together (outbox), in
+    // one statement: one round trip on the winners' hot path.
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+        issued_at: chrono::DateTime<chrono::Utc>,
+    }
+    let res: Result<(i64, chrono::DateTime<chrono::Utc>), StorageError> = diesel::sql_query(
+        "WITH ins AS (\
+           INSERT INTO user_coupons (coupon_id, coupon_quantity, user_id, slot) VALUES ($1, $2, $3, $4) \
+           RETURNING id, issued_at), \
+         ev AS (\
+           INSERT INTO outbox (id, event_type, aggregate_key, payload) \
+           SELECT $5, $6, $1::text, jsonb_build_object('user_coupon_id', id, 'coupon_id', $1::bigint, \
+                  'user_id', $3::bigint, 'issued_at', issued_at) FROM ins) \
+         SELECT id, issued_at FROM ins",
+    )
+    .bind::<BigInt, _>(coupon.id.get())
+    .bind::<Integer, _>(coupon.quantity)
+    .bind::<BigInt, _>(user.get())
+    .bind::<Integer, _>(slot)
+    .bind::<diesel::sql_types::Uuid, _>(uuid::Uuid::now_v7())
+    .bind::<diesel::sql_types::Text, _>(commerce_storage::outbox::event::COUPON_ISSUED)
+    .get_result::<Inserted>(conn)
+    .await
+    .map(|r| (r.id, r.issued_at))
+    .map_err(StorageError::from);
     match res {
         Ok((id, issued_at)) => Ok(IssuedCoupon {
             user_coupon_id: UserCouponId::from_db(id),

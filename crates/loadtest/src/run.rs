@@ -494,6 +494,11 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
         data.insert("coupon".into(), json!({ "id": id, "quantity": quantity }));
         data_text.push_str(&format!("; one coupon, {quantity} units, open now"));
     }
+    // Stock before any order reserved some (the conservation rule's baseline).
+    drop(db);
+    if setup::snapshot_stock(&setup::connect(&db_url).await?).await? {
+        log("snapshot of the initial stock taken");
+    }
     if need.orders {
         let count = shape
             .expected_iterations()
@@ -520,10 +525,6 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
     }
     let data_file = run_dir.join("data.json");
     write_json(&data_file, &Value::Object(data))?;
-    drop(db);
-    if setup::snapshot_stock(&setup::connect(&db_url).await?).await? {
-        log("snapshot of the initial stock taken");
-    }
 
     // The scenario.
     let mut vars = scale_vars.clone();

@@ -35,5 +35,5 @@ pub use error::QueueError;
 pub use health::{Health, LatencyWindow};
 pub use limiter::TokenBucket;
 pub use policy::{AdmitRate, RetryPolicy};
-pub use room::{Protected, Status, Ticket, TickOutcome, TickReport, WaitingRoom};
+pub use room::{Protected, Status, TickOutcome, TickReport, Ticket, WaitingRoom};
 pub use target::{token_target, Target};

@@ -345,7 +345,10 @@ impl WaitingRoom {
             .key(&inner.keys.sick)
             .arg(tick_ms)
             .arg(&inner.holder)
-            .arg(millis(c.tick.clamp(Duration::from_secs(1), Duration::from_secs(10))))
+            .arg(millis(
+                c.tick
+                    .clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            ))
             .arg(u8::from(locally_healthy))
             .arg(tick_ms.saturating_mul(2).max(1000));
         let claim: Result<(i64, i64), _> = inner.redis.invoke_script(&inv).await;
@@ -455,10 +458,7 @@ impl WaitingRoom {
                 Vec::new()
             }
         };
-        let mut rooms: Vec<Target> = names
-            .iter()
-            .filter_map(|n| Target::parse(n).ok())
-            .collect();
+        let mut rooms: Vec<Target> = names.iter().filter_map(|n| Target::parse(n).ok()).collect();
         rooms.push(Target::Store);
         rooms.sort_unstable();
         rooms.dedup();

@@ -15,7 +15,8 @@ use subtle::ConstantTimeEq;
 pub struct AuthUser(pub UserId);
 
 fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
-    req.app_data::<web::Data<AppState>>().ok_or_else(ApiError::internal)
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(ApiError::internal)
 }
 
 impl FromRequest for AuthUser {
@@ -27,14 +28,21 @@ impl FromRequest for AuthUser {
             let header = req
                 .headers()
                 .get(actix_web::http::header::AUTHORIZATION)
-                .ok_or_else(|| ApiError::unauthorized("missing_token", "Authorization: Bearer <token> required"))?;
+                .ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "missing_token",
+                        "Authorization: Bearer <token> required",
+                    )
+                })?;
             let token = header
                 .to_str()
                 .ok()
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
-                .ok_or_else(|| ApiError::unauthorized("invalid_token", "malformed Authorization header"))?;
+                .ok_or_else(|| {
+                    ApiError::unauthorized("invalid_token", "malformed Authorization header")
+                })?;
             let user = state(req)?.tokens.verify(token).map_err(|e| match e {
                 TokenError::Expired => ApiError::unauthorized("token_expired", "token expired"),
                 TokenError::Invalid => ApiError::unauthorized("invalid_token", "token invalid"),
@@ -54,15 +62,17 @@ impl FromRequest for Admin {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready((|| {
-            let given = req
-                .headers()
-                .get("x-admin-key")
-                .ok_or_else(|| ApiError::unauthorized("missing_admin_key", "X-Admin-Key required"))?;
+            let given = req.headers().get("x-admin-key").ok_or_else(|| {
+                ApiError::unauthorized("missing_admin_key", "X-Admin-Key required")
+            })?;
             let expected = state(req)?.admin_key.expose_secret().as_bytes();
             if bool::from(given.as_bytes().ct_eq(expected)) {
                 Ok(Admin)
             } else {
-                Err(ApiError::unauthorized("invalid_admin_key", "X-Admin-Key invalid"))
+                Err(ApiError::unauthorized(
+                    "invalid_admin_key",
+                    "X-Admin-Key invalid",
+                ))
             }
         })())
     }

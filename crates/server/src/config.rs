@@ -291,14 +291,14 @@ fallback_burst = 100
 p95_limit_ms = 500
 
 [coupons]
-fallback_concurrency = 8
+fallback_concurrency = 16
 fallback_wait_ms = 5000
 reconcile_interval_secs = 30
 
 [catalog]
 l1_ttl_ms = 1000
 l1_capacity = 10000
-l2_ttl_ms = 30000
+l2_ttl_ms = 5000
 l2_jitter_pct = 10
 refresh_ahead_pct = 75
 stale_ttl_secs = 300

@@ -7,8 +7,8 @@ use actix_web::{HttpResponse, ResponseError};
 use commerce_accounts::AccountsError;
 use commerce_catalog::CatalogError;
 use commerce_coupons::CouponError;
-use commerce_orders::OrderError;
 use commerce_domain::ParseError;
+use commerce_orders::OrderError;
 use commerce_storage::StorageError;
 use serde::Serialize;
 use std::fmt;
@@ -61,7 +61,11 @@ impl ApiError {
         e
     }
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = Some(details);
@@ -70,7 +74,9 @@ impl ApiError {
 
     pub fn body(&self) -> serde_json::Value {
         let mut body = serde_json::json!({ "code": self.code, "message": self.message });
-        if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(map)) = (&self.details, &mut body) {
+        if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(map)) =
+            (&self.details, &mut body)
+        {
             for (k, v) in extra {
                 map.entry(k.clone()).or_insert_with(|| v.clone());
             }
@@ -81,7 +87,13 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -109,9 +121,15 @@ impl From<ParseError> for ApiError {
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
-            StorageError::PoolExhausted => Self::unavailable("db_busy", "the database is busy, retry shortly", 1),
-            StorageError::Timeout => Self::unavailable("db_timeout", "the database took too long, retry shortly", 1),
-            StorageError::SerializationFailure => Self::unavailable("db_conflict", "a concurrent change won, retry", 1),
+            StorageError::PoolExhausted => {
+                Self::unavailable("db_busy", "the database is busy, retry shortly", 1)
+            }
+            StorageError::Timeout => {
+                Self::unavailable("db_timeout", "the database took too long, retry shortly", 1)
+            }
+            StorageError::SerializationFailure => {
+                Self::unavailable("db_conflict", "a concurrent change won, retry", 1)
+            }
             StorageError::Unavailable(msg) => {
                 tracing::warn!(error = %msg, "database unavailable");
                 Self::unavailable("db_unavailable", "the database is unavailable", 2)
@@ -129,16 +147,20 @@ impl From<AccountsError> for ApiError {
     fn from(e: AccountsError) -> Self {
         match e {
             AccountsError::UserNotFound => Self::not_found("user_not_found", "user not found"),
-            AccountsError::BalanceLimit => {
-                Self::unprocessable("balance_limit_exceeded", "the balance would exceed its limit")
-            }
+            AccountsError::BalanceLimit => Self::unprocessable(
+                "balance_limit_exceeded",
+                "the balance would exceed its limit",
+            ),
             AccountsError::Storage(s) => s.into(),
         }
     }
 }
 
 /// JSON body, path and query extractor failures as 4xx JSON errors.
-pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as J;
     let api = match &err {
         J::ContentType => ApiError::new(
@@ -146,21 +168,33 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::Htt
             "unsupported_media_type",
             "Content-Type must be application/json",
         ),
-        J::OverflowKnownLength { .. } | J::Overflow { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body too large")
+        J::OverflowKnownLength { .. } | J::Overflow { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body too large",
+        ),
+        J::Deserialize(e) if e.is_data() => {
+            ApiError::unprocessable("invalid_body", format!("invalid body: {e}"))
         }
-        J::Deserialize(e) if e.is_data() => ApiError::unprocessable("invalid_body", format!("invalid body: {e}")),
-        J::Deserialize(e) => ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")),
+        J::Deserialize(e) => {
+            ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
+        }
         other => ApiError::bad_request("invalid_body", other.to_string()),
     };
     api.into()
 }
 
-pub fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn path_error(
+    err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     ApiError::bad_request("invalid_path", format!("invalid path parameter: {err}")).into()
 }
 
-pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     ApiError::bad_request("invalid_query", format!("invalid query: {err}")).into()
 }
 
@@ -168,11 +202,19 @@ impl From<CouponError> for ApiError {
     fn from(e: CouponError) -> Self {
         match e {
             CouponError::NotFound => Self::not_found("coupon_not_found", "coupon not found"),
-            CouponError::NotOpen(at) => Self::new(StatusCode::FORBIDDEN, "not_open", "the coupon is not open yet")
-                .with_details(serde_json::json!({ "opens_at": at })),
-            CouponError::Expired => Self::new(StatusCode::GONE, "expired", "the coupon has expired"),
+            CouponError::NotOpen(at) => Self::new(
+                StatusCode::FORBIDDEN,
+                "not_open",
+                "the coupon is not open yet",
+            )
+            .with_details(serde_json::json!({ "opens_at": at })),
+            CouponError::Expired => {
+                Self::new(StatusCode::GONE, "expired", "the coupon has expired")
+            }
             CouponError::SoldOut => Self::conflict("sold_out", "the coupon is sold out"),
-            CouponError::AlreadyIssued => Self::conflict("already_issued", "the coupon was already issued to you"),
+            CouponError::AlreadyIssued => {
+                Self::conflict("already_issued", "the coupon was already issued to you")
+            }
             CouponError::Busy(why) => Self::unavailable("coupon_busy", why, 1),
             CouponError::Invalid(p) => p.into(),
             CouponError::Storage(s) => s.into(),
@@ -184,17 +226,29 @@ impl From<OrderError> for ApiError {
     fn from(e: OrderError) -> Self {
         match e {
             OrderError::NotFound => Self::not_found("order_not_found", "order not found"),
-            OrderError::UnknownProduct(p) => Self::unprocessable("unknown_product", format!("product {p} does not exist")),
-            OrderError::OutOfStock(p) => Self::conflict("out_of_stock", format!("not enough stock for product {p}"))
-                .with_details(serde_json::json!({ "product_id": p })),
+            OrderError::UnknownProduct(p) => {
+                Self::unprocessable("unknown_product", format!("product {p} does not exist"))
+            }
+            OrderError::OutOfStock(p) => {
+                Self::conflict("out_of_stock", format!("not enough stock for product {p}"))
+                    .with_details(serde_json::json!({ "product_id": p }))
+            }
             OrderError::InvalidCoupon(why) => Self::unprocessable("invalid_coupon", why),
             OrderError::AlreadyPaid => Self::conflict("already_paid", "the order is already paid"),
             OrderError::Expired => Self::conflict("expired", "the order has expired"),
             OrderError::Cancelled => Self::conflict("order_cancelled", "the order was cancelled"),
-            OrderError::InsufficientBalance => Self::conflict("insufficient_balance", "the balance is too low"),
-            OrderError::CouponAlreadyUsed => Self::conflict("coupon_already_used", "the coupon was already used"),
+            OrderError::InsufficientBalance => {
+                Self::conflict("insufficient_balance", "the balance is too low")
+            }
+            OrderError::CouponAlreadyUsed => {
+                Self::conflict("coupon_already_used", "the coupon was already used")
+            }
             OrderError::CouponExpired => Self::conflict("coupon_expired", "the coupon has expired"),
-            OrderError::Busy => Self::unavailable("payment_in_progress", "the order is being paid, retry shortly", 1),
+            OrderError::Busy => Self::unavailable(
+                "payment_in_progress",
+                "the order is being paid, retry shortly",
+                1,
+            ),
             OrderError::Invalid(p) => p.into(),
             OrderError::Storage(s) => s.into(),
         }
@@ -211,13 +265,20 @@ impl From<commerce_queue::QueueError> for ApiError {
             Q::InvalidTarget(_) => Self::unprocessable(code, message),
             Q::InvalidToken => Self::bad_request(code, message),
             Q::TokenNotFound => Self::not_found(code, message),
-            Q::NotAdmitted { target, position, retry_after_secs, degraded } => {
-                let mut api = Self::new(StatusCode::FORBIDDEN, code, message).with_details(serde_json::json!({
-                    "target": target.to_string(),
-                    "position": position,
-                    "retry_after": retry_after_secs,
-                    "degraded": degraded,
-                }));
+            Q::NotAdmitted {
+                target,
+                position,
+                retry_after_secs,
+                degraded,
+            } => {
+                let mut api = Self::new(StatusCode::FORBIDDEN, code, message).with_details(
+                    serde_json::json!({
+                        "target": target.to_string(),
+                        "position": position,
+                        "retry_after": retry_after_secs,
+                        "degraded": degraded,
+                    }),
+                );
                 api.retry_after = Some(retry_after_secs.max(1));
                 api
             }

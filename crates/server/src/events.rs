@@ -32,6 +32,20 @@ struct OrderPaid {
     items: Vec<PaidItem>,
 }
 
+impl RankingConsumer {
+    fn parse(event: &Event) -> Result<(Vec<(ProductId, i64)>, chrono::DateTime<chrono::Utc>), HandleError> {
+        let paid: OrderPaid = serde_json::from_value(event.payload.clone())
+            .map_err(|e| HandleError::Permanent(format!("bad order_paid payload: {e}")))?;
+        let sales = paid
+            .items
+            .iter()
+            .map(|i| ProductId::parse(i.product_id).map(|p| (p, i.quantity)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        Ok((sales, paid.paid_at))
+    }
+}
+
 impl Consumer for RankingConsumer {
     fn name(&self) -> &'static str {
         RANKING
@@ -41,30 +55,31 @@ impl Consumer for RankingConsumer {
         &[event::ORDER_PAID]
     }
 
-    fn handle<'a>(
-        &'a self,
-        _tx: Option<&'a mut AsyncPgConnection>,
-        event: &'a Event,
-    ) -> BoxFuture<'a, Result<(), HandleError>> {
+    /// The sale is counted in the inbox transaction: exactly once.
+    fn transactional(&self) -> bool {
+        true
+    }
+
+    fn handle<'a>(&'a self, tx: Option<&'a mut AsyncPgConnection>, event: &'a Event) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
-            let paid: OrderPaid = serde_json::from_value(event.payload.clone())
-                .map_err(|e| HandleError::Permanent(format!("bad order_paid payload: {e}")))?;
-            let sales: Vec<(ProductId, i64)> = paid
-                .items
-                .iter()
-                .map(|i| ProductId::parse(i.product_id).map(|p| (p, i.quantity)))
-                .collect::<Result<_, _>>()
-                .map_err(|e| HandleError::Permanent(e.to_string()))?;
-            self.catalog
-                .record_sales(&sales, paid.paid_at)
-                .await
-                .map_err(|e| {
-                    if e.is_unavailable() {
-                        HandleError::Unavailable(Duration::from_secs(1))
-                    } else {
-                        HandleError::Retryable(e.to_string())
-                    }
-                })
+            let (sales, at) = Self::parse(event)?;
+            let tx = tx.ok_or_else(|| HandleError::Retryable("ranking needs its transaction".into()))?;
+            self.catalog.record_sales_in(tx, &sales, at).await.map_err(|e| {
+                if e.is_unavailable() {
+                    HandleError::Unavailable(Duration::from_secs(1))
+                } else {
+                    HandleError::Permanent(e.to_string())
+                }
+            })
+        })
+    }
+
+    fn after_commit<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Ok((sales, at)) = Self::parse(event) {
+                let products: Vec<ProductId> = sales.iter().map(|(p, _)| *p).collect();
+                self.catalog.publish_sales(&products, at).await;
+            }
         })
     }
 }

@@ -41,8 +41,12 @@ where
     };
     let key = raw
         .to_str()
-        .map_err(|_| ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII"))
-        .and_then(|s| IdempotencyKey::parse(s).map_err(|e| ApiError::bad_request(e.code, e.message)))?;
+        .map_err(|_| {
+            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
+        })
+        .and_then(|s| {
+            IdempotencyKey::parse(s).map_err(|e| ApiError::bad_request(e.code, e.message))
+        })?;
     let route = format!("{} {}", req.method(), req.path());
     let body = serde_json::to_vec(canonical_body).map_err(|_| ApiError::internal())?;
     let claim = Claim {
@@ -88,7 +92,8 @@ where
             let save = SaveAnswer {
                 claim: claim.clone(),
                 render: Box::new(move |value: &D| {
-                    let body = serde_json::to_value(present(value)).unwrap_or(serde_json::Value::Null);
+                    let body =
+                        serde_json::to_value(present(value)).unwrap_or(serde_json::Value::Null);
                     (status.as_u16(), body)
                 }),
             };

@@ -17,9 +17,15 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Installs the global tracing subscriber (once; later calls are no-ops).
 pub fn init_tracing(format: &str, level: &str) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let _ = if format == "json" {
-        builder.json().flatten_event(true).with_current_span(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
     } else {
         builder.try_init()
     };
@@ -34,7 +40,10 @@ pub fn metrics_handle() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full("http_request_duration_seconds".into()),
-                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ],
                 )
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
@@ -66,7 +75,8 @@ pub async fn observe(
     metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-        res.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), id);
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), id);
     }
     Ok(res)
 }

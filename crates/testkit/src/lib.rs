@@ -29,7 +29,11 @@ pub fn test_settings(db_url: &str, redis_prefix: &str) -> Settings {
         ("COMMERCE__HTTP__WORKERS", "2"),
         ("COMMERCE__HTTP__SHUTDOWN_TIMEOUT_SECS", "1"),
         ("COMMERCE__DATABASE__URL", db_url),
-        ("COMMERCE__DATABASE__POOL_SIZE", "8"),
+        ("COMMERCE__DATABASE__POOL_SIZE", "12"),
+        // Generous waits: many instances share two cores during the suite;
+        // tests that exercise a timeout set their own.
+        ("COMMERCE__DATABASE__POOL_WAIT_MS", "5000"),
+        ("COMMERCE__REDIS__RESPONSE_TIMEOUT_MS", "1500"),
         ("COMMERCE__REDIS__KEY_PREFIX", redis_prefix),
         ("COMMERCE__AUTH__ADMIN_KEY", ADMIN_KEY),
         ("COMMERCE__AUTH__TOKEN_SECRET", TOKEN_SECRET),

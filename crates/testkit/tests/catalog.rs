@@ -197,8 +197,9 @@ async fn a_change_through_one_instance_shows_on_another_within_the_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_product_never_falls_through_to_the_database() {
     let app = TestApp::spawn_with(|s| {
-        s.catalog.l1_ttl_ms = 200;
-        s.catalog.l2_ttl_ms = 1000;
+        s.catalog.l1_ttl_ms = 400;
+        s.catalog.refresh_ahead_pct = 50;
+        s.catalog.l2_ttl_ms = 1500;
         s.catalog.l2_jitter_pct = 0;
     })
     .await;
@@ -210,28 +211,31 @@ async fn a_hot_product_never_falls_through_to_the_database() {
     let mut r = app.redis().await;
     let before = app.state.catalog.db_loads();
     let started = Instant::now();
-    let mut reads = 0;
-    // Four L2 lifetimes and twenty L1 lifetimes of steady reads.
-    while started.elapsed() < Duration::from_secs(4) {
+    let mut layers = std::collections::BTreeMap::<String, usize>::new();
+    // Four L2 lifetimes and fifteen L1 lifetimes of steady reads.
+    while started.elapsed() < Duration::from_secs(6) {
         let a = get(&app, &path).await;
         assert_eq!((a.status, a.body["name"].as_str()), (200, Some("hot")));
-        assert_eq!(
-            a.cache.as_deref(),
-            Some("l1"),
-            "read {reads} missed the in-process copy"
-        );
+        *layers.entry(a.cache.unwrap_or_default()).or_default() += 1;
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(&mut r)
             .await
             .unwrap();
         assert!(ttl > 0, "the Redis copy expired under load");
-        reads += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let loads = app.state.catalog.db_loads() - before;
-    eprintln!("{reads} reads of a hot product over 4 s: all from L1; {loads} background database refreshes");
-    assert!((1..=8).contains(&loads), "{loads}");
+    let reads: usize = layers.values().sum();
+    eprintln!("{reads} reads of a hot product over 6 s: X-Cache {layers:?}; {loads} background database refreshes");
+    assert_eq!(layers.get("db"), None, "no read waited for PostgreSQL");
+    // Refreshed ahead: reads are served in process (an L2 read only when
+    // a refresh lost the race with the TTL on a loaded machine).
+    assert!(
+        layers.get("l1").copied().unwrap_or(0) * 100 >= reads * 95,
+        "{layers:?}"
+    );
+    assert!((1..=12).contains(&loads), "{loads}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,10 @@ impl From<&Balance> for BalanceBody {
 /// The caller's balance.
 #[utoipa::path(get, path = "/api/v1/me/balance", tag = "balance", security(("bearer" = [])),
     responses((status = 200, body = BalanceBody), (status = 401, body = ErrorBody)))]
-pub async fn get_balance(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn get_balance(
+    user: AuthUser,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let balance = commerce_accounts::balance(&state.db, user.0).await?;
     Ok(HttpResponse::Ok().json(BalanceBody::from(&balance)))
 }
@@ -61,7 +64,9 @@ pub async fn charge(
     let amount = body
         .amount
         .as_i64()
-        .ok_or_else(|| ApiError::unprocessable("invalid_amount", "amount must be a positive integer"))
+        .ok_or_else(|| {
+            ApiError::unprocessable("invalid_amount", "amount must be a positive integer")
+        })
         .and_then(|raw| ChargeAmount::parse(raw).map_err(ApiError::from))?;
     let canonical = serde_json::json!({ "amount": amount.get() });
     idempotency::run(
@@ -71,9 +76,7 @@ pub async fn charge(
         &canonical,
         StatusCode::OK,
         |b: &Balance| BalanceBody::from(b),
-        |save| async {
-            Ok(commerce_accounts::charge(&state.db, user.0, amount, save).await?)
-        },
+        |save| async { Ok(commerce_accounts::charge(&state.db, user.0, amount, save).await?) },
     )
     .await
 }

@@ -30,9 +30,17 @@ pub struct IssuedBody {
     responses((status = 201, body = IssuedBody), (status = 403, body = ErrorBody, description = "not_open"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "sold_out or already_issued"),
         (status = 410, body = ErrorBody, description = "expired"), (status = 503, body = ErrorBody)))]
-pub async fn issue(user: AuthUser, state: web::Data<AppState>, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
-    let id = CouponId::parse(path.into_inner()).map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
-    state.queue.require_admitted(user.0, commerce_queue::Protected::CouponIssue(id)).await?;
+pub async fn issue(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let id = CouponId::parse(path.into_inner())
+        .map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
+    state
+        .queue
+        .require_admitted(user.0, commerce_queue::Protected::CouponIssue(id))
+        .await?;
     let issued = state.coupons.issue(id, user.0).await?;
     Ok(HttpResponse::Created().json(IssuedBody {
         user_coupon_id: issued.user_coupon_id.get(),

@@ -21,7 +21,9 @@ pub async fn live() -> HttpResponse {
 /// it `degraded`, still 200.
 #[utoipa::path(get, path = "/health/ready", tag = "ops", responses((status = 200), (status = 503)))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let db = match tokio::time::timeout(Duration::from_secs(2), commerce_storage::ping(&state.db)).await {
+    let db = match tokio::time::timeout(Duration::from_secs(2), commerce_storage::ping(&state.db))
+        .await
+    {
         Ok(Ok(())) => json!({ "status": "up" }),
         Ok(Err(e)) => json!({ "status": "down", "error": e.to_string() }),
         Err(_) => json!({ "status": "down", "error": "timed out" }),
@@ -53,7 +55,11 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         "breakers": breakers,
     });
     if db_up {
-        let status = if redis_up && !breakers.values().any(|s| s != "closed") { "ready" } else { "degraded" };
+        let status = if redis_up && !breakers.values().any(|s| s != "closed") {
+            "ready"
+        } else {
+            "degraded"
+        };
         HttpResponse::Ok().json(json!({ "status": status, "checks": checks }))
     } else {
         HttpResponse::ServiceUnavailable()
@@ -68,7 +74,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let (size, available, waiting) = commerce_storage::pool_status(&state.db);
     metrics::gauge!("db_pool_connections", "state" => "open").set(size as f64);
     metrics::gauge!("db_pool_connections", "state" => "idle").set(available as f64);
-    metrics::gauge!("db_pool_connections", "state" => "in_use").set(size.saturating_sub(available) as f64);
+    metrics::gauge!("db_pool_connections", "state" => "in_use")
+        .set(size.saturating_sub(available) as f64);
     metrics::gauge!("db_pool_waiting").set(waiting as f64);
     state.breakers.publish_gauges();
     HttpResponse::Ok()

@@ -150,8 +150,14 @@ mod tests {
         );
         let e = requested_target(Some("sale:2".into()), br#"{"target":"store"}"#).unwrap_err();
         assert_eq!(e.code, "invalid_queue_target");
-        assert_eq!(requested_target(None, b"{").unwrap_err().code, "malformed_json");
-        assert_eq!(requested_target(None, br#"{"x":1}"#).unwrap_err().code, "invalid_body");
+        assert_eq!(
+            requested_target(None, b"{").unwrap_err().code,
+            "malformed_json"
+        );
+        assert_eq!(
+            requested_target(None, br#"{"x":1}"#).unwrap_err().code,
+            "invalid_body"
+        );
         let e = requested_target(Some("nope".into()), b"").unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (422, "invalid_queue_target"));
     }

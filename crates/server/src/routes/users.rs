@@ -29,10 +29,16 @@ pub struct SignedUp {
 /// Sign up; the answer carries a bearer token.
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = SignUp,
     responses((status = 201, body = SignedUp), (status = 422, body = ErrorBody)))]
-pub async fn sign_up(state: web::Data<AppState>, body: web::Json<SignUp>) -> Result<HttpResponse, ApiError> {
+pub async fn sign_up(
+    state: web::Data<AppState>,
+    body: web::Json<SignUp>,
+) -> Result<HttpResponse, ApiError> {
     let name = UserName::parse(&body.name)?;
     let user = commerce_accounts::create_user(&state.db, &name).await?;
-    let token = state.tokens.issue(user.id).map_err(|_| ApiError::internal())?;
+    let token = state
+        .tokens
+        .issue(user.id)
+        .map_err(|_| ApiError::internal())?;
     Ok(HttpResponse::Created().json(SignedUp {
         id: user.id.get(),
         name: user.name,
