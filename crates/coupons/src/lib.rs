@@ -243,15 +243,31 @@ impl Coupons {
 
     pub async fn get(&self, id: CouponId) -> Result<Arc<Coupon>, CouponError> {
         let cell = {
-            let found = self.inner.defs.read().map_err(lock_poisoned)?.get(&id).cloned();
+            let found = self
+                .inner
+                .defs
+                .read()
+                .map_err(lock_poisoned)?
+                .get(&id)
+                .cloned();
             match found {
                 Some(cell) => cell,
-                None => self.inner.defs.write().map_err(lock_poisoned)?.entry(id).or_default().clone(),
+                None => self
+                    .inner
+                    .defs
+                    .write()
+                    .map_err(lock_poisoned)?
+                    .entry(id)
+                    .or_default()
+                    .clone(),
             }
         };
         let coupon = cell
             .get_or_try_init(|| async {
-                store::find(&self.inner.db, id).await?.map(Arc::new).ok_or(CouponError::NotFound)
+                store::find(&self.inner.db, id)
+                    .await?
+                    .map(Arc::new)
+                    .ok_or(CouponError::NotFound)
             })
             .await;
         if coupon.is_err() {

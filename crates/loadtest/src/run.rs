@@ -223,6 +223,10 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
     ];
     let shape = k6::inspect(&k6, &script, &scale_vars).await?;
     log(format!("shape: {}", shape.describe()));
+    // At least one user per VU (scripts give each VU its own user).
+    let users = opts
+        .users
+        .max(usize::try_from(shape.peak_vus()).unwrap_or(usize::MAX));
 
     // The server binary.
     let (server_bin, server_text) = match &opts.server_bin {
@@ -320,10 +324,10 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
         );
     }
     let db = setup::connect(&db_url).await?;
-    setup::seed_users(&db, opts.users, OPENING_BALANCE).await?;
+    setup::seed_users(&db, users, OPENING_BALANCE).await?;
     log(format!(
         "seeded {} users by COPY (balance {OPENING_BALANCE} each, with ledger rows)",
-        opts.users
+        users
     ));
 
     // The instances.
@@ -437,10 +441,7 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
     let mut tokens = Vec::new();
     if need.tokens || need.orders {
         let t0 = Instant::now();
-        tokens = api
-            .mint_tokens(opts.users)
-            .await
-            .context("minting tokens")?;
+        tokens = api.mint_tokens(users).await.context("minting tokens")?;
         write_json(&tokens_file, &tokens)?;
         log(format!(
             "minted {} tokens in {:.1}s",
@@ -451,7 +452,7 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
     let mut data = serde_json::Map::new();
     let mut data_text = format!(
         "{} users (opening balance {} each, one ledger row each)",
-        report::int(opts.users as f64),
+        report::int(users as f64),
         report::int(OPENING_BALANCE as f64)
     );
     let mut products: Vec<Value> = Vec::new();
@@ -503,7 +504,7 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
         let count = shape
             .expected_iterations()
             .map(|n| (n as f64 * 1.05).ceil() as usize + 10)
-            .unwrap_or(opts.users);
+            .unwrap_or(users);
         let t0 = Instant::now();
         let orders: Vec<OrderRef> = api
             .create_orders(&tokens, &products, count)

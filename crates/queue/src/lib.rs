@@ -16,7 +16,8 @@
 //!   claimer admits, so two or ten instances admit exactly N per interval.
 //! - **Admission follows health.** The rate halves on a tick where a breaker
 //!   is open, requests wait for a database connection or the p95 is over its
-//!   bound (on any instance), and recovers by N/4 per healthy tick.
+//!   bound (on any instance), down to N/10, and recovers by N/4 per healthy
+//!   tick.
 //! - **Redis failing does not stop the shop.** Every call goes through the
 //!   `redis` breaker; on any failure the room fails open to a per-instance
 //!   token bucket and says so (`degraded: true`).

@@ -70,16 +70,22 @@ impl AdmitRate {
         self.max
     }
 
+    /// The floor: a tenth of the configured rate (at least 1).
+    pub fn min(&self) -> u32 {
+        (self.max / 10).max(1)
+    }
+
     /// Applies one tick's health and returns the rate for that tick. Never
-    /// below 1: admission slows to a trickle but does not stop, since the
-    /// trouble may not be ours to fix.
+    /// below [`AdmitRate::min`]: admission slows down but does not stop,
+    /// since the trouble (a side-effect dependency's breaker, say) may not
+    /// be one that fewer users would fix.
     pub fn on_tick(&mut self, healthy: bool) -> u32 {
         self.current = if healthy {
             self.current
                 .saturating_add((self.max / 4).max(1))
                 .min(self.max)
         } else {
-            (self.current / 2).max(1)
+            (self.current / 2).max(self.min())
         };
         self.current
     }
@@ -140,13 +146,19 @@ mod tests {
         assert_eq!(r.on_tick(true), 87);
         assert_eq!(r.on_tick(true), 100);
         assert_eq!(r.on_tick(true), 100);
+        // A long outage bottoms out at a tenth, never zero.
+        for _ in 0..10 {
+            r.on_tick(false);
+        }
+        assert_eq!(r.current(), 10);
+        assert_eq!(r.on_tick(true), 35);
     }
 
     #[test]
     fn rate_never_stops_and_small_rates_still_recover() {
         let mut r = AdmitRate::new(3);
         for _ in 0..10 {
-            assert_eq!(r.on_tick(false).max(1), r.current());
+            assert!(r.on_tick(false) >= 1);
         }
         assert_eq!(r.current(), 1);
         assert_eq!(r.on_tick(true), 2, "+max(1, 3/4)");

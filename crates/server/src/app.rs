@@ -44,26 +44,43 @@ impl Application {
             SecretString::from(DEV_ADMIN_KEY)
         });
         let token_secret = settings.auth.token_secret.clone().unwrap_or_else(|| {
-            tracing::warn!("COMMERCE__AUTH__TOKEN_SECRET not set: using the development token secret");
+            tracing::warn!(
+                "COMMERCE__AUTH__TOKEN_SECRET not set: using the development token secret"
+            );
             SecretString::from(DEV_TOKEN_SECRET)
         });
-        let tokens = TokenSigner::new(token_secret.expose_secret().as_bytes(), settings.auth.token_ttl_secs);
-        let breakers = BreakerRegistry::new(AlertSink::from_url(settings.alerts.webhook_url.as_deref()));
+        let tokens = TokenSigner::new(
+            token_secret.expose_secret().as_bytes(),
+            settings.auth.token_ttl_secs,
+        );
+        let breakers =
+            BreakerRegistry::new(AlertSink::from_url(settings.alerts.webhook_url.as_deref()));
         for name in commerce_resilience::breaker::STANDARD {
             breakers.register(name, settings.breaker_config(name));
         }
         // Lazy: the server starts (degraded) while Redis is down.
         let redis = RedisClient::new(&settings.redis_config(), breakers.redis())?;
         let locks = LockManager::new(redis.clone(), db.clone(), LockConfig::default());
-        let coupons = Coupons::new(db.clone(), redis.clone(), locks.clone(), settings.coupon_config());
+        let coupons = Coupons::new(
+            db.clone(),
+            redis.clone(),
+            locks.clone(),
+            settings.coupon_config(),
+        );
         let catalog = commerce_catalog::Catalog::new(
             db.clone(),
             redis.clone(),
             &settings.redis_config(),
             settings.catalog_config(),
         )?;
-        let orders = commerce_orders::Orders::new(db.clone(), locks.clone(), settings.order_config());
-        let queue = commerce_queue::WaitingRoom::new(redis.clone(), breakers.clone(), db.clone(), settings.queue_config());
+        let orders =
+            commerce_orders::Orders::new(db.clone(), locks.clone(), settings.order_config());
+        let queue = commerce_queue::WaitingRoom::new(
+            redis.clone(),
+            breakers.clone(),
+            db.clone(),
+            settings.queue_config(),
+        );
         let dispatcher = commerce_events::Dispatcher::new(
             db.clone(),
             crate::events::consumers(&settings, &breakers, &catalog),
@@ -73,7 +90,10 @@ impl Application {
             },
         );
         let sink = match settings.kafka_config() {
-            Some(k) => commerce_events::relay::Sink::Kafka(commerce_events::kafka::Publisher::new(&k, breakers.kafka())?),
+            Some(k) => commerce_events::relay::Sink::Kafka(commerce_events::kafka::Publisher::new(
+                &k,
+                breakers.kafka(),
+            )?),
             None => commerce_events::relay::Sink::InProcess(dispatcher.clone()),
         };
         let relay = commerce_events::relay::Relay::new(
@@ -107,14 +127,20 @@ impl Application {
         let listener = TcpListener::bind(&state.settings.http.addr)?;
         let port = listener.local_addr()?.port();
         let workers = match state.settings.http.workers {
-            0 => std::thread::available_parallelism().map(usize::from).unwrap_or(2),
+            0 => std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2),
             n => n,
         };
         let shared = state.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(shared.clone())
-                .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(error::json_error))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(64 * 1024)
+                        .error_handler(error::json_error),
+                )
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .wrap(from_fn(telemetry::observe))
@@ -129,7 +155,11 @@ impl Application {
         .run();
 
         spawn_background(&state);
-        Ok(Self { port, server, state })
+        Ok(Self {
+            port,
+            server,
+            state,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -179,7 +209,8 @@ fn spawn_background(state: &web::Data<AppState>) {
     let st = state.clone();
     tokio::spawn(async move {
         // Every instance sweeps; the guarded transition makes that safe.
-        let mut tick = tokio::time::interval(Duration::from_millis(st.settings.orders.sweep_interval_ms));
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(st.settings.orders.sweep_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -188,7 +219,9 @@ fn spawn_background(state: &web::Data<AppState>) {
             }
             loop {
                 match st.orders.expire_overdue(500).await {
-                    Ok(n) if n > 0 => tracing::info!(expired = n, "overdue orders expired, stock returned"),
+                    Ok(n) if n > 0 => {
+                        tracing::info!(expired = n, "overdue orders expired, stock returned")
+                    }
                     Ok(_) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "order sweep failed");

@@ -47,7 +47,7 @@ pub struct OrderSettings {
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     /// Users admitted per room per tick while healthy (halved per unhealthy
-    /// tick, back by a quarter per healthy one).
+    /// tick down to a tenth, back by a quarter per healthy one).
     pub admit_per_tick: u32,
     /// The admission interval; one instance admits per interval.
     pub tick_ms: u64,
@@ -333,8 +333,8 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with("COMMERCE__"))
             .collect();
-        let mut builder =
-            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(config::File::with_name(path).required(true));
         }
@@ -355,7 +355,10 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
         if self.http.addr.parse::<SocketAddr>().is_err() {
-            return bad("http.addr", format!("`{}` is not host:port", self.http.addr));
+            return bad(
+                "http.addr",
+                format!("`{}` is not host:port", self.http.addr),
+            );
         }
         match url::Url::parse(&self.database.url) {
             Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {}
@@ -366,8 +369,14 @@ impl Settings {
         }
         for (key, v) in [
             ("database.pool_wait_ms", self.database.pool_wait_ms),
-            ("database.connect_timeout_ms", self.database.connect_timeout_ms),
-            ("database.statement_timeout_ms", self.database.statement_timeout_ms),
+            (
+                "database.connect_timeout_ms",
+                self.database.connect_timeout_ms,
+            ),
+            (
+                "database.statement_timeout_ms",
+                self.database.statement_timeout_ms,
+            ),
             ("database.lock_timeout_ms", self.database.lock_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
@@ -379,7 +388,10 @@ impl Settings {
             ("events.http_timeout_ms", self.events.http_timeout_ms),
             ("events.relay_idle_ms", self.events.relay_idle_ms),
             ("orders.sweep_interval_ms", self.orders.sweep_interval_ms),
-            ("coupons.reconcile_interval_secs", self.coupons.reconcile_interval_secs),
+            (
+                "coupons.reconcile_interval_secs",
+                self.coupons.reconcile_interval_secs,
+            ),
         ] {
             if v == 0 {
                 return bad(key, "must be greater than 0 (every wait is bounded)".into());
@@ -395,7 +407,8 @@ impl Settings {
             ("alerts.webhook_url", &self.alerts.webhook_url),
         ] {
             if let Some(u) = v {
-                if !matches!(url::Url::parse(u), Ok(p) if p.scheme() == "http" || p.scheme() == "https") {
+                if !matches!(url::Url::parse(u), Ok(p) if p.scheme() == "http" || p.scheme() == "https")
+                {
                     return bad(key, format!("`{u}` is not an http(s) URL"));
                 }
             }
@@ -409,7 +422,12 @@ impl Settings {
         if self.kafka.partitions <= 0 {
             return bad("kafka.partitions", "must be positive".into());
         }
-        if self.kafka.brokers.as_deref().is_some_and(|b| b.trim().is_empty()) {
+        if self
+            .kafka
+            .brokers
+            .as_deref()
+            .is_some_and(|b| b.trim().is_empty())
+        {
             return bad("kafka.brokers", "must not be empty when set".into());
         }
         if self.breaker.failure_threshold == 0 {
@@ -478,7 +496,8 @@ impl Settings {
     }
 
     pub fn redis_config(&self) -> commerce_resilience::RedisConfig {
-        let mut cfg = commerce_resilience::RedisConfig::with_url(&self.redis.url).key_prefix(&self.redis.key_prefix);
+        let mut cfg = commerce_resilience::RedisConfig::with_url(&self.redis.url)
+            .key_prefix(&self.redis.key_prefix);
         cfg.connect_timeout = Duration::from_millis(self.redis.connect_timeout_ms);
         cfg.response_timeout = Duration::from_millis(self.redis.response_timeout_ms);
         cfg
@@ -486,17 +505,24 @@ impl Settings {
 
     pub fn kafka_config(&self) -> Option<commerce_events::kafka::KafkaConfig> {
         let k = &self.kafka;
-        k.brokers.as_ref().map(|brokers| commerce_events::kafka::KafkaConfig {
-            brokers: brokers.clone(),
-            topic_prefix: k.topic_prefix.clone(),
-            group_prefix: k.group_prefix.clone(),
-            delivery_timeout: Duration::from_millis(k.delivery_timeout_ms),
-            partitions: k.partitions,
-        })
+        k.brokers
+            .as_ref()
+            .map(|brokers| commerce_events::kafka::KafkaConfig {
+                brokers: brokers.clone(),
+                topic_prefix: k.topic_prefix.clone(),
+                group_prefix: k.group_prefix.clone(),
+                delivery_timeout: Duration::from_millis(k.delivery_timeout_ms),
+                partitions: k.partitions,
+            })
     }
 
     fn validate_queue(&self) -> Result<(), ConfigError> {
-        let bad = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_owned() });
+        let bad = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
         let q = &self.queue;
         if q.admit_per_tick == 0 {
             return bad("queue.admit_per_tick", "must be at least 1");
@@ -511,13 +537,19 @@ impl Settings {
             return bad("queue.retry_min_secs", "must be at least 1");
         }
         if q.retry_max_secs < q.retry_min_secs {
-            return bad("queue.retry_max_secs", "must be at least queue.retry_min_secs");
+            return bad(
+                "queue.retry_max_secs",
+                "must be at least queue.retry_min_secs",
+            );
         }
         if q.polls_per_wait == 0 {
             return bad("queue.polls_per_wait", "must be at least 1");
         }
         if q.waiting_idle_secs < q.retry_max_secs.saturating_mul(2) {
-            return bad("queue.waiting_idle_secs", "must be at least 2 × queue.retry_max_secs (slow pollers would be dropped)");
+            return bad(
+                "queue.waiting_idle_secs",
+                "must be at least 2 × queue.retry_max_secs (slow pollers would be dropped)",
+            );
         }
         if q.max_rooms == 0 {
             return bad("queue.max_rooms", "must be at least 1");
@@ -612,14 +644,20 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_need_no_configuration() {
         let s = Settings::load_from(None, env(&[])).unwrap();
         assert_eq!(s.http.addr, "127.0.0.1:8080");
-        assert_eq!(s.database.url, "postgres://postgres@127.0.0.1:5432/commerce");
+        assert_eq!(
+            s.database.url,
+            "postgres://postgres@127.0.0.1:5432/commerce"
+        );
         assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
         assert_eq!(s.redis.key_prefix, "");
         assert!(s.kafka.brokers.is_none());
@@ -642,6 +680,54 @@ mod tests {
         assert_eq!(s.redis.key_prefix, "t1:");
         assert_eq!(s.database.pool_size, 4);
         assert_eq!(s.kafka.brokers.as_deref(), Some("127.0.0.1:9092"));
+    }
+
+    #[test]
+    fn queue_section_defaults_and_checks() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        let q = s.queue_config();
+        assert_eq!(
+            (q.admit_per_tick, q.tick, q.admitter),
+            (100, Duration::from_secs(1), true)
+        );
+        assert!(!q.protect_coupon_issue && !q.protect_order_create);
+        assert_eq!(q.coupon_room, commerce_queue::CouponRoom::Store);
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("COMMERCE__QUEUE__PROTECT_ORDER_CREATE", "true"),
+                ("COMMERCE__QUEUE__COUPON_ROOM", "coupon"),
+            ]),
+        )
+        .unwrap();
+        assert!(s.queue_config().protect_order_create);
+        assert_eq!(
+            s.queue_config().coupon_room,
+            commerce_queue::CouponRoom::PerCoupon
+        );
+        for (key, value, named) in [
+            (
+                "COMMERCE__QUEUE__ADMIT_PER_TICK",
+                "0",
+                "queue.admit_per_tick",
+            ),
+            ("COMMERCE__QUEUE__COUPON_ROOM", "sale", "queue.coupon_room"),
+            (
+                "COMMERCE__QUEUE__WAITING_IDLE_SECS",
+                "60",
+                "queue.waiting_idle_secs",
+            ),
+            (
+                "COMMERCE__QUEUE__FALLBACK_RATE_PER_SEC",
+                "0",
+                "queue.fallback_rate_per_sec",
+            ),
+        ] {
+            let err = Settings::load_from(None, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{err}");
+        }
     }
 
     #[test]

@@ -32,8 +32,11 @@ struct OrderPaid {
     items: Vec<PaidItem>,
 }
 
+/// Units per product, and when they were sold.
+type Sales = (Vec<(ProductId, i64)>, chrono::DateTime<chrono::Utc>);
+
 impl RankingConsumer {
-    fn parse(event: &Event) -> Result<(Vec<(ProductId, i64)>, chrono::DateTime<chrono::Utc>), HandleError> {
+    fn parse(event: &Event) -> Result<Sales, HandleError> {
         let paid: OrderPaid = serde_json::from_value(event.payload.clone())
             .map_err(|e| HandleError::Permanent(format!("bad order_paid payload: {e}")))?;
         let sales = paid
@@ -60,17 +63,25 @@ impl Consumer for RankingConsumer {
         true
     }
 
-    fn handle<'a>(&'a self, tx: Option<&'a mut AsyncPgConnection>, event: &'a Event) -> BoxFuture<'a, Result<(), HandleError>> {
+    fn handle<'a>(
+        &'a self,
+        tx: Option<&'a mut AsyncPgConnection>,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
             let (sales, at) = Self::parse(event)?;
-            let tx = tx.ok_or_else(|| HandleError::Retryable("ranking needs its transaction".into()))?;
-            self.catalog.record_sales_in(tx, &sales, at).await.map_err(|e| {
-                if e.is_unavailable() {
-                    HandleError::Unavailable(Duration::from_secs(1))
-                } else {
-                    HandleError::Permanent(e.to_string())
-                }
-            })
+            let tx =
+                tx.ok_or_else(|| HandleError::Retryable("ranking needs its transaction".into()))?;
+            self.catalog
+                .record_sales_in(tx, &sales, at)
+                .await
+                .map_err(|e| {
+                    if e.is_unavailable() {
+                        HandleError::Unavailable(Duration::from_secs(1))
+                    } else {
+                        HandleError::Permanent(e.to_string())
+                    }
+                })
         })
     }
 

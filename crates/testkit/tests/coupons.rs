@@ -199,10 +199,17 @@ async fn burst_with_redis_breaker_open_uses_the_database_path() {
     let plan = plan(&users);
     let started = std::time::Instant::now();
     let outcomes = burst(&[&a, &b], coupon, &plan, Arc::default()).await;
-    report("fallback path (PostgreSQL only)", &outcomes, started.elapsed());
+    report(
+        "fallback path (PostgreSQL only)",
+        &outcomes,
+        started.elapsed(),
+    );
     // The degraded path sheds what exceeds its concurrency limit with a
     // retryable 503 rather than queueing without bound.
-    assert!(outcomes.iter().filter(|o| o.status == 503).all(|o| o.code == "coupon_busy"));
+    assert!(outcomes
+        .iter()
+        .filter(|o| o.status == 503)
+        .all(|o| o.code == "coupon_busy"));
     check_rule_1(&a, coupon, &outcomes, &HashSet::from([503])).await;
     // Redis back: the gate is rebuilt before it is trusted.
     for app in [&a, &b] {

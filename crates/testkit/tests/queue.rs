@@ -43,13 +43,11 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// POST /queue/tokens: status, body, Retry-After header.
-async fn enter(
-    http: &reqwest::Client,
-    app: &TestApp,
-    token: &str,
-    target: Option<&str>,
-) -> (u16, Value, Option<u64>) {
+/// Status, JSON body, `Retry-After` header.
+type Answer = (u16, Value, Option<u64>);
+
+/// POST /queue/tokens.
+async fn enter(http: &reqwest::Client, app: &TestApp, token: &str, target: Option<&str>) -> Answer {
     let mut req = http.post(app.url(TOKENS)).bearer_auth(token);
     if let Some(t) = target {
         req = req.json(&json!({ "target": t }));
@@ -137,7 +135,7 @@ async fn five_thousand_users_get_dense_positions_and_are_admitted_in_order_n_per
     let users = a.seed_users(USERS).await;
 
     let started = Instant::now();
-    let entered: Vec<(usize, (u16, Value, Option<u64>))> = stream::iter(users.iter().enumerate())
+    let entered: Vec<(usize, Answer)> = stream::iter(users.iter().enumerate())
         .map(|(i, u)| {
             let app = apps[i % 2];
             async move { (i, enter(http, app, &u.token, None).await) }
@@ -177,7 +175,7 @@ async fn five_thousand_users_get_dense_positions_and_are_admitted_in_order_n_per
 
     // Entering again (through the other instance) gives the same token back.
     for i in 0..20 {
-        let (s, body, _) = enter(&http, apps[(i + 1) % 2], &users[i].token, None).await;
+        let (s, body, _) = enter(http, apps[(i + 1) % 2], &users[i].token, None).await;
         assert_eq!(s, 200, "{body}");
         assert_eq!(body["token"], tokens[i].as_str());
         assert_eq!(body["position"], entry_pos[i]);
@@ -185,7 +183,7 @@ async fn five_thousand_users_get_dense_positions_and_are_admitted_in_order_n_per
 
     // Polling: same positions, retry_after non-decreasing in position,
     // short at the front, longer at the back.
-    let polled = poll_all(&http, &apps, &users, &tokens).await;
+    let polled = poll_all(http, &apps, &users, &tokens).await;
     let mut pairs: Vec<(u64, u64)> = polled
         .iter()
         .enumerate()
@@ -218,13 +216,13 @@ async fn five_thousand_users_get_dense_positions_and_are_admitted_in_order_n_per
         0,
         "one admission per interval: {x:?} / {y:?}"
     );
-    check_admitted_prefix(&http, &apps, &users, &tokens, &entry_pos, N).await;
+    check_admitted_prefix(http, &apps, &users, &tokens, &entry_pos, N).await;
 
     // Tick 2, in the next interval: the next N.
     next_interval(&a, TICK_MS).await;
     let (x, y) = tokio::join!(a.state.queue.admit_once(), b.state.queue.admit_once());
     assert_eq!(x.admitted() + y.admitted(), N, "{x:?} / {y:?}");
-    check_admitted_prefix(&http, &apps, &users, &tokens, &entry_pos, 2 * N).await;
+    check_admitted_prefix(http, &apps, &users, &tokens, &entry_pos, 2 * N).await;
 }
 
 /// Exactly the first `admitted` arrivals are active; everyone else moved up
@@ -275,12 +273,12 @@ async fn the_admission_loop_on_two_instances_admits_in_order_at_the_configured_p
     let mut tokens = Vec::new();
     // One by one, so arrival order is the index order.
     for (i, u) in users.iter().enumerate() {
-        let (s, body, _) = enter(&http, apps[i % 2], &u.token, None).await;
+        let (s, body, _) = enter(http, apps[i % 2], &u.token, None).await;
         assert!(s == 201, "{body}");
         tokens.push(body["token"].as_str().unwrap().to_owned());
     }
     loop {
-        let polled = poll_all(&http, &apps, &users, &tokens).await;
+        let polled = poll_all(http, &apps, &users, &tokens).await;
         let elapsed = started.elapsed();
         let active: Vec<bool> = polled
             .iter()
@@ -321,11 +319,11 @@ async fn expired_active_tokens_lose_access() {
     })
     .await;
     let user = a.create_user("idle").await;
-    let (s, body, _) = enter(&http, &a, &user.token, None).await;
+    let (s, body, _) = enter(http, &a, &user.token, None).await;
     assert_eq!(s, 201, "{body}");
     let token = body["token"].as_str().unwrap().to_owned();
     assert_eq!(a.state.queue.admit_once().await.admitted(), 1);
-    let (s, body) = poll(&http, &a, &user.token, &token).await;
+    let (s, body) = poll(http, &a, &user.token, &token).await;
     assert_eq!(
         (s, body["status"].as_str()),
         (200, Some("active")),
@@ -336,7 +334,7 @@ async fn expired_active_tokens_lose_access() {
     assert!(!not_admitted(s, &body), "{s} {body}");
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (s, body) = poll(&http, &a, &user.token, &token).await;
+    let (s, body) = poll(http, &a, &user.token, &token).await;
     assert_eq!(
         (s, body["code"].as_str()),
         (404, Some("queue_token_not_found")),
@@ -346,7 +344,7 @@ async fn expired_active_tokens_lose_access() {
     assert!(not_admitted(s, &body), "{s} {body}");
     assert_eq!(body["position"], Value::Null, "not in line any more");
     // Entering again starts a new token at the back.
-    let (s, body, _) = enter(&http, &a, &user.token, None).await;
+    let (s, body, _) = enter(http, &a, &user.token, None).await;
     assert_eq!(
         (s, body["status"].as_str()),
         (201, Some("waiting")),
@@ -376,8 +374,8 @@ async fn protected_routes_refuse_waiting_callers_and_admit_active_ones() {
     let first = a.create_user("first").await;
     let second = a.create_user("second").await;
     let outsider = a.create_user("outsider").await;
-    assert_eq!(enter(&http, &a, &first.token, None).await.0, 201);
-    assert_eq!(enter(&http, &b, &second.token, None).await.0, 201);
+    assert_eq!(enter(http, &a, &first.token, None).await.0, 201);
+    assert_eq!(enter(http, &b, &second.token, None).await.0, 201);
     // Nobody is active yet.
     let (s, body) = order(&b, &first, product).await;
     assert!(not_admitted(s, &body), "{s} {body}");
@@ -432,21 +430,21 @@ async fn tokens_are_private_rooms_are_separate_and_bad_input_is_refused() {
     let a = TestApp::spawn_with(manual(10, 1000)).await;
     let alice = a.create_user("alice").await;
     let bob = a.create_user("bob").await;
-    let (s, body, _) = enter(&http, &a, &alice.token, None).await;
+    let (s, body, _) = enter(http, &a, &alice.token, None).await;
     assert_eq!(s, 201, "{body}");
     let token = body["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("store."), "{token}");
 
-    let (s, body) = poll(&http, &a, &alice.token, &token).await;
+    let (s, body) = poll(http, &a, &alice.token, &token).await;
     assert_eq!(s, 200, "{body}");
-    let (s, body) = poll(&http, &a, &bob.token, &token).await;
+    let (s, body) = poll(http, &a, &bob.token, &token).await;
     assert_eq!(
         (s, body["code"].as_str()),
         (404, Some("queue_token_not_found")),
         "someone else's token: {body}"
     );
     let unknown = format!("store.{}", "0".repeat(32));
-    assert_eq!(poll(&http, &a, &alice.token, &unknown).await.0, 404);
+    assert_eq!(poll(http, &a, &alice.token, &unknown).await.0, 404);
     for garbage in [
         "garbage",
         "store.xyz",
@@ -454,11 +452,11 @@ async fn tokens_are_private_rooms_are_separate_and_bad_input_is_refused() {
         "%20",
         "store.%2e%2e",
     ] {
-        let (s, body) = poll(&http, &a, &alice.token, garbage).await;
+        let (s, body) = poll(http, &a, &alice.token, garbage).await;
         assert!((400..500).contains(&s), "{garbage}: {s} {body}");
         assert_ne!(s, 200);
     }
-    let (s, body) = poll(&http, &a, &alice.token, "garbage").await;
+    let (s, body) = poll(http, &a, &alice.token, "garbage").await;
     assert_eq!(
         (s, body["code"].as_str()),
         (400, Some("invalid_queue_token"))
@@ -482,19 +480,19 @@ async fn tokens_are_private_rooms_are_separate_and_bad_input_is_refused() {
         (422, Some("invalid_queue_target")),
         "{body}"
     );
-    let (s, body, _) = enter(&http, &a, &alice.token, Some("coupon:abc")).await;
+    let (s, body, _) = enter(http, &a, &alice.token, Some("coupon:abc")).await;
     assert_eq!(
         (s, body["code"].as_str()),
         (422, Some("invalid_queue_target")),
         "{body}"
     );
-    let (s, body, _) = enter(&http, &a, &alice.token, Some("coupon:42")).await;
+    let (s, body, _) = enter(http, &a, &alice.token, Some("coupon:42")).await;
     assert_eq!(s, 201, "{body}");
     assert_eq!(body["target"], "coupon:42");
     assert_eq!(body["position"], 1, "a coupon's room has its own line");
     let coupon_token = body["token"].as_str().unwrap().to_owned();
     assert!(coupon_token.starts_with("coupon-42."), "{coupon_token}");
-    let (s, body, _) = enter(&http, &a, &bob.token, Some("coupon:42")).await;
+    let (s, body, _) = enter(http, &a, &bob.token, Some("coupon:42")).await;
     assert_eq!((s, body["position"].as_u64()), (201, Some(2)), "{body}");
     let (s, body) = a
         .post_empty(&format!("{TOKENS}?target=coupon:42"), &bob.token)
@@ -504,7 +502,7 @@ async fn tokens_are_private_rooms_are_separate_and_bad_input_is_refused() {
         (200, Some(2)),
         "query form, same token: {body}"
     );
-    let (s, body) = poll(&http, &a, &alice.token, &coupon_token).await;
+    let (s, body) = poll(http, &a, &alice.token, &coupon_token).await;
     assert_eq!(
         (s, body["target"].as_str()),
         (200, Some("coupon:42")),
@@ -512,7 +510,7 @@ async fn tokens_are_private_rooms_are_separate_and_bad_input_is_refused() {
     );
     // An admission tick serves every room.
     assert_eq!(a.state.queue.admit_once().await.admitted(), 3);
-    let (s, body) = poll(&http, &a, &alice.token, &coupon_token).await;
+    let (s, body) = poll(http, &a, &alice.token, &coupon_token).await;
     assert_eq!(
         (s, body["status"].as_str()),
         (200, Some("active")),
@@ -538,7 +536,7 @@ async fn with_redis_cut_the_room_fails_open_to_the_local_limiter() {
     let a = TestApp::spawn_with(limited).await;
     let b = a.sibling(limited).await;
     let users = a.seed_users(250).await;
-    let (s, body, _) = enter(&http, &a, &users[0].token, None).await;
+    let (s, body, _) = enter(http, &a, &users[0].token, None).await;
     assert_eq!(
         (s, body["degraded"].as_bool()),
         (201, Some(false)),
@@ -548,8 +546,8 @@ async fn with_redis_cut_the_room_fails_open_to_the_local_limiter() {
     proxy.cut();
     // 100 users enter at once on one instance: about a burst get in.
     let (first, rest) = users[1..].split_at(100);
-    let answers: Vec<(u16, Value, Option<u64>)> = stream::iter(first)
-        .map(|u| enter(&http, &a, &u.token, None))
+    let answers: Vec<Answer> = stream::iter(first)
+        .map(|u| enter(http, &a, &u.token, None))
         .buffer_unordered(100)
         .collect()
         .await;
@@ -608,7 +606,7 @@ async fn with_redis_cut_the_room_fails_open_to_the_local_limiter() {
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (s, body, _) = enter(&http, &a, &users[240].token, None).await;
+        let (s, body, _) = enter(http, &a, &users[240].token, None).await;
         if body["degraded"] == false {
             assert_eq!(s, 201, "{body}");
             break;
@@ -616,4 +614,50 @@ async fn with_redis_cut_the_room_fails_open_to_the_local_limiter() {
         assert!(Instant::now() < deadline, "still degraded: {body}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_halves_while_any_instance_is_unhealthy_and_recovers() {
+    const N: u64 = 40;
+    const TICK_MS: u64 = 1000;
+    let http = &http();
+    let a = TestApp::spawn_with(manual(N as u32, TICK_MS)).await;
+    let b = a.sibling(manual(N as u32, TICK_MS)).await;
+    let users = a.seed_users(300).await;
+    let entered: Vec<Answer> = stream::iter(&users)
+        .map(|u| enter(http, &a, &u.token, None))
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    assert!(entered.iter().all(|(s, _, _)| *s == 201));
+
+    // A breaker open on b: b admits at half rate, and marks the cluster
+    // unhealthy, so a (healthy itself) slows down too.
+    b.state
+        .breakers
+        .control("notification", "force-open".parse().unwrap())
+        .unwrap();
+    next_interval(&a, TICK_MS).await;
+    let tick = b.state.queue.admit_once().await;
+    assert_eq!(tick.admitted(), N / 2, "{tick:?}");
+    next_interval(&a, TICK_MS).await;
+    let tick = a.state.queue.admit_once().await;
+    assert_eq!(
+        tick.admitted(),
+        N / 2,
+        "peer trouble slows every admitter: {tick:?}"
+    );
+
+    // Healthy again: back by a quarter per tick, up to N.
+    b.state
+        .breakers
+        .control("notification", "reset".parse().unwrap())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2 * TICK_MS)).await;
+    let mut admitted = Vec::new();
+    for _ in 0..3 {
+        next_interval(&a, TICK_MS).await;
+        admitted.push(a.state.queue.admit_once().await.admitted());
+    }
+    assert_eq!(admitted, [N / 2 + N / 4, N, N]);
 }
