@@ -121,17 +121,31 @@ pub async fn ensure_topics(config: &KafkaConfig, event_types: &[&str]) -> Result
     Ok(())
 }
 
-/// Runs `consumer` as its own group until `shutdown`.
-pub async fn consume(
-    config: KafkaConfig,
-    dispatcher: Dispatcher,
-    consumer: Arc<dyn Consumer>,
-    shutdown: CancellationToken,
-) {
-    let group = format!("{}{}", config.group_prefix, consumer.name());
-    let client: Result<StreamConsumer, _> = ClientConfig::new()
+/// Notes transport failures, so the consume loop can rebuild its client: a
+/// broker that restarted can leave a consumer joined to a group that no
+/// longer knows it, waiting forever.
+#[derive(Clone, Default)]
+struct Health {
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl rdkafka::ClientContext for Health {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "kafka client error");
+        self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Health {}
+
+fn consumer_client(
+    config: &KafkaConfig,
+    group: &str,
+    health: Health,
+) -> Result<StreamConsumer<Health>, KafkaError> {
+    ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
-        .set("group.id", &group)
+        .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")
         // Offsets are stored by hand once an event is settled.
@@ -140,52 +154,128 @@ pub async fn consume(
         .set("session.timeout.ms", "10000")
         .set("socket.connection.setup.timeout.ms", "3000")
         .set("reconnect.backoff.max.ms", "1000")
-        .create();
-    let client = match client {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(group, error = %e, "kafka consumer could not be created");
-            return;
-        }
-    };
+        .create_with_context(health)
+}
+
+/// Runs `consumer` as its own group until `shutdown`. After transport
+/// errors and a quiet spell the client is rebuilt (it rejoins the group and
+/// resumes from the committed offsets; the inbox drops what is re-read).
+pub async fn consume(
+    config: KafkaConfig,
+    dispatcher: Dispatcher,
+    consumer: Arc<dyn Consumer>,
+    shutdown: CancellationToken,
+) {
+    let group = format!("{}{}", config.group_prefix, consumer.name());
     let topics: Vec<String> = consumer
         .event_types()
         .iter()
         .map(|t| config.topic(t))
         .collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    if let Err(e) = client.subscribe(&topic_refs) {
-        tracing::error!(group, error = %e, "kafka subscribe failed");
-        return;
+    while !shutdown.is_cancelled() {
+        let health = Health::default();
+        let client = match consumer_client(&config, &group, health.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(group, error = %e, "kafka consumer could not be created");
+                return;
+            }
+        };
+        let rebuild = match client.subscribe(&topic_refs) {
+            Ok(()) => {
+                run_session(
+                    &client,
+                    &health,
+                    &dispatcher,
+                    consumer.as_ref(),
+                    &group,
+                    &shutdown,
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(group, error = %e, "kafka subscribe failed");
+                true
+            }
+        };
+        close_in_background(client);
+        if !rebuild {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        tracing::info!(group, "rebuilding kafka consumer after transport errors");
     }
+}
+
+/// Closing a consumer (and a synchronous commit) blocks until the group
+/// coordinator answers (forever,
+/// if it went away): do it on a thread of its own, never on the runtime.
+fn close_in_background(client: StreamConsumer<Health>) {
+    let spawned = std::thread::Builder::new()
+        .name("kafka-consumer-close".into())
+        .spawn(move || drop(client));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not close kafka consumer in the background");
+    }
+}
+
+/// Consumes until shutdown (returns false) or until the client looks stuck
+/// after transport errors (returns true: rebuild it).
+async fn run_session(
+    client: &StreamConsumer<Health>,
+    health: &Health,
+    dispatcher: &Dispatcher,
+    consumer: &dyn Consumer,
+    group: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut quiet_since_error: Option<std::time::Instant> = None;
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
-            m = client.recv() => m,
+            m = client.recv() => Some(m),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+        };
+        let Some(message) = message else {
+            if health.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                let since = *quiet_since_error.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= Duration::from_secs(5) {
+                    let _ = client.commit_consumer_state(CommitMode::Async);
+                    return true;
+                }
+            }
+            continue;
         };
         let message = match message {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(group, error = %e, "kafka receive failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
+                health
+                    .broken
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                continue;
             }
         };
+        health
+            .broken
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        quiet_since_error = None;
         let event: Option<Event> = message
             .payload()
             .and_then(|p| serde_json::from_slice(p).ok());
         match event {
             Some(event) => loop {
-                let delivery = dispatcher.deliver(consumer.as_ref(), &event).await;
-                match delivery {
+                match dispatcher.deliver(consumer, &event).await {
                     crate::Delivery::Deferred(wait) => {
                         tokio::select! {
                             _ = shutdown.cancelled() => {
                                 // Not settled: leave the offset, another member redelivers.
-                                let _ = client.commit_consumer_state(CommitMode::Sync);
-                                return;
+                                let _ = client.commit_consumer_state(CommitMode::Async);
+                                return false;
                             }
                             _ = tokio::time::sleep(wait) => {}
                         }
@@ -203,5 +293,6 @@ pub async fn consume(
             tracing::warn!(group, error = %e, "offset store failed");
         }
     }
-    let _ = client.commit_consumer_state(CommitMode::Sync);
+    let _ = client.commit_consumer_state(CommitMode::Async);
+    false
 }

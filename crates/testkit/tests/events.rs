@@ -333,17 +333,21 @@ async fn kafka_run(fault: Fault, orders: usize) {
         match fault {
             Fault::BrokerOutage => {
                 wait_for(orders / 4).await;
+                eprintln!("stopping broker");
                 broker.stop();
                 wait_for(orders / 2).await;
                 broker.resume();
+                eprintln!("broker resumed");
             }
             Fault::ConsumerRestart => {
                 wait_for(orders / 4).await;
                 // One instance's consumers (and relay) die mid-batch; its
                 // HTTP side keeps taking payments.
                 b.state.shutdown.cancel();
+                eprintln!("consumers of b stopped");
                 wait_for(orders / 2).await;
                 restarted = Some(a.sibling(configure).await);
+                eprintln!("b restarted");
             }
         }
         restarted
@@ -352,7 +356,7 @@ async fn kafka_run(fault: Fault, orders: usize) {
     let n = i64::try_from(orders).unwrap();
     eventually(
         "every effect of the paid orders",
-        Duration::from_secs(90),
+        Duration::from_secs(150),
         async || {
             let ranking = count(&a, "SELECT COUNT(*) AS n FROM inbox_ranking").await;
             peer.distinct() == orders && ranking == n
@@ -360,8 +364,14 @@ async fn kafka_run(fault: Fault, orders: usize) {
     )
     .await;
     assert_eq!(peer.accepted(), orders, "each data-platform effect once");
-    assert_eq!(count(&a, "SELECT COUNT(*) AS n FROM inbox_data_platform").await, n);
-    assert_eq!(count(&a, "SELECT COUNT(*) AS n FROM inbox_notification").await, n);
+    assert_eq!(
+        count(&a, "SELECT COUNT(*) AS n FROM inbox_data_platform").await,
+        n
+    );
+    assert_eq!(
+        count(&a, "SELECT COUNT(*) AS n FROM inbox_notification").await,
+        n
+    );
     assert_eq!(
         count(
             &a,
@@ -371,7 +381,14 @@ async fn kafka_run(fault: Fault, orders: usize) {
         2 * n,
         "each ranking effect once"
     );
-    assert_eq!(count(&a, "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL").await, 0);
+    assert_eq!(
+        count(
+            &a,
+            "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL"
+        )
+        .await,
+        0
+    );
     drop(restarted);
     drop(broker);
 }
