@@ -268,21 +268,20 @@ async fn run_session(
             .payload()
             .and_then(|p| serde_json::from_slice(p).ok());
         match event {
-            Some(event) => loop {
-                match dispatcher.deliver(consumer, &event).await {
-                    crate::Delivery::Deferred(wait) => {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => {
-                                // Not settled: leave the offset, another member redelivers.
-                                let _ = client.commit_consumer_state(CommitMode::Async);
-                                return false;
-                            }
-                            _ = tokio::time::sleep(wait) => {}
+            Some(event) => {
+                while let crate::Delivery::Deferred(wait) =
+                    dispatcher.deliver(consumer, &event).await
+                {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            // Not settled: leave the offset, another member redelivers.
+                            let _ = client.commit_consumer_state(CommitMode::Async);
+                            return false;
                         }
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    _ => break,
                 }
-            },
+            }
             None => tracing::warn!(
                 group,
                 offset = message.offset(),
