@@ -39,6 +39,8 @@ impl Application {
             tracing::info!(?applied, "applied migrations");
         }
         let db = commerce_storage::build_pool(&settings.db_config())?;
+        let warm = commerce_storage::warm_up(&db, settings.database.pool_size / 2).await;
+        tracing::debug!(connections = warm, "database pool warmed up");
         let admin_key = settings.auth.admin_key.clone().unwrap_or_else(|| {
             tracing::warn!("COMMERCE__AUTH__ADMIN_KEY not set: using the development admin key");
             SecretString::from(DEV_ADMIN_KEY)
@@ -60,6 +62,10 @@ impl Application {
         }
         // Lazy: the server starts (degraded) while Redis is down.
         let redis = RedisClient::new(&settings.redis_config(), breakers.redis())?;
+        // Connect ahead of traffic; Redis down only means degraded.
+        if let Err(e) = redis.ping().await {
+            tracing::warn!(error = %e, "redis unavailable at start: serving degraded");
+        }
         let locks = LockManager::new(redis.clone(), db.clone(), LockConfig::default());
         let coupons = Coupons::new(
             db.clone(),

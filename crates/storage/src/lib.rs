@@ -176,6 +176,15 @@ pub fn build_pool(cfg: &DbConfig) -> Result<DbPool, StorageError> {
         .map_err(|e| StorageError::Other(format!("pool build: {e}")))
 }
 
+/// Opens up to `n` connections ahead of traffic, so a peak that arrives in
+/// the first second does not also pay for connecting. Failures are ignored
+/// (the database may be down at start; the pool connects lazily then).
+pub async fn warm_up(pool: &DbPool, n: usize) -> usize {
+    let conns =
+        futures::future::join_all((0..n.min(pool.status().max_size)).map(|_| pool.get())).await;
+    conns.iter().filter(|c| c.is_ok()).count()
+}
+
 /// Checks a connection out of the pool, mapping a timeout to `PoolExhausted`.
 pub async fn conn(pool: &DbPool) -> Result<DbConn, StorageError> {
     Ok(pool.get().await?)
