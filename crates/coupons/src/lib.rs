@@ -433,10 +433,19 @@ impl Coupons {
         .map_err(|_| CouponError::Busy("coupon issuing is degraded and busy, retry shortly"))?
         .map_err(|_| CouponError::Busy("coupon issuing is shutting down"))?;
         let mut c = commerce_storage::conn(&self.inner.db).await?;
-        // Collisions with concurrent issuers are retried; each search starts
-        // at a random slot so they rarely collide.
-        for _ in 0..8 {
-            let Some(slot) = store::free_slot(&mut c, coupon).await? else {
+        // Collisions with concurrent issuers are retried. Every collision
+        // means another issuer took a slot, so this ends: sold out, issued,
+        // or the deadline. The first search starts at a random slot; after a
+        // collision the slot is drawn among all free ones.
+        let deadline = std::time::Instant::now() + self.inner.config.fallback_wait;
+        let mut collided = false;
+        while std::time::Instant::now() < deadline {
+            let slot = if collided {
+                store::random_free_slot(&mut c, coupon).await?
+            } else {
+                store::free_slot(&mut c, coupon).await?
+            };
+            let Some(slot) = slot else {
                 self.inner
                     .sold_out
                     .write()
@@ -454,7 +463,7 @@ impl Coupons {
                     count("database", "already_issued");
                     return Err(CouponError::AlreadyIssued);
                 }
-                Err(InsertError::SlotTaken) => continue,
+                Err(InsertError::SlotTaken) => collided = true,
                 Err(InsertError::Storage(e)) => return Err(write_failed(e)),
             }
         }

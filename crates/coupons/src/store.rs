@@ -198,6 +198,26 @@ struct FreeSlot {
     slot: i32,
 }
 
+/// Any free slot, drawn at random among all free ones: used after a
+/// collision, when the free slots are few and every searcher converges on
+/// the same first free one.
+pub async fn random_free_slot(
+    conn: &mut AsyncPgConnection,
+    coupon: &Coupon,
+) -> Result<Option<i32>, StorageError> {
+    let found: Option<FreeSlot> = diesel::sql_query(
+        "SELECT s::int AS slot FROM generate_series(1, $2::int) AS s \
+         WHERE NOT EXISTS (SELECT 1 FROM user_coupons u WHERE u.coupon_id = $1 AND u.slot = s) \
+         ORDER BY random() LIMIT 1",
+    )
+    .bind::<BigInt, _>(coupon.id.get())
+    .bind::<Integer, _>(coupon.quantity)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(found.map(|f| f.slot))
+}
+
 /// A free slot, searched from a random start so concurrent searchers spread.
 pub async fn free_slot(
     conn: &mut AsyncPgConnection,
