@@ -687,10 +687,10 @@ impl Catalog {
         Ok(Arc::new(Entry::from_db(product)))
     }
 
-    /// One PostgreSQL read of a product page, behind the semaphore.
-    async fn read_db(&self, id: ProductId) -> Result<Option<ProductDetail>, CatalogError> {
-        let inner = &self.inner;
-        let _permit = tokio::time::timeout(inner.config.db_wait, inner.db_gate.acquire())
+    /// A slot among the bounded PostgreSQL reads, or a 503-worthy refusal
+    /// after `db_wait`.
+    pub(crate) async fn db_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CatalogError> {
+        tokio::time::timeout(self.inner.config.db_wait, self.inner.db_gate.acquire())
             .await
             .map_err(|_| CatalogError::Busy {
                 reason: "product reads are saturated, retry shortly",
@@ -699,7 +699,13 @@ impl Catalog {
             .map_err(|_| CatalogError::Busy {
                 reason: "catalog is shutting down",
                 retry_after_secs: 1,
-            })?;
+            })
+    }
+
+    /// One PostgreSQL read of a product page, behind the semaphore.
+    async fn read_db(&self, id: ProductId) -> Result<Option<ProductDetail>, CatalogError> {
+        let inner = &self.inner;
+        let _permit = self.db_permit().await?;
         bump(&inner.counters.detail_db_loads);
         metrics::counter!("catalog_db_loads_total", "what" => "detail").increment(1);
         Ok(store::detail(&inner.db, id).await?)

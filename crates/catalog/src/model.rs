@@ -28,23 +28,7 @@ impl ProductName {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(ParseError::new("invalid_name", "name must not be empty"));
-        }
-        if trimmed.chars().count() > Self::MAX_CHARS {
-            return Err(ParseError::new(
-                "invalid_name",
-                format!("name must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(ParseError::new(
-                "invalid_name",
-                "name must not contain control characters",
-            ));
-        }
-        Ok(Self(trimmed.to_owned()))
+        commerce_domain::parse_name(raw, Self::MAX_CHARS).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

@@ -361,16 +361,7 @@ impl Catalog {
             return Ok(Vec::new());
         };
         let inner = &self.inner;
-        let _permit = tokio::time::timeout(inner.config.db_wait, inner.db_gate.acquire())
-            .await
-            .map_err(|_| CatalogError::Busy {
-                reason: "product reads are saturated, retry shortly",
-                retry_after_secs: 1,
-            })?
-            .map_err(|_| CatalogError::Busy {
-                reason: "catalog is shutting down",
-                retry_after_secs: 1,
-            })?;
+        let _permit = self.db_permit().await?;
         bump(&inner.counters.popular_db_loads);
         metrics::counter!("catalog_db_loads_total", "what" => "popular").increment(1);
         let limit = i64::try_from(BOARD_SIZE).unwrap_or(5);

@@ -96,6 +96,28 @@ impl ChargeAmount {
     }
 }
 
+/// A display name (user, product, coupon): trimmed, 1..=`max_chars`
+/// characters, no control characters. Refusals carry `invalid_name`.
+pub fn parse_name(raw: &str, max_chars: usize) -> Result<String, ParseError> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(ParseError::new("invalid_name", "name must not be empty"));
+    }
+    if trimmed.chars().count() > max_chars {
+        return Err(ParseError::new(
+            "invalid_name",
+            format!("name must be at most {max_chars} characters"),
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(ParseError::new(
+            "invalid_name",
+            "name must not contain control characters",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
 /// A user's display name: trimmed, 1..=64 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -105,23 +127,7 @@ impl UserName {
     pub const MAX_CHARS: usize = 64;
 
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(ParseError::new("invalid_name", "name must not be empty"));
-        }
-        if trimmed.chars().count() > Self::MAX_CHARS {
-            return Err(ParseError::new(
-                "invalid_name",
-                format!("name must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(ParseError::new(
-                "invalid_name",
-                "name must not contain control characters",
-            ));
-        }
-        Ok(Self(trimmed.to_owned()))
+        parse_name(raw, Self::MAX_CHARS).map(Self)
     }
     pub fn as_str(&self) -> &str {
         &self.0
