@@ -358,8 +358,10 @@ async fn kafka_run(fault: Fault, orders: usize) {
         "every effect of the paid orders",
         Duration::from_secs(150),
         async || {
+            // Every consumer group, each at its own pace.
             let ranking = count(&a, "SELECT COUNT(*) AS n FROM inbox_ranking").await;
-            peer.distinct() == orders && ranking == n
+            let notified = count(&a, "SELECT COUNT(*) AS n FROM inbox_notification").await;
+            peer.distinct() == orders && ranking == n && notified == n
         },
     )
     .await;
