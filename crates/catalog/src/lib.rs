@@ -140,6 +140,10 @@ fn copy_storage_error(e: &StorageError) -> StorageError {
 /// Cache sizes and lifetimes. See the crate docs for how they bound staleness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogConfig {
+    /// Whether product pages are cached at all. Off: every detail read goes
+    /// to PostgreSQL (behind `db_concurrency`), the baseline the cache is
+    /// measured against.
+    pub detail_cache: bool,
     /// How long an in-process copy is served: the invalidation bound.
     pub l1_ttl: Duration,
     /// Products kept in process (each layer of L1).
@@ -167,6 +171,7 @@ pub struct CatalogConfig {
 impl Default for CatalogConfig {
     fn default() -> Self {
         Self {
+            detail_cache: true,
             l1_ttl: Duration::from_secs(1),
             l1_capacity: 10_000,
             l2_ttl: Duration::from_secs(5),
@@ -474,7 +479,7 @@ impl Catalog {
     /// For changes made outside the catalog (stock reserved by an order):
     /// drops every cached copy of these products, here and on every instance.
     pub async fn invalidate(&self, ids: &[ProductId]) {
-        if ids.is_empty() {
+        if ids.is_empty() || !self.inner.config.detail_cache {
             return;
         }
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
@@ -489,6 +494,9 @@ impl Catalog {
     /// Redis (write-through, only if newer) and on other instances (the
     /// invalidation channel). What Redis refused is retried by the upkeep.
     async fn announce(&self, product: &Product) {
+        if !self.inner.config.detail_cache {
+            return;
+        }
         let detail = product.detail();
         let id = detail.id;
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
@@ -562,6 +570,15 @@ impl Catalog {
     /// The product page, from the nearest layer that has it.
     pub async fn detail(&self, id: ProductId) -> Result<Served<Arc<ProductDetail>>, CatalogError> {
         let inner = &self.inner;
+        if !inner.config.detail_cache {
+            metrics::counter!("catalog_detail_total", "layer" => "db").increment(1);
+            let product = self.read_db(id).await?.ok_or(CatalogError::NotFound)?;
+            return Ok(Served {
+                value: Arc::new(product),
+                source: Source::Db,
+                stale_age: None,
+            });
+        }
         if let Some(entry) = inner.l1.get(&id).await {
             self.refresh_ahead(id, &entry);
             metrics::counter!("catalog_detail_total", "layer" => "l1").increment(1);

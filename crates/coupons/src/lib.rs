@@ -11,7 +11,8 @@
 //! concurrency limit, and the gate is rebuilt before it is trusted again.
 
 pub mod gate;
-mod store;
+pub mod store;
+pub mod writer;
 
 use chrono::{DateTime, Utc};
 use commerce_domain::{CouponId, ParseError, UserCouponId, UserId};
@@ -158,6 +159,12 @@ pub struct CouponConfig {
     pub fallback_wait: Duration,
     /// Bound on waiting for another instance's gate rebuild.
     pub rebuild_wait: Duration,
+    /// Tasks writing winners in batches (0: each winner writes its own row).
+    pub writers: usize,
+    /// Most winners per batched statement.
+    pub write_batch: usize,
+    /// Bound on a winner's wait for its row to commit.
+    pub write_timeout: Duration,
 }
 
 impl Default for CouponConfig {
@@ -166,6 +173,9 @@ impl Default for CouponConfig {
             fallback_concurrency: 16,
             fallback_wait: Duration::from_secs(5),
             rebuild_wait: Duration::from_secs(3),
+            writers: 4,
+            write_batch: 64,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -182,6 +192,8 @@ struct Inner {
     locks: LockManager,
     config: CouponConfig,
     fallback: Semaphore,
+    /// Batched winner writes (None: one insert per winner).
+    writer: Option<writer::WinnerWriter>,
     /// Coupons are immutable once created: cache their definitions.
     /// Loaded once per instance even under a stampede (single flight).
     defs: RwLock<HashMap<CouponId, Arc<tokio::sync::OnceCell<Arc<Coupon>>>>>,
@@ -216,9 +228,23 @@ fn lock_poisoned<T>(_: T) -> CouponError {
 }
 
 impl Coupons {
+    /// Call from within a Tokio runtime to get batched winner writes (the
+    /// writer tasks are spawned here); outside one, winners write alone.
     pub fn new(db: DbPool, redis: RedisClient, locks: LockManager, config: CouponConfig) -> Self {
+        let writer =
+            (config.writers > 0 && tokio::runtime::Handle::try_current().is_ok()).then(|| {
+                writer::WinnerWriter::start(
+                    db.clone(),
+                    writer::WriterConfig {
+                        writers: config.writers,
+                        max_batch: config.write_batch,
+                        timeout: config.write_timeout,
+                    },
+                )
+            });
         Self {
             inner: Arc::new(Inner {
+                writer,
                 fallback: Semaphore::new(config.fallback_concurrency.max(1)),
                 db,
                 redis,
@@ -303,7 +329,10 @@ impl Coupons {
             }
         }
         for _ in 0..2 {
-            match gate::issue(&self.inner.redis, id, user, coupon.quantity).await {
+            let asked = std::time::Instant::now();
+            let answer = gate::issue(&self.inner.redis, id, user, coupon.quantity).await;
+            metrics::histogram!("coupon_gate_seconds").record(asked.elapsed().as_secs_f64());
+            match answer {
                 Ok(GateAnswer::Winner { slot }) => {
                     return self.commit_winner(&coupon, user, slot).await
                 }
@@ -339,16 +368,22 @@ impl Coupons {
     /// database refuses, so no unit is lost.
     async fn commit_winner(
         &self,
-        coupon: &Coupon,
+        coupon: &Arc<Coupon>,
         user: UserId,
         slot: i32,
     ) -> Result<IssuedCoupon, CouponError> {
-        let mut c = commerce_storage::conn(&self.inner.db).await;
-        let result = match c.as_mut() {
-            Ok(conn) => store::insert(conn, coupon, user, slot).await,
-            Err(_) => Err(InsertError::Storage(StorageError::PoolExhausted)),
+        let asked = std::time::Instant::now();
+        let result = match &self.inner.writer {
+            Some(w) => w.write(coupon.clone(), user, slot).await,
+            None => {
+                let mut c = commerce_storage::conn(&self.inner.db).await;
+                match c.as_mut() {
+                    Ok(conn) => store::insert(conn, coupon, user, slot).await,
+                    Err(_) => Err(InsertError::Storage(StorageError::PoolExhausted)),
+                }
+            }
         };
-        drop(c);
+        metrics::histogram!("coupon_write_seconds").record(asked.elapsed().as_secs_f64());
         match result {
             Ok(issued) => {
                 count("gate", "issued");

@@ -192,6 +192,101 @@ pub async fn insert(
     }
 }
 
+/// One winner to write: its coupon, user and slot, and the id of its
+/// `coupon_issued` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Winner {
+    pub coupon_id: CouponId,
+    pub coupon_quantity: i32,
+    pub user: UserId,
+    pub slot: i32,
+}
+
+/// A row [`insert_batch`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub coupon_id: CouponId,
+    pub user: UserId,
+    pub user_coupon_id: UserCouponId,
+    pub issued_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Writes many winners in one statement and one commit, each row with its
+/// `coupon_issued` event. A row that breaks a UNIQUE constraint is skipped,
+/// not fatal: the answer lists the rows written, and the caller sorts out
+/// the rest one by one. Other constraint failures (a slot beyond the
+/// quantity, an unknown user) fail the whole statement. `winners` must not
+/// repeat a (coupon, user) pair.
+pub async fn insert_batch(
+    conn: &mut AsyncPgConnection,
+    winners: &[Winner],
+) -> Result<Vec<Written>, StorageError> {
+    use diesel::sql_types::{Array, Timestamptz, Uuid as SqlUuid};
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = BigInt)]
+        coupon_id: i64,
+        #[diesel(sql_type = BigInt)]
+        user_id: i64,
+        #[diesel(sql_type = Timestamptz)]
+        issued_at: chrono::DateTime<chrono::Utc>,
+    }
+    // An empty batch still runs (it warms a connection: parse, plan, the
+    // tables' caches) and writes nothing.
+    let rows: Vec<Row> = diesel::sql_query(
+        "WITH input AS (\
+           SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::uuid[]) \
+             AS t(coupon_id, coupon_quantity, user_id, slot, event_id)), \
+         ins AS (\
+           INSERT INTO user_coupons (coupon_id, coupon_quantity, user_id, slot) \
+           SELECT coupon_id, coupon_quantity, user_id, slot FROM input \
+           ON CONFLICT DO NOTHING \
+           RETURNING id, coupon_id, user_id, issued_at), \
+         ev AS (\
+           INSERT INTO outbox (id, event_type, aggregate_key, payload) \
+           SELECT input.event_id, $6, ins.coupon_id::text, \
+                  jsonb_build_object('user_coupon_id', ins.id, 'coupon_id', ins.coupon_id, \
+                                     'user_id', ins.user_id, 'issued_at', ins.issued_at) \
+           FROM ins JOIN input ON input.coupon_id = ins.coupon_id AND input.user_id = ins.user_id) \
+         SELECT id, coupon_id, user_id, issued_at FROM ins",
+    )
+    .bind::<Array<BigInt>, _>(
+        winners
+            .iter()
+            .map(|w| w.coupon_id.get())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Integer>, _>(
+        winners
+            .iter()
+            .map(|w| w.coupon_quantity)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<BigInt>, _>(winners.iter().map(|w| w.user.get()).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(winners.iter().map(|w| w.slot).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(
+        winners
+            .iter()
+            .map(|_| uuid::Uuid::now_v7())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<diesel::sql_types::Text, _>(commerce_storage::outbox::event::COUPON_ISSUED)
+    .load(conn)
+    .await
+    .map_err(StorageError::from)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Written {
+            coupon_id: CouponId::from_db(r.coupon_id),
+            user: UserId::from_db(r.user_id),
+            user_coupon_id: UserCouponId::from_db(r.id),
+            issued_at: r.issued_at,
+        })
+        .collect())
+}
+
 #[derive(QueryableByName)]
 struct FreeSlot {
     #[diesel(sql_type = Integer)]

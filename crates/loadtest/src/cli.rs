@@ -1,9 +1,12 @@
-//! Command line: `loadtest <scenario> [options]`, `loadtest list`, `loadtest help`.
+//! Command line: `loadtest <scenario> [options]`, `loadtest all [options]`,
+//! `loadtest list`, `loadtest help`.
 
+use crate::scenarios;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
 usage: cargo run -p loadtest --release -- <scenario> [options]
+       cargo run -p loadtest --release -- all [options] [--only a,b] [--skip a,b]
        cargo run -p loadtest --release -- list
 
 Builds commerce-server (release), starts N instances behind nginx against a fresh
@@ -11,23 +14,35 @@ database, seeds 10 000 users (and what the scenario needs), runs the scenario's 
 script and the /health/live ceiling with the same VU shape, checks the rules in
 SQL and writes loadtests/reports/<scenario>-<date>.md.
 
+`all` runs every scenario in turn (plus product-detail again with
+catalog.detail_cache=false, labelled nocache), each a normal run with its own
+report, building the server once, and writes one summary table to
+loadtests/reports/all-<date>.md. The options below apply to every entry.
+
 options:
   --instances N         server instances (default 2)
   --vu-scale F          multiply VU counts and arrival rates (default 1)
   --duration-scale F    multiply durations and per-VU iterations (default 1)
   --think-scale F       multiply think times; 0 removes them (default 1)
   --quick               smoke run: 1 000 users and products, VUs x0.2, durations x0.1
-  --keep-running        leave servers and nginx up after the report (Ctrl-C stops them)
+  --set KEY=VALUE       server setting for every instance, as COMMERCE__KEY (dots become
+                        __, upper case): --set catalog.detail_cache=false; repeatable
+  --keep-running        leave servers and nginx up after the report (Ctrl-C stops them;
+                        not with all)
   --no-ceiling          skip the /health/live ceiling run
   --balancer B          auto (nginx when installed, else k6 spreads), nginx, or k6
   --workers N           actix workers per instance (default: cores / instances, at least 1)
   --server-bin PATH     use this commerce-server binary instead of building one
   --database NAME       database to drop and recreate (default commerce_load)
-  --label TEXT          report name suffix: <scenario>-<label>-<date>.md
+  --label TEXT          report name suffix: <scenario>-<label>-<date>.md (all-<label>-<date>.md)
   --force               run even when the server does not list the scenario's endpoints
+  --only a,b            all: only these scenarios (repeatable)
+  --skip a,b            all: leave these scenarios out (repeatable)
 
 exit codes: 0 passed; 1 run error; 2 usage; 3 scenario not available yet;
-            4 k6 thresholds crossed; 5 a rule broke (SQL checks)";
+            4 k6 thresholds crossed; 5 a rule broke (SQL checks).
+            all: 5 if any rule broke, else 1 if any entry failed to run (3 included),
+            else 4 if any threshold was crossed, else 0; 130 on Ctrl-C";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balancer {
@@ -54,6 +69,12 @@ pub struct RunOptions {
     pub force: bool,
     pub users: usize,
     pub products: usize,
+    /// `--set KEY=VALUE`: server settings, in the order given (a later one wins).
+    pub settings: Vec<(String, String)>,
+    /// `all --only`: scenario names (empty: every scenario).
+    pub only: Vec<String>,
+    /// `all --skip`: scenario names.
+    pub skip: Vec<String>,
 }
 
 impl RunOptions {
@@ -75,6 +96,9 @@ impl RunOptions {
             force: false,
             users: 10_000,
             products: 10_000,
+            settings: Vec::new(),
+            only: Vec::new(),
+            skip: Vec::new(),
         }
     }
 
@@ -94,6 +118,55 @@ pub enum Command {
     Help,
     List,
     Run(Box<RunOptions>),
+    /// Every scenario in turn; `scenario` is "all".
+    All(Box<RunOptions>),
+}
+
+/// The environment variable a server setting travels in: the server reads
+/// `COMMERCE__` + the key path with `__` between levels.
+pub fn env_name(key: &str) -> String {
+    format!("COMMERCE__{}", key.to_ascii_uppercase().replace('.', "__"))
+}
+
+/// `catalog.detail_cache=false` -> (`catalog.detail_cache`, `false`).
+fn setting(raw: &str) -> Result<(String, String), String> {
+    let (key, value) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("--set takes KEY=VALUE, got `{raw}`"))?;
+    let key_ok = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && !key.contains("..");
+    if !key_ok {
+        return Err(format!(
+            "--set: the key takes a-z, 0-9, _ and single dots between names \
+             (catalog.detail_cache), got `{key}`"
+        ));
+    }
+    if value.is_empty() {
+        return Err(format!("--set {key}= needs a value"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// `a,b` -> [a, b], each a known scenario.
+fn scenario_list(flag: &str, raw: &str) -> Result<Vec<String>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .map(|name| match scenarios::find(name) {
+            Some(s) => Ok(s.name.to_owned()),
+            None => {
+                let names: Vec<&str> = scenarios::SCENARIOS.iter().map(|s| s.name).collect();
+                Err(format!(
+                    "{flag}: unknown scenario `{name}`; one of: {}",
+                    names.join(", ")
+                ))
+            }
+        })
+        .collect()
 }
 
 fn value<'a>(flag: &str, it: &mut impl Iterator<Item = &'a String>) -> Result<&'a String, String> {
@@ -126,6 +199,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         s if s.starts_with('-') => return Err(format!("the scenario comes first, got `{s}`")),
         _ => {}
     }
+    let all = first == "all";
     let mut o = RunOptions::new(first.to_owned());
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -169,6 +243,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 }
                 o.label = Some(label.clone());
             }
+            "--set" => o.settings.push(setting(value(flag, &mut it)?)?),
+            "--only" => o.only.extend(scenario_list(flag, value(flag, &mut it)?)?),
+            "--skip" => o.skip.extend(scenario_list(flag, value(flag, &mut it)?)?),
             "-h" | "--help" => return Ok(Command::Help),
             other => return Err(format!("unknown option `{other}`")),
         }
@@ -177,7 +254,20 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         return Err("--vu-scale and --duration-scale must be greater than 0".to_owned());
     }
     o.apply_quick();
-    Ok(Command::Run(Box::new(o)))
+    if !all {
+        if !o.only.is_empty() || !o.skip.is_empty() {
+            return Err("--only and --skip go with `all`".to_owned());
+        }
+        return Ok(Command::Run(Box::new(o)));
+    }
+    // Each entry's servers stop before the next one starts.
+    if o.keep_running {
+        return Err("--keep-running does not go with `all`".to_owned());
+    }
+    if crate::table::plan(&o.only, &o.skip).is_empty() {
+        return Err("--only and --skip leave no scenario to run".to_owned());
+    }
+    Ok(Command::All(Box::new(o)))
 }
 
 #[cfg(test)]
@@ -240,5 +330,86 @@ mod tests {
         assert!(parse(&args("charge --database a;b")).is_err());
         assert_eq!(parse(&args("list")), Ok(Command::List));
         assert_eq!(parse(&[]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn settings() {
+        let o = run(
+            "product-detail --set catalog.detail_cache=false --set http.workers=3 --set a_1.b=x=y",
+        );
+        assert_eq!(
+            o.settings,
+            vec![
+                ("catalog.detail_cache".to_owned(), "false".to_owned()),
+                ("http.workers".to_owned(), "3".to_owned()),
+                ("a_1.b".to_owned(), "x=y".to_owned()),
+            ]
+        );
+        assert!(run("charge").settings.is_empty());
+    }
+
+    #[test]
+    fn setting_errors() {
+        for bad in [
+            "--set",
+            "--set catalog",
+            "--set =false",
+            "--set catalog.detail_cache=",
+            "--set Catalog.cache=1",
+            "--set catalog-cache=1",
+            "--set .catalog=1",
+            "--set catalog.=1",
+            "--set catalog..cache=1",
+            "--set cat%20log=1",
+        ] {
+            assert!(
+                parse(&args(&format!("charge {bad}"))).is_err(),
+                "{bad} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(
+            env_name("catalog.detail_cache"),
+            "COMMERCE__CATALOG__DETAIL_CACHE"
+        );
+        assert_eq!(env_name("http.workers"), "COMMERCE__HTTP__WORKERS");
+        assert_eq!(env_name("a_1"), "COMMERCE__A_1");
+    }
+
+    fn all(s: &str) -> RunOptions {
+        match parse(&args(s)) {
+            Ok(Command::All(o)) => *o,
+            other => panic!("expected all, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn all_takes_run_options_and_filters() {
+        let o = all("all --quick --instances 3 --set a.b=c --label nightly");
+        assert_eq!(o.scenario, "all");
+        assert!(o.quick);
+        assert!((o.vu_scale - 0.2).abs() < 1e-9);
+        assert_eq!(o.instances, 3);
+        assert_eq!(o.settings, vec![("a.b".to_owned(), "c".to_owned())]);
+        assert_eq!(o.label.as_deref(), Some("nightly"));
+        assert!(o.only.is_empty() && o.skip.is_empty());
+
+        let o = all("all --only charge,product-detail --only order --skip stress,spike");
+        assert_eq!(o.only, vec!["charge", "product-detail", "order"]);
+        assert_eq!(o.skip, vec!["stress", "spike"]);
+    }
+
+    #[test]
+    fn all_errors() {
+        assert!(parse(&args("all --only nope")).is_err());
+        assert!(parse(&args("all --only charge,")).is_err());
+        assert!(parse(&args("all --skip")).is_err());
+        assert!(parse(&args("all --keep-running")).is_err());
+        assert!(parse(&args("all --only charge --skip charge")).is_err());
+        assert!(parse(&args("charge --only charge")).is_err());
+        assert!(parse(&args("charge --skip order")).is_err());
     }
 }

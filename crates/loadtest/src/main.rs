@@ -1,6 +1,6 @@
-//! `loadtest`: runs one seed scenario against N release instances of
-//! commerce-server and writes its report beside the seed's figures.
-//! See `loadtests/README.md`.
+//! `loadtest`: runs one seed scenario (or `all` of them in turn) against N
+//! release instances of commerce-server and writes its report beside the
+//! seed's figures. See `loadtests/README.md`.
 
 mod cli;
 mod k6;
@@ -14,6 +14,7 @@ mod scenarios;
 mod seeds;
 mod setup;
 mod summary;
+mod table;
 
 use cli::Command;
 use procs::Children;
@@ -21,15 +22,16 @@ use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn list() {
-    println!("{:<14} {:<5} what", "scenario", "seed");
+    println!("{:<15} {:<5} what", "scenario", "seed");
     for s in scenarios::SCENARIOS {
-        println!("{:<14} {:<5} {}", s.name, s.seed, s.what);
+        println!("{:<15} {:<5} {}", s.name, s.seed, s.what);
+        println!("{:<21} headline: {}", "", s.headline);
         let needs: Vec<String> = s
             .needs
             .iter()
             .map(|e| format!("{} {}", e.method, e.path))
             .collect();
-        println!("{:<20} needs: {}", "", needs.join(", "));
+        println!("{:<21} needs: {}", "", needs.join(", "));
     }
 }
 
@@ -50,8 +52,9 @@ async fn stop_signal() -> &'static str {
 
 async fn main_async(opts: cli::RunOptions, argv: Vec<String>) -> u8 {
     let mut children = Children::default();
+    let mut server = None;
     let outcome = tokio::select! {
-        r = run::run(&opts, &argv, &mut children) => Some(r),
+        r = run::run(&opts, &argv, &mut children, &mut server) => Some(r),
         sig = stop_signal() => {
             run::log(format!("{sig}: stopping"));
             None
@@ -85,9 +88,132 @@ async fn main_async(opts: cli::RunOptions, argv: Vec<String>) -> u8 {
     code
 }
 
+/// `loadtest all`: every entry of the plan as a normal run, one after the
+/// other, then the summary table.
+async fn run_all(base: cli::RunOptions, argv: Vec<String>) -> u8 {
+    let started = chrono::Utc::now();
+    let wall = std::time::Instant::now();
+    let plan = table::plan(&base.only, &base.skip);
+    // One listener for the whole loop: a Ctrl-C between two entries is kept
+    // until the next poll rather than lost.
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    // The server, built once for every entry.
+    let paths = match run::Paths::locate() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("[loadtest] error: {e:#}");
+            return run::EXIT_ERROR;
+        }
+    };
+    let resolved = tokio::select! {
+        r = run::server_binary(&base, &paths.root) => r,
+        sig = &mut stop => {
+            run::log(format!("{sig}: stopping"));
+            return 130;
+        }
+    };
+    let mut server = match resolved {
+        Ok(bin) if base.server_bin.is_none() => {
+            let dir = paths
+                .results
+                .join(format!("all-{}", started.format("%Y%m%d-%H%M%S")));
+            Some(run::pin_binary(bin, &dir, &paths.root))
+        }
+        Ok(bin) => Some(bin),
+        Err(e) => {
+            eprintln!("[loadtest] error: {e:#}");
+            return run::EXIT_ERROR;
+        }
+    };
+    let mut rows = Vec::new();
+    let mut stopped = false;
+    let count = plan.len();
+    for (i, entry) in plan.into_iter().enumerate() {
+        if stopped {
+            rows.push(table::Row {
+                entry,
+                result: table::RowResult::NotRun,
+            });
+            continue;
+        }
+        let opts = entry.options(&base);
+        let entry_argv = entry.argv(&argv, opts.label.as_deref());
+        run::log(format!(
+            "all {}/{count}: cargo run -p loadtest --release -- {}",
+            i + 1,
+            entry_argv.join(" ")
+        ));
+        // Each entry starts and stops its own servers and nginx.
+        let mut children = Children::default();
+        let outcome = tokio::select! {
+            r = run::run(&opts, &entry_argv, &mut children, &mut server) => Some(r),
+            sig = &mut stop => {
+                run::log(format!("{sig}: stopping"));
+                None
+            }
+        };
+        if !children.is_empty() {
+            run::log("stopping servers and nginx");
+            children.stop_all().await;
+        }
+        let result = match outcome {
+            None => {
+                stopped = true;
+                table::RowResult::NotRun
+            }
+            Some(Ok(done)) => table::RowResult::Done {
+                exit: done.exit,
+                outcome: done.outcome,
+            },
+            Some(Err(e)) => {
+                eprintln!("[loadtest] error in {}: {e:#}", entry.scenario.name);
+                table::RowResult::Error(format!("{e:#}"))
+            }
+        };
+        rows.push(table::Row { entry, result });
+    }
+
+    let exit = if stopped {
+        130
+    } else {
+        table::exit_code(&rows)
+    };
+    let date = started.format("%Y-%m-%d").to_string();
+    let meta = table::Meta {
+        date: date.clone(),
+        started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        minutes: wall.elapsed().as_secs_f64() / 60.0,
+        command: format!("cargo run -p loadtest --release -- {}", argv.join(" ")),
+        server: server.map(|s| s.text),
+        exit,
+        stopped,
+    };
+    let path = paths
+        .reports
+        .join(table::file_name(base.label.as_deref(), &date));
+    let written = std::fs::create_dir_all(&paths.reports)
+        .and_then(|()| std::fs::write(&path, table::render(&rows, &meta)));
+    println!("\n{}", table::table(&rows));
+    match written {
+        Ok(()) => run::log(format!("summary {} (exit {exit})", path.display())),
+        Err(e) => {
+            eprintln!("[loadtest] error: could not write the summary: {e:#}");
+            // A lost summary is a run error unless a worse code stands.
+            return if exit == run::EXIT_OK {
+                run::EXIT_ERROR
+            } else {
+                exit
+            };
+        }
+    }
+    exit
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match cli::parse(&argv) {
+    let (opts, all) = match cli::parse(&argv) {
         Ok(Command::Help) => {
             println!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
@@ -96,7 +222,8 @@ fn main() -> ExitCode {
             list();
             return ExitCode::SUCCESS;
         }
-        Ok(Command::Run(opts)) => *opts,
+        Ok(Command::Run(opts)) => (*opts, false),
+        Ok(Command::All(opts)) => (*opts, true),
         Err(e) => {
             eprintln!("loadtest: {e}\n\n{}", cli::USAGE);
             return ExitCode::from(2);
@@ -113,5 +240,10 @@ fn main() -> ExitCode {
             return ExitCode::from(run::EXIT_ERROR);
         }
     };
-    ExitCode::from(runtime.block_on(main_async(opts, argv)))
+    let code = if all {
+        runtime.block_on(run_all(opts, argv))
+    } else {
+        runtime.block_on(main_async(opts, argv))
+    };
+    ExitCode::from(code)
 }

@@ -18,6 +18,20 @@ pub struct Setup {
     pub duration_scale: f64,
     pub think_scale: f64,
     pub data: String,
+    /// `--set` overrides, e.g. "`catalog.detail_cache=false`", or "defaults".
+    pub settings: String,
+}
+
+/// The Setup row for `--set` overrides.
+pub fn settings_text(settings: &[(String, String)]) -> String {
+    if settings.is_empty() {
+        return "defaults".to_owned();
+    }
+    settings
+        .iter()
+        .map(|(k, v)| format!("`{k}={v}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub struct ReportInput<'a> {
@@ -189,6 +203,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
         s.instances, s.workers, s.balancer
     );
     let _ = writeln!(out, "| server binary | {} |", s.server);
+    let _ = writeln!(out, "| server settings | {} |", s.settings);
     let _ = writeln!(
         out,
         "| load | k6 {} on the same machine ({}) |",
@@ -265,7 +280,9 @@ pub fn render(input: &ReportInput<'_>) -> String {
         "\nThe ceiling runs the same executor and VUs with one `GET /health/live` per iteration and no \
          think time: the most k6, the proxy and the servers push through on this machine at that \
          concurrency. Where the scenario has think time, its requests/s follow the sleeps, not the \
-         server: compare latencies, or run again with `--think-scale 0`.\n"
+         server: compare latencies, or run again with `--think-scale 0`. Before the scenario, an unmeasured \
+         warm-up (one `GET /health/live` per VU at the scenario's peak concurrency, at most 1 000) opens \
+         the proxy's upstream connections, so the scenario and the ceiling start from the same state.\n"
     );
 
     // Latency.
@@ -426,6 +443,7 @@ mod tests {
             duration_scale: 0.17,
             think_scale: 1.0,
             data: "10 000 users".into(),
+            settings: settings_text(&[("catalog.detail_cache".into(), "false".into())]),
         }
     }
 
@@ -502,6 +520,7 @@ mod tests {
         assert!(md.contains("| stock never below zero | 2 | skipped (no table products) |"));
         assert!(md.contains("| charge 200 with the new balance | 3054 | 1 |"));
         assert!(md.contains("- source: seed 003"));
+        assert!(md.contains("| server settings | `catalog.detail_cache=false` |"));
         assert!(md.contains("`loadtests/results/x/summary.json`"));
     }
 
@@ -557,5 +576,10 @@ mod tests {
         assert_eq!(ratio(Some(5.0), None), "–");
         assert_eq!(ratio(Some(1.0), Some(760.0)), "0.0013×");
         assert_eq!(share(Some(1.0), Some(4.0)), "25.0 %");
+        assert_eq!(settings_text(&[]), "defaults");
+        assert_eq!(
+            settings_text(&[("a.b".into(), "1".into()), ("c".into(), "x".into())]),
+            "`a.b=1`, `c=x`"
+        );
     }
 }

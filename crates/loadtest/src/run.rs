@@ -1,9 +1,11 @@
 //! One scenario run, end to end.
 
-use crate::cli::{Balancer, RunOptions};
+use crate::cli::{self, Balancer, RunOptions};
 use crate::procs::{self, Children, Managed};
 use crate::report::{self, ReportInput, Setup};
+use crate::rules::RuleResult;
 use crate::scenarios::{self, CouponQuantity, Scenario, Shape};
+use crate::seeds::SeedFigures;
 use crate::setup::{self, Api, OrderRef};
 use crate::summary::Summary;
 use crate::{k6, nginx, probe, rules, seeds};
@@ -70,6 +72,31 @@ impl Paths {
 pub struct Finished {
     pub exit: u8,
     pub entry: Option<String>,
+    /// The figures, when the run got as far as its report (`all`'s table).
+    pub outcome: Option<Box<RunOutcome>>,
+}
+
+/// What `all`'s summary table needs from one run.
+pub struct RunOutcome {
+    pub ours: Summary,
+    pub ceiling: Option<Summary>,
+    pub seed: Option<SeedFigures>,
+    pub rules: Vec<RuleResult>,
+    pub report: PathBuf,
+    pub label: Option<String>,
+    pub settings: Vec<(String, String)>,
+    /// The scenario's coupon units, when it has a coupon.
+    pub coupon_quantity: Option<u64>,
+    pub k6_exit: Option<i32>,
+}
+
+/// The commerce-server binary of a run and how the report describes it;
+/// `all` resolves it once and hands it to every entry, so the server is
+/// built once.
+#[derive(Debug, Clone)]
+pub struct ServerBinary {
+    pub path: PathBuf,
+    pub text: String,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -149,6 +176,8 @@ struct ServerEnv {
     admin_key: String,
     token_secret: String,
     workers: usize,
+    /// `--set` overrides, applied last so they win over the runner's own.
+    settings: Vec<(String, String)>,
 }
 
 impl ServerEnv {
@@ -162,6 +191,9 @@ impl ServerEnv {
             .env("COMMERCE__AUTH__ADMIN_KEY", &self.admin_key)
             .env("COMMERCE__AUTH__TOKEN_SECRET", &self.token_secret)
             .env("COMMERCE__LOG__LEVEL", "warn");
+        for (key, value) in &self.settings {
+            cmd.env(cli::env_name(key), value);
+        }
     }
 }
 
@@ -188,7 +220,57 @@ pub fn unavailable_message(s: &Scenario, missing: &[scenarios::Endpoint]) -> Str
     )
 }
 
-pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) -> Result<Finished> {
+/// `--server-bin`, else `cargo build --release -p commerce-server`.
+pub async fn server_binary(opts: &RunOptions, root: &Path) -> Result<ServerBinary> {
+    Ok(match &opts.server_bin {
+        Some(p) => {
+            let path = p
+                .canonicalize()
+                .with_context(|| format!("--server-bin {}", p.display()))?;
+            let text = format!("`{}` (given with --server-bin)", path.display());
+            ServerBinary { path, text }
+        }
+        None => {
+            let path = build_server(root).await?;
+            let text = format!(
+                "`{}`, built from {}",
+                rel(root, &path),
+                git_revision(root).await
+            );
+            ServerBinary { path, text }
+        }
+    })
+}
+
+/// A copy of a built binary in `dir`, so that builds by others into the
+/// shared target folder cannot swap it during a long `all`.
+pub fn pin_binary(bin: ServerBinary, dir: &Path, root: &Path) -> ServerBinary {
+    let copy = dir.join("commerce-server");
+    let copied = std::fs::create_dir_all(dir).and_then(|()| std::fs::copy(&bin.path, &copy));
+    match copied {
+        Ok(_) => ServerBinary {
+            text: format!("{}; run from the copy `{}`", bin.text, rel(root, &copy)),
+            path: copy,
+        },
+        Err(e) => {
+            log(format!(
+                "could not copy {} to {} ({e}); using it in place",
+                bin.path.display(),
+                copy.display()
+            ));
+            bin
+        }
+    }
+}
+
+/// One run. `server` holds the binary once resolved: `None` resolves it
+/// (building unless --server-bin) and keeps it there for the next run.
+pub async fn run(
+    opts: &RunOptions,
+    argv: &[String],
+    children: &mut Children,
+    server: &mut Option<ServerBinary>,
+) -> Result<Finished> {
     let started_at = chrono::Utc::now();
     let wall = Instant::now();
     let paths = Paths::locate()?;
@@ -229,24 +311,13 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
         .max(usize::try_from(shape.peak_vus()).unwrap_or(usize::MAX));
 
     // The server binary.
-    let (server_bin, server_text) = match &opts.server_bin {
-        Some(p) => {
-            let bin = p
-                .canonicalize()
-                .with_context(|| format!("--server-bin {}", p.display()))?;
-            let text = format!("`{}` (given with --server-bin)", bin.display());
-            (bin, text)
-        }
-        None => {
-            let bin = build_server(&paths.root).await?;
-            let text = format!(
-                "`{}`, built from {}",
-                rel(&paths.root, &bin),
-                git_revision(&paths.root).await
-            );
-            (bin, text)
-        }
+    let binary = match server {
+        Some(b) => b.clone(),
+        None => server
+            .insert(server_binary(opts, &paths.root).await?)
+            .clone(),
     };
+    let (server_bin, server_text) = (binary.path, binary.text);
 
     // The front: nginx when asked or available, else k6 spreads the requests.
     let nginx_bin = match opts.balancer {
@@ -284,6 +355,7 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
         admin_key: format!("loadtest-admin-{}", random_hex(16)),
         token_secret: random_hex(32),
         workers,
+        settings: opts.settings.clone(),
     };
 
     // Fresh state: Redis prefix, database (migrated by the server), users.
@@ -431,6 +503,7 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
             return Ok(Finished {
                 exit: EXIT_UNAVAILABLE,
                 entry: Some(front.join(",")),
+                outcome: None,
             });
         }
     }
@@ -483,6 +556,7 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
         data.insert("contention_products".into(), Value::Array(ids));
         data_text.push_str(&format!("; {n} products × 1 unit (one per pair of VUs)"));
     }
+    let mut coupon_quantity = None;
     if let Some(q) = need.coupon {
         let quantity = match q {
             CouponQuantity::HalfOfVus => shape.peak_vus().div_ceil(2).max(1),
@@ -493,6 +567,7 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
             .await
             .context("creating the coupon")?;
         data.insert("coupon".into(), json!({ "id": id, "quantity": quantity }));
+        coupon_quantity = Some(quantity);
         data_text.push_str(&format!("; one coupon, {quantity} units, open now"));
     }
     // Stock before any order reserved some (the conservation rule's baseline).
@@ -526,6 +601,43 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
     }
     let data_file = run_dir.join("data.json");
     write_json(&data_file, &Value::Object(data))?;
+
+    // Warm-up: one GET /health/live per VU at the scenario's peak
+    // concurrency (capped), unmeasured. It opens the proxy's upstream
+    // keep-alive connections and wakes the servers' accept path, so the
+    // scenario starts from the state the ceiling run (which comes after it)
+    // finds; otherwise a burst scenario alone pays for connection set-up.
+    let warm_vus = shape.peak_vus().clamp(1, 1000);
+    let warm_shape = json!({
+        "executor": "per-vu-iterations",
+        "vus": warm_vus,
+        "iterations": 1,
+        "maxDuration": "60s",
+        "exec": "default",
+    });
+    log(format!(
+        "warm-up: {warm_vus} VUs × GET /health/live (not measured)"
+    ));
+    let warm_code = k6::run(
+        &k6,
+        &k6::RunSpec {
+            script: &paths.k6_dir.join("ceiling.js"),
+            vars: vec![
+                ("BASE_URLS".to_owned(), front.join(",")),
+                ("CEILING_SCENARIO".to_owned(), warm_shape.to_string()),
+            ],
+            summary: &run_dir.join("warmup-summary.json"),
+            dashboard: None,
+            dashboard_period: Duration::from_secs(1),
+            stdout: &run_dir.join("warmup.out"),
+            stderr: &run_dir.join("warmup.log"),
+            limit: Duration::from_secs(120),
+        },
+    )
+    .await?;
+    if !matches!(warm_code, Some(0)) {
+        log(format!("warm-up exited {warm_code:?}; going on"));
+    }
 
     // The scenario.
     let mut vars = scale_vars.clone();
@@ -683,6 +795,7 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
             duration_scale: opts.duration_scale,
             think_scale: opts.think_scale,
             data: data_text,
+            settings: report::settings_text(&opts.settings),
         },
         ours: &ours,
         ceiling: ceiling.as_ref(),
@@ -731,9 +844,21 @@ pub async fn run(opts: &RunOptions, argv: &[String], children: &mut Children) ->
             ));
         }
     }
+    let seed = input.seed;
     Ok(Finished {
         exit,
         entry: Some(front.join(",")),
+        outcome: Some(Box::new(RunOutcome {
+            ours,
+            ceiling,
+            seed,
+            rules: rule_results,
+            report: report_path,
+            label: opts.label.clone(),
+            settings: opts.settings.clone(),
+            coupon_quantity,
+            k6_exit,
+        })),
     })
 }
 

@@ -75,6 +75,17 @@ pub struct Scenario {
     /// Every route the scenario and its seeding call.
     pub needs: &'static [Endpoint],
     pub data: DataNeeds,
+    /// The k6 Trend of the scenario's main step: the latency `all`'s table
+    /// puts beside the ceiling and the seed (`http_req_duration` for the
+    /// flows, whose steps have no single main one).
+    pub headline: &'static str,
+}
+
+impl Scenario {
+    /// One of seed 001's flows (lib/flow.js), which count `flow_completed`.
+    pub fn is_flow(&self) -> bool {
+        self.needs == FLOW_NEEDS
+    }
 }
 
 const FLOW_NEEDS: &[Endpoint] = &[
@@ -101,6 +112,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "500 VUs at once, one iteration each: issue, sleep 1 s, read own coupons; p95 < 500 ms",
         needs: &[MINT_TOKEN, ADMIN_COUPONS, ISSUE, MY_COUPONS],
         data: DataNeeds { tokens: true, coupon: Some(CouponQuantity::HalfOfVus), ..NONE },
+        headline: "issue_duration",
     },
     Scenario {
         name: "coupon-load",
@@ -109,6 +121,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "stages 1s→5, 5s→100, 5s→200, 5s→300, 5s→400, 10s→600, 10s→500, 5s→0; random user",
         needs: &[MINT_TOKEN, ADMIN_COUPONS, ISSUE, MY_COUPONS],
         data: DataNeeds { tokens: true, coupon: Some(CouponQuantity::Fixed(5_000)), ..NONE },
+        headline: "issue_duration",
     },
     Scenario {
         name: "payment-load",
@@ -117,6 +130,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "1 000 users per second during a sale: read the order, sleep 1 s, pay (20 s)",
         needs: &[MINT_TOKEN, ADMIN_PRODUCTS, CREATE_ORDER, ORDER, PAY],
         data: DataNeeds { tokens: true, products: true, orders: true, ..NONE },
+        headline: "pay_duration",
     },
     Scenario {
         name: "flow-load",
@@ -125,6 +139,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "sign-up → charge → queue token (poll until active) → browse → stock → order → pay; 150 VUs (15s/15s/15s)",
         needs: FLOW_NEEDS,
         data: FLOW_DATA,
+        headline: "http_req_duration",
     },
     Scenario {
         name: "endurance",
@@ -133,6 +148,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "the 001 flow, 150 VUs for 4 min",
         needs: FLOW_NEEDS,
         data: FLOW_DATA,
+        headline: "http_req_duration",
     },
     Scenario {
         name: "stress",
@@ -141,6 +157,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "the 001 flow, +100 VUs every 20 s to 600",
         needs: FLOW_NEEDS,
         data: FLOW_DATA,
+        headline: "http_req_duration",
     },
     Scenario {
         name: "spike",
@@ -149,6 +166,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "the 001 flow, 30 ↔ 600 VU spikes",
         needs: FLOW_NEEDS,
         data: FLOW_DATA,
+        headline: "http_req_duration",
     },
     Scenario {
         name: "queue-poll",
@@ -157,6 +175,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "up to 6 500 VUs polling the waiting room every 15 s (5.5 min)",
         needs: &[MINT_TOKEN, QUEUE_ENTER, QUEUE_POLL],
         data: DataNeeds { tokens: true, ..NONE },
+        headline: "queue_poll_duration",
     },
     Scenario {
         name: "contention",
@@ -165,6 +184,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "1 000 VUs, pairs of users racing for the same last unit: exactly half win",
         needs: &[MINT_TOKEN, ADMIN_PRODUCTS, PRODUCT, CREATE_ORDER, PAY],
         data: DataNeeds { tokens: true, contention_products: true, ..NONE },
+        headline: "order_duration",
     },
     Scenario {
         name: "charge",
@@ -173,6 +193,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "100 VUs: charge then read balance, 2 min",
         needs: &[MINT_TOKEN, CHARGE, BALANCE],
         data: DataNeeds { tokens: true, ..NONE },
+        headline: "charge_duration",
     },
     Scenario {
         name: "balance-read",
@@ -181,6 +202,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "issue 2: 100 VUs for 20 s reading their balance, beside /health/live",
         needs: &[MINT_TOKEN, BALANCE],
         data: DataNeeds { tokens: true, ..NONE },
+        headline: "balance_duration",
     },
     Scenario {
         name: "product-read",
@@ -189,6 +211,16 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "100 VUs × 1 000 iterations of product detail",
         needs: &[ADMIN_PRODUCTS, PRODUCT],
         data: DataNeeds { products: true, ..NONE },
+        headline: "product_duration",
+    },
+    Scenario {
+        name: "product-detail",
+        seed: "004",
+        script: "product-detail.js",
+        what: "issue 5: 100 VUs for 20 s of product detail, no think time (with and without the detail cache)",
+        needs: &[ADMIN_PRODUCTS, PRODUCT],
+        data: DataNeeds { products: true, ..NONE },
+        headline: "product_duration",
     },
     Scenario {
         name: "order",
@@ -197,6 +229,7 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "100 VUs × 1 000 iterations of order creation",
         needs: &[MINT_TOKEN, ADMIN_PRODUCTS, CREATE_ORDER],
         data: DataNeeds { tokens: true, products: true, ..NONE },
+        headline: "order_duration",
     },
 ];
 
@@ -422,6 +455,7 @@ mod tests {
             "contention",
             "charge",
             "product-read",
+            "product-detail",
             "order",
             "balance-read",
         ];
@@ -438,6 +472,47 @@ mod tests {
             assert!(dir.join(s.script).is_file(), "{} missing", s.script);
         }
         assert!(dir.join("ceiling.js").is_file());
+    }
+
+    /// The script and the lib files it imports (`from './lib/x.js'`).
+    fn script_with_imports(dir: &std::path::Path, script: &str) -> String {
+        let text = std::fs::read_to_string(dir.join(script)).unwrap();
+        let mut all = text.clone();
+        for line in text.lines() {
+            if let Some(rest) = line.split("from './lib/").nth(1) {
+                let file = rest.split('\'').next().unwrap();
+                all.push_str(&std::fs::read_to_string(dir.join("lib").join(file)).unwrap());
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_headline_is_a_trend_of_its_script() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../loadtests/k6");
+        for s in SCENARIOS {
+            assert!(s.headline.ends_with("_duration"), "{}", s.name);
+            if s.headline == "http_req_duration" {
+                continue; // k6's own
+            }
+            let text = script_with_imports(&dir, s.script);
+            assert!(
+                text.contains(&format!("new Trend('{}'", s.headline)),
+                "{} does not define the Trend {}",
+                s.script,
+                s.headline
+            );
+        }
+    }
+
+    #[test]
+    fn flows_are_the_four_001_scenarios() {
+        let flows: Vec<&str> = SCENARIOS
+            .iter()
+            .filter(|s| s.is_flow())
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(flows, ["flow-load", "endurance", "stress", "spike"]);
     }
 
     #[test]

@@ -57,6 +57,23 @@ const FLOW_NOTE: &str =
     seat hold, payment (Spring Boot, Redis, Kafka, Docker). Ours adds a charge after sign-up \
     (a new user has no balance to pay with); the step names differ, so only all requests compare.";
 
+/// Seed 004's product read (the with-cache run), shared by product-read and
+/// product-detail.
+const PRODUCT_SOURCE: &str =
+    "seed 004, 상품조회 API (with cache; before: 13 209 req/s, p95 24.87 ms)";
+const PRODUCT_STEPS: &[SeedStep] = &[step(
+    "product_duration",
+    "http_req_duration",
+    5.56,
+    2.69,
+    12.64,
+    18.42,
+    535.77,
+)];
+const PRODUCT_NOTE: &str =
+    "The seed's k6 ran on a bigger machine than our 2 cores, where k6 alone tops out \
+    near 14k req/s against a trivial endpoint: compare with the ceiling.";
+
 const TABLE: &[(&str, SeedFigures)] = &[
     ("charge", SeedFigures {
             source: "seed 003, 시나리오 2 (충전 → 잔액조회)",
@@ -206,15 +223,27 @@ const TABLE: &[(&str, SeedFigures)] = &[
                     answers them 409 out_of_stock, a correct answer.",
     }),
     ("product-read", SeedFigures {
-            source: "seed 004, 상품조회 API (with cache; before: 13 209 req/s, p95 24.87 ms)",
+            source: PRODUCT_SOURCE,
             run: "100 VUs × 1 000 iterations: 100 000 requests in 5.7 s",
             reqs_per_s: Some(17_506.383703),
             iterations_per_s: Some(17_506.383703),
             error_rate: Some(0.0),
             checks: Some(1.0),
-            steps: &[step("product_duration", "http_req_duration", 5.56, 2.69, 12.64, 18.42, 535.77)],
-            notes: "The seed's k6 ran on a bigger machine than our 2 cores, where k6 alone tops out \
-                    near 14k req/s against a trivial endpoint: compare with the ceiling.",
+            steps: PRODUCT_STEPS,
+            notes: PRODUCT_NOTE,
+    }),
+    ("product-detail", SeedFigures {
+            source: PRODUCT_SOURCE,
+            run: "100 VUs × 1 000 iterations: 100 000 requests in 5.7 s (ours differs: 100 VUs for 20 s)",
+            reqs_per_s: Some(17_506.383703),
+            iterations_per_s: Some(17_506.383703),
+            error_rate: Some(0.0),
+            checks: Some(1.0),
+            steps: PRODUCT_STEPS,
+            notes: "The run shape differs from the seed's (constant 100 VUs for 20 s here, \
+                    100 VUs × 1 000 iterations there). With the cache off \
+                    (--set catalog.detail_cache=false) compare with the seed's before-cache \
+                    figures: 13 209 req/s, p95 24.87 ms. As product-read: compare with the ceiling.",
     }),
     ("order", SeedFigures {
             source: "seed 004, 상품 주문 API (after logging fix and cache; before: 13 474 req/s, p95 24.26 ms)",

@@ -73,6 +73,11 @@ impl Application {
             locks.clone(),
             settings.coupon_config(),
         );
+        if !settings.catalog.detail_cache {
+            tracing::warn!(
+                "catalog.detail_cache = false: every product page is read from PostgreSQL"
+            );
+        }
         let catalog = commerce_catalog::Catalog::new(
             db.clone(),
             redis.clone(),

@@ -99,6 +99,10 @@ pub struct CouponSettings {
     pub fallback_wait_ms: u64,
     /// How often open coupons' Redis gates are checked against PostgreSQL.
     pub reconcile_interval_secs: u64,
+    /// Tasks writing the gate's winners in batches; 0: one insert per winner.
+    pub writers: usize,
+    /// Most winners written by one statement.
+    pub write_batch: usize,
 }
 
 /// Product cache and popular-products settings (`[catalog]`). A change made
@@ -106,6 +110,9 @@ pub struct CouponSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogSettings {
+    /// Product pages cached (L1 + L2). Off: every read goes to PostgreSQL;
+    /// for measuring what the cache buys, not for production.
+    pub detail_cache: bool,
     /// How long an in-process (L1) copy of a product page is served: the
     /// bound on how stale a page (stock included) can be after a change.
     pub l1_ttl_ms: u64,
@@ -294,8 +301,11 @@ p95_limit_ms = 500
 fallback_concurrency = 16
 fallback_wait_ms = 5000
 reconcile_interval_secs = 30
+writers = 4
+write_batch = 64
 
 [catalog]
+detail_cache = true
 l1_ttl_ms = 1000
 l1_capacity = 10000
 l2_ttl_ms = 5000
@@ -435,6 +445,9 @@ impl Settings {
         }
         if self.breaker.half_open_probes == 0 {
             return bad("breaker.half_open_probes", "must be at least 1".into());
+        }
+        if !(1..=1000).contains(&self.coupons.write_batch) {
+            return bad("coupons.write_batch", "must be between 1 and 1000".into());
         }
         if self.coupons.fallback_concurrency == 0 {
             return bad("coupons.fallback_concurrency", "must be at least 1".into());
@@ -604,6 +617,7 @@ impl Settings {
     pub fn catalog_config(&self) -> commerce_catalog::CatalogConfig {
         let c = &self.catalog;
         commerce_catalog::CatalogConfig {
+            detail_cache: c.detail_cache,
             l1_ttl: Duration::from_millis(c.l1_ttl_ms),
             l1_capacity: c.l1_capacity,
             l2_ttl: Duration::from_millis(c.l2_ttl_ms),
@@ -622,6 +636,12 @@ impl Settings {
         commerce_coupons::CouponConfig {
             fallback_concurrency: self.coupons.fallback_concurrency,
             fallback_wait: Duration::from_millis(self.coupons.fallback_wait_ms),
+            writers: self.coupons.writers,
+            write_batch: self.coupons.write_batch,
+            // Queue, pool checkout and the statement itself, each bounded.
+            write_timeout: Duration::from_millis(
+                self.database.pool_wait_ms + self.database.statement_timeout_ms + 1000,
+            ),
             ..Default::default()
         }
     }

@@ -21,7 +21,7 @@ pub type DbConn = Object<AsyncPgConnection>;
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
 /// Storage failures, classified so the layers above can answer precisely.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// No connection could be had within the pool's wait: the database is busy.
     #[error("database pool exhausted")]
@@ -168,6 +168,10 @@ pub fn build_pool(cfg: &DbConfig) -> Result<DbPool, StorageError> {
     );
     Pool::builder(manager)
         .max_size(cfg.pool_size)
+        // Most recently used first: a burst reuses the few connections whose
+        // backends already hold warm catalog caches and plans, instead of
+        // rotating through every cold one.
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
         .wait_timeout(Some(cfg.pool_wait))
         .create_timeout(Some(cfg.connect_timeout))
         .recycle_timeout(Some(cfg.connect_timeout))

@@ -127,6 +127,41 @@ async fn thousand_concurrent_misses_load_the_database_once() {
     assert_eq!(by_layer.get("db"), Some(&1));
 }
 
+/// The switch the cached-vs-uncached figure is measured with: off, every
+/// read is a PostgreSQL read, a change is seen at once, and Redis holds no copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cache_off_every_read_goes_to_the_database() {
+    let app = TestApp::spawn_with(|s| s.catalog.detail_cache = false).await;
+    let id = create_product(&app, "uncached", 1000, 5).await;
+    let before = app.state.catalog.db_loads();
+    for _ in 0..20 {
+        let a = get(&app, &format!("/api/v1/products/{id}")).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.cache.as_deref(), Some("db"));
+        assert_eq!(a.body["stock"], 5);
+    }
+    assert_eq!(app.state.catalog.db_loads() - before, 20);
+    // Changed behind the catalog's back: visible on the very next read.
+    sql(
+        &app,
+        &format!("UPDATE products SET stock = 4 WHERE id = {id}"),
+    )
+    .await;
+    assert_eq!(
+        get(&app, &format!("/api/v1/products/{id}")).await.body["stock"],
+        4
+    );
+    let mut redis = app.redis().await;
+    let key = format!("{}catalog:product:{id}", app.redis_prefix);
+    let cached: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(cached.is_none(), "no L2 copy with the cache off");
+    assert_eq!(get(&app, "/api/v1/products/999999").await.status, 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_instance_shows_on_another_within_the_bound() {
     let a = TestApp::spawn().await;

@@ -469,3 +469,92 @@ async fn my_coupons_and_reconcile() {
         .await;
     assert_eq!((s, body["code"].as_str()), (409, Some("already_issued")));
 }
+
+/// The batched writer: winners written together, and the ones a batch
+/// cannot write (same user twice, same slot twice) told exactly why, each
+/// written row with its one `coupon_issued` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_winner_writes_sort_out_conflicts_one_by_one() {
+    use commerce_coupons::store::InsertError;
+    use commerce_coupons::writer::{WinnerWriter, WriterConfig};
+    use commerce_domain::{CouponId, UserId};
+    let app = TestApp::spawn().await;
+    let users = app.seed_users(40).await;
+    let id = create_coupon(&app, 100, -1, None).await;
+    let coupon = app
+        .state
+        .coupons
+        .get(CouponId::parse(id).unwrap())
+        .await
+        .unwrap();
+    let writer = WinnerWriter::start(
+        app.state.db.clone(),
+        WriterConfig {
+            writers: 2,
+            max_batch: 16,
+            timeout: std::time::Duration::from_secs(10),
+        },
+    );
+    // 40 distinct winners in slots 1..=40, plus two repeats sent at the
+    // same moment: user 0 again (slot 41), and user 1 again in slot 1.
+    let mut jobs: Vec<(i64, i32)> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.id, i as i32 + 1))
+        .collect();
+    jobs.push((users[0].id, 41)); // same user twice
+    jobs.push((users[1].id, 1)); // same slot twice (and same user twice)
+    let answers = join_all(jobs.iter().map(|&(user, slot)| {
+        let writer = writer.clone();
+        let coupon = coupon.clone();
+        async move {
+            (
+                user,
+                slot,
+                writer
+                    .write(coupon, UserId::parse(user).unwrap(), slot)
+                    .await,
+            )
+        }
+    }))
+    .await;
+    let mut won: HashMap<i64, i32> = HashMap::new();
+    let mut refused = 0;
+    for (user, slot, answer) in &answers {
+        match answer {
+            Ok(issued) => {
+                assert_eq!(issued.user_id.get(), *user);
+                assert!(won.insert(*user, *slot).is_none(), "user {user} won twice");
+            }
+            Err(InsertError::AlreadyIssued | InsertError::SlotTaken) => refused += 1,
+            Err(InsertError::Storage(e)) => panic!("storage error: {e}"),
+        }
+    }
+    assert_eq!(refused, 2, "the two repeats are refused");
+    assert_eq!(won.len(), 40, "every user holds exactly one coupon");
+    let slots: HashSet<i32> = won.values().copied().collect();
+    assert_eq!(slots.len(), 40, "no slot twice");
+    let rows = app
+        .db
+        .scalar(&format!(
+            "SELECT COUNT(*) AS n FROM user_coupons WHERE coupon_id = {id}"
+        ))
+        .await;
+    assert_eq!(rows, 40);
+    let events = app
+        .db
+        .scalar(&format!(
+            "SELECT COUNT(*) AS n FROM outbox WHERE event_type = 'coupon_issued' AND aggregate_key = '{id}'"
+        ))
+        .await;
+    assert_eq!(events, 40, "one event per written row");
+    let mismatched = app
+        .db
+        .scalar(&format!(
+            "SELECT COUNT(*) AS n FROM outbox o JOIN user_coupons u \
+               ON u.id = (o.payload->>'user_coupon_id')::bigint \
+             WHERE o.aggregate_key = '{id}' AND (o.payload->>'user_id')::bigint <> u.user_id"
+        ))
+        .await;
+    assert_eq!(mismatched, 0, "each event names its own row's user");
+}

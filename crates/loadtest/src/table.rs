@@ -1,0 +1,850 @@
+//! `loadtest all`: the plan (every scenario, plus product-detail again with the
+//! detail cache off), each entry's own command line, and the summary table of
+//! `loadtests/reports/all-<date>.md`.
+
+use crate::cli::RunOptions;
+use crate::report::{int, num};
+use crate::run::{RunOutcome, EXIT_OK, EXIT_RULES, EXIT_THRESHOLDS};
+use crate::scenarios::{Scenario, SCENARIOS};
+use std::fmt::Write as _;
+
+/// One run of `all`: a scenario, maybe with its own settings and label.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub scenario: &'static Scenario,
+    /// Applied after the command line's `--set`s, so they win.
+    pub settings: Vec<(String, String)>,
+    pub label: Option<&'static str>,
+}
+
+/// Every scenario in `SCENARIOS` order that `only` (empty: all) keeps and
+/// `skip` leaves; product-detail is followed by its cache-off baseline
+/// (issue 5).
+pub fn plan(only: &[String], skip: &[String]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for s in SCENARIOS {
+        let wanted = only.is_empty() || only.iter().any(|n| n == s.name);
+        if !wanted || skip.iter().any(|n| n == s.name) {
+            continue;
+        }
+        out.push(Entry {
+            scenario: s,
+            settings: Vec::new(),
+            label: None,
+        });
+        if s.name == "product-detail" {
+            out.push(Entry {
+                scenario: s,
+                settings: vec![("catalog.detail_cache".to_owned(), "false".to_owned())],
+                label: Some("nocache"),
+            });
+        }
+    }
+    out
+}
+
+impl Entry {
+    /// `all`'s options turned into this entry's run.
+    pub fn options(&self, base: &RunOptions) -> RunOptions {
+        let mut o = base.clone();
+        o.scenario = self.scenario.name.to_owned();
+        o.settings.extend(self.settings.iter().cloned());
+        o.label = match (&base.label, self.label) {
+            (Some(a), Some(b)) => Some(format!("{a}-{b}")),
+            (Some(a), None) => Some(a.clone()),
+            (None, b) => b.map(str::to_owned),
+        };
+        o.only.clear();
+        o.skip.clear();
+        o
+    }
+
+    /// The command line that runs this entry alone (for its report):
+    /// `all`'s arguments without `all`, `--only`, `--skip` and `--label`,
+    /// then the entry's `--set`s and label.
+    pub fn argv(&self, all_argv: &[String], label: Option<&str>) -> Vec<String> {
+        let mut out = vec![self.scenario.name.to_owned()];
+        let mut it = all_argv.iter().skip(1);
+        while let Some(arg) = it.next() {
+            if matches!(arg.as_str(), "--only" | "--skip" | "--label") {
+                it.next();
+                continue;
+            }
+            out.push(arg.clone());
+        }
+        for (k, v) in &self.settings {
+            out.push("--set".to_owned());
+            out.push(format!("{k}={v}"));
+        }
+        if let Some(l) = label {
+            out.push("--label".to_owned());
+            out.push(l.to_owned());
+        }
+        out
+    }
+}
+
+pub enum RowResult {
+    /// The run returned (exit 0, 3, 4 or 5; 1 when k6 itself failed).
+    Done {
+        exit: u8,
+        outcome: Option<Box<RunOutcome>>,
+    },
+    /// The run stopped on an error (exit 1).
+    Error(String),
+    /// Ctrl-C came first.
+    NotRun,
+}
+
+pub struct Row {
+    pub entry: Entry,
+    pub result: RowResult,
+}
+
+/// 5 if a rule broke, else 1 if an entry failed to run, else 4 if a
+/// threshold was crossed, else 0.
+pub fn exit_code(rows: &[Row]) -> u8 {
+    let (mut rules, mut error, mut thresholds) = (false, false, false);
+    for r in rows {
+        match &r.result {
+            RowResult::Done { exit, .. } => match *exit {
+                EXIT_OK => {}
+                EXIT_RULES => rules = true,
+                EXIT_THRESHOLDS => thresholds = true,
+                _ => error = true,
+            },
+            RowResult::Error(_) => error = true,
+            RowResult::NotRun => {}
+        }
+    }
+    if rules {
+        EXIT_RULES
+    } else if error {
+        crate::run::EXIT_ERROR
+    } else if thresholds {
+        EXIT_THRESHOLDS
+    } else {
+        EXIT_OK
+    }
+}
+
+/// `all-<date>.md` or `all-<label>-<date>.md`.
+pub fn file_name(label: Option<&str>, date: &str) -> String {
+    match label {
+        Some(l) => format!("all-{l}-{date}.md"),
+        None => format!("all-{date}.md"),
+    }
+}
+
+const DASH: &str = "–";
+
+/// A markdown cell: no pipes, no line breaks, bounded.
+fn cell(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("");
+    let mut s: String = line.chars().take(200).collect();
+    if line.chars().count() > 200 {
+        s.push('…');
+    }
+    s.replace('|', "\\|")
+}
+
+/// `3.1×` under 10, `38×` above (ratios across machines are rough).
+fn times(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{}×", int(x))
+    } else {
+        format!("{x:.1}×")
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|x| format!("{} ms", num(x)))
+        .unwrap_or_else(|| DASH.to_owned())
+}
+
+fn rps(v: Option<f64>) -> String {
+    v.map(|x| format!("{} req/s", num(x)))
+        .unwrap_or_else(|| DASH.to_owned())
+}
+
+/// The figures of one finished row.
+struct Figures {
+    seed_rps: Option<f64>,
+    /// The seed step compared: (our metric it matches, its p95).
+    seed_step: Option<(&'static str, f64)>,
+    ceiling_rps: Option<f64>,
+    ceiling_p95: Option<f64>,
+    ours_rps: Option<f64>,
+    ours_p95: Option<f64>,
+    /// Our p95 of the seed step's metric.
+    ours_p95_vs_seed: Option<f64>,
+}
+
+impl Figures {
+    fn of(o: &RunOutcome, headline: &str) -> Self {
+        let steps = o.seed.map(|f| f.steps).unwrap_or(&[]);
+        let with_p95 = |name: &str| {
+            steps
+                .iter()
+                .find(|s| s.ours == name)
+                .and_then(|s| s.p95.map(|p| (s.ours, p)))
+        };
+        let seed_step = with_p95(headline).or_else(|| with_p95("http_req_duration"));
+        let p95 = |name: &str| o.ours.trend(name).and_then(|t| t.p95);
+        Self {
+            seed_rps: o.seed.and_then(|f| f.reqs_per_s),
+            seed_step,
+            ceiling_rps: o.ceiling.as_ref().and_then(|c| c.rate_per_s("http_reqs")),
+            ceiling_p95: o
+                .ceiling
+                .as_ref()
+                .and_then(|c| c.trend("live_duration"))
+                .and_then(|t| t.p95),
+            ours_rps: o.ours.rate_per_s("http_reqs"),
+            ours_p95: p95(headline),
+            ours_p95_vs_seed: seed_step.and_then(|(name, _)| p95(name)),
+        }
+    }
+
+    fn seed(&self, headline: &str) -> String {
+        let mut parts = Vec::new();
+        if self.seed_rps.is_some() {
+            parts.push(rps(self.seed_rps));
+        }
+        if let Some((name, p95)) = self.seed_step {
+            let mut s = format!("p95 {}", ms(Some(p95)));
+            if name != headline {
+                s.push_str(" (all requests)");
+            }
+            parts.push(s);
+        }
+        if parts.is_empty() {
+            DASH.to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    fn ceiling(&self) -> String {
+        if self.ceiling_rps.is_none() && self.ceiling_p95.is_none() {
+            return DASH.to_owned();
+        }
+        format!("{}, p95 {}", rps(self.ceiling_rps), ms(self.ceiling_p95))
+    }
+
+    fn ours(&self, headline: &str) -> String {
+        format!(
+            "{}, `{headline}` p95 {}",
+            rps(self.ours_rps),
+            ms(self.ours_p95)
+        )
+    }
+
+    fn vs_ceiling(&self) -> String {
+        let share = match (self.ours_rps, self.ceiling_rps) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.1} %", a / b * 100.0),
+            _ => DASH.to_owned(),
+        };
+        let slower = match (self.ours_p95, self.ceiling_p95) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.1}×", a / b),
+            _ => DASH.to_owned(),
+        };
+        if share == DASH && slower == DASH {
+            return DASH.to_owned();
+        }
+        format!("{share}, p95 {slower}")
+    }
+
+    fn vs_seed(&self) -> String {
+        let mut parts = Vec::new();
+        if let (Some((_, seed)), Some(ours)) = (self.seed_step, self.ours_p95_vs_seed) {
+            if ours > 0.0 && seed > 0.0 {
+                parts.push(if seed >= ours {
+                    format!("{} faster", times(seed / ours))
+                } else {
+                    format!("{} slower", times(ours / seed))
+                });
+            }
+        }
+        if let (Some(ours), Some(seed)) = (self.ours_rps, self.seed_rps) {
+            if seed > 0.0 {
+                parts.push(format!("req/s {:.2}×", ours / seed));
+            }
+        }
+        if parts.is_empty() {
+            DASH.to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// Rules, the counters that matter for the scenario, thresholds.
+fn outcome_parts(scenario: &Scenario, o: &RunOutcome) -> Vec<String> {
+    let mut parts = Vec::new();
+    let broken: Vec<String> = o
+        .rules
+        .iter()
+        .filter(|r| r.failed())
+        .map(|r| match r.outcome {
+            crate::rules::Outcome::Error(_) => format!("{} (query error)", r.name),
+            _ => r.name.clone(),
+        })
+        .collect();
+    if broken.is_empty() {
+        parts.push("rules held".to_owned());
+    } else {
+        parts.push(format!("**broken**: {}", broken.join("; ")));
+    }
+    let ours = &o.ours;
+    if let Some(q) = o.coupon_quantity {
+        parts.push(format!(
+            "{}/{} issued",
+            int(ours.count("coupon_issued")),
+            int(q as f64)
+        ));
+    }
+    if scenario.data.contention_products {
+        parts.push(format!(
+            "{} won / {} lost",
+            int(ours.count("order_won")),
+            int(ours.count("order_lost"))
+        ));
+    }
+    if scenario.is_flow() {
+        parts.push(format!(
+            "{} flows completed",
+            int(ours.count("flow_completed"))
+        ));
+    }
+    match ours.thresholds_crossed() {
+        0 => parts.push("thresholds held".to_owned()),
+        n => parts.push(format!("**{n} threshold(s) crossed**")),
+    }
+    match o.k6_exit {
+        Some(0) | Some(99) => {}
+        Some(code) => parts.push(format!("k6 exit {code}")),
+        None => parts.push("k6 stopped".to_owned()),
+    }
+    parts
+}
+
+fn row_line(row: &Row) -> String {
+    let s = row.entry.scenario;
+    let headline = s.headline;
+    let (label, settings) = match &row.result {
+        RowResult::Done {
+            outcome: Some(o), ..
+        } => (o.label.clone(), o.settings.clone()),
+        _ => (
+            row.entry.label.map(str::to_owned),
+            row.entry.settings.clone(),
+        ),
+    };
+    let mut name = s.name.to_owned();
+    if let Some(l) = &label {
+        name.push(' ');
+        name.push_str(l);
+    }
+    let mut scenario = match &row.result {
+        RowResult::Done {
+            outcome: Some(o), ..
+        } => match o.report.file_name() {
+            // The per-run reports sit beside the table's file.
+            Some(f) => format!("[{name}]({})", f.to_string_lossy()),
+            None => name,
+        },
+        _ => name,
+    };
+    if !settings.is_empty() {
+        let list: Vec<String> = settings.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+        let _ = write!(scenario, " ({})", list.join(", "));
+    }
+    let cells: [String; 6] = match &row.result {
+        RowResult::Done {
+            exit,
+            outcome: Some(o),
+        } => {
+            let f = Figures::of(o, headline);
+            let mut parts = outcome_parts(s, o);
+            if *exit != EXIT_OK {
+                parts.push(format!("exit {exit}"));
+            }
+            [
+                f.seed(headline),
+                f.ceiling(),
+                f.ours(headline),
+                f.vs_ceiling(),
+                f.vs_seed(),
+                parts.join("; "),
+            ]
+        }
+        RowResult::Done {
+            exit,
+            outcome: None,
+        } => {
+            let why = if *exit == crate::run::EXIT_UNAVAILABLE {
+                "not available: the server lacks its routes"
+            } else {
+                "no figures"
+            };
+            blank(format!("{why}; exit {exit}"))
+        }
+        RowResult::Error(e) => blank(format!("**error**: {}; exit 1", cell(e))),
+        RowResult::NotRun => blank("not run (stopped)".to_owned()),
+    };
+    format!("| {scenario} | {} |", cells.join(" | "))
+}
+
+fn blank(outcome: String) -> [String; 6] {
+    [
+        DASH.to_owned(),
+        DASH.to_owned(),
+        DASH.to_owned(),
+        DASH.to_owned(),
+        DASH.to_owned(),
+        outcome,
+    ]
+}
+
+/// The markdown table, one row per entry.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | seed | ceiling | ours | ours / ceiling | ours vs seed | outcome |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&row_line(r));
+        out.push('\n');
+    }
+    out
+}
+
+const LEGEND: &str = "\
+- **scenario**: the entry, linked to its own report (setup, every step, thresholds, checks, \
+rules, the seed's figures); its label and `--set` settings when it has them. `product-detail \
+nocache` is issue 5's baseline: the same run with `catalog.detail_cache=false`.
+- **seed**: the seed report's requests/s and its p95 of the scenario's headline step; \
+\"(all requests)\" when the seed gives only `http_req_duration`; – when the seed has no such figure.
+- **ceiling**: the same run's `GET /health/live` with the scenario's VU shape and no think time: \
+requests/s and `live_duration` p95, the most k6, nginx and the servers push through this machine \
+at that concurrency.
+- **ours**: requests/s and the p95 of the headline Trend, the scenario's main step \
+(`http_req_duration` for the 001 flows).
+- **ours / ceiling**: our requests/s as a share of the ceiling's, and our headline p95 ÷ the \
+ceiling's p95 (how many times a trivial endpoint's latency). Scenarios with think time are paced \
+by their sleeps, not the server: their share is low by design.
+- **ours vs seed**: the seed's p95 ÷ ours (of the metric the seed figure is), as N× faster or \
+slower, and our requests/s ÷ the seed's when it gives them. The seeds ran on other machines, some \
+with other shapes (product-detail: 100 VUs for 20 s against the seed's 100 × 1 000 iterations): \
+read it as an order of magnitude.
+- **outcome**: the SQL rules (held, or the broken ones), the counters that matter (coupons issued \
+of the coupon's units, contention's won / lost orders, completed flows), whether a k6 threshold \
+was crossed, and the entry's exit code when not 0 (3 not available, 4 thresholds, 5 rules, \
+1 error).";
+
+/// What the table's file says around the table.
+pub struct Meta {
+    pub date: String,
+    pub started: String,
+    pub finished: String,
+    pub minutes: f64,
+    pub command: String,
+    pub server: Option<String>,
+    pub exit: u8,
+    pub stopped: bool,
+}
+
+/// The whole `all-<date>.md`.
+pub fn render(rows: &[Row], meta: &Meta) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# All scenarios — {}\n", meta.date);
+    let _ = writeln!(
+        out,
+        "Started {}, finished {} ({:.0} min); entries: {}{}.  ",
+        meta.started,
+        meta.finished,
+        meta.minutes,
+        rows.len(),
+        if meta.stopped {
+            "; stopped by a signal"
+        } else {
+            ""
+        }
+    );
+    if let Some(server) = &meta.server {
+        let _ = writeln!(out, "Server binary (the same for every entry): {server}.");
+    }
+    let _ = writeln!(out, "\n{}", table(rows));
+    let _ = writeln!(out, "{LEGEND}\n");
+    let _ = writeln!(out, "Command: `{}`  ", meta.command);
+    let _ = writeln!(
+        out,
+        "Exit code {}{}.",
+        meta.exit,
+        match meta.exit {
+            EXIT_OK => " (every entry passed)",
+            EXIT_RULES => " (a rule broke)",
+            EXIT_THRESHOLDS => " (a k6 threshold was crossed)",
+            130 => " (stopped)",
+            _ => " (an entry failed to run)",
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{self, Command};
+    use crate::rules::{Outcome, RuleResult};
+    use crate::scenarios::find;
+    use crate::seeds;
+    use crate::summary::Summary;
+    use std::path::PathBuf;
+
+    fn summary(text: &str) -> Summary {
+        Summary::parse(text).unwrap()
+    }
+
+    const CEILING: &str = r#"{"metrics": {
+        "http_reqs": {"count": 200000, "rate": 10000.0},
+        "live_duration": {"avg": 0.9, "min": 0.1, "med": 0.8, "max": 20.0, "p(90)": 1.5, "p(95)": 2.0, "p(99)": 4.0, "count": 200000}
+    }}"#;
+
+    const PRODUCT: &str = r#"{"metrics": {
+        "http_reqs": {"count": 100000, "rate": 5000.0},
+        "http_req_duration": {"avg": 3.0, "min": 0.2, "med": 2.0, "max": 90.0, "p(90)": 5.0, "p(95)": 6.0, "p(99)": 12.0, "count": 100000},
+        "product_duration": {"avg": 3.0, "min": 0.2, "med": 2.0, "max": 90.0, "p(90)": 5.0, "p(95)": 6.14, "p(99)": 12.0, "count": 100000,
+                             "thresholds": {"p(95)<18.42": false}}
+    }}"#;
+
+    const COUPON: &str = r#"{"metrics": {
+        "http_reqs": {"count": 1000, "rate": 80.0},
+        "http_req_duration": {"avg": 30.0, "min": 1.0, "med": 20.0, "max": 900.0, "p(90)": 80.0, "p(95)": 90.0, "p(99)": 300.0, "count": 1000},
+        "issue_duration": {"avg": 40.0, "min": 1.0, "med": 30.0, "max": 900.0, "p(90)": 100.0, "p(95)": 120.0, "p(99)": 300.0, "count": 500,
+                           "thresholds": {"p(95)<500": true}},
+        "coupon_issued": {"count": 250, "rate": 20.0}
+    }}"#;
+
+    fn held() -> Vec<RuleResult> {
+        vec![RuleResult {
+            name: "stock never below zero".into(),
+            design_rule: 2,
+            outcome: Outcome::Held,
+        }]
+    }
+
+    fn outcome(
+        scenario: &str,
+        ours: &str,
+        label: Option<&str>,
+        settings: &[(&str, &str)],
+    ) -> Box<RunOutcome> {
+        let file = match label {
+            Some(l) => format!("{scenario}-{l}-2026-11-22.md"),
+            None => format!("{scenario}-2026-11-22.md"),
+        };
+        Box::new(RunOutcome {
+            ours: summary(ours),
+            ceiling: Some(summary(CEILING)),
+            seed: seeds::for_scenario(scenario),
+            rules: held(),
+            report: PathBuf::from("/repo/loadtests/reports").join(file),
+            label: label.map(str::to_owned),
+            settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            coupon_quantity: None,
+            k6_exit: Some(0),
+        })
+    }
+
+    fn entry(name: &str, label: Option<&'static str>) -> Entry {
+        Entry {
+            scenario: find(name).unwrap(),
+            settings: match label {
+                Some(_) => vec![("catalog.detail_cache".into(), "false".into())],
+                None => vec![],
+            },
+            label,
+        }
+    }
+
+    #[test]
+    fn plan_is_every_scenario_plus_the_cache_off_baseline() {
+        let p = plan(&[], &[]);
+        assert_eq!(p.len(), SCENARIOS.len() + 1);
+        let names: Vec<String> = p
+            .iter()
+            .map(|e| format!("{}{}", e.scenario.name, e.label.unwrap_or("")))
+            .collect();
+        let at = names.iter().position(|n| n == "product-detail").unwrap();
+        assert_eq!(names[at + 1], "product-detailnocache");
+        assert_eq!(
+            p[at + 1].settings,
+            vec![("catalog.detail_cache".to_owned(), "false".to_owned())]
+        );
+        assert_eq!(names[0], "coupon-peak");
+
+        let only: Vec<String> = vec!["order".into(), "product-detail".into()];
+        let p = plan(&only, &[]);
+        let names: Vec<&str> = p.iter().map(|e| e.scenario.name).collect();
+        // SCENARIOS order, not --only's.
+        assert_eq!(names, ["product-detail", "product-detail", "order"]);
+
+        let p = plan(&[], &["product-detail".to_owned()]);
+        assert!(p.iter().all(|e| e.scenario.name != "product-detail"));
+        assert_eq!(p.len(), SCENARIOS.len() - 1);
+    }
+
+    fn all_opts(line: &str) -> (Vec<String>, RunOptions) {
+        let argv: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        match cli::parse(&argv) {
+            Ok(Command::All(o)) => (argv, *o),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_entry_is_the_run_its_command_line_says() {
+        let (argv, base) = all_opts(
+            "all --quick --only product-detail,charge --set http.workers=1 --label n1 --no-ceiling",
+        );
+        for e in plan(&base.only, &base.skip) {
+            let o = e.options(&base);
+            let line = e.argv(&argv, o.label.as_deref());
+            match cli::parse(&line) {
+                Ok(Command::Run(parsed)) => assert_eq!(*parsed, o, "{line:?}"),
+                other => panic!("{line:?}: {other:?}"),
+            }
+        }
+        let nocache = entry("product-detail", Some("nocache"));
+        let o = nocache.options(&base);
+        assert_eq!(o.label.as_deref(), Some("n1-nocache"));
+        assert_eq!(
+            o.settings,
+            vec![
+                ("http.workers".to_owned(), "1".to_owned()),
+                ("catalog.detail_cache".to_owned(), "false".to_owned()),
+            ]
+        );
+        assert_eq!(
+            nocache.argv(&argv, o.label.as_deref()).join(" "),
+            "product-detail --quick --set http.workers=1 --no-ceiling \
+             --set catalog.detail_cache=false --label n1-nocache"
+        );
+        let (argv, base) = all_opts("all");
+        let plain = entry("charge", None);
+        assert_eq!(plain.options(&base).label, None);
+        assert_eq!(plain.argv(&argv, None), vec!["charge".to_owned()]);
+    }
+
+    #[test]
+    fn a_product_row_sets_ours_beside_ceiling_and_seed() {
+        let rows = vec![
+            Row {
+                entry: entry("product-detail", None),
+                result: RowResult::Done {
+                    exit: 0,
+                    outcome: Some(outcome("product-detail", PRODUCT, None, &[])),
+                },
+            },
+            Row {
+                entry: entry("product-detail", Some("nocache")),
+                result: RowResult::Done {
+                    exit: 0,
+                    outcome: Some(outcome(
+                        "product-detail",
+                        PRODUCT,
+                        Some("nocache"),
+                        &[("catalog.detail_cache", "false")],
+                    )),
+                },
+            },
+        ];
+        let t = table(&rows);
+        // 5 000 / 10 000 req/s = 50 %; 6.14 / 2.0 = 3.1×; 18.42 / 6.14 = 3.0× faster;
+        // 5 000 / 17 506.4 = 0.29.
+        assert!(
+            t.contains(
+                "| [product-detail](product-detail-2026-11-22.md) \
+                 | 17 506.4 req/s, p95 18.42 ms \
+                 | 10 000.0 req/s, p95 2.00 ms \
+                 | 5 000.0 req/s, `product_duration` p95 6.14 ms \
+                 | 50.0 %, p95 3.1× \
+                 | 3.0× faster, req/s 0.29× \
+                 | rules held; thresholds held |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "| [product-detail nocache](product-detail-nocache-2026-11-22.md) \
+                 (`catalog.detail_cache=false`) |"
+            ),
+            "{t}"
+        );
+        assert_eq!(exit_code(&rows), 0);
+    }
+
+    #[test]
+    fn a_coupon_row_counts_issued_and_falls_back_to_all_requests() {
+        let mut o = outcome("coupon-peak", COUPON, None, &[]);
+        o.coupon_quantity = Some(250);
+        let rows = vec![Row {
+            entry: entry("coupon-peak", None),
+            result: RowResult::Done {
+                exit: 4,
+                outcome: Some(o),
+            },
+        }];
+        let t = table(&rows);
+        // The seed gives only http_req_duration (p95 45 s): compared with our
+        // http_req_duration p95 (90 ms), 500× faster.
+        assert!(t.contains("| p95 45 000.0 ms (all requests) |"), "{t}");
+        assert!(
+            t.contains("| 80.00 req/s, `issue_duration` p95 120.0 ms |"),
+            "{t}"
+        );
+        assert!(t.contains("| 500× faster |"), "{t}");
+        assert!(
+            t.contains("| rules held; 250/250 issued; **1 threshold(s) crossed**; exit 4 |"),
+            "{t}"
+        );
+        assert_eq!(exit_code(&rows), 4);
+    }
+
+    #[test]
+    fn failures_fill_the_outcome_and_set_the_exit_code() {
+        let mut broken = outcome("charge", PRODUCT, None, &[]);
+        broken.rules.push(RuleResult {
+            name: "balance never below zero".into(),
+            design_rule: 3,
+            outcome: Outcome::Broken {
+                violations: 1,
+                sample: "1=-5".into(),
+            },
+        });
+        broken.ceiling = None;
+        broken.seed = None;
+        let rows = vec![
+            Row {
+                entry: entry("charge", None),
+                result: RowResult::Done {
+                    exit: 5,
+                    outcome: Some(broken),
+                },
+            },
+            Row {
+                entry: entry("contention", None),
+                result: RowResult::Error("k6 wrote no summary | exit 107\nmore".into()),
+            },
+            Row {
+                entry: entry("queue-poll", None),
+                result: RowResult::Done {
+                    exit: 3,
+                    outcome: None,
+                },
+            },
+            Row {
+                entry: entry("order", None),
+                result: RowResult::NotRun,
+            },
+        ];
+        let t = table(&rows);
+        assert!(
+            t.contains(
+                "| [charge](charge-2026-11-22.md) | – | – | 5 000.0 req/s, `charge_duration` p95 – \
+                 | – | – | **broken**: balance never below zero; thresholds held; exit 5 |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("| contention | – | – | – | – | – | **error**: k6 wrote no summary \\| exit 107; exit 1 |"),
+            "{t}"
+        );
+        assert!(t.contains("not available: the server lacks its routes; exit 3"));
+        assert!(t.contains("| order | – | – | – | – | – | not run (stopped) |"));
+        assert_eq!(exit_code(&rows), 5);
+        assert_eq!(exit_code(&rows[1..]), 1);
+        assert_eq!(exit_code(&rows[2..]), 1);
+        assert_eq!(exit_code(&rows[3..]), 0);
+    }
+
+    #[test]
+    fn flows_and_contention_show_their_counters() {
+        const FLOW: &str = r#"{"metrics": {
+            "http_reqs": {"count": 6000, "rate": 120.0},
+            "http_req_duration": {"avg": 5.0, "min": 1.0, "med": 4.0, "max": 90.0, "p(90)": 9.0, "p(95)": 12.0, "p(99)": 40.0, "count": 6000},
+            "flow_completed": {"count": 1189, "rate": 24.0}
+        }}"#;
+        const RACE: &str = r#"{"metrics": {
+            "http_reqs": {"count": 2500, "rate": 300.0},
+            "order_duration": {"avg": 50.0, "min": 1.0, "med": 40.0, "max": 900.0, "p(90)": 90.0, "p(95)": 100.0, "p(99)": 300.0, "count": 1000},
+            "order_won": {"count": 500, "rate": 60.0},
+            "order_lost": {"count": 500, "rate": 60.0}
+        }}"#;
+        let rows = vec![
+            Row {
+                entry: entry("flow-load", None),
+                result: RowResult::Done {
+                    exit: 0,
+                    outcome: Some(outcome("flow-load", FLOW, None, &[])),
+                },
+            },
+            Row {
+                entry: entry("contention", None),
+                result: RowResult::Done {
+                    exit: 0,
+                    outcome: Some(outcome("contention", RACE, None, &[])),
+                },
+            },
+        ];
+        let t = table(&rows);
+        assert!(
+            t.contains("rules held; 1 189 flows completed; thresholds held |"),
+            "{t}"
+        );
+        // 16.07 / 12 = 1.3× faster; 120 / 122.16 req/s.
+        assert!(t.contains("| 1.3× faster, req/s 0.98× |"), "{t}");
+        assert!(
+            t.contains("rules held; 500 won / 500 lost; thresholds held |"),
+            "{t}"
+        );
+        // 2 009.8 ms / 100 ms.
+        assert!(t.contains("| 20× faster, req/s 0.79× |"), "{t}");
+    }
+
+    #[test]
+    fn the_file_has_table_legend_and_command() {
+        let rows = vec![Row {
+            entry: entry("order", None),
+            result: RowResult::NotRun,
+        }];
+        let md = render(
+            &rows,
+            &Meta {
+                date: "2026-11-22".into(),
+                started: "2026-11-22T02:00:00Z".into(),
+                finished: "2026-11-22T03:00:00Z".into(),
+                minutes: 60.0,
+                command: "cargo run -p loadtest --release -- all --quick".into(),
+                server: Some("`target/release/commerce-server`".into()),
+                exit: 130,
+                stopped: true,
+            },
+        );
+        assert!(md.starts_with("# All scenarios — 2026-11-22"));
+        assert!(md.contains("entries: 1; stopped by a signal"));
+        assert!(md.contains(
+            "| scenario | seed | ceiling | ours | ours / ceiling | ours vs seed | outcome |"
+        ));
+        assert!(md.contains("- **ours vs seed**:"));
+        assert!(md.contains("Command: `cargo run -p loadtest --release -- all --quick`"));
+        assert!(md.contains("Exit code 130 (stopped)."));
+        assert_eq!(file_name(None, "2026-11-22"), "all-2026-11-22.md");
+        assert_eq!(file_name(Some("x"), "2026-11-22"), "all-x-2026-11-22.md");
+    }
+}
