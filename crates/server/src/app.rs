@@ -162,6 +162,9 @@ impl Application {
         .workers(workers)
         .backlog(4096)
         .shutdown_timeout(state.settings.http.shutdown_timeout_secs)
+        .keep_alive(std::time::Duration::from_secs(
+            state.settings.http.keep_alive_secs,
+        ))
         .listen(listener)?
         .run();
 

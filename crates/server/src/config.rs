@@ -149,6 +149,10 @@ pub struct HttpSettings {
     pub workers: usize,
     /// Seconds in-flight requests get to finish on SIGTERM.
     pub shutdown_timeout_secs: u64,
+    /// Seconds an idle client connection is kept open. Longer than the
+    /// balancer's upstream idle timeout, so the balancer always closes first
+    /// and never sends a request down a connection the server is closing.
+    pub keep_alive_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +233,7 @@ const DEFAULTS: &str = r#"
 addr = "127.0.0.1:8080"
 workers = 0
 shutdown_timeout_secs = 30
+keep_alive_secs = 75
 
 [database]
 url = "postgres://postgres@127.0.0.1:5432/commerce"

@@ -95,6 +95,9 @@ impl TestApp {
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .pool_max_idle_per_host(256)
+            // Well inside the server's keep-alive: a pooled connection is
+            // never reused just as the server closes it.
+            .pool_idle_timeout(std::time::Duration::from_secs(20))
             .build()
             .expect("client");
         Self {

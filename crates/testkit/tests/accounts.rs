@@ -422,3 +422,56 @@ async fn ops_endpoints_and_request_ids() {
     assert!(text.contains("http_requests_total"), "{text}");
     assert!(text.contains("db_pool_connections"));
 }
+
+/// Sends `GET /health/live` on `stream` and reads one whole response; None
+/// when the server has closed the connection.
+async fn live_on(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = "GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= head_end + 4 + length {
+                return Some(text);
+            }
+        }
+    }
+}
+
+/// A balancer keeps idle upstream connections for up to 60 s (nginx in
+/// docker/ and the load tests): the server must not close one sooner, or the
+/// balancer can send a request down a connection being closed (a 502, or a
+/// reset POST). Actix's own default closes after 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_outlive_the_balancers_idle_timeout_floor() {
+    let app = TestApp::spawn().await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    let first = live_on(&mut stream).await.expect("first response");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let second = live_on(&mut stream)
+        .await
+        .expect("the server closed a connection idle for 7 s");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+}
