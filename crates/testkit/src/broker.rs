@@ -54,12 +54,21 @@ impl Broker {
     /// Starts (again) on the same port and storage; waits until it listens.
     pub fn resume(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        // The broker's own output, shown when a test fails (see Drop).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"));
+        let (out, err) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
+            Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
+            Err(_) => (Stdio::null(), Stdio::null()),
+        };
         let child = Command::new(tansu_bin())
             .current_dir(&self.dir)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "sqlite://tansu.db"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("start tansu (install it: cargo install tansu --no-default-features --features libsql)");
         self.child = Some(child);
@@ -81,7 +90,28 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        let exited = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
         self.stop();
+        if std::thread::panicking() {
+            // A failed test: say whether the broker itself died, and what it
+            // printed last.
+            let log = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!(
+                "tansu on port {}: {}; last lines of its log:",
+                self.port,
+                match exited {
+                    Some(status) => format!("had exited by itself ({status})"),
+                    None => "still running".into(),
+                }
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("  {line}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -354,6 +354,7 @@ async fn kafka_run(fault: Fault, orders: usize) {
     };
     let (_, restarted) = tokio::join!(payments, chaos);
     let n = i64::try_from(orders).unwrap();
+    let mut polls = 0u32;
     eventually(
         "every effect of the paid orders",
         Duration::from_secs(150),
@@ -361,6 +362,19 @@ async fn kafka_run(fault: Fault, orders: usize) {
             // Every consumer group, each at its own pace.
             let ranking = count(&a, "SELECT COUNT(*) AS n FROM inbox_ranking").await;
             let notified = count(&a, "SELECT COUNT(*) AS n FROM inbox_notification").await;
+            let unpublished = count(
+                &a,
+                "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL",
+            )
+            .await;
+            polls += 1;
+            if polls.is_multiple_of(50) {
+                // Which group lags, if this ever times out.
+                eprintln!(
+                    "waiting: data_platform {}/{orders}, ranking {ranking}/{n}, notification {notified}/{n}, unpublished {unpublished}",
+                    peer.distinct()
+                );
+            }
             peer.distinct() == orders && ranking == n && notified == n
         },
     )
