@@ -197,10 +197,188 @@ impl Dispatcher {
         let Some(table) = inbox_table(consumer.name()) else {
             return self.park(consumer, event, "invalid consumer name", 0).await;
         };
+        let delivery = self
+            .with_retries(consumer, event, || self.attempt(consumer, &table, event))
+            .await;
+        if delivery == Delivery::Processed {
+            self.processed(consumer, event).await;
+        }
+        delivery
+    }
+
+    /// Delivers a batch (the relay's pass) to every interested consumer and
+    /// answers, per event, the longest deferral (`None`: settled). Beside
+    /// [`Dispatcher::deliver_all`] for each event, a non-transactional
+    /// consumer's inbox is read and written once for the whole batch: a
+    /// peak's events then cost two statements per consumer, not two per
+    /// event, and leave PostgreSQL to the requests that made them.
+    pub async fn deliver_many(
+        &self,
+        events: &[Event],
+        concurrency: usize,
+    ) -> Vec<Option<Duration>> {
+        let per_consumer = futures::future::join_all(
+            self.consumers
+                .iter()
+                .map(|c| self.deliver_to(c.as_ref(), events, concurrency.max(1))),
+        )
+        .await;
+        (0..events.len())
+            .map(|i| {
+                per_consumer
+                    .iter()
+                    .filter_map(|d| match d[i] {
+                        Some(Delivery::Deferred(w)) => Some(w),
+                        _ => None,
+                    })
+                    .max()
+            })
+            .collect()
+    }
+
+    /// One consumer's part of [`Dispatcher::deliver_many`]: `None` for an
+    /// event it does not want.
+    async fn deliver_to(
+        &self,
+        consumer: &dyn Consumer,
+        events: &[Event],
+        concurrency: usize,
+    ) -> Vec<Option<Delivery>> {
+        use futures::StreamExt;
+        let wanted = |e: &Event| consumer.event_types().contains(&e.event_type.as_str());
+        let mut out: Vec<Option<Delivery>> = vec![None; events.len()];
+        let picked: Vec<usize> = (0..events.len()).filter(|&i| wanted(&events[i])).collect();
+        if picked.is_empty() {
+            return out;
+        }
+        let table = inbox_table(consumer.name());
+        let seen = match &table {
+            Some(t) if !consumer.transactional() => {
+                let ids: Vec<uuid::Uuid> = picked.iter().map(|&i| events[i].id).collect();
+                self.seen(t, &ids).await.ok()
+            }
+            _ => None,
+        };
+        let (Some(table), Some(seen)) = (table, seen) else {
+            // Transactional (its effect shares the inbox transaction), or
+            // the batched read failed: one event at a time.
+            let done: Vec<(usize, Delivery)> = futures::stream::iter(picked)
+                .map(|i| async move { (i, self.deliver(consumer, &events[i]).await) })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+            for (i, d) in done {
+                out[i] = Some(d);
+            }
+            return out;
+        };
+        let fresh: Vec<usize> = picked
+            .into_iter()
+            .filter(|&i| {
+                let dup = seen.contains(&events[i].id);
+                if dup {
+                    out[i] = Some(Delivery::Duplicate);
+                    metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => "duplicate").increment(1);
+                }
+                !dup
+            })
+            .collect();
+        let handled: Vec<(usize, Delivery)> = futures::stream::iter(fresh)
+            .map(|i| async move {
+                let e = &events[i];
+                let d = self
+                    .with_retries(consumer, e, || async {
+                        consumer.handle(None, e).await.map(|()| Delivery::Processed)
+                    })
+                    .await;
+                (i, d)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let processed: Vec<usize> = handled
+            .iter()
+            .filter(|(_, d)| *d == Delivery::Processed)
+            .map(|(i, _)| *i)
+            .collect();
+        let recorded = if processed.is_empty() {
+            true
+        } else {
+            let ids: Vec<uuid::Uuid> = processed.iter().map(|&i| events[i].id).collect();
+            self.record(&table, &ids).await.is_ok()
+        };
+        for (i, d) in handled {
+            out[i] = Some(match d {
+                // Handled but not recorded: deliver again later (the peer
+                // drops the duplicate by event id), never lose it.
+                Delivery::Processed if !recorded => Delivery::Deferred(Duration::from_secs(1)),
+                other => other,
+            });
+        }
+        if recorded {
+            for i in processed {
+                self.processed(consumer, &events[i]).await;
+            }
+        }
+        out
+    }
+
+    /// Which of `ids` the inbox `table` already holds.
+    async fn seen(
+        &self,
+        table: &str,
+        ids: &[uuid::Uuid],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, StorageError> {
+        #[derive(QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = SqlUuid)]
+            event_id: uuid::Uuid,
+        }
+        let mut c = conn(&self.db).await?;
+        let rows: Vec<Id> = diesel::sql_query(format!(
+            "SELECT event_id FROM {table} WHERE event_id = ANY($1)"
+        ))
+        .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
+        .load(&mut c)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.event_id).collect())
+    }
+
+    /// Writes `ids` into the inbox `table` in one statement.
+    async fn record(&self, table: &str, ids: &[uuid::Uuid]) -> Result<(), StorageError> {
+        let mut c = conn(&self.db).await?;
+        diesel::sql_query(format!(
+            "INSERT INTO {table} (event_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING"
+        ))
+        .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
+        .execute(&mut c)
+        .await?;
+        Ok(())
+    }
+
+    /// After an event's inbox row committed: its lag, then the consumer's hook.
+    async fn processed(&self, consumer: &dyn Consumer, event: &Event) {
+        metrics::histogram!("events_lag_seconds", "consumer" => consumer.name())
+            .record((Utc::now() - event.created_at).num_milliseconds().max(0) as f64 / 1000.0);
+        consumer.after_commit(event).await;
+    }
+
+    /// Runs `attempt` until it settles: retries with backoff, parks after
+    /// `max_attempts` real failures, defers while the dependency is down.
+    async fn with_retries<F, Fut>(
+        &self,
+        consumer: &dyn Consumer,
+        event: &Event,
+        attempt: F,
+    ) -> Delivery
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Delivery, HandleError>>,
+    {
         let mut backoff = self.policy.first_backoff;
         let mut last_error = String::new();
-        for attempt in 1..=self.policy.max_attempts {
-            let outcome = self.attempt(consumer, &table, event).await;
+        for n in 1..=self.policy.max_attempts {
+            let outcome = attempt().await;
             let kind = match &outcome {
                 Ok(Delivery::Duplicate) => "duplicate",
                 Ok(_) => "processed",
@@ -210,24 +388,13 @@ impl Dispatcher {
             };
             metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => kind).increment(1);
             match outcome {
-                Ok(Delivery::Processed) => {
-                    metrics::histogram!("events_lag_seconds", "consumer" => consumer.name())
-                        .record(
-                            (Utc::now() - event.created_at).num_milliseconds().max(0) as f64
-                                / 1000.0,
-                        );
-                    consumer.after_commit(event).await;
-                    return Delivery::Processed;
-                }
-                Ok(other) => return other,
+                Ok(d) => return d,
                 Err(HandleError::Unavailable(d)) => return Delivery::Deferred(d),
-                Err(HandleError::Permanent(e)) => {
-                    return self.park(consumer, event, &e, attempt).await
-                }
+                Err(HandleError::Permanent(e)) => return self.park(consumer, event, &e, n).await,
                 Err(HandleError::Retryable(e)) => {
-                    tracing::debug!(consumer = consumer.name(), event = %event.id, attempt, error = %e, "consumer failed, retrying");
+                    tracing::debug!(consumer = consumer.name(), event = %event.id, attempt = n, error = %e, "consumer failed, retrying");
                     last_error = e;
-                    if attempt < self.policy.max_attempts {
+                    if n < self.policy.max_attempts {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(self.policy.max_backoff);
                     }

@@ -11,7 +11,6 @@ use commerce_storage::{conn, DbPool, StorageError};
 use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
-use futures::StreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -170,25 +169,19 @@ impl Relay {
         let claimed = events.len();
         let (ok, failed, pause) = match &self.sink {
             Sink::InProcess(dispatcher) => {
-                let results: Vec<(uuid::Uuid, Option<Duration>)> = futures::stream::iter(events)
-                    .map(|e| {
-                        let dispatcher = dispatcher.clone();
-                        async move { (e.id, dispatcher.deliver_all(&e).await) }
-                    })
-                    .buffer_unordered(self.config.concurrency.max(1))
-                    .collect()
+                let waits = dispatcher
+                    .deliver_many(&events, self.config.concurrency.max(1))
                     .await;
-                let pause = results.iter().filter_map(|(_, d)| *d).max();
-                let (ok, failed): (Vec<_>, Vec<_>) =
-                    results.into_iter().partition(|(_, d)| d.is_none());
-                (
-                    ok.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
-                    failed
-                        .into_iter()
-                        .map(|(id, _)| (id, "consumer deferred".to_owned()))
-                        .collect::<Vec<_>>(),
-                    pause.map(|p| p.min(Duration::from_secs(5))),
-                )
+                let pause = waits.iter().filter_map(|d| *d).max();
+                let mut ok = Vec::new();
+                let mut failed = Vec::new();
+                for (e, wait) in events.iter().zip(waits) {
+                    match wait {
+                        None => ok.push(e.id),
+                        Some(_) => failed.push((e.id, "consumer deferred".to_owned())),
+                    }
+                }
+                (ok, failed, pause.map(|p| p.min(Duration::from_secs(5))))
             }
             Sink::Kafka(publisher) => {
                 let results = futures::future::join_all(events.into_iter().map(|e| {

@@ -12,6 +12,7 @@ mod rules;
 mod run;
 mod scenarios;
 mod seeds;
+mod servermetrics;
 mod setup;
 mod summary;
 mod table;

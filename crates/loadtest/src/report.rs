@@ -48,6 +48,12 @@ pub struct ReportInput<'a> {
     pub rules: &'a [RuleResult],
     pub k6_exit: Option<i32>,
     pub artifacts: Vec<(String, String)>,
+    /// The servers' own histograms (Markdown section, may be empty).
+    pub inside: String,
+    /// The p95 of every ceiling run (the `ceiling` summary is the median one).
+    pub ceiling_p95s: Vec<f64>,
+    /// The step whose p95 is the scenario's headline (`issue_duration`).
+    pub headline: &'a str,
 }
 
 /// Whether the run passed, and why not.
@@ -307,6 +313,27 @@ pub fn render(input: &ReportInput<'_>) -> String {
     if let Some(t) = ceiling.and_then(|c| c.trend("live_duration")) {
         trend_row(&mut out, "ceiling `GET /health/live`", &t, None);
     }
+    let headline_p95 = ours.trend(input.headline).and_then(|t| t.p95);
+    let ceiling_p95 = ceiling
+        .and_then(|c| c.trend("live_duration"))
+        .and_then(|t| t.p95);
+    if let (Some(h), Some(c)) = (headline_p95, ceiling_p95) {
+        let _ = writeln!(
+            out,
+            "\n- `{}` p95 / ceiling p95: **{}**",
+            input.headline,
+            ratio(Some(h), Some(c))
+        );
+    }
+    if input.ceiling_p95s.len() > 1 {
+        let each: Vec<String> = input.ceiling_p95s.iter().map(|v| num(*v)).collect();
+        let _ = writeln!(
+            out,
+            "- the ceiling was measured {} times (p95 of each: {} ms); the row above is the median run",
+            input.ceiling_p95s.len(),
+            each.join(", ")
+        );
+    }
     if let Some(f) = seed {
         let missing: Vec<String> = f
             .steps
@@ -326,6 +353,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
             let _ = writeln!(out, "\nNot measured in this run: {}.", missing.join("; "));
         }
     }
+    out.push_str(&input.inside);
     let _ = writeln!(out);
 
     // Thresholds.
@@ -486,6 +514,9 @@ mod tests {
             rules: &rules,
             k6_exit: Some(99),
             artifacts: vec![("summary".into(), "loadtests/results/x/summary.json".into())],
+            inside: String::new(),
+            ceiling_p95s: vec![1.0, 2.0, 3.0],
+            headline: "charge_duration",
         };
         let md = render(&input);
         assert!(md.starts_with("# charge — 2026-11-22"));
@@ -510,6 +541,14 @@ mod tests {
         );
         assert!(
             md.contains("| ceiling `GET /health/live` | 200 000 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- `charge_duration` p95 / ceiling p95: **2.55×**"),
+            "{md}"
+        );
+        assert!(
+            md.contains("measured 3 times (p95 of each: 1.00, 2.00, 3.00 ms)"),
             "{md}"
         );
         assert!(
@@ -542,6 +581,9 @@ mod tests {
             rules: &[],
             k6_exit: Some(0),
             artifacts: vec![],
+            inside: String::new(),
+            ceiling_p95s: vec![],
+            headline: "charge_duration",
         };
         assert!(verdict(&input).0);
         assert!(render(&input).contains("**Verdict: PASS**"));

@@ -8,7 +8,7 @@ use crate::scenarios::{self, CouponQuantity, Scenario, Shape};
 use crate::seeds::SeedFigures;
 use crate::setup::{self, Api, OrderRef};
 use crate::summary::Summary;
-use crate::{k6, nginx, probe, rules, seeds};
+use crate::{k6, nginx, probe, rules, seeds, servermetrics};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -639,6 +639,10 @@ pub async fn run(
         log(format!("warm-up exited {warm_code:?}; going on"));
     }
 
+    // The servers' histograms before the scenario, so the report shows the
+    // scenario's requests only.
+    let (metrics_before, _) = servermetrics::scrape(&bases).await;
+
     // The scenario.
     let mut vars = scale_vars.clone();
     vars.push(("BASE_URLS".into(), front.join(",")));
@@ -679,40 +683,62 @@ pub async fn run(
     })?)
     .map_err(|e| anyhow!(e))?;
 
-    // The ceiling, same VU shape.
+    let (metrics_after, scrape_errors) = servermetrics::scrape(&bases).await;
+    for e in &scrape_errors {
+        log(format!("could not read the server's metrics: {e}"));
+    }
+    let inside = servermetrics::delta(&metrics_after, &metrics_before);
+
+    // The ceiling, same VU shape. A burst is over in a second or two and
+    // its p95 swings from run to run, so it is measured several times and
+    // the median run stands for it (every run's p95 is in the report).
+    let mut ceiling_p95s = Vec::new();
     let ceiling = if opts.ceiling {
+        let runs = opts
+            .ceiling_runs
+            .unwrap_or(if shape.is_burst() { 3 } else { 1 });
         let mut cvars = vec![("BASE_URLS".to_owned(), front.join(","))];
         let mut sc = shape.scenario.clone();
         if let Some(obj) = sc.as_object_mut() {
             obj.insert("exec".into(), json!("default"));
         }
         cvars.push(("CEILING_SCENARIO".into(), sc.to_string()));
-        let path = run_dir.join("ceiling-summary.json");
-        log("k6 run ceiling.js (GET /health/live, same VU shape)");
-        let code = k6::run(
-            &k6,
-            &k6::RunSpec {
-                script: &paths.k6_dir.join("ceiling.js"),
-                vars: cvars,
-                summary: &path,
-                dashboard: None,
-                dashboard_period: period,
-                stdout: &run_dir.join("ceiling.out"),
-                stderr: &run_dir.join("ceiling.log"),
-                limit,
-            },
-        )
-        .await?;
-        match std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| Summary::parse(&t))
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log(format!("ceiling run gave no summary (exit {code:?}): {e}"));
-                None
+        let mut measured = Vec::new();
+        for n in 1..=runs {
+            let suffix = if n == 1 {
+                String::new()
+            } else {
+                format!("-{n}")
+            };
+            let path = run_dir.join(format!("ceiling-summary{suffix}.json"));
+            log(format!(
+                "k6 run ceiling.js (GET /health/live, same VU shape), {n} of {runs}"
+            ));
+            let code = k6::run(
+                &k6,
+                &k6::RunSpec {
+                    script: &paths.k6_dir.join("ceiling.js"),
+                    vars: cvars.clone(),
+                    summary: &path,
+                    dashboard: None,
+                    dashboard_period: period,
+                    stdout: &run_dir.join(format!("ceiling{suffix}.out")),
+                    stderr: &run_dir.join(format!("ceiling{suffix}.log")),
+                    limit,
+                },
+            )
+            .await?;
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| Summary::parse(&t))
+            {
+                Ok(s) => measured.push(s),
+                Err(e) => log(format!("ceiling run gave no summary (exit {code:?}): {e}")),
             }
         }
+        let p95 = |s: &Summary| s.trend("live_duration").and_then(|t| t.p95);
+        ceiling_p95s = measured.iter().filter_map(p95).collect();
+        median_by(measured, |s| p95(s).unwrap_or(f64::INFINITY))
     } else {
         None
     };
@@ -803,6 +829,9 @@ pub async fn run(
         rules: &rule_results,
         k6_exit,
         artifacts,
+        inside: servermetrics::render(&inside),
+        ceiling_p95s,
+        headline: scenario.headline,
     };
     std::fs::write(&report_path, report::render(&input))
         .with_context(|| format!("writing {}", report_path.display()))?;
@@ -899,4 +928,26 @@ fn shape_line(shape: &Shape) -> String {
         shape.describe(),
         shape.total.as_secs()
     )
+}
+
+/// The middle element by `key` (the upper one of an even count).
+fn median_by<T>(mut items: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {
+    if items.is_empty() {
+        return None;
+    }
+    items.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mid = items.len() / 2;
+    Some(items.swap_remove(mid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_by;
+
+    #[test]
+    fn median_run_is_the_middle_one() {
+        assert_eq!(median_by(vec![149.0, 33.0, 66.0], |v| *v), Some(66.0));
+        assert_eq!(median_by(vec![2.0, 1.0], |v| *v), Some(2.0));
+        assert_eq!(median_by(Vec::<f64>::new(), |v| *v), None);
+    }
 }

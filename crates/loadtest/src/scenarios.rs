@@ -285,6 +285,12 @@ impl Shape {
             .and_then(parse_k6_duration)
     }
 
+    /// One iteration per VU, all at once: a burst over in a second or two,
+    /// whose p95 swings from run to run more than a sustained load's.
+    pub fn is_burst(&self) -> bool {
+        self.executor() == "per-vu-iterations" && self.num("iterations") <= 1
+    }
+
     /// The most VUs the shape runs at once.
     pub fn peak_vus(&self) -> u64 {
         match self.executor() {
@@ -570,6 +576,15 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(iters.expected_iterations(), Some(100_000));
+        assert!(!iters.is_burst());
+        assert!(!ramp.is_burst());
+        let burst = Shape::from_inspect(&inspect(
+            json!({"executor": "per-vu-iterations", "vus": 500, "iterations": 1, "maxDuration": "2m0s"}),
+            "2m30s",
+            500,
+        ))
+        .unwrap();
+        assert!(burst.is_burst());
 
         let rate = Shape::from_inspect(&inspect(
             json!({"executor": "constant-arrival-rate", "rate": 1000, "timeUnit": "1s", "duration": "3.4s", "preAllocatedVUs": 1200, "maxVUs": 2500}),

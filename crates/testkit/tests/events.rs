@@ -183,6 +183,111 @@ async fn a_redelivered_event_is_ignored_by_every_consumer() {
     );
 }
 
+fn paid_event(product: i64, quantity: i64) -> Event {
+    Event {
+        id: uuid::Uuid::now_v7(),
+        event_type: "order_paid".into(),
+        key: "1".into(),
+        payload: json!({"order_id": 1, "user_id": 1, "amount": 10 * quantity, "paid_at": chrono::Utc::now(),
+                         "items": [{"product_id": product, "quantity": quantity, "unit_price": 10}]}),
+        created_at: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_skips_what_an_inbox_holds_and_applies_the_rest_once() {
+    let peer = FakePeer::start().await;
+    let url = peer.url.clone();
+    let app = TestApp::spawn_with(|s| s.data_platform.url = Some(url)).await;
+    let p = product(&app, 10).await;
+    let events: Vec<Event> = (0..6).map(|_| paid_event(p, 1)).collect();
+    // The first one already reached every consumer on its own.
+    for consumer in app.state.events.consumers() {
+        assert_eq!(
+            app.state
+                .events
+                .deliver(consumer.as_ref(), &events[0])
+                .await,
+            Delivery::Processed
+        );
+    }
+    let waits = app.state.events.deliver_many(&events, 4).await;
+    assert_eq!(waits, vec![None; 6], "all settled");
+    assert_eq!(peer.accepted(), 6, "the seen event was not sent again");
+    assert_eq!(peer.distinct(), 6);
+    for table in ["inbox_data_platform", "inbox_notification", "inbox_ranking"] {
+        assert_eq!(
+            count(&app, &format!("SELECT COUNT(*) AS n FROM {table}")).await,
+            6,
+            "{table}"
+        );
+    }
+    let units = format!("SELECT units AS n FROM product_sales_daily WHERE product_id = {p}");
+    assert_eq!(count(&app, &units).await, 6);
+    // The same batch again changes nothing.
+    assert_eq!(
+        app.state.events.deliver_many(&events, 4).await,
+        vec![None; 6]
+    );
+    assert_eq!(peer.accepted(), 6);
+    assert_eq!(count(&app, &units).await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_inbox_write_fails_is_delivered_again_not_lost() {
+    let peer = FakePeer::start().await;
+    let url = peer.url.clone();
+    let app = TestApp::spawn_with(|s| s.data_platform.url = Some(url)).await;
+    let p = product(&app, 10).await;
+    let events: Vec<Event> = (0..4).map(|_| paid_event(p, 1)).collect();
+    // The data platform's inbox refuses writes: its effects happen, but
+    // cannot be recorded.
+    let mut c = app.db.conn().await;
+    diesel::sql_query(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    diesel::sql_query("CREATE TRIGGER refuse BEFORE INSERT ON inbox_data_platform FOR EACH STATEMENT EXECUTE FUNCTION refuse()")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let waits = app.state.events.deliver_many(&events, 4).await;
+    assert!(waits.iter().all(Option::is_some), "none settled: {waits:?}");
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) AS n FROM inbox_data_platform").await,
+        0
+    );
+    // The other consumers recorded theirs.
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) AS n FROM inbox_ranking").await,
+        4
+    );
+    diesel::sql_query("DROP TRIGGER refuse ON inbox_data_platform")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.state.events.deliver_many(&events, 4).await,
+        vec![None; 4]
+    );
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) AS n FROM inbox_data_platform").await,
+        4
+    );
+    assert_eq!(peer.distinct(), 4, "every event reached the peer");
+    // Ranking applied each sale once although its events came twice.
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT units AS n FROM product_sales_daily WHERE product_id = {p}")
+        )
+        .await,
+        4
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_data_platform_parks_events_then_redrive_delivers_once() {
     let peer = FakePeer::start().await;
