@@ -96,6 +96,12 @@ impl WinnerWriter {
 }
 
 async fn run(db: DbPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+    // Warm a backend for the statement before the first winner needs it
+    // (its plan, the tables' and indexes' caches): the first peak after a
+    // deploy otherwise pays for it. Best effort; the database may be down.
+    if let Ok(mut conn) = commerce_storage::conn(&db).await {
+        let _ = store::insert_batch(&mut conn, &[]).await;
+    }
     let mut jobs = Vec::with_capacity(max_batch);
     loop {
         {

@@ -601,6 +601,12 @@ pub async fn run(
     }
     let data_file = run_dir.join("data.json");
     write_json(&data_file, &Value::Object(data))?;
+    let t0 = Instant::now();
+    setup::settle(&setup::connect(&db_url).await?).await?;
+    log(format!(
+        "VACUUM (ANALYZE) and CHECKPOINT after the load in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    ));
 
     // Warm-up: one GET /health/live per VU at the scenario's peak
     // concurrency (capped), unmeasured. It opens the proxy's upstream

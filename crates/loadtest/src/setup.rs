@@ -104,6 +104,19 @@ pub async fn table_exists(db: &Client, table: &str) -> Result<bool> {
     Ok(row.get(0))
 }
 
+/// After the bulk load: fresh statistics and a checkpoint now, so neither
+/// autovacuum's first pass over the new rows nor a checkpoint's flush of
+/// them lands in the measured run (a live database is not freshly loaded).
+pub async fn settle(db: &Client) -> Result<()> {
+    for sql in ["VACUUM (ANALYZE)", "CHECKPOINT"] {
+        tokio::time::timeout(Duration::from_secs(120), db.batch_execute(sql))
+            .await
+            .map_err(|_| anyhow!("{sql} timed out"))?
+            .with_context(|| sql.to_owned())?;
+    }
+    Ok(())
+}
+
 /// Snapshot of every product's stock, for the conservation rule.
 pub async fn snapshot_stock(db: &Client) -> Result<bool> {
     if !table_exists(db, "products").await? {
