@@ -170,27 +170,6 @@ impl Dispatcher {
         types
     }
 
-    /// Delivers to every interested consumer; the event is settled when all
-    /// are. Returns the longest deferral, if any.
-    pub async fn deliver_all(&self, event: &Event) -> Option<Duration> {
-        // Consumers are independent: a slow or failing one does not hold
-        // the others back.
-        let deliveries = futures::future::join_all(
-            self.consumers
-                .iter()
-                .filter(|c| c.event_types().contains(&event.event_type.as_str()))
-                .map(|c| self.deliver(c.as_ref(), event)),
-        )
-        .await;
-        deliveries
-            .into_iter()
-            .filter_map(|d| match d {
-                Delivery::Deferred(d) => Some(d),
-                _ => None,
-            })
-            .max()
-    }
-
     /// Applies `event` to `consumer` once: retries with backoff, parks after
     /// `max_attempts` real failures, defers while the dependency is down.
     pub async fn deliver(&self, consumer: &dyn Consumer, event: &Event) -> Delivery {
@@ -207,8 +186,9 @@ impl Dispatcher {
     }
 
     /// Delivers a batch (the relay's pass) to every interested consumer and
-    /// answers, per event, the longest deferral (`None`: settled). Beside
-    /// [`Dispatcher::deliver_all`] for each event, a non-transactional
+    /// answers, per event, the longest deferral (`None`: settled; an event is
+    /// settled when every consumer is). Consumers are independent: a slow or
+    /// failing one does not hold the others back. A non-transactional
     /// consumer's inbox is read and written once for the whole batch: a
     /// peak's events then cost two statements per consumer, not two per
     /// event, and leave PostgreSQL to the requests that made them.

@@ -624,21 +624,14 @@ pub async fn run(
     log(format!(
         "warm-up: {warm_vus} VUs × GET /health/live (not measured)"
     ));
-    let warm_code = k6::run(
+    let warm_code = run_live(
         &k6,
-        &k6::RunSpec {
-            script: &paths.k6_dir.join("ceiling.js"),
-            vars: vec![
-                ("BASE_URLS".to_owned(), front.join(",")),
-                ("CEILING_SCENARIO".to_owned(), warm_shape.to_string()),
-            ],
-            summary: &run_dir.join("warmup-summary.json"),
-            dashboard: None,
-            dashboard_period: Duration::from_secs(1),
-            stdout: &run_dir.join("warmup.out"),
-            stderr: &run_dir.join("warmup.log"),
-            limit: Duration::from_secs(120),
-        },
+        &paths.k6_dir,
+        &front,
+        &warm_shape,
+        &run_dir,
+        "warmup",
+        Duration::from_secs(120),
     )
     .await?;
     if !matches!(warm_code, Some(0)) {
@@ -703,12 +696,10 @@ pub async fn run(
         let runs = opts
             .ceiling_runs
             .unwrap_or(if shape.is_burst() { 3 } else { 1 });
-        let mut cvars = vec![("BASE_URLS".to_owned(), front.join(","))];
         let mut sc = shape.scenario.clone();
         if let Some(obj) = sc.as_object_mut() {
             obj.insert("exec".into(), json!("default"));
         }
-        cvars.push(("CEILING_SCENARIO".into(), sc.to_string()));
         let mut measured = Vec::new();
         for n in 1..=runs {
             let suffix = if n == 1 {
@@ -716,24 +707,12 @@ pub async fn run(
             } else {
                 format!("-{n}")
             };
-            let path = run_dir.join(format!("ceiling-summary{suffix}.json"));
             log(format!(
                 "k6 run ceiling.js (GET /health/live, same VU shape), {n} of {runs}"
             ));
-            let code = k6::run(
-                &k6,
-                &k6::RunSpec {
-                    script: &paths.k6_dir.join("ceiling.js"),
-                    vars: cvars.clone(),
-                    summary: &path,
-                    dashboard: None,
-                    dashboard_period: period,
-                    stdout: &run_dir.join(format!("ceiling{suffix}.out")),
-                    stderr: &run_dir.join(format!("ceiling{suffix}.log")),
-                    limit,
-                },
-            )
-            .await?;
+            let stem = format!("ceiling{suffix}");
+            let code = run_live(&k6, &paths.k6_dir, &front, &sc, &run_dir, &stem, limit).await?;
+            let path = run_dir.join(format!("{stem}-summary.json"));
             match std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|t| Summary::parse(&t))
@@ -934,6 +913,36 @@ fn shape_line(shape: &Shape) -> String {
         shape.describe(),
         shape.total.as_secs()
     )
+}
+
+/// `k6/ceiling.js` (`GET /health/live`) with the k6 scenario `shape`; its
+/// files are `<stem>-summary.json`, `<stem>.out` and `<stem>.log`.
+async fn run_live(
+    k6: &Path,
+    k6_dir: &Path,
+    front: &[String],
+    shape: &Value,
+    run_dir: &Path,
+    stem: &str,
+    limit: Duration,
+) -> Result<Option<i32>> {
+    k6::run(
+        k6,
+        &k6::RunSpec {
+            script: &k6_dir.join("ceiling.js"),
+            vars: vec![
+                ("BASE_URLS".to_owned(), front.join(",")),
+                ("CEILING_SCENARIO".to_owned(), shape.to_string()),
+            ],
+            summary: &run_dir.join(format!("{stem}-summary.json")),
+            dashboard: None,
+            dashboard_period: Duration::from_secs(1),
+            stdout: &run_dir.join(format!("{stem}.out")),
+            stderr: &run_dir.join(format!("{stem}.log")),
+            limit,
+        },
+    )
+    .await
 }
 
 /// The middle element by `key` (the upper one of an even count).

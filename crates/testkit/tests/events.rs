@@ -154,14 +154,7 @@ async fn a_redelivered_event_is_ignored_by_every_consumer() {
     let url = peer.url.clone();
     let app = TestApp::spawn_with(|s| s.data_platform.url = Some(url)).await;
     let p = product(&app, 10).await;
-    let event = Event {
-        id: uuid::Uuid::now_v7(),
-        event_type: "order_paid".into(),
-        key: "1".into(),
-        payload: json!({"order_id": 1, "user_id": 1, "amount": 20, "paid_at": chrono::Utc::now(),
-                         "items": [{"product_id": p, "quantity": 2, "unit_price": 10}]}),
-        created_at: chrono::Utc::now(),
-    };
+    let event = paid_event(p, 2);
     for consumer in app.state.events.consumers() {
         assert_eq!(
             app.state.events.deliver(consumer.as_ref(), &event).await,
