@@ -171,14 +171,17 @@ pub async fn insert(
     .map(|r| (r.id, r.issued_at))
     .map_err(StorageError::from);
     match res {
-        Ok((id, issued_at)) => Ok(IssuedCoupon {
-            user_coupon_id: UserCouponId::from_db(id),
-            coupon_id: coupon.id,
-            user_id: user,
-            discount_amount: coupon.discount_amount,
-            issued_at,
-            expires_at: coupon.expires_at,
-        }),
+        Ok((id, issued_at)) => {
+            commerce_storage::outbox::written();
+            Ok(IssuedCoupon {
+                user_coupon_id: UserCouponId::from_db(id),
+                coupon_id: coupon.id,
+                user_id: user,
+                discount_amount: coupon.discount_amount,
+                issued_at,
+                expires_at: coupon.expires_at,
+            })
+        }
         Err(StorageError::UniqueViolation(c)) if c == "user_coupons_one_per_user" => {
             Err(InsertError::AlreadyIssued)
         }
@@ -276,6 +279,9 @@ pub async fn insert_batch(
     .load(conn)
     .await
     .map_err(StorageError::from)?;
+    if !rows.is_empty() {
+        commerce_storage::outbox::written();
+    }
     Ok(rows
         .into_iter()
         .map(|r| Written {

@@ -25,8 +25,18 @@ pub enum Sink {
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     pub batch: i64,
-    /// Pause between polls when the outbox is empty.
+    /// Longest pause between polls when the outbox is empty. This
+    /// process's own writes wake the relay sooner; the poll is for rows
+    /// written elsewhere (another instance that stopped before relaying
+    /// them, rows whose lease ran out).
     pub idle: Duration,
+    /// After a wake-up by written events, how long the writes must pause
+    /// before the relay claims: a peak's events are relayed in a few large
+    /// passes after the burst, not in many small ones competing with it.
+    pub lull: Duration,
+    /// Bound on that wait: under a steady stream of writes the relay still
+    /// runs this often.
+    pub max_delay: Duration,
     /// How long a claim keeps other relays off a row.
     pub lease: Duration,
     /// Events delivered at once in process.
@@ -37,7 +47,9 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             batch: 200,
-            idle: Duration::from_millis(50),
+            idle: Duration::from_millis(500),
+            lull: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
             lease: Duration::from_secs(60),
             concurrency: 16,
         }
@@ -100,15 +112,21 @@ impl Relay {
 
     /// Relays until `shutdown`.
     pub async fn run(&self, shutdown: CancellationToken) {
+        let mut written = commerce_storage::outbox::subscribe();
         loop {
-            let wait = match self.run_once().await {
+            // `idle`: nothing is wrong, only nothing to do; a pause after a
+            // failure is kept whatever gets written meanwhile.
+            let (wait, idle) = match self.run_once().await {
                 Ok(pass) if pass.claimed as i64 >= self.config.batch && pass.pause.is_none() => {
-                    Duration::ZERO
+                    (Duration::ZERO, false)
                 }
-                Ok(pass) => pass.pause.unwrap_or(self.config.idle),
+                Ok(pass) => match pass.pause {
+                    Some(p) => (p, false),
+                    None => (self.config.idle, true),
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox relay pass failed");
-                    Duration::from_secs(1)
+                    (Duration::from_secs(1), false)
                 }
             };
             if wait.is_zero() {
@@ -117,9 +135,34 @@ impl Relay {
                 }
                 continue;
             }
-            tokio::select! {
+            let woken = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait) => false,
+                changed = written.changed(), if idle => changed.is_ok(),
+            };
+            if woken {
+                self.await_lull(&mut written, &shutdown).await;
+            }
+        }
+    }
+
+    /// Waits until no event was written for `lull`, at most `max_delay`.
+    async fn await_lull(
+        &self,
+        written: &mut tokio::sync::watch::Receiver<u64>,
+        shutdown: &CancellationToken,
+    ) {
+        let deadline = tokio::time::Instant::now() + self.config.max_delay;
+        loop {
+            let quiet = (tokio::time::Instant::now() + self.config.lull).min(deadline);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(quiet) => return,
+                changed = written.changed() => {
+                    if changed.is_err() || tokio::time::Instant::now() >= deadline {
+                        return;
+                    }
+                }
             }
         }
     }

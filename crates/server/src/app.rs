@@ -114,6 +114,8 @@ impl Application {
             commerce_events::relay::RelayConfig {
                 batch: settings.events.relay_batch,
                 idle: Duration::from_millis(settings.events.relay_idle_ms),
+                lull: Duration::from_millis(settings.events.relay_lull_ms),
+                max_delay: Duration::from_millis(settings.events.relay_max_delay_ms),
                 ..Default::default()
             },
         );

@@ -197,6 +197,8 @@ pub struct EventSettings {
     pub http_timeout_ms: u64,
     pub relay_batch: i64,
     pub relay_idle_ms: u64,
+    pub relay_lull_ms: u64,
+    pub relay_max_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,7 +261,9 @@ partitions = 3
 max_attempts = 5
 http_timeout_ms = 2000
 relay_batch = 200
-relay_idle_ms = 50
+relay_idle_ms = 500
+relay_lull_ms = 20
+relay_max_delay_ms = 200
 
 [notification]
 
@@ -402,6 +406,7 @@ impl Settings {
             ("kafka.delivery_timeout_ms", self.kafka.delivery_timeout_ms),
             ("events.http_timeout_ms", self.events.http_timeout_ms),
             ("events.relay_idle_ms", self.events.relay_idle_ms),
+            ("events.relay_max_delay_ms", self.events.relay_max_delay_ms),
             ("orders.sweep_interval_ms", self.orders.sweep_interval_ms),
             (
                 "coupons.reconcile_interval_secs",

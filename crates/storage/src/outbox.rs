@@ -16,6 +16,23 @@ pub mod event {
     pub const BALANCE_CHARGED: &str = "balance_charged";
 }
 
+/// Bumped whenever this process writes outbox rows: the relays of this
+/// process wait on it instead of polling an empty outbox.
+static WRITTEN: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
+/// Tells this process's relays that outbox rows were written. Called as
+/// the rows are written, possibly before their transaction commits: a
+/// relay waits for the writes to settle, and polls anyway now and then.
+pub fn written() {
+    WRITTEN.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Sees every [`written`] after this call.
+pub fn subscribe() -> tokio::sync::watch::Receiver<u64> {
+    WRITTEN.subscribe()
+}
+
 /// Adds one event row; returns its id.
 pub async fn enqueue(
     conn: &mut AsyncPgConnection,
@@ -33,5 +50,6 @@ pub async fn enqueue(
         ))
         .execute(conn)
         .await?;
+    written();
     Ok(id)
 }

@@ -10,7 +10,7 @@ use commerce_testkit::{TestApp, TestUser};
 use diesel_async::RunQueryDsl;
 use futures::StreamExt;
 use serde_json::json;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(diesel::QueryableByName)]
@@ -173,6 +173,92 @@ async fn a_redelivered_event_is_ignored_by_every_consumer() {
         )
         .await,
         2
+    );
+}
+
+/// Pays one order through the API and waits (at most `limit`) for the
+/// ranking consumer to have it; returns how long that took.
+async fn one_payment_reaches_ranking(app: &TestApp, limit: Duration) -> Duration {
+    let users = app.seed_users(1).await;
+    fund(app, 1_000).await;
+    let p = product(app, 10).await;
+    let started = Instant::now();
+    pay_orders(&[app], &users, p, 1, &AtomicUsize::new(0)).await;
+    eventually(
+        "the paid order's event at the ranking consumer",
+        limit,
+        async || count(app, "SELECT COUNT(*) AS n FROM inbox_ranking").await == 1,
+    )
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_wakes_on_this_processs_writes_instead_of_its_poll() {
+    // A poll this rare never fires within the test: only the wake-up by
+    // the payment's own outbox write can deliver in time.
+    let app = TestApp::spawn_with(|s| s.events.relay_idle_ms = 600_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // first (empty) pass done
+    let took = one_payment_reaches_ranking(&app, Duration::from_secs(5)).await;
+    eprintln!(
+        "FIGURE relay wake-up: payment to ranking {} ms",
+        took.as_millis()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_polls_for_rows_another_instance_wrote() {
+    let app = TestApp::spawn_with(|s| s.events.relay_idle_ms = 200).await;
+    let p = product(&app, 10).await;
+    let event = paid_event(p, 1);
+    // Written straight into the table, as another process would: no
+    // wake-up reaches this relay, its poll has to find the row.
+    let mut c = app.db.conn().await;
+    diesel::sql_query(
+        "INSERT INTO outbox (id, event_type, aggregate_key, payload) VALUES ($1, $2, $3, $4)",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(event.id)
+    .bind::<diesel::sql_types::Text, _>(&event.event_type)
+    .bind::<diesel::sql_types::Text, _>(&event.key)
+    .bind::<diesel::sql_types::Jsonb, _>(&event.payload)
+    .execute(&mut c)
+    .await
+    .unwrap();
+    eventually(
+        "the row to be relayed",
+        Duration::from_secs(5),
+        async || count(&app, "SELECT COUNT(*) AS n FROM inbox_ranking").await == 1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_writes_that_never_pause_the_relay_still_runs_every_max_delay() {
+    let app = TestApp::spawn_with(|s| {
+        s.events.relay_idle_ms = 600_000;
+        s.events.relay_lull_ms = 100;
+        s.events.relay_max_delay_ms = 300;
+    })
+    .await;
+    // Writes every 10 ms, for longer than the test may take: the lull the
+    // relay waits for never comes, only `max_delay` lets it run.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writes = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !AtomicBool::load(&stop, Ordering::SeqCst) && Instant::now() < deadline {
+                commerce_storage::outbox::written();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let took = one_payment_reaches_ranking(&app, Duration::from_secs(5)).await;
+    stop.store(true, Ordering::SeqCst);
+    writes.await.unwrap();
+    eprintln!(
+        "FIGURE relay under steady writes: payment to ranking {} ms",
+        took.as_millis()
     );
 }
 
