@@ -232,6 +232,37 @@ impl Dispatcher {
             return out;
         }
         let table = inbox_table(consumer.name());
+        if let (Some(t), true) = (&table, consumer.transactional() && picked.len() > 1) {
+            let batch: Vec<&Event> = picked.iter().map(|&i| &events[i]).collect();
+            match self.apply_in_one_transaction(consumer, t, &batch).await {
+                Ok(fresh) => {
+                    for &i in &picked {
+                        let e = &events[i];
+                        let d = if fresh.contains(&e.id) {
+                            Delivery::Processed
+                        } else {
+                            Delivery::Duplicate
+                        };
+                        let kind = if d == Delivery::Processed {
+                            "processed"
+                        } else {
+                            "duplicate"
+                        };
+                        metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => kind).increment(1);
+                        out[i] = Some(d);
+                        if d == Delivery::Processed {
+                            self.processed(consumer, e).await;
+                        }
+                    }
+                    return out;
+                }
+                // One bad event or a failed write: nothing of the batch
+                // committed; each event now goes alone, with its retries.
+                Err(e) => {
+                    tracing::debug!(consumer = consumer.name(), events = batch.len(), error = %e, "batched transactional delivery failed; one by one");
+                }
+            }
+        }
         let seen = match &table {
             Some(t) if !consumer.transactional() => {
                 let ids: Vec<uuid::Uuid> = picked.iter().map(|&i| events[i].id).collect();
@@ -301,6 +332,42 @@ impl Dispatcher {
             }
         }
         out
+    }
+
+    /// Applies `events` to a transactional consumer in one transaction (one
+    /// commit for the lot): inbox rows first, then the effect of each event
+    /// the inbox did not hold yet. Returns the ids applied; on any error
+    /// nothing is applied.
+    async fn apply_in_one_transaction(
+        &self,
+        consumer: &dyn Consumer,
+        table: &str,
+        events: &[&Event],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, HandleError> {
+        #[derive(QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = SqlUuid)]
+            event_id: uuid::Uuid,
+        }
+        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.id).collect();
+        let insert = format!(
+            "INSERT INTO {table} (event_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id"
+        );
+        let mut c = conn(&self.db).await?;
+        c.transaction(async |tx| {
+            let fresh: std::collections::HashSet<uuid::Uuid> = diesel::sql_query(&insert)
+                .bind::<diesel::sql_types::Array<SqlUuid>, _>(&ids)
+                .load::<Id>(tx)
+                .await?
+                .into_iter()
+                .map(|r| r.event_id)
+                .collect();
+            for e in events.iter().filter(|e| fresh.contains(&e.id)) {
+                consumer.handle(Some(tx), e).await?;
+            }
+            Ok(fresh)
+        })
+        .await
     }
 
     /// Which of `ids` the inbox `table` already holds.

@@ -120,14 +120,20 @@ async fn in_process_consumers_apply_each_event_once() {
     )
     .await;
     assert_eq!(peer.accepted(), 60, "no duplicate effects");
-    assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL"
-        )
-        .await,
-        0
-    );
+    // The relay marks rows published once every consumer has them.
+    eventually(
+        "the outbox to be settled",
+        Duration::from_secs(5),
+        async || {
+            count(
+                &app,
+                "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
     assert_eq!(
         count(&app, &format!("SELECT COALESCE(SUM(units), 0)::BIGINT AS n FROM product_sales_daily WHERE product_id = {p}")).await,
         120
@@ -310,6 +316,35 @@ async fn a_batch_skips_what_an_inbox_holds_and_applies_the_rest_once() {
     );
     assert_eq!(peer.accepted(), 6);
     assert_eq!(count(&app, &units).await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_event_in_a_transactional_batch_is_parked_and_the_rest_apply_once() {
+    let app = TestApp::spawn().await;
+    let p = product(&app, 10).await;
+    let mut events: Vec<Event> = (0..5).map(|_| paid_event(p, 1)).collect();
+    // An unknown product: the ranking consumer refuses it for good, which
+    // rolls back the batch's shared transaction.
+    events.insert(2, paid_event(p + 1_000_000, 1));
+    let waits = app.state.events.deliver_many(&events, 4).await;
+    assert_eq!(waits, vec![None; 6], "all settled");
+    let units = format!("SELECT units AS n FROM product_sales_daily WHERE product_id = {p}");
+    assert_eq!(count(&app, &units).await, 5, "each good event counted once");
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "SELECT COUNT(*) AS n FROM dead_letters WHERE consumer = 'ranking' AND event_id = '{}'",
+                events[2].id
+            )
+        )
+        .await,
+        1,
+        "the bad one parked"
+    );
+    // Delivered again, nothing changes.
+    app.state.events.deliver_many(&events, 4).await;
+    assert_eq!(count(&app, &units).await, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
