@@ -84,9 +84,38 @@ pub trait Consumer: Send + Sync + 'static {
         tx: Option<&'a mut AsyncPgConnection>,
         event: &'a Event,
     ) -> BoxFuture<'a, Result<(), HandleError>>;
+    /// Applies several events inside one inbox transaction (transactional
+    /// consumers, one commit for a relay pass). The default applies them
+    /// one after the other; a consumer whose effects add up can merge them
+    /// into one statement.
+    fn handle_many<'a>(
+        &'a self,
+        tx: &'a mut AsyncPgConnection,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(async move {
+            for e in events {
+                self.handle(Some(&mut *tx), e).await?;
+            }
+            Ok(())
+        })
+    }
     /// Runs after the inbox row committed (e.g. refresh a cache).
     fn after_commit<'a>(&'a self, _event: &'a Event) -> BoxFuture<'a, ()> {
         Box::pin(async {})
+    }
+    /// [`Consumer::after_commit`] for events that committed together; the
+    /// default runs each event's hook, `concurrency` at a time.
+    fn after_commit_many<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        concurrency: usize,
+    ) -> BoxFuture<'a, ()> {
+        use futures::StreamExt;
+        Box::pin(
+            futures::stream::iter(events)
+                .for_each_concurrent(concurrency.max(1), |e| self.after_commit(e)),
+        )
     }
 }
 
@@ -134,6 +163,12 @@ pub struct Dispatcher {
     db: DbPool,
     consumers: Arc<Vec<Arc<dyn Consumer>>>,
     policy: RetryPolicy,
+}
+
+/// Commit-to-effect lag of an event whose inbox row just committed.
+fn record_lag(consumer: &dyn Consumer, event: &Event) {
+    metrics::histogram!("events_lag_seconds", "consumer" => consumer.name())
+        .record((Utc::now() - event.created_at).num_milliseconds().max(0) as f64 / 1000.0);
 }
 
 fn inbox_table(name: &str) -> Option<String> {
@@ -250,10 +285,15 @@ impl Dispatcher {
                         };
                         metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => kind).increment(1);
                         out[i] = Some(d);
-                        if d == Delivery::Processed {
-                            self.processed(consumer, e).await;
-                        }
                     }
+                    let applied: Vec<&Event> = batch
+                        .into_iter()
+                        .filter(|e| fresh.contains(&e.id))
+                        .collect();
+                    for e in &applied {
+                        record_lag(consumer, e);
+                    }
+                    consumer.after_commit_many(&applied, concurrency).await;
                     return out;
                 }
                 // One bad event or a failed write: nothing of the batch
@@ -362,8 +402,13 @@ impl Dispatcher {
                 .into_iter()
                 .map(|r| r.event_id)
                 .collect();
-            for e in events.iter().filter(|e| fresh.contains(&e.id)) {
-                consumer.handle(Some(tx), e).await?;
+            let applied: Vec<&Event> = events
+                .iter()
+                .copied()
+                .filter(|e| fresh.contains(&e.id))
+                .collect();
+            if !applied.is_empty() {
+                consumer.handle_many(tx, &applied).await?;
             }
             Ok(fresh)
         })
@@ -405,8 +450,7 @@ impl Dispatcher {
 
     /// After an event's inbox row committed: its lag, then the consumer's hook.
     async fn processed(&self, consumer: &dyn Consumer, event: &Event) {
-        metrics::histogram!("events_lag_seconds", "consumer" => consumer.name())
-            .record((Utc::now() - event.created_at).num_milliseconds().max(0) as f64 / 1000.0);
+        record_lag(consumer, event);
         consumer.after_commit(event).await;
     }
 

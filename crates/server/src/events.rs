@@ -49,6 +49,30 @@ impl RankingConsumer {
     }
 }
 
+impl RankingConsumer {
+    /// The events' sales grouped by the day they count for (each group
+    /// carries one of its sale times).
+    fn by_day(events: &[&Event]) -> Result<Vec<Sales>, HandleError> {
+        let mut days: std::collections::BTreeMap<chrono::NaiveDate, Sales> = Default::default();
+        for e in events {
+            let (sales, at) = Self::parse(e)?;
+            days.entry(at.date_naive())
+                .or_insert_with(|| (Vec::new(), at))
+                .0
+                .extend(sales);
+        }
+        Ok(days.into_values().collect())
+    }
+
+    fn failed(e: commerce_catalog::CatalogError) -> HandleError {
+        if e.is_unavailable() {
+            HandleError::Unavailable(Duration::from_secs(1))
+        } else {
+            HandleError::Permanent(e.to_string())
+        }
+    }
+}
+
 impl Consumer for RankingConsumer {
     fn name(&self) -> &'static str {
         RANKING
@@ -75,13 +99,45 @@ impl Consumer for RankingConsumer {
             self.catalog
                 .record_sales_in(tx, &sales, at)
                 .await
-                .map_err(|e| {
-                    if e.is_unavailable() {
-                        HandleError::Unavailable(Duration::from_secs(1))
-                    } else {
-                        HandleError::Permanent(e.to_string())
-                    }
-                })
+                .map_err(Self::failed)
+        })
+    }
+
+    /// A relay pass's sales, merged per day: one upsert per day, not one
+    /// per event.
+    fn handle_many<'a>(
+        &'a self,
+        tx: &'a mut AsyncPgConnection,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
+        Box::pin(async move {
+            for (sales, at) in Self::by_day(events)? {
+                self.catalog
+                    .record_sales_in(tx, &sales, at)
+                    .await
+                    .map_err(Self::failed)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// One ranking refresh per day for the lot.
+    fn after_commit_many<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        _concurrency: usize,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            // Parsed once already inside the transaction; a bad payload
+            // would have failed it, so this is only for safety.
+            if let Ok(days) = Self::by_day(events) {
+                for (sales, at) in days {
+                    let mut products: Vec<ProductId> = sales.iter().map(|(p, _)| *p).collect();
+                    products.sort_unstable_by_key(|p| p.get());
+                    products.dedup();
+                    self.catalog.publish_sales(&products, at).await;
+                }
+            }
         })
     }
 
