@@ -92,6 +92,19 @@ async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() ->
     }
 }
 
+/// Waits until the relay has published every outbox row.
+async fn outbox_drained(app: &TestApp, what: &str, limit: Duration) {
+    eventually(what, limit, async || {
+        count(
+            app,
+            "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL",
+        )
+        .await
+            == 0
+    })
+    .await;
+}
+
 async fn count(app: &TestApp, sql: &str) -> i64 {
     app.db.scalar(sql).await
 }
@@ -121,19 +134,7 @@ async fn in_process_consumers_apply_each_event_once() {
     .await;
     assert_eq!(peer.accepted(), 60, "no duplicate effects");
     // The relay marks rows published once every consumer has them.
-    eventually(
-        "the outbox to be settled",
-        Duration::from_secs(5),
-        async || {
-            count(
-                &app,
-                "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL",
-            )
-            .await
-                == 0
-        },
-    )
-    .await;
+    outbox_drained(&app, "the outbox to be settled", Duration::from_secs(5)).await;
     assert_eq!(
         count(&app, &format!("SELECT COALESCE(SUM(units), 0)::BIGINT AS n FROM product_sales_daily WHERE product_id = {p}")).await,
         120
@@ -682,17 +683,10 @@ async fn kafka_backlog_of_ten_thousand_drains_after_the_broker_returns() {
     );
     let resumed = Instant::now();
     broker.resume();
-    eventually(
+    outbox_drained(
+        &app,
         "the backlog to be published",
         Duration::from_secs(120),
-        async || {
-            count(
-                &app,
-                "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL",
-            )
-            .await
-                == 0
-        },
     )
     .await;
     let published = resumed.elapsed();
