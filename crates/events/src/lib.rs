@@ -270,26 +270,18 @@ impl Dispatcher {
         if let (Some(t), true) = (&table, consumer.transactional() && picked.len() > 1) {
             let batch: Vec<&Event> = picked.iter().map(|&i| &events[i]).collect();
             match self.apply_in_one_transaction(consumer, t, &batch).await {
-                Ok(fresh) => {
+                Ok(applied) => {
+                    let ids: std::collections::HashSet<uuid::Uuid> =
+                        applied.iter().map(|e| e.id).collect();
                     for &i in &picked {
-                        let e = &events[i];
-                        let d = if fresh.contains(&e.id) {
-                            Delivery::Processed
+                        let (d, kind) = if ids.contains(&events[i].id) {
+                            (Delivery::Processed, "processed")
                         } else {
-                            Delivery::Duplicate
-                        };
-                        let kind = if d == Delivery::Processed {
-                            "processed"
-                        } else {
-                            "duplicate"
+                            (Delivery::Duplicate, "duplicate")
                         };
                         metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => kind).increment(1);
                         out[i] = Some(d);
                     }
-                    let applied: Vec<&Event> = batch
-                        .into_iter()
-                        .filter(|e| fresh.contains(&e.id))
-                        .collect();
                     for e in &applied {
                         record_lag(consumer, e);
                     }
@@ -376,14 +368,14 @@ impl Dispatcher {
 
     /// Applies `events` to a transactional consumer in one transaction (one
     /// commit for the lot): inbox rows first, then the effect of each event
-    /// the inbox did not hold yet. Returns the ids applied; on any error
+    /// the inbox did not hold yet. Returns the events applied; on any error
     /// nothing is applied.
-    async fn apply_in_one_transaction(
+    async fn apply_in_one_transaction<'e>(
         &self,
         consumer: &dyn Consumer,
         table: &str,
-        events: &[&Event],
-    ) -> Result<std::collections::HashSet<uuid::Uuid>, HandleError> {
+        events: &[&'e Event],
+    ) -> Result<Vec<&'e Event>, HandleError> {
         #[derive(QueryableByName)]
         struct Id {
             #[diesel(sql_type = SqlUuid)]
@@ -410,7 +402,7 @@ impl Dispatcher {
             if !applied.is_empty() {
                 consumer.handle_many(tx, &applied).await?;
             }
-            Ok(fresh)
+            Ok(applied)
         })
         .await
     }

@@ -47,9 +47,7 @@ impl RankingConsumer {
             .map_err(|e| HandleError::Permanent(e.to_string()))?;
         Ok((sales, paid.paid_at))
     }
-}
 
-impl RankingConsumer {
     /// The events' sales grouped by the day they count for (each group
     /// carries one of its sale times).
     fn by_day(events: &[&Event]) -> Result<Vec<Sales>, HandleError> {
@@ -93,13 +91,9 @@ impl Consumer for RankingConsumer {
         event: &'a Event,
     ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
-            let (sales, at) = Self::parse(event)?;
             let tx =
                 tx.ok_or_else(|| HandleError::Retryable("ranking needs its transaction".into()))?;
-            self.catalog
-                .record_sales_in(tx, &sales, at)
-                .await
-                .map_err(Self::failed)
+            self.handle_many(tx, &[event]).await
         })
     }
 
