@@ -30,8 +30,12 @@ options:
   --keep-running        leave servers and nginx up after the report (Ctrl-C stops them;
                         not with all)
   --no-ceiling          skip the /health/live ceiling run
-  --ceiling-runs N      measure the ceiling N times and report the median run (default: 3
-                        for a burst of one iteration per VU, whose p95 swings, else 1)
+  --bursts N            a burst scenario (one iteration per VU) runs N times, each on fresh
+                        data (a new coupon, new last-unit products) and each followed by a
+                        ceiling burst; the report shows every burst and compares the medians
+                        (default 5; 1 for other shapes)
+  --ceiling-runs N      measure the ceiling N times and report the median run (default: one
+                        per burst, else 1)
   --balancer B          auto (nginx when installed, else k6 spreads), nginx, or k6
   --workers N           actix workers per instance (default: cores / instances, at least 1)
   --server-bin PATH     use this commerce-server binary instead of building one
@@ -63,8 +67,10 @@ pub struct RunOptions {
     pub quick: bool,
     pub keep_running: bool,
     pub ceiling: bool,
-    /// Ceiling measurements (None: 3 for a burst, else 1).
+    /// Ceiling measurements (None: one per burst).
     pub ceiling_runs: Option<usize>,
+    /// Runs of a burst scenario (None: 5 for a burst, else 1).
+    pub bursts: Option<usize>,
     pub balancer: Balancer,
     pub workers: Option<usize>,
     pub server_bin: Option<PathBuf>,
@@ -93,6 +99,7 @@ impl RunOptions {
             keep_running: false,
             ceiling: true,
             ceiling_runs: None,
+            bursts: None,
             balancer: Balancer::Auto,
             workers: None,
             server_bin: None,
@@ -216,6 +223,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--keep-running" => o.keep_running = true,
             "--no-ceiling" => o.ceiling = false,
             "--ceiling-runs" => o.ceiling_runs = Some(positive(flag, value(flag, &mut it)?)?),
+            "--bursts" => o.bursts = Some(positive(flag, value(flag, &mut it)?)?),
             "--force" => o.force = true,
             "--balancer" => {
                 o.balancer = match value(flag, &mut it)?.as_str() {
@@ -306,7 +314,7 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = run("coupon-peak --instances 3 --vu-scale 0.5 --duration-scale 0.17 --keep-running --no-ceiling --balancer k6 --workers 2 --label x1 --ceiling-runs 5");
+        let o = run("coupon-peak --instances 3 --vu-scale 0.5 --duration-scale 0.17 --keep-running --no-ceiling --balancer k6 --workers 2 --label x1 --ceiling-runs 5 --bursts 7");
         assert_eq!(o.instances, 3);
         assert_eq!(o.vu_scale, 0.5);
         assert_eq!(o.duration_scale, 0.17);
@@ -315,6 +323,7 @@ mod tests {
         assert_eq!(o.balancer, Balancer::K6);
         assert_eq!(o.workers, Some(2));
         assert_eq!(o.ceiling_runs, Some(5));
+        assert_eq!(o.bursts, Some(7));
         assert_eq!(o.label.as_deref(), Some("x1"));
     }
 

@@ -54,12 +54,31 @@ pub struct ReportInput<'a> {
     pub ceiling_p95s: Vec<f64>,
     /// The step whose p95 is the scenario's headline (`issue_duration`).
     pub headline: &'a str,
+    /// Every burst of a repeated burst scenario (empty: it ran once); `ours`
+    /// is the median one, `ceiling` the median ceiling.
+    pub bursts: Vec<BurstRow>,
+    /// The most k6 thresholds one run (burst) crossed.
+    pub thresholds_crossed: usize,
+}
+
+/// One burst of a repeated burst scenario and the ceiling burst after it.
+#[derive(Debug, Clone)]
+pub struct BurstRow {
+    /// The headline step's p95 (ms).
+    pub p95: Option<f64>,
+    pub ceiling_p95: Option<f64>,
+    /// `coupon_issued`, when the scenario has a coupon.
+    pub issued: Option<f64>,
+    pub thresholds_crossed: usize,
+    pub k6_exit: Option<i32>,
 }
 
 /// Whether the run passed, and why not.
 pub fn verdict(input: &ReportInput<'_>) -> (bool, Vec<String>) {
     let mut why = Vec::new();
-    let crossed = input.ours.thresholds_crossed();
+    let crossed = input
+        .thresholds_crossed
+        .max(input.ours.thresholds_crossed());
     if crossed > 0 {
         why.push(format!("{crossed} k6 threshold(s) crossed"));
     }
@@ -103,6 +122,51 @@ fn grouped(v: f64, decimals: usize) -> String {
         format!("{sign}{grouped}")
     } else {
         format!("{sign}{grouped}.{frac}")
+    }
+}
+
+/// Every burst beside the ceiling burst that followed it.
+fn render_bursts(out: &mut String, input: &ReportInput<'_>) {
+    let n = input.bursts.len();
+    let _ = writeln!(
+        out,
+        "\n### Bursts\n\nThe scenario ran {n} times, each burst on fresh data and followed by a ceiling burst \
+         (one burst's p95 swings with the scheduling of a shared machine). The rows above are the median \
+         burst (by `{}` p95) and the median ceiling; burst 1 is the first after the warm-up, the cold start \
+         a real opening meets.\n",
+        input.headline
+    );
+    let coupon = input.bursts.iter().any(|b| b.issued.is_some());
+    let _ = writeln!(
+        out,
+        "| burst | `{}` p95 | ceiling p95 | ratio |{} thresholds crossed | k6 exit |",
+        input.headline,
+        if coupon { " issued |" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|{}---|---|",
+        if coupon { "---|" } else { "" }
+    );
+    for (i, b) in input.bursts.iter().enumerate() {
+        let issued = match b.issued {
+            Some(v) if coupon => format!(" {} |", int(v)),
+            _ if coupon => " – |".to_owned(),
+            _ => String::new(),
+        };
+        let exit = b
+            .k6_exit
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "stopped".into());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |{issued} {} | {exit} |",
+            i + 1,
+            opt(b.p95),
+            opt(b.ceiling_p95),
+            ratio(b.p95, b.ceiling_p95),
+            b.thresholds_crossed
+        );
     }
 }
 
@@ -325,7 +389,9 @@ pub fn render(input: &ReportInput<'_>) -> String {
             ratio(Some(h), Some(c))
         );
     }
-    if input.ceiling_p95s.len() > 1 {
+    if !input.bursts.is_empty() {
+        render_bursts(&mut out, input);
+    } else if input.ceiling_p95s.len() > 1 {
         let each: Vec<String> = input.ceiling_p95s.iter().map(|v| num(*v)).collect();
         let _ = writeln!(
             out,
@@ -517,6 +583,8 @@ mod tests {
             inside: String::new(),
             ceiling_p95s: vec![1.0, 2.0, 3.0],
             headline: "charge_duration",
+            bursts: vec![],
+            thresholds_crossed: 0,
         };
         let md = render(&input);
         assert!(md.starts_with("# charge — 2026-11-22"));
@@ -584,6 +652,8 @@ mod tests {
             inside: String::new(),
             ceiling_p95s: vec![],
             headline: "charge_duration",
+            bursts: vec![],
+            thresholds_crossed: 0,
         };
         assert!(verdict(&input).0);
         assert!(render(&input).contains("**Verdict: PASS**"));
@@ -603,6 +673,60 @@ mod tests {
         assert!(!ok);
         assert_eq!(why, vec!["1 rule check(s) failed".to_owned()]);
         assert!(render(&input).contains("**BROKEN**: 2 violation(s): user 1"));
+        // A threshold another burst crossed fails the run, not only the median's.
+        input.rules = &[];
+        input.thresholds_crossed = 1;
+        assert_eq!(
+            verdict(&input).1,
+            vec!["1 k6 threshold(s) crossed".to_owned()]
+        );
+    }
+
+    #[test]
+    fn repeated_bursts_are_listed_beside_their_ceilings() {
+        let ours = Summary::parse(SAMPLE).unwrap();
+        let ceiling = Summary::parse(CEILING).unwrap();
+        let row = |p95, c, issued| BurstRow {
+            p95: Some(p95),
+            ceiling_p95: c,
+            issued: Some(issued),
+            thresholds_crossed: 0,
+            k6_exit: Some(0),
+        };
+        let input = ReportInput {
+            scenario: "coupon-peak",
+            seed_no: "000",
+            what: "",
+            date: String::new(),
+            started: String::new(),
+            command: String::new(),
+            setup: setup(),
+            ours: &ours,
+            ceiling: Some(&ceiling),
+            seed: None,
+            rules: &[],
+            k6_exit: Some(0),
+            artifacts: vec![],
+            inside: String::new(),
+            ceiling_p95s: vec![30.0, 40.0],
+            headline: "issue_duration",
+            bursts: vec![
+                row(120.0, Some(30.0), 250.0),
+                row(60.0, Some(40.0), 250.0),
+                row(70.0, None, 249.0),
+            ],
+            thresholds_crossed: 0,
+        };
+        let md = render(&input);
+        assert!(md.contains("The scenario ran 3 times"), "{md}");
+        assert!(md.contains("| burst | `issue_duration` p95 | ceiling p95 | ratio | issued | thresholds crossed | k6 exit |"), "{md}");
+        assert!(
+            md.contains("| 1 | 120.0 | 30.00 | 4.00× | 250 | 0 | 0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 3 | 70.00 | – | – | 249 | 0 | 0 |"), "{md}");
+        // The per-ceiling line is replaced by the table.
+        assert!(!md.contains("the ceiling was measured"), "{md}");
     }
 
     #[test]

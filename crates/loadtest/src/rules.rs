@@ -23,6 +23,9 @@ pub const INITIAL_STOCK_TABLE: &str = "loadtest_initial_stock";
 pub const SNAPSHOT_STOCK_SQL: &str =
     "DROP TABLE IF EXISTS loadtest_initial_stock; CREATE TABLE loadtest_initial_stock AS SELECT id, stock FROM products";
 
+pub const SNAPSHOT_NEW_STOCK_SQL: &str = "INSERT INTO loadtest_initial_stock \
+     SELECT id, stock FROM products p WHERE NOT EXISTS (SELECT 1 FROM loadtest_initial_stock i WHERE i.id = p.id)";
+
 pub const RULES: &[Rule] = &[
     Rule {
         name: "balance never below zero",

@@ -22,6 +22,9 @@ pub const EXIT_UNAVAILABLE: u8 = 3;
 pub const EXIT_THRESHOLDS: u8 = 4;
 pub const EXIT_RULES: u8 = 5;
 
+/// Runs of a burst scenario when `--bursts` does not say.
+const DEFAULT_BURSTS: usize = 5;
+
 /// Every user's opening balance (with its ledger row).
 const OPENING_BALANCE: i64 = 1_000_000;
 const CATALOG_STOCK: u64 = 50;
@@ -88,6 +91,10 @@ pub struct RunOutcome {
     /// The scenario's coupon units, when it has a coupon.
     pub coupon_quantity: Option<u64>,
     pub k6_exit: Option<i32>,
+    /// The most k6 thresholds one burst crossed.
+    pub thresholds_crossed: usize,
+    /// `coupon_issued` of every burst, when the scenario has a coupon.
+    pub issued_per_burst: Vec<f64>,
 }
 
 /// The commerce-server binary of a run and how the report describes it;
@@ -600,7 +607,7 @@ pub async fn run(
         data.insert("products".into(), Value::Array(products));
     }
     let data_file = run_dir.join("data.json");
-    write_json(&data_file, &Value::Object(data))?;
+    write_json(&data_file, &Value::Object(data.clone()))?;
     let t0 = Instant::now();
     setup::settle(&setup::connect(&db_url).await?).await?;
     log(format!(
@@ -638,95 +645,167 @@ pub async fn run(
         log(format!("warm-up exited {warm_code:?}; going on"));
     }
 
+    // Bursts. A burst of one iteration per VU is over in about a second and
+    // its p95 swings from one burst to the next (scheduling on a shared
+    // machine), so it runs several times, each on fresh data and each
+    // followed by a ceiling burst: a pair shares the machine's state, the
+    // medians stand for the run, and every burst is in the report.
+    let refreshable = !need.orders;
+    let bursts = match (shape.is_burst(), refreshable) {
+        (true, true) => opts.bursts.unwrap_or(DEFAULT_BURSTS),
+        (true, false) => {
+            if opts.bursts.is_some_and(|b| b > 1) {
+                log("--bursts: this scenario's data (pending orders) is used up by one burst; running once");
+            }
+            1
+        }
+        (false, _) => 1,
+    };
+    let ceiling_runs = if opts.ceiling {
+        opts.ceiling_runs.unwrap_or(bursts)
+    } else {
+        0
+    };
+    let mut ceiling_shape = shape.scenario.clone();
+    if let Some(obj) = ceiling_shape.as_object_mut() {
+        obj.insert("exec".into(), json!("default"));
+    }
+
     // The servers' histograms before the scenario, so the report shows the
-    // scenario's requests only.
+    // scenario's requests only (the ceilings' /health/live is left out of it).
     let (metrics_before, _) = servermetrics::scrape(&bases).await;
 
-    // The scenario.
     let mut vars = scale_vars.clone();
     vars.push(("BASE_URLS".into(), front.join(",")));
     vars.push(("TOKENS_FILE".into(), tokens_file.display().to_string()));
-    vars.push(("DATA_FILE".into(), data_file.display().to_string()));
     let period = Duration::from_secs((shape.total.as_secs() / 60).clamp(1, 10));
     let limit = shape.total + Duration::from_secs(300);
     let summary_path = run_dir.join("summary.json");
     let dashboard = run_dir.join("dashboard.html");
-    log(format!(
-        "k6 run {} (bounded to {}s)",
-        scenario.script,
-        limit.as_secs()
-    ));
-    let k6_exit = k6::run(
-        &k6,
-        &k6::RunSpec {
-            script: &script,
-            vars: vars.clone(),
-            summary: &summary_path,
-            dashboard: Some(&dashboard),
-            dashboard_period: period,
-            stdout: &run_dir.join("k6.out"),
-            stderr: &run_dir.join("k6.log"),
-            limit,
-        },
-    )
-    .await?;
-    print!(
-        "{}",
-        std::fs::read_to_string(run_dir.join("k6.out")).unwrap_or_default()
-    );
-    let ours = Summary::parse(&std::fs::read_to_string(&summary_path).with_context(|| {
-        format!(
-            "k6 wrote no summary (exit {k6_exit:?}):\n{}",
-            procs::tail(&run_dir.join("k6.log"), 30)
-        )
-    })?)
-    .map_err(|e| anyhow!(e))?;
-
+    let mut runs: Vec<(Summary, Option<i32>)> = Vec::new();
+    let mut measured = Vec::new();
+    for n in 1..=bursts.max(ceiling_runs) {
+        let suffix = if n == 1 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        if n <= bursts {
+            let data_path = if n == 1 {
+                data_file.clone()
+            } else {
+                let path = run_dir.join(format!("data{suffix}.json"));
+                let fresh = fresh_burst_data(&api, &db_url, &data).await?;
+                write_json(&path, &Value::Object(fresh))?;
+                path
+            };
+            let mut vars = vars.clone();
+            vars.push(("DATA_FILE".into(), data_path.display().to_string()));
+            let summary = run_dir.join(format!("summary{suffix}.json"));
+            let what = if bursts > 1 {
+                format!(", burst {n} of {bursts}")
+            } else {
+                String::new()
+            };
+            log(format!(
+                "k6 run {}{what} (bounded to {}s)",
+                scenario.script,
+                limit.as_secs()
+            ));
+            let out = run_dir.join(format!("k6{suffix}.out"));
+            let err = run_dir.join(format!("k6{suffix}.log"));
+            let code = k6::run(
+                &k6,
+                &k6::RunSpec {
+                    script: &script,
+                    vars,
+                    summary: &summary,
+                    dashboard: (n == 1).then_some(dashboard.as_path()),
+                    dashboard_period: period,
+                    stdout: &out,
+                    stderr: &err,
+                    limit,
+                },
+            )
+            .await?;
+            print!("{}", std::fs::read_to_string(&out).unwrap_or_default());
+            let parsed = Summary::parse(&std::fs::read_to_string(&summary).with_context(|| {
+                format!(
+                    "k6 wrote no summary (exit {code:?}):\n{}",
+                    procs::tail(&err, 30)
+                )
+            })?)
+            .map_err(|e| anyhow!(e))?;
+            runs.push((parsed, code));
+        }
+        if n <= ceiling_runs {
+            log(format!(
+                "k6 run ceiling.js (GET /health/live, same VU shape), {n} of {ceiling_runs}"
+            ));
+            let stem = format!("ceiling{suffix}");
+            let code = run_live(
+                &k6,
+                &paths.k6_dir,
+                &front,
+                &ceiling_shape,
+                &run_dir,
+                &stem,
+                limit,
+            )
+            .await?;
+            let path = run_dir.join(format!("{stem}-summary.json"));
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| Summary::parse(&t))
+            {
+                Ok(s) => measured.push(Some(s)),
+                Err(e) => {
+                    log(format!("ceiling run gave no summary (exit {code:?}): {e}"));
+                    measured.push(None);
+                }
+            }
+        }
+    }
     let (metrics_after, scrape_errors) = servermetrics::scrape(&bases).await;
     for e in &scrape_errors {
         log(format!("could not read the server's metrics: {e}"));
     }
     let inside = servermetrics::delta(&metrics_after, &metrics_before);
 
-    // The ceiling, same VU shape. A burst is over in a second or two and
-    // its p95 swings from run to run, so it is measured several times and
-    // the median run stands for it (every run's p95 is in the report).
-    let mut ceiling_p95s = Vec::new();
-    let ceiling = if opts.ceiling {
-        let runs = opts
-            .ceiling_runs
-            .unwrap_or(if shape.is_burst() { 3 } else { 1 });
-        let mut sc = shape.scenario.clone();
-        if let Some(obj) = sc.as_object_mut() {
-            obj.insert("exec".into(), json!("default"));
-        }
-        let mut measured = Vec::new();
-        for n in 1..=runs {
-            let suffix = if n == 1 {
-                String::new()
-            } else {
-                format!("-{n}")
-            };
-            log(format!(
-                "k6 run ceiling.js (GET /health/live, same VU shape), {n} of {runs}"
-            ));
-            let stem = format!("ceiling{suffix}");
-            let code = run_live(&k6, &paths.k6_dir, &front, &sc, &run_dir, &stem, limit).await?;
-            let path = run_dir.join(format!("{stem}-summary.json"));
-            match std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| Summary::parse(&t))
-            {
-                Ok(s) => measured.push(s),
-                Err(e) => log(format!("ceiling run gave no summary (exit {code:?}): {e}")),
-            }
-        }
-        let p95 = |s: &Summary| s.trend("live_duration").and_then(|t| t.p95);
-        ceiling_p95s = measured.iter().filter_map(p95).collect();
-        median_by(measured, |s| p95(s).unwrap_or(f64::INFINITY))
-    } else {
-        None
+    let headline_p95 = |s: &Summary| {
+        s.trend(scenario.headline)
+            .or_else(|| s.trend("http_req_duration"))
+            .and_then(|t| t.p95)
     };
+    let live_p95 = |s: &Summary| s.trend("live_duration").and_then(|t| t.p95);
+    let burst_rows: Vec<report::BurstRow> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (s, code))| report::BurstRow {
+            p95: headline_p95(s),
+            ceiling_p95: measured.get(i).and_then(Option::as_ref).and_then(live_p95),
+            issued: need.coupon.map(|_| s.count("coupon_issued")),
+            thresholds_crossed: s.thresholds_crossed(),
+            k6_exit: *code,
+        })
+        .collect();
+    // Any burst's threshold or k6 failure is the run's.
+    let thresholds_crossed = runs
+        .iter()
+        .map(|(s, _)| s.thresholds_crossed())
+        .max()
+        .unwrap_or(0);
+    let k6_exit = runs
+        .iter()
+        .map(|(_, c)| *c)
+        .find(|c| !matches!(c, Some(0) | Some(99)))
+        .unwrap_or(Some(0));
+    let ours = median_by(runs, |(s, _)| headline_p95(s).unwrap_or(f64::INFINITY))
+        .map(|(s, _)| s)
+        .ok_or_else(|| anyhow!("no scenario run"))?;
+    let measured: Vec<Summary> = measured.into_iter().flatten().collect();
+    let ceiling_p95s: Vec<f64> = measured.iter().filter_map(live_p95).collect();
+    let ceiling = median_by(measured, |s| live_p95(s).unwrap_or(f64::INFINITY));
 
     // The rules, on a fresh connection (an idle one may have been cut during the run).
     let load_end = loadavg();
@@ -783,6 +862,7 @@ pub async fn run(
             rel(&paths.root, &run_dir.join("ceiling-summary.json")),
         ));
     }
+    let issued_per_burst: Vec<f64> = burst_rows.iter().filter_map(|b| b.issued).collect();
     let input = ReportInput {
         scenario: scenario.name,
         seed_no: scenario.seed,
@@ -817,6 +897,12 @@ pub async fn run(
         inside: servermetrics::render(&inside),
         ceiling_p95s,
         headline: scenario.headline,
+        bursts: if burst_rows.len() > 1 {
+            burst_rows
+        } else {
+            Vec::new()
+        },
+        thresholds_crossed,
     };
     std::fs::write(&report_path, report::render(&input))
         .with_context(|| format!("writing {}", report_path.display()))?;
@@ -843,7 +929,7 @@ pub async fn run(
 
     let exit = if rule_results.iter().any(|r| r.failed()) {
         EXIT_RULES
-    } else if ours.thresholds_crossed() > 0 {
+    } else if thresholds_crossed > 0 {
         EXIT_THRESHOLDS
     } else if !matches!(k6_exit, Some(0) | Some(99)) {
         EXIT_ERROR
@@ -872,8 +958,45 @@ pub async fn run(
             settings: opts.settings.clone(),
             coupon_quantity,
             k6_exit,
+            thresholds_crossed,
+            issued_per_burst,
         })),
     })
+}
+
+/// The next burst's data: what a burst uses up made anew (a coupon of the
+/// same quantity; last-unit products, added to the stock snapshot so the
+/// conservation rule covers them), the rest as it was.
+async fn fresh_burst_data(
+    api: &Api,
+    db_url: &str,
+    data: &serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>> {
+    let mut fresh = data.clone();
+    let quantity = data
+        .get("coupon")
+        .and_then(|c| c.get("quantity"))
+        .and_then(Value::as_u64);
+    if let Some(q) = quantity {
+        let id = api
+            .create_coupon(q)
+            .await
+            .context("creating the next burst's coupon")?;
+        fresh.insert("coupon".into(), json!({ "id": id, "quantity": q }));
+    }
+    let products = data
+        .get("contention_products")
+        .and_then(Value::as_array)
+        .map(Vec::len);
+    if let Some(n) = products {
+        let ids = api
+            .create_products(n, 1, "last unit")
+            .await
+            .context("creating the next burst's products")?;
+        setup::snapshot_new_stock(&setup::connect(db_url).await?).await?;
+        fresh.insert("contention_products".into(), Value::Array(ids));
+    }
+    Ok(fresh)
 }
 
 /// `commit abc1234` or `commit abc1234 + uncommitted changes` of the workspace.

@@ -126,6 +126,12 @@ pub async fn snapshot_stock(db: &Client) -> Result<bool> {
     Ok(true)
 }
 
+/// Adds products created after the snapshot (with their stock, before any
+/// order) to it.
+pub async fn snapshot_new_stock(db: &Client) -> Result<()> {
+    exec(db, crate::rules::SNAPSHOT_NEW_STOCK_SQL).await
+}
+
 /// Deletes every Redis key under `prefix` (SCAN + UNLINK); returns how many.
 pub async fn clear_redis(url: &str, prefix: &str) -> Result<u64> {
     let client = redis::Client::open(url).with_context(|| format!("redis URL {url}"))?;

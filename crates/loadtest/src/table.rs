@@ -298,11 +298,15 @@ fn outcome_parts(scenario: &Scenario, o: &RunOutcome) -> Vec<String> {
     }
     let ours = &o.ours;
     if let Some(q) = o.coupon_quantity {
-        parts.push(format!(
-            "{}/{} issued",
-            int(ours.count("coupon_issued")),
-            int(q as f64)
-        ));
+        let each: Vec<String> = o.issued_per_burst.iter().map(|v| int(*v)).collect();
+        let q = int(q as f64);
+        parts.push(match each.len() {
+            0 | 1 => format!("{}/{q} issued", int(ours.count("coupon_issued"))),
+            n if each.iter().all(|e| *e == each[0]) => {
+                format!("{}/{q} issued in each of {n} bursts", each[0])
+            }
+            n => format!("{} of {q} issued in the {n} bursts", each.join(", ")),
+        });
     }
     if scenario.data.contention_products {
         parts.push(format!(
@@ -317,7 +321,7 @@ fn outcome_parts(scenario: &Scenario, o: &RunOutcome) -> Vec<String> {
             int(ours.count("flow_completed"))
         ));
     }
-    match ours.thresholds_crossed() {
+    match o.thresholds_crossed.max(ours.thresholds_crossed()) {
         0 => parts.push("thresholds held".to_owned()),
         n => parts.push(format!("**{n} threshold(s) crossed**")),
     }
@@ -558,6 +562,8 @@ mod tests {
                 .collect(),
             coupon_quantity: None,
             k6_exit: Some(0),
+            thresholds_crossed: 0,
+            issued_per_burst: vec![],
         })
     }
 
@@ -687,6 +693,18 @@ mod tests {
             "{t}"
         );
         assert_eq!(exit_code(&rows), 0);
+    }
+
+    #[test]
+    fn repeated_bursts_show_every_bursts_issued_count() {
+        let parts = |issued: Vec<f64>| {
+            let mut o = outcome("coupon-peak", COUPON, None, &[]);
+            o.coupon_quantity = Some(250);
+            o.issued_per_burst = issued;
+            outcome_parts(find("coupon-peak").unwrap(), &o).join("; ")
+        };
+        assert!(parts(vec![250.0; 5]).contains("250/250 issued in each of 5 bursts"));
+        assert!(parts(vec![250.0, 249.0]).contains("250, 249 of 250 issued in the 2 bursts"));
     }
 
     #[test]
