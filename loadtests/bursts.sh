@@ -16,6 +16,9 @@ pid=$(pgrep -x commerce-server | head -1) || { echo "no commerce-server running"
 key=$(tr '\0' '\n' < "/proc/$pid/environ" | sed -n 's/^COMMERCE__AUTH__ADMIN_KEY=//p')
 front=$(sed -n 's/.*listen \(127\.0\.0\.1:[0-9]*\).*/http:\/\/\1/p' "$run_dir/nginx/nginx.conf" 2>/dev/null | head -1)
 [ -n "$front" ] || { echo "no nginx.conf in $run_dir/nginx" >&2; exit 1; }
+# k6 as the runner tunes it (crates/loadtest/src/k6.rs): no GC mid-burst, few tags.
+export GOGC="${GOGC:-off}" GOMEMLIMIT="${GOMEMLIMIT:-4GiB}"
+export K6_SYSTEM_TAGS="${K6_SYSTEM_TAGS:-status,method,name,group,check,scenario,expected_response}"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 

@@ -120,6 +120,55 @@ pub struct RunSpec<'a> {
     pub limit: Duration,
 }
 
+/// The system tags k6 attaches to every sample: what the scripts,
+/// thresholds and the dashboard read. The default set (url, proto, tls, …)
+/// costs k6 allocations per request on the cores it shares with the service.
+pub const SYSTEM_TAGS: &str = "status,method,name,group,check,scenario,expected_response";
+
+/// k6's Go garbage collector: off until the heap reaches a quarter of the
+/// machine's memory (then as needed). Collections in the middle of a burst
+/// take the shared cores from the service being measured; the scenario's
+/// k6 (10 000 tokens, 500 JS runtimes) pays more for them than the ceiling's.
+/// A caller's own GOGC / GOMEMLIMIT win.
+pub fn gc_env() -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if std::env::var_os("GOGC").is_none() {
+        env.push(("GOGC", "off".to_owned()));
+    }
+    if std::env::var_os("GOMEMLIMIT").is_none() {
+        let quarter = total_memory_bytes()
+            .map(|b| b / 4)
+            .unwrap_or(2 << 30)
+            .clamp(1 << 30, 16 << 30);
+        env.push(("GOMEMLIMIT", format!("{}MiB", quarter >> 20)));
+    }
+    env
+}
+
+/// How k6 is tuned, for the report.
+pub fn tuning_text() -> String {
+    let gc: Vec<String> = gc_env().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let gc = if gc.is_empty() {
+        "the caller's GOGC/GOMEMLIMIT".to_owned()
+    } else {
+        gc.join(", ")
+    };
+    format!("{gc}, system tags {SYSTEM_TAGS}")
+}
+
+fn total_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// Runs k6; `Ok(Some(code))` when it exited, `Ok(None)` when it was killed.
 pub async fn run(k6: &Path, spec: &RunSpec<'_>) -> Result<Option<i32>> {
     let mut cmd = Command::new(k6);
@@ -131,6 +180,8 @@ pub async fn run(k6: &Path, spec: &RunSpec<'_>) -> Result<Option<i32>> {
     env_args(&mut cmd, &spec.vars);
     cmd.arg(spec.script)
         .env("K6_NO_USAGE_REPORT", "true")
+        .env("K6_SYSTEM_TAGS", SYSTEM_TAGS)
+        .envs(gc_env())
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::fs::File::create(spec.stdout)?))
         .stderr(Stdio::from(std::fs::File::create(spec.stderr)?))
@@ -186,6 +237,25 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn k6_gets_a_bounded_heap_and_the_tags_the_scripts_read() {
+        assert!(total_memory_bytes().is_some_and(|b| b > 1 << 20));
+        for (k, v) in gc_env() {
+            match k {
+                "GOGC" => assert_eq!(v, "off"),
+                "GOMEMLIMIT" => {
+                    let mib: u64 = v.trim_end_matches("MiB").parse().unwrap();
+                    assert!((1024..=16 * 1024).contains(&mib), "{v}");
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        // `name` groups templated URLs; `expected_response` feeds http_req_failed's view.
+        for tag in ["name", "status", "expected_response", "check", "group"] {
+            assert!(SYSTEM_TAGS.split(',').any(|t| t == tag), "{tag}");
+        }
     }
 
     /// The scripts scale their own shapes (lib/common.js); k6 itself reports

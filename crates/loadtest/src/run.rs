@@ -303,7 +303,7 @@ pub async fn run(
 
     // k6 and the scenario's scaled shape.
     let k6 = k6::ensure().await?;
-    let k6_version = k6::version(&k6).await;
+    let k6_version = format!("{} ({})", k6::version(&k6).await, k6::tuning_text());
     let script = paths.k6_dir.join(scenario.script);
     let scale_vars = vec![
         ("VU_SCALE".to_owned(), opts.vu_scale.to_string()),
