@@ -180,20 +180,44 @@ impl Default for CouponConfig {
     }
 }
 
-/// The coupon capability. Cheap to clone; built once per process.
+/// The coupon capability. Cheap to clone; built once per process, with
+/// [`Coupons::on_this_thread`] handles for the HTTP workers.
 #[derive(Clone)]
 pub struct Coupons {
     inner: Arc<Inner>,
+    io: Arc<Io>,
 }
 
-struct Inner {
+/// Where a handle's Redis and PostgreSQL calls go.
+struct Io {
     db: DbPool,
     redis: RedisClient,
+    /// Batched winner writes (None: one insert per winner).
+    writer: Option<writer::WinnerWriter>,
+}
+
+impl Io {
+    fn new(db: DbPool, redis: RedisClient, config: &CouponConfig) -> Self {
+        let writer =
+            (config.writers > 0 && tokio::runtime::Handle::try_current().is_ok()).then(|| {
+                writer::WinnerWriter::start(
+                    db.clone(),
+                    writer::WriterConfig {
+                        writers: config.writers,
+                        max_batch: config.write_batch,
+                        timeout: config.write_timeout,
+                    },
+                )
+            });
+        Self { db, redis, writer }
+    }
+}
+
+/// What every handle of one process shares.
+struct Inner {
     locks: LockManager,
     config: CouponConfig,
     fallback: Semaphore,
-    /// Batched winner writes (None: one insert per winner).
-    writer: Option<writer::WinnerWriter>,
     /// Coupons are immutable once created: cache their definitions.
     /// Loaded once per instance even under a stampede (single flight).
     defs: RwLock<HashMap<CouponId, Arc<tokio::sync::OnceCell<Arc<Coupon>>>>>,
@@ -231,23 +255,10 @@ impl Coupons {
     /// Call from within a Tokio runtime to get batched winner writes (the
     /// writer tasks are spawned here); outside one, winners write alone.
     pub fn new(db: DbPool, redis: RedisClient, locks: LockManager, config: CouponConfig) -> Self {
-        let writer =
-            (config.writers > 0 && tokio::runtime::Handle::try_current().is_ok()).then(|| {
-                writer::WinnerWriter::start(
-                    db.clone(),
-                    writer::WriterConfig {
-                        writers: config.writers,
-                        max_batch: config.write_batch,
-                        timeout: config.write_timeout,
-                    },
-                )
-            });
         Self {
+            io: Arc::new(Io::new(db, redis, &config)),
             inner: Arc::new(Inner {
-                writer,
                 fallback: Semaphore::new(config.fallback_concurrency.max(1)),
-                db,
-                redis,
                 locks,
                 config,
                 defs: RwLock::default(),
@@ -258,8 +269,22 @@ impl Coupons {
         }
     }
 
+    /// A handle sharing this one's state (definitions, degraded-path marks,
+    /// the fallback limit) whose Redis and PostgreSQL calls go through `db`
+    /// and `redis`, with its own winner writers spawned on the current
+    /// runtime. An HTTP worker builds one from clients it created, so the
+    /// connections' tasks run on the thread that serves the request: an
+    /// issue then wakes no other thread, each wake-up being a scheduler
+    /// round trip on a machine whose cores a peak keeps busy.
+    pub fn on_this_thread(&self, db: DbPool, redis: RedisClient) -> Self {
+        Self {
+            io: Arc::new(Io::new(db, redis, &self.inner.config)),
+            inner: self.inner.clone(),
+        }
+    }
+
     pub async fn create(&self, new: &NewCoupon) -> Result<Coupon, CouponError> {
-        let coupon = store::create(&self.inner.db, new).await?;
+        let coupon = store::create(&self.io.db, new).await?;
         // Prime the gate; if Redis is out the first request rebuilds it.
         if let Err(e) = self.rebuild(&coupon).await {
             tracing::info!(coupon = %coupon.id, error = %e, "gate not primed at creation");
@@ -290,7 +315,7 @@ impl Coupons {
         };
         let coupon = cell
             .get_or_try_init(|| async {
-                store::find(&self.inner.db, id)
+                store::find(&self.io.db, id)
                     .await?
                     .map(Arc::new)
                     .ok_or(CouponError::NotFound)
@@ -307,7 +332,7 @@ impl Coupons {
     }
 
     pub async fn mine(&self, user: UserId) -> Result<Vec<MyCoupon>, CouponError> {
-        store::mine(&self.inner.db, user).await
+        store::mine(&self.io.db, user).await
     }
 
     /// Issues `coupon` to `user`, first come first served.
@@ -321,7 +346,7 @@ impl Coupons {
             return Err(CouponError::Expired);
         }
         if self.is_dirty(id)?
-            && self.inner.redis.breaker().state() != commerce_resilience::BreakerState::Open
+            && self.io.redis.breaker().state() != commerce_resilience::BreakerState::Open
         {
             // Back from a Redis outage: rebuild before trusting the gate.
             if self.rebuild_locked(&coupon).await.is_ok() {
@@ -330,7 +355,7 @@ impl Coupons {
         }
         for _ in 0..2 {
             let asked = std::time::Instant::now();
-            let answer = gate::issue(&self.inner.redis, id, user, coupon.quantity).await;
+            let answer = gate::issue(&self.io.redis, id, user, coupon.quantity).await;
             metrics::histogram!("coupon_gate_seconds").record(asked.elapsed().as_secs_f64());
             match answer {
                 Ok(GateAnswer::Winner { slot }) => {
@@ -373,10 +398,10 @@ impl Coupons {
         slot: i32,
     ) -> Result<IssuedCoupon, CouponError> {
         let asked = std::time::Instant::now();
-        let result = match &self.inner.writer {
+        let result = match &self.io.writer {
             Some(w) => w.write(coupon.clone(), user, slot).await,
             None => {
-                let mut c = commerce_storage::conn(&self.inner.db).await;
+                let mut c = commerce_storage::conn(&self.io.db).await;
                 match c.as_mut() {
                     Ok(conn) => store::insert(conn, coupon, user, slot).await,
                     Err(_) => Err(InsertError::Storage(StorageError::PoolExhausted)),
@@ -421,7 +446,7 @@ impl Coupons {
     /// request may still be writing, so a missing row is awaited briefly.
     async fn confirm_holder(&self, id: CouponId, user: UserId) -> Result<bool, CouponError> {
         for attempt in 0..6 {
-            if store::holds(&self.inner.db, id, user).await? {
+            if store::holds(&self.io.db, id, user).await? {
                 return Ok(true);
             }
             if attempt < 5 {
@@ -432,7 +457,7 @@ impl Coupons {
     }
 
     async fn give_back(&self, id: CouponId, user: UserId, forget_user: bool, slot: Option<i32>) {
-        if let Err(e) = gate::give_back(&self.inner.redis, id, user, forget_user, slot).await {
+        if let Err(e) = gate::give_back(&self.io.redis, id, user, forget_user, slot).await {
             tracing::warn!(coupon = %id, error = %e, "gate compensation failed; gate will be rebuilt");
             let _ = self.mark_dirty(id);
         }
@@ -446,7 +471,7 @@ impl Coupons {
     ) -> Result<IssuedCoupon, CouponError> {
         // Cheap answers first (one indexed read); the permit only guards
         // the slot search and insert.
-        if store::holds(&self.inner.db, coupon.id, user).await? {
+        if store::holds(&self.io.db, coupon.id, user).await? {
             count("database", "already_issued");
             return Err(CouponError::AlreadyIssued);
         }
@@ -467,7 +492,7 @@ impl Coupons {
         .await
         .map_err(|_| CouponError::Busy("coupon issuing is degraded and busy, retry shortly"))?
         .map_err(|_| CouponError::Busy("coupon issuing is shutting down"))?;
-        let mut c = commerce_storage::conn(&self.inner.db).await?;
+        let mut c = commerce_storage::conn(&self.io.db).await?;
         // Collisions with concurrent issuers are retried. Every collision
         // means another issuer took a slot, so this ends: sold out, issued,
         // or the deadline. The first search starts at a random slot; after a
@@ -534,7 +559,7 @@ impl Coupons {
             )
             .await
             .map_err(|_| CouponError::Busy("coupon gate is being rebuilt"))?;
-        let loaded = gate::state(&self.inner.redis, coupon.id)
+        let loaded = gate::state(&self.io.redis, coupon.id)
             .await
             .map(|s| s.loaded);
         let result = match loaded {
@@ -549,13 +574,13 @@ impl Coupons {
     /// Loads the gate from PostgreSQL (callers hold the coupon's lock, or
     /// the coupon is brand new).
     async fn rebuild(&self, coupon: &Coupon) -> Result<GateState, CouponError> {
-        let holders = store::holders(&self.inner.db, coupon.id).await?;
+        let holders = store::holders(&self.io.db, coupon.id).await?;
         let expire = coupon
             .expires_at
             .unwrap_or_else(|| Utc::now() + chrono::Duration::days(30))
             + chrono::Duration::days(1);
         gate::load(
-            &self.inner.redis,
+            &self.io.redis,
             coupon.id,
             coupon.quantity,
             &holders,
@@ -565,7 +590,7 @@ impl Coupons {
         .map_err(|_| CouponError::Busy("redis unavailable"))?;
         metrics::counter!("coupon_gate_rebuilds_total").increment(1);
         tracing::info!(coupon = %coupon.id, holders = holders.len(), "coupon gate rebuilt from the database");
-        gate::state(&self.inner.redis, coupon.id)
+        gate::state(&self.io.redis, coupon.id)
             .await
             .map_err(|_| CouponError::Busy("redis unavailable"))
     }
@@ -584,12 +609,12 @@ impl Coupons {
             )
             .await
             .map_err(|_| CouponError::Busy("coupon gate is being rebuilt"))?;
-        let before = gate::state(&self.inner.redis, id).await.ok();
+        let before = gate::state(&self.io.redis, id).await.ok();
         let result = self.rebuild(&coupon).await;
         let _ = guard.release().await;
         let after = result?;
         self.inner.dirty.lock().map_err(lock_poisoned)?.remove(&id);
-        let issued = store::issued_count(&self.inner.db, id).await?;
+        let issued = store::issued_count(&self.io.db, id).await?;
         Ok(ReconcileReport {
             coupon_id: id,
             issued_in_database: issued,
@@ -604,11 +629,11 @@ impl Coupons {
     /// just winners in flight) is rebuilt. Returns the coupons repaired.
     pub async fn reconcile_open(&self) -> Result<Vec<CouponId>, CouponError> {
         let mut repaired = Vec::new();
-        for coupon in store::open_now(&self.inner.db).await? {
-            let Ok(state) = gate::state(&self.inner.redis, coupon.id).await else {
+        for coupon in store::open_now(&self.io.db).await? {
+            let Ok(state) = gate::state(&self.io.redis, coupon.id).await else {
                 return Ok(repaired);
             };
-            let rows = store::issued_count(&self.inner.db, coupon.id).await?;
+            let rows = store::issued_count(&self.io.db, coupon.id).await?;
             let seen = (state.users, rows);
             let previous = self
                 .inner

@@ -3,7 +3,7 @@
 
 use crate::config::{Settings, DEV_ADMIN_KEY, DEV_TOKEN_SECRET};
 use crate::error::{self, ApiError};
-use crate::state::AppState;
+use crate::state::{AppState, WorkerCoupons};
 use crate::{routes, telemetry};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
@@ -29,6 +29,25 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
     commerce_storage::ensure_database(&cfg).await?;
     let applied = commerce_storage::run_migrations(&cfg).await?;
     Ok(applied)
+}
+
+/// The coupons an HTTP worker issues through. Called on the worker's thread
+/// (the app factory): the clients made here connect on first use, from a
+/// request on this worker, so their tasks run on its runtime.
+fn worker_coupons(state: &AppState) -> Coupons {
+    let settings = &state.settings;
+    if !settings.coupons.worker_io {
+        return state.coupons.clone();
+    }
+    let redis = RedisClient::new(&settings.redis_config(), state.breakers.redis());
+    let db = commerce_storage::build_pool(&settings.worker_db_config());
+    match (db, redis) {
+        (Ok(db), Ok(redis)) => state.coupons.on_this_thread(db, redis),
+        (db, redis) => {
+            tracing::warn!(db = ?db.err(), redis = ?redis.err(), "worker clients not built: issuing through the shared ones");
+            state.coupons.clone()
+        }
+    }
 }
 
 impl Application {
@@ -148,6 +167,7 @@ impl Application {
         let shared = state.clone();
         let server = HttpServer::new(move || {
             App::new()
+                .app_data(web::Data::new(WorkerCoupons(worker_coupons(&shared))))
                 .app_data(shared.clone())
                 .app_data(
                     web::JsonConfig::default()

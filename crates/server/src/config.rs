@@ -103,6 +103,12 @@ pub struct CouponSettings {
     pub writers: usize,
     /// Most winners written by one statement.
     pub write_batch: usize,
+    /// Each HTTP worker issues through its own Redis connection and
+    /// PostgreSQL pool, driven on its own thread (no cross-thread wake-ups
+    /// per issue); false: through the process's shared clients.
+    pub worker_io: bool,
+    /// Connections of each worker's pool (opened on demand).
+    pub worker_pool_size: usize,
 }
 
 /// Product cache and popular-products settings (`[catalog]`). A change made
@@ -312,6 +318,8 @@ fallback_wait_ms = 5000
 reconcile_interval_secs = 30
 writers = 4
 write_batch = 64
+worker_io = true
+worker_pool_size = 8
 
 [catalog]
 detail_cache = true
@@ -458,6 +466,9 @@ impl Settings {
         }
         if !(1..=1000).contains(&self.coupons.write_batch) {
             return bad("coupons.write_batch", "must be between 1 and 1000".into());
+        }
+        if self.coupons.worker_io && self.coupons.worker_pool_size == 0 {
+            return bad("coupons.worker_pool_size", "must be at least 1".into());
         }
         if self.coupons.fallback_concurrency == 0 {
             return bad("coupons.fallback_concurrency", "must be at least 1".into());
@@ -653,6 +664,14 @@ impl Settings {
                 self.database.pool_wait_ms + self.database.statement_timeout_ms + 1000,
             ),
             ..Default::default()
+        }
+    }
+
+    /// The pool of one HTTP worker's coupon I/O (`coupons.worker_io`).
+    pub fn worker_db_config(&self) -> commerce_storage::DbConfig {
+        commerce_storage::DbConfig {
+            pool_size: self.coupons.worker_pool_size,
+            ..self.db_config()
         }
     }
 

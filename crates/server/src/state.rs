@@ -28,3 +28,7 @@ pub struct AppState {
     /// Cancelled when the server stops, ending background tasks.
     pub shutdown: CancellationToken,
 }
+
+/// The coupons one HTTP worker issues through: its own clients on its own
+/// thread (`coupons.worker_io`), sharing the process's coupon state.
+pub struct WorkerCoupons(pub Coupons);

@@ -558,3 +558,59 @@ async fn batched_winner_writes_sort_out_conflicts_one_by_one() {
         .await;
     assert_eq!(mismatched, 0, "each event names its own row's user");
 }
+
+/// Redis connections an app opens for 40 issues, each on a new HTTP
+/// connection (so both of its workers serve some).
+async fn redis_connections_opened_by_issues(worker_io: bool) -> usize {
+    let proxy = ChaosProxy::start("127.0.0.1:6379".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("redis://{}", proxy.addr());
+    let app = TestApp::spawn_with(|s| {
+        s.redis.url = url.clone();
+        s.coupons.worker_io = worker_io;
+    })
+    .await;
+    let users = app.seed_users(40).await;
+    let coupon = create_coupon(&app, 100, -1, Some(3600)).await;
+    // The process's own connections (opened at start, some lazily) first.
+    let mut before = proxy.connections();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = proxy.connections();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    for u in &users {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let res = client
+            .post(app.url(&format!("/api/v1/coupons/{coupon}/issue")))
+            .bearer_auth(&u.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 201);
+    }
+    let issued = app
+        .db
+        .scalar(&format!(
+            "SELECT COUNT(*) AS n FROM user_coupons WHERE coupon_id = {coupon}"
+        ))
+        .await;
+    assert_eq!(issued, 40);
+    proxy.connections() - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_http_worker_issues_through_its_own_redis_connection() {
+    // Two workers (the test settings): one connection each, opened by the
+    // worker's first issue, so its replies wake that worker's thread only.
+    assert_eq!(redis_connections_opened_by_issues(true).await, 2);
+    // Off: every issue goes through the process's shared connection.
+    assert_eq!(redis_connections_opened_by_issues(false).await, 0);
+}

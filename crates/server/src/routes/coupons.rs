@@ -2,7 +2,7 @@
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
-use crate::state::AppState;
+use crate::state::{AppState, WorkerCoupons};
 use actix_web::{web, HttpResponse};
 use commerce_domain::CouponId;
 use serde::Serialize;
@@ -33,6 +33,7 @@ pub struct IssuedBody {
 pub async fn issue(
     user: AuthUser,
     state: web::Data<AppState>,
+    coupons: web::Data<WorkerCoupons>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = CouponId::parse(path.into_inner())
@@ -41,7 +42,7 @@ pub async fn issue(
         .queue
         .require_admitted(user.0, commerce_queue::Protected::CouponIssue(id))
         .await?;
-    let issued = state.coupons.issue(id, user.0).await?;
+    let issued = coupons.0.issue(id, user.0).await?;
     Ok(HttpResponse::Created().json(IssuedBody {
         user_coupon_id: issued.user_coupon_id.get(),
         coupon_id: issued.coupon_id.get(),
@@ -62,7 +63,10 @@ pub struct MyCouponsBody {
 /// The caller's coupons, newest first.
 #[utoipa::path(get, path = "/api/v1/me/coupons", tag = "coupons", security(("bearer" = [])),
     responses((status = 200, body = MyCouponsBody)))]
-pub async fn mine(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let items = state.coupons.mine(user.0).await?;
+pub async fn mine(
+    user: AuthUser,
+    coupons: web::Data<WorkerCoupons>,
+) -> Result<HttpResponse, ApiError> {
+    let items = coupons.0.mine(user.0).await?;
     Ok(HttpResponse::Ok().json(MyCouponsBody { items }))
 }
