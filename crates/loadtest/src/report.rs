@@ -541,6 +541,30 @@ mod tests {
         }
     }
 
+    /// A report input with nothing but `ours` (no ceiling, seed, rules).
+    fn bare<'a>(scenario: &'a str, headline: &'a str, ours: &'a Summary) -> ReportInput<'a> {
+        ReportInput {
+            scenario,
+            seed_no: "000",
+            what: "",
+            date: String::new(),
+            started: String::new(),
+            command: String::new(),
+            setup: setup(),
+            ours,
+            ceiling: None,
+            seed: None,
+            rules: &[],
+            k6_exit: Some(0),
+            artifacts: vec![],
+            inside: String::new(),
+            ceiling_p95s: vec![],
+            headline,
+            bursts: vec![],
+            thresholds_crossed: 0,
+        }
+    }
+
     const CEILING: &str = r#"{"metrics": {
         "http_reqs": {"count": 200000, "rate": 10000.0},
         "iterations": {"count": 200000, "rate": 10000.0},
@@ -635,26 +659,7 @@ mod tests {
     fn verdict_passes_only_when_everything_held() {
         let clean = SAMPLE.replace(r#""count<=250": true"#, r#""count<=250": false"#);
         let ours = Summary::parse(&clean).unwrap();
-        let mut input = ReportInput {
-            scenario: "charge",
-            seed_no: "003",
-            what: "",
-            date: String::new(),
-            started: String::new(),
-            command: String::new(),
-            setup: setup(),
-            ours: &ours,
-            ceiling: None,
-            seed: None,
-            rules: &[],
-            k6_exit: Some(0),
-            artifacts: vec![],
-            inside: String::new(),
-            ceiling_p95s: vec![],
-            headline: "charge_duration",
-            bursts: vec![],
-            thresholds_crossed: 0,
-        };
+        let mut input = bare("charge", "charge_duration", &ours);
         assert!(verdict(&input).0);
         assert!(render(&input).contains("**Verdict: PASS**"));
         input.k6_exit = Some(107);
@@ -694,28 +699,14 @@ mod tests {
             k6_exit: Some(0),
         };
         let input = ReportInput {
-            scenario: "coupon-peak",
-            seed_no: "000",
-            what: "",
-            date: String::new(),
-            started: String::new(),
-            command: String::new(),
-            setup: setup(),
-            ours: &ours,
             ceiling: Some(&ceiling),
-            seed: None,
-            rules: &[],
-            k6_exit: Some(0),
-            artifacts: vec![],
-            inside: String::new(),
             ceiling_p95s: vec![30.0, 40.0],
-            headline: "issue_duration",
             bursts: vec![
                 row(120.0, Some(30.0), 250.0),
                 row(60.0, Some(40.0), 250.0),
                 row(70.0, None, 249.0),
             ],
-            thresholds_crossed: 0,
+            ..bare("coupon-peak", "issue_duration", &ours)
         };
         let md = render(&input);
         assert!(md.contains("The scenario ran 3 times"), "{md}");
