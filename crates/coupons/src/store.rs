@@ -4,8 +4,10 @@ use crate::{Coupon, CouponError, IssuedCoupon, MyCoupon, NewCoupon};
 use commerce_domain::{CouponId, UserCouponId, UserId};
 use commerce_storage::schema::{coupons, user_coupons};
 use commerce_storage::{conn, DbPool, StorageError};
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 type CouponRow = (
@@ -224,73 +226,92 @@ pub async fn insert_batch(
     conn: &mut AsyncPgConnection,
     winners: &[Winner],
 ) -> Result<Vec<Written>, StorageError> {
-    use diesel::sql_types::{Array, Timestamptz, Uuid as SqlUuid};
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-        #[diesel(sql_type = BigInt)]
-        coupon_id: i64,
-        #[diesel(sql_type = BigInt)]
-        user_id: i64,
-        #[diesel(sql_type = Timestamptz)]
-        issued_at: chrono::DateTime<chrono::Utc>,
-    }
     // An empty batch still runs (it warms a connection: parse, plan, the
     // tables' caches) and writes nothing.
-    let rows: Vec<Row> = diesel::sql_query(
-        "WITH input AS (\
-           SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::uuid[]) \
-             AS t(coupon_id, coupon_quantity, user_id, slot, event_id)), \
-         ins AS (\
-           INSERT INTO user_coupons (coupon_id, coupon_quantity, user_id, slot) \
-           SELECT coupon_id, coupon_quantity, user_id, slot FROM input \
-           ON CONFLICT DO NOTHING \
-           RETURNING id, coupon_id, user_id, issued_at), \
-         ev AS (\
-           INSERT INTO outbox (id, event_type, aggregate_key, payload) \
-           SELECT input.event_id, $6, ins.coupon_id::text, \
-                  jsonb_build_object('user_coupon_id', ins.id, 'coupon_id', ins.coupon_id, \
-                                     'user_id', ins.user_id, 'issued_at', ins.issued_at) \
-           FROM ins JOIN input ON input.coupon_id = ins.coupon_id AND input.user_id = ins.user_id) \
-         SELECT id, coupon_id, user_id, issued_at FROM ins",
-    )
-    .bind::<Array<BigInt>, _>(
-        winners
-            .iter()
-            .map(|w| w.coupon_id.get())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Integer>, _>(
-        winners
-            .iter()
-            .map(|w| w.coupon_quantity)
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<BigInt>, _>(winners.iter().map(|w| w.user.get()).collect::<Vec<_>>())
-    .bind::<Array<Integer>, _>(winners.iter().map(|w| w.slot).collect::<Vec<_>>())
-    .bind::<Array<SqlUuid>, _>(
-        winners
-            .iter()
-            .map(|_| uuid::Uuid::now_v7())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<diesel::sql_types::Text, _>(commerce_storage::outbox::event::COUPON_ISSUED)
-    .load(conn)
-    .await
-    .map_err(StorageError::from)?;
+    let rows: Vec<(i64, i64, i64, chrono::DateTime<chrono::Utc>)> = InsertWinners::new(winners)
+        .load(conn)
+        .await
+        .map_err(StorageError::from)?;
     if !rows.is_empty() {
         commerce_storage::outbox::written();
     }
     Ok(rows
         .into_iter()
-        .map(|r| Written {
-            coupon_id: CouponId::from_db(r.coupon_id),
-            user: UserId::from_db(r.user_id),
-            user_coupon_id: UserCouponId::from_db(r.id),
-            issued_at: r.issued_at,
+        .map(|(id, coupon_id, user_id, issued_at)| Written {
+            coupon_id: CouponId::from_db(coupon_id),
+            user: UserId::from_db(user_id),
+            user_coupon_id: UserCouponId::from_db(id),
+            issued_at,
         })
         .collect())
+}
+
+/// The winners' insert as a query type of its own: its static query id lets
+/// the connection prepare it once and keep it. A `sql_query` is prepared
+/// again on every call, one more round trip to PostgreSQL per batch, on the
+/// hottest write of a flash sale.
+struct InsertWinners {
+    coupon_ids: Vec<i64>,
+    quantities: Vec<i32>,
+    users: Vec<i64>,
+    slots: Vec<i32>,
+    event_ids: Vec<uuid::Uuid>,
+}
+
+impl InsertWinners {
+    fn new(winners: &[Winner]) -> Self {
+        Self {
+            coupon_ids: winners.iter().map(|w| w.coupon_id.get()).collect(),
+            quantities: winners.iter().map(|w| w.coupon_quantity).collect(),
+            users: winners.iter().map(|w| w.user.get()).collect(),
+            slots: winners.iter().map(|w| w.slot).collect(),
+            event_ids: winners.iter().map(|_| uuid::Uuid::now_v7()).collect(),
+        }
+    }
+}
+
+impl QueryId for InsertWinners {
+    type QueryId = InsertWinners;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for InsertWinners {
+    type SqlType = (BigInt, BigInt, BigInt, Timestamptz);
+}
+
+impl QueryFragment<Pg> for InsertWinners {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH input AS (SELECT * FROM unnest(");
+        out.push_bind_param::<Array<BigInt>, _>(&self.coupon_ids)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<Integer>, _>(&self.quantities)?;
+        out.push_sql("::int[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.users)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<Integer>, _>(&self.slots)?;
+        out.push_sql("::int[], ");
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.event_ids)?;
+        out.push_sql(
+            "::uuid[]) AS t(coupon_id, coupon_quantity, user_id, slot, event_id)), \
+             ins AS (\
+               INSERT INTO user_coupons (coupon_id, coupon_quantity, user_id, slot) \
+               SELECT coupon_id, coupon_quantity, user_id, slot FROM input \
+               ON CONFLICT DO NOTHING \
+               RETURNING id, coupon_id, user_id, issued_at), \
+             ev AS (\
+               INSERT INTO outbox (id, event_type, aggregate_key, payload) \
+               SELECT input.event_id, ",
+        );
+        out.push_bind_param::<Text, _>(&commerce_storage::outbox::event::COUPON_ISSUED)?;
+        out.push_sql(
+            ", ins.coupon_id::text, \
+                      jsonb_build_object('user_coupon_id', ins.id, 'coupon_id', ins.coupon_id, \
+                                         'user_id', ins.user_id, 'issued_at', ins.issued_at) \
+               FROM ins JOIN input ON input.coupon_id = ins.coupon_id AND input.user_id = ins.user_id) \
+             SELECT id, coupon_id, user_id, issued_at FROM ins",
+        );
+        Ok(())
+    }
 }
 
 #[derive(QueryableByName)]

@@ -187,6 +187,9 @@ impl Application {
         .keep_alive(std::time::Duration::from_secs(
             state.settings.http.keep_alive_secs,
         ))
+        .client_request_timeout(std::time::Duration::from_millis(
+            state.settings.http.client_request_timeout_ms,
+        ))
         .listen(listener)?
         .run();
 

@@ -159,6 +159,11 @@ pub struct HttpSettings {
     /// balancer's upstream idle timeout, so the balancer always closes first
     /// and never sends a request down a connection the server is closing.
     pub keep_alive_secs: u64,
+    /// Milliseconds a new connection gets to send its request head before
+    /// a 408. actix's 5 s default turns a burst's queue (thousands of
+    /// connections accepted in one second, read in turn) into 408s for
+    /// clients that did nothing wrong; nginx allows 60 s.
+    pub client_request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +247,7 @@ addr = "127.0.0.1:8080"
 workers = 0
 shutdown_timeout_secs = 30
 keep_alive_secs = 75
+client_request_timeout_ms = 30000
 
 [database]
 url = "postgres://postgres@127.0.0.1:5432/commerce"

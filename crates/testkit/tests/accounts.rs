@@ -475,3 +475,19 @@ async fn idle_keep_alive_connections_outlive_the_balancers_idle_timeout_floor() 
         .expect("the server closed a connection idle for 7 s");
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
 }
+
+/// In a flash sale thousands of connections open in the same second and
+/// the server reads them in turn: a connection whose request head comes
+/// later than actix's 5 s default must still get its answer, not a 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_slow_to_send_its_request_still_gets_an_answer() {
+    let app = TestApp::spawn().await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let answer = live_on(&mut stream)
+        .await
+        .expect("the server closed a new connection after 7 s without a request");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
