@@ -97,6 +97,24 @@ async fn burst(
     .await
 }
 
+/// Issue answers the database path gave (`coupon_issue_total{path="database"}`
+/// on the process's metrics, which both apps of a test share).
+async fn database_path_answers(app: &TestApp) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("coupon_issue_total{") && l.contains("path=\"database\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Rule 1 and the answer accounting, checked against PostgreSQL.
 async fn check_rule_1(app: &TestApp, coupon: i64, outcomes: &[Outcome], retryable: &HashSet<u16>) {
     let rows = app
@@ -115,7 +133,14 @@ async fn check_rule_1(app: &TestApp, coupon: i64, outcomes: &[Outcome], retryabl
         .db
         .scalar(&format!("SELECT COALESCE(MAX(slot), 0)::BIGINT AS n FROM user_coupons WHERE coupon_id = {coupon}"))
         .await;
-    assert_eq!(rows, QUANTITY, "exactly the quantity is issued");
+    let mut answers: HashMap<(u16, &str), usize> = HashMap::new();
+    for o in outcomes {
+        *answers.entry((o.status, o.code.as_str())).or_default() += 1;
+    }
+    assert_eq!(
+        rows, QUANTITY,
+        "exactly the quantity is issued; answers {answers:?}"
+    );
     assert_eq!(distinct, rows, "no user twice");
     assert!(max_slot <= QUANTITY);
 
@@ -171,8 +196,32 @@ async fn burst_over_two_instances_issues_exactly_the_quantity() {
     let coupon = create_coupon(&a, QUANTITY, -1, Some(3600)).await;
     let plan = plan(&users);
     let started = std::time::Instant::now();
-    let outcomes = burst(&[&a, &b], coupon, &plan, Arc::default()).await;
+    let mut outcomes = burst(&[&a, &b], coupon, &plan, Arc::default()).await;
     report("fast path (Redis gate)", &outcomes, started.elapsed());
+    // On a loaded machine a gate reply can come later than the Redis
+    // timeout: that request takes the database path, and the script it ran
+    // may have counted a unit no row holds (the gate is marked for a
+    // rebuild). Exactness right after the burst is owed when every answer
+    // came through the gate; otherwise after the repair, with fresh users.
+    let fell_back = database_path_answers(&a).await;
+    if fell_back > 0 {
+        eprintln!("{fell_back} answers took the database path: reconcile, then fresh users");
+        let (s, body) = a
+            .admin_post(&format!("/admin/coupons/{coupon}/reconcile"), &json!({}))
+            .await;
+        assert_eq!(s, 200, "{body}");
+        for u in a.seed_users(20).await {
+            let (status, body) = a
+                .post_empty(&format!("/api/v1/coupons/{coupon}/issue"), &u.token)
+                .await;
+            outcomes.push(Outcome {
+                user: u.id,
+                status,
+                code: body["code"].as_str().unwrap_or_default().to_owned(),
+                latency: std::time::Duration::ZERO,
+            });
+        }
+    }
     check_rule_1(&a, coupon, &outcomes, &HashSet::new()).await;
     // Every later request of a holder is `already_issued`.
     assert!(
