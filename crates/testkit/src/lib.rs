@@ -199,6 +199,18 @@ impl TestApp {
             .collect()
     }
 
+    /// The process's Prometheus text (`GET /metrics`).
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// POST with a bearer token and no body.
     pub async fn post_empty(&self, path: &str, token: &str) -> (u16, Value) {
         let res = self

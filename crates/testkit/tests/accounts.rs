@@ -410,15 +410,7 @@ async fn ops_endpoints_and_request_ids() {
     assert!(body["paths"]["/api/v1/me/balance/charge"]["post"].is_object());
     let (s, body) = app.get_json("/no/such/route", None).await;
     assert_eq!((s, body["code"].as_str()), (404, Some("not_found")));
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(text.contains("http_requests_total"), "{text}");
     assert!(text.contains("db_pool_connections"));
 }

@@ -100,15 +100,7 @@ async fn burst(
 /// Issue answers the database path gave (`coupon_issue_total{path="database"}`
 /// on the process's metrics, which both apps of a test share).
 async fn database_path_answers(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .filter(|l| l.starts_with("coupon_issue_total{") && l.contains("path=\"database\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
