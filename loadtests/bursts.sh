@@ -12,11 +12,21 @@ set -euo pipefail
 run_dir=$(cd "${1:?usage: bursts.sh <run dir> [bursts]}" && pwd)
 bursts=${2:-5}
 k6_dir="$(cd "$(dirname "$0")" && pwd)/k6"
-pid=$(pgrep -x commerce-server | head -1) || { echo "no commerce-server running" >&2; exit 1; }
-key=$(tr '\0' '\n' < "/proc/$pid/environ" | sed -n 's/^COMMERCE__AUTH__ADMIN_KEY=//p')
+# The admin key of this run's servers (another deployment may run beside it).
+upstream=$(sed -n 's/.*server \(127\.0\.0\.1:[0-9]*\).*/\1/p' "$run_dir/nginx/nginx.conf" 2>/dev/null | head -1)
+key=""
+for pid in $(pgrep -x commerce-server); do
+  env=$(tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null) || continue
+  if grep -qx "COMMERCE__HTTP__ADDR=$upstream" <<<"$env"; then
+    key=$(sed -n 's/^COMMERCE__AUTH__ADMIN_KEY=//p' <<<"$env")
+    break
+  fi
+done
+[ -n "$key" ] || { echo "no commerce-server of $run_dir running" >&2; exit 1; }
 front=$(sed -n 's/.*listen \(127\.0\.0\.1:[0-9]*\).*/http:\/\/\1/p' "$run_dir/nginx/nginx.conf" 2>/dev/null | head -1)
 [ -n "$front" ] || { echo "no nginx.conf in $run_dir/nginx" >&2; exit 1; }
-# k6 as the runner tunes it (crates/loadtest/src/k6.rs): no GC mid-burst, few tags.
+# k6 as the runner tunes it (crates/loadtest/src/k6.rs): no GC mid-burst, few
+# tags, and a session (CPU scheduling group) of its own.
 export GOGC="${GOGC:-off}" GOMEMLIMIT="${GOMEMLIMIT:-4GiB}"
 export K6_SYSTEM_TAGS="${K6_SYSTEM_TAGS:-status,method,name,group,check,scenario,expected_response}"
 out=$(mktemp -d)
@@ -38,10 +48,10 @@ for i in $(seq 1 "$bursts"); do
     -d '{"name":"burst","discount_amount":1000,"quantity":250,"opens_at":"2020-01-01T00:00:00Z","expires_at":"2100-01-01T00:00:00Z"}' \
     | python3 -c 'import sys, json; print(json.load(sys.stdin)["id"])')
   echo "{\"coupon\":{\"id\":$id,\"quantity\":250}}" > "$out/data.json"
-  timeout 120 k6 run -q --summary-export "$out/c$i.json" -e BASE_URLS="$front" \
+  timeout 120 setsid k6 run -q --summary-export "$out/c$i.json" -e BASE_URLS="$front" \
     -e CEILING_SCENARIO='{"executor":"per-vu-iterations","vus":500,"iterations":1,"maxDuration":"2m","exec":"default"}' \
     "$k6_dir/ceiling.js" >/dev/null 2>&1
-  timeout 120 k6 run -q --summary-export "$out/s$i.json" -e BASE_URLS="$front" \
+  timeout 120 setsid k6 run -q --summary-export "$out/s$i.json" -e BASE_URLS="$front" \
     -e TOKENS_FILE="$run_dir/tokens.json" -e DATA_FILE="$out/data.json" \
     "$k6_dir/coupon-peak.js" >/dev/null 2>&1 &
   sleep 0.3; before=$(snap); sleep 1.3; after=$(snap)

@@ -33,7 +33,7 @@ options:
   --bursts N            a burst scenario (one iteration per VU) runs N times, each on fresh
                         data (a new coupon, new last-unit products) and each followed by a
                         ceiling burst; the report shows every burst and compares the medians
-                        (default 5; 1 for other shapes)
+                        (default 7; 1 for other shapes)
   --ceiling-runs N      measure the ceiling N times and report the median run (default: one
                         per burst, else 1)
   --balancer B          auto (nginx when installed, else k6 spreads), nginx, or k6

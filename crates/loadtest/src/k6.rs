@@ -153,7 +153,7 @@ pub fn tuning_text() -> String {
     } else {
         gc.join(", ")
     };
-    format!("{gc}, system tags {SYSTEM_TAGS}")
+    format!("{gc}, system tags {SYSTEM_TAGS}, in a session (scheduling group) of its own")
 }
 
 fn total_memory_bytes() -> Option<u64> {
@@ -185,8 +185,21 @@ pub async fn run(k6: &Path, spec: &RunSpec<'_>) -> Result<Option<i32>> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::fs::File::create(spec.stdout)?))
         .stderr(Stdio::from(std::fs::File::create(spec.stderr)?))
-        .kill_on_drop(true)
-        .process_group(0);
+        .kill_on_drop(true);
+    // A session of its own (which is also a process group of its own): with
+    // the kernel's autogroup scheduling, k6 and the service then share the
+    // cores as two equal groups, as they would on separate machines, instead
+    // of k6's busy threads outnumbering the servers in one group. The
+    // ceiling runs through here too, so both are measured the same way.
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     if let Some(dash) = spec.dashboard {
         cmd.env("K6_WEB_DASHBOARD", "true")
             .env("K6_WEB_DASHBOARD_EXPORT", dash)
@@ -256,6 +269,49 @@ mod tests {
         for tag in ["name", "status", "expected_response", "check", "group"] {
             assert!(SYSTEM_TAGS.split(',').any(|t| t == tag), "{tag}");
         }
+    }
+
+    /// k6 runs in a session of its own (its own scheduling group under
+    /// autogroup), not in the runner's with the servers. A stand-in for k6
+    /// writes its session id and pid where k6's output goes.
+    #[tokio::test]
+    async fn k6_runs_in_a_session_of_its_own() {
+        let dir = std::env::temp_dir().join(format!("k6-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("k6");
+        // Fields 1 and 6 of /proc/self/stat: pid and session (the command
+        // name, field 2, has no spaces here).
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nexec awk '{print $1, $6}' /proc/self/stat\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = dir.join("out");
+        let code = run(
+            &fake,
+            &RunSpec {
+                script: &dir.join("script.js"),
+                vars: Vec::new(),
+                summary: &dir.join("summary.json"),
+                dashboard: None,
+                dashboard_period: Duration::from_secs(1),
+                stdout: &out,
+                stderr: &dir.join("err"),
+                limit: Duration::from_secs(30),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, Some(0));
+        let text = std::fs::read_to_string(&out).unwrap();
+        let (pid, sid) = text.trim().split_once(' ').unwrap();
+        // SAFETY: getsid(0) only reads the calling process's session id.
+        let ours = unsafe { libc::getsid(0) };
+        assert_eq!(pid, sid, "k6 leads its own session");
+        assert_ne!(sid, ours.to_string(), "not the runner's session");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The scripts scale their own shapes (lib/common.js); k6 itself reports

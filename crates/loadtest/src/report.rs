@@ -133,7 +133,8 @@ fn render_bursts(out: &mut String, input: &ReportInput<'_>) {
         "\n### Bursts\n\nThe scenario ran {n} times, each burst on fresh data and followed by a ceiling burst \
          (one burst's p95 swings with the scheduling of a shared machine). The rows above are the median \
          burst (by `{}` p95) and the median ceiling; burst 1 is the first after the warm-up, the cold start \
-         a real opening meets.\n",
+         a real opening meets. The HTML dashboard comes from one more burst after these, outside the \
+         figures: feeding it costs k6 CPU mid-burst that the ceiling bursts would not pay.\n",
         input.headline
     );
     let coupon = input.bursts.iter().any(|b| b.issued.is_some());
