@@ -93,6 +93,14 @@ pub async fn issue(
 }
 use GateAnswer::*;
 
+/// Loads the issue script into Redis (kept there until a restart or a
+/// SCRIPT FLUSH) through this client, whose connection this opens.
+pub async fn prepare(redis: &RedisClient) -> Result<(), CallError<RedisError>> {
+    redis
+        .run(|mut c| async move { ISSUE_SCRIPT.load_async(&mut c).await.map(|_| ()) })
+        .await
+}
+
 pub async fn give_back(
     redis: &RedisClient,
     coupon: CouponId,

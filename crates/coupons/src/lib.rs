@@ -283,6 +283,16 @@ impl Coupons {
         }
     }
 
+    /// Opens this handle's Redis connection and loads the gate's script
+    /// ahead of traffic: otherwise the first requests of the first peak
+    /// after a start wait for both. Best effort: with Redis down, the first
+    /// request connects, as it would without this.
+    pub async fn warm_up(&self) {
+        if let Err(e) = gate::prepare(&self.io.redis).await {
+            tracing::debug!(error = %e, "coupon gate connection not warmed up");
+        }
+    }
+
     pub async fn create(&self, new: &NewCoupon) -> Result<Coupon, CouponError> {
         let coupon = store::create(&self.io.db, new).await?;
         // Prime the gate; if Redis is out the first request rebuilds it.

@@ -24,6 +24,7 @@ struct Job {
     user: UserId,
     slot: i32,
     reply: oneshot::Sender<Result<IssuedCoupon, InsertError>>,
+    queued: std::time::Instant,
 }
 
 /// The queue in front of the writer tasks. Cheap to clone; the tasks stop
@@ -74,6 +75,7 @@ impl WinnerWriter {
             user,
             slot,
             reply,
+            queued: std::time::Instant::now(),
         };
         let waited = tokio::time::timeout(self.timeout, async {
             self.tx
@@ -111,12 +113,22 @@ async fn run(db: DbPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) 
             }
         }
         metrics::histogram!("coupon_write_batch_size").record(jobs.len() as f64);
+        // Queue wait and statement time: which of them a slow write spent.
+        let picked = std::time::Instant::now();
+        for job in &jobs {
+            metrics::histogram!("coupon_write_queue_seconds")
+                .record(picked.duration_since(job.queued).as_secs_f64());
+        }
         let jobs = std::mem::take(&mut jobs);
         // A connection per batch, back to the pool right after: a writer
         // never keeps one idle, so a small pool is not starved by writers
         // that have nothing to write (the LIFO pool hands back a warm one).
         match commerce_storage::conn(&db).await {
-            Ok(mut conn) => write_batch(&mut conn, jobs).await,
+            Ok(mut conn) => {
+                write_batch(&mut conn, jobs).await;
+                metrics::histogram!("coupon_write_batch_seconds")
+                    .record(picked.elapsed().as_secs_f64());
+            }
             Err(e) => {
                 for job in jobs {
                     let _ = job.reply.send(Err(InsertError::Storage(e.clone())));

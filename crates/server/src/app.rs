@@ -32,8 +32,9 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
 }
 
 /// The coupons an HTTP worker issues through. Called on the worker's thread
-/// (the app factory): the clients made here connect on first use, from a
-/// request on this worker, so their tasks run on its runtime.
+/// (the app factory): the clients made here connect from this worker (its
+/// Redis connection right away, warming up), so their tasks run on its
+/// runtime.
 fn worker_coupons(state: &AppState) -> Coupons {
     let settings = &state.settings;
     if !settings.coupons.worker_io {
@@ -42,7 +43,13 @@ fn worker_coupons(state: &AppState) -> Coupons {
     let redis = RedisClient::new(&settings.redis_config(), state.breakers.redis());
     let db = commerce_storage::build_pool(&settings.worker_db_config());
     match (db, redis) {
-        (Ok(db), Ok(redis)) => state.coupons.on_this_thread(db, redis),
+        (Ok(db), Ok(redis)) => {
+            let coupons = state.coupons.on_this_thread(db, redis);
+            // On this worker's runtime, so the connection is driven here.
+            let warm = coupons.clone();
+            tokio::spawn(async move { warm.warm_up().await });
+            coupons
+        }
         (db, redis) => {
             tracing::warn!(db = ?db.err(), redis = ?redis.err(), "worker clients not built: issuing through the shared ones");
             state.coupons.clone()
