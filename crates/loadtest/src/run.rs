@@ -707,6 +707,14 @@ pub async fn run(
     let dashboard = run_dir.join("dashboard.html");
     let mut runs: Vec<(Summary, Option<i32>)> = Vec::new();
     let mut measured = Vec::new();
+    let run = ScenarioRun {
+        k6: &k6,
+        script: &script,
+        vars: &vars,
+        run_dir: &run_dir,
+        period,
+        limit,
+    };
     for n in 1..=bursts.max(ceiling_runs) {
         let suffix = if n == 1 {
             String::new()
@@ -721,9 +729,6 @@ pub async fn run(
                 write_fresh_burst_data(&api, &db_url, &data, &path).await?;
                 path
             };
-            let mut vars = vars.clone();
-            vars.push(("DATA_FILE".into(), data_path.display().to_string()));
-            let summary = run_dir.join(format!("summary{suffix}.json"));
             let what = if bursts > 1 {
                 format!(", burst {n} of {bursts}")
             } else {
@@ -734,23 +739,14 @@ pub async fn run(
                 scenario.script,
                 limit.as_secs()
             ));
-            let out = run_dir.join(format!("k6{suffix}.out"));
-            let err = run_dir.join(format!("k6{suffix}.log"));
-            let code = k6::run(
-                &k6,
-                &k6::RunSpec {
-                    script: &script,
-                    vars,
-                    summary: &summary,
-                    // A burst's measured runs go without: see below.
-                    dashboard: (bursts == 1).then_some(dashboard.as_path()),
-                    dashboard_period: period,
-                    stdout: &out,
-                    stderr: &err,
-                    limit,
-                },
-            )
-            .await?;
+            // A burst's measured runs go without the dashboard: see below.
+            let (code, summary, out, err) = run
+                .start(
+                    &suffix,
+                    &data_path,
+                    (bursts == 1).then_some(dashboard.as_path()),
+                )
+                .await?;
             print!("{}", std::fs::read_to_string(&out).unwrap_or_default());
             let parsed = Summary::parse(&std::fs::read_to_string(&summary).with_context(|| {
                 format!(
@@ -803,28 +799,13 @@ pub async fn run(
     if bursts > 1 {
         let data_path = run_dir.join("data-dashboard.json");
         write_fresh_burst_data(&api, &db_url, &data, &data_path).await?;
-        let mut vars = vars.clone();
-        vars.push(("DATA_FILE".into(), data_path.display().to_string()));
         log(format!(
             "k6 run {}, one more burst for the HTML dashboard (not in the figures)",
             scenario.script
         ));
-        let summary = run_dir.join("summary-dashboard.json");
-        let out = run_dir.join("k6-dashboard.out");
-        let code = k6::run(
-            &k6,
-            &k6::RunSpec {
-                script: &script,
-                vars,
-                summary: &summary,
-                dashboard: Some(dashboard.as_path()),
-                dashboard_period: period,
-                stdout: &out,
-                stderr: &run_dir.join("k6-dashboard.log"),
-                limit,
-            },
-        )
-        .await?;
+        let (code, summary, _, _) = run
+            .start("-dashboard", &data_path, Some(dashboard.as_path()))
+            .await?;
         match std::fs::read_to_string(&summary)
             .map_err(|e| e.to_string())
             .and_then(|t| Summary::parse(&t))
@@ -1041,6 +1022,48 @@ pub async fn run(
 /// The next burst's data: what a burst uses up made anew (a coupon of the
 /// same quantity; last-unit products, added to the stock snapshot so the
 /// conservation rule covers them), the rest as it was.
+/// What every k6 run of one scenario shares.
+struct ScenarioRun<'a> {
+    k6: &'a Path,
+    script: &'a Path,
+    vars: &'a [(String, String)],
+    run_dir: &'a Path,
+    period: Duration,
+    limit: Duration,
+}
+
+impl ScenarioRun<'_> {
+    /// One k6 run on `data`, its files named with `suffix`: k6's exit code
+    /// and the paths of its summary, output and log.
+    async fn start(
+        &self,
+        suffix: &str,
+        data: &Path,
+        dashboard: Option<&Path>,
+    ) -> Result<(Option<i32>, PathBuf, PathBuf, PathBuf)> {
+        let mut vars = self.vars.to_vec();
+        vars.push(("DATA_FILE".into(), data.display().to_string()));
+        let summary = self.run_dir.join(format!("summary{suffix}.json"));
+        let out = self.run_dir.join(format!("k6{suffix}.out"));
+        let err = self.run_dir.join(format!("k6{suffix}.log"));
+        let code = k6::run(
+            self.k6,
+            &k6::RunSpec {
+                script: self.script,
+                vars,
+                summary: &summary,
+                dashboard,
+                dashboard_period: self.period,
+                stdout: &out,
+                stderr: &err,
+                limit: self.limit,
+            },
+        )
+        .await?;
+        Ok((code, summary, out, err))
+    }
+}
+
 /// [`fresh_burst_data`], written to `path` for k6.
 async fn write_fresh_burst_data(
     api: &Api,
