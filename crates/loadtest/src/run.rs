@@ -701,7 +701,13 @@ pub async fn run(
     let mut vars = scale_vars.clone();
     vars.push(("BASE_URLS".into(), front.join(",")));
     vars.push(("TOKENS_FILE".into(), tokens_file.display().to_string()));
-    let period = Duration::from_secs((shape.total.as_secs() / 60).clamp(1, 10));
+    // A burst is over in seconds, whatever its maxDuration: with a longer
+    // period k6 has too few to draw and skips the dashboard.
+    let period = if bursts > 1 {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs((shape.total.as_secs() / 60).clamp(1, 10))
+    };
     let limit = shape.total + Duration::from_secs(300);
     let summary_path = run_dir.join("summary.json");
     let dashboard = run_dir.join("dashboard.html");
@@ -744,6 +750,7 @@ pub async fn run(
                 .start(
                     &suffix,
                     &data_path,
+                    &[],
                     (bursts == 1).then_some(dashboard.as_path()),
                 )
                 .await?;
@@ -804,7 +811,18 @@ pub async fn run(
             scenario.script
         ));
         let (code, summary, _, _) = run
-            .start("-dashboard", &data_path, Some(dashboard.as_path()))
+            .start(
+                "-dashboard",
+                &data_path,
+                // k6 draws no dashboard for a run of a few seconds: this
+                // burst's VUs think 4× as long (after their issue, so the
+                // burst itself is the same).
+                &[(
+                    "THINK_SCALE",
+                    (opts.think_scale.max(0.25) * 4.0).to_string(),
+                )],
+                Some(dashboard.as_path()),
+            )
             .await?;
         match std::fs::read_to_string(&summary)
             .map_err(|e| e.to_string())
@@ -1033,15 +1051,23 @@ struct ScenarioRun<'a> {
 }
 
 impl ScenarioRun<'_> {
-    /// One k6 run on `data`, its files named with `suffix`: k6's exit code
-    /// and the paths of its summary, output and log.
+    /// One k6 run on `data`, its files named with `suffix`, `overrides` set
+    /// over the shared variables: k6's exit code and the paths of its
+    /// summary, output and log.
     async fn start(
         &self,
         suffix: &str,
         data: &Path,
+        overrides: &[(&str, String)],
         dashboard: Option<&Path>,
     ) -> Result<(Option<i32>, PathBuf, PathBuf, PathBuf)> {
-        let mut vars = self.vars.to_vec();
+        let mut vars: Vec<(String, String)> = self
+            .vars
+            .iter()
+            .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+            .cloned()
+            .collect();
+        vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         vars.push(("DATA_FILE".into(), data.display().to_string()));
         let summary = self.run_dir.join(format!("summary{suffix}.json"));
         let out = self.run_dir.join(format!("k6{suffix}.out"));
