@@ -48,8 +48,8 @@ impl Default for RelayConfig {
         Self {
             batch: 200,
             idle: Duration::from_millis(500),
-            lull: Duration::from_millis(20),
-            max_delay: Duration::from_millis(200),
+            lull: Duration::from_millis(150),
+            max_delay: Duration::from_millis(1000),
             lease: Duration::from_secs(60),
             concurrency: 16,
         }

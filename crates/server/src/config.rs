@@ -274,8 +274,8 @@ max_attempts = 5
 http_timeout_ms = 2000
 relay_batch = 200
 relay_idle_ms = 500
-relay_lull_ms = 20
-relay_max_delay_ms = 200
+relay_lull_ms = 150
+relay_max_delay_ms = 1000
 
 [notification]
 
