@@ -275,7 +275,7 @@ http_timeout_ms = 2000
 relay_batch = 200
 relay_idle_ms = 500
 relay_lull_ms = 150
-relay_max_delay_ms = 1000
+relay_max_delay_ms = 200
 
 [notification]
 
