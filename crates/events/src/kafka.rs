@@ -34,32 +34,76 @@ impl KafkaConfig {
     }
 }
 
-/// Publishes events; cheap to clone.
+/// Publishes events; cheap to clone (clones share the producer).
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    /// Replaced by [`Publisher::renew`] after an outage.
+    producer: Arc<std::sync::RwLock<FutureProducer>>,
     config: Arc<KafkaConfig>,
     breaker: Breaker,
 }
 
+fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    let timeout_ms = config.delivery_timeout.as_millis().to_string();
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", &timeout_ms)
+        .set("request.timeout.ms", &timeout_ms)
+        .set("socket.connection.setup.timeout.ms", "3000")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("linger.ms", "5")
+        .create()
+}
+
 impl Publisher {
     pub fn new(config: &KafkaConfig, breaker: Breaker) -> Result<Self, KafkaError> {
-        let timeout_ms = config.delivery_timeout.as_millis().to_string();
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", &timeout_ms)
-            .set("request.timeout.ms", &timeout_ms)
-            .set("socket.connection.setup.timeout.ms", "3000")
-            .set("reconnect.backoff.max.ms", "1000")
-            .set("linger.ms", "5")
-            .create()?;
         Ok(Self {
-            producer,
+            producer: Arc::new(std::sync::RwLock::new(producer(config)?)),
             config: Arc::new(config.clone()),
             breaker,
         })
+    }
+
+    fn current(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts a fresh producer (the relay does it before probing a broker
+    /// that was down). The old one may hold an idempotence session (producer
+    /// id, sequence numbers) the broker lost in a crash: a broker that
+    /// restarted without it answers errors for good (the test broker, tansu
+    /// 0.6, fails its storage), while a new producer asks for a new session.
+    /// Events the old one still held are failed, and the relay publishes
+    /// them again; consumers drop duplicates by event id.
+    pub fn renew(&self) {
+        let fresh = match producer(&self.config) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka producer could not be renewed");
+                return;
+            }
+        };
+        let old = std::mem::replace(
+            &mut *self
+                .producer
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            fresh,
+        );
+        // Destroying a librdkafka client waits for its threads, which may
+        // wait on a dead broker: never on the runtime.
+        let spawned = std::thread::Builder::new()
+            .name("kafka-producer-close".into())
+            .spawn(move || drop(old));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not close the old kafka producer in the background");
+        }
+        tracing::info!("kafka producer renewed");
     }
 
     /// Sends one event and waits for the broker's acknowledgement.
@@ -67,9 +111,10 @@ impl Publisher {
         let topic = self.config.topic(&event.event_type);
         let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
         let key = event.key.clone();
+        let producer = self.current();
         let send = async {
             let record = FutureRecord::to(&topic).key(&key).payload(&payload);
-            self.producer
+            producer
                 .send(record, self.config.delivery_timeout)
                 .await
                 .map(|_| ())
@@ -88,10 +133,38 @@ impl Publisher {
         }
     }
 
+    /// Asks the broker for its metadata through the breaker: the probe of a
+    /// half-open breaker when there is nothing to publish, so an idle
+    /// instance's breaker closes once the broker is back instead of staying
+    /// half-open (and unhealthy) until the next event.
+    pub async fn ping(&self) -> Result<(), String> {
+        use rdkafka::producer::Producer as _;
+        let producer = self.current();
+        let wait = self.config.delivery_timeout;
+        // librdkafka's metadata call blocks its thread.
+        let ask = async move {
+            tokio::task::spawn_blocking(move || {
+                producer.client().fetch_metadata(None, wait).map(|_| ())
+            })
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+        };
+        let bound = wait + Duration::from_secs(1);
+        match self
+            .breaker
+            .call_classified(Some(bound), ask, |_: &KafkaError| true)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(CallError::Rejected { .. }) => Err("kafka breaker open".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Waits for queued messages (on shutdown; dropping purges them).
     pub fn flush(&self, timeout: Duration) {
         use rdkafka::producer::Producer as _;
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = self.current().flush(timeout) {
             tracing::warn!(error = %e, "kafka producer flush incomplete");
         }
     }

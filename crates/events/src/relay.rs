@@ -173,18 +173,54 @@ impl Relay {
 
     /// Claims, publishes and settles one batch.
     pub async fn run_once(&self) -> Result<Pass, StorageError> {
-        if matches!(self.sink, Sink::Kafka(_)) && self.kafka_breaker.state() == BreakerState::Open {
-            // Broker down: rows wait in PostgreSQL; probe again when allowed.
-            let until = self.kafka_breaker.snapshot().open_until;
-            let wait = until
-                .and_then(|u| (u - Utc::now()).to_std().ok())
-                .unwrap_or(Duration::from_millis(500))
-                .max(Duration::from_millis(50));
-            return Ok(Pass {
-                pause: Some(wait),
-                ..Pass::default()
-            });
+        if matches!(self.sink, Sink::Kafka(_)) {
+            match self.kafka_breaker.state_for_call() {
+                BreakerState::Open => {
+                    // Broker down: rows wait in PostgreSQL; probe again when allowed.
+                    let until = self.kafka_breaker.snapshot().open_until;
+                    let wait = until
+                        .and_then(|u| (u - Utc::now()).to_std().ok())
+                        .unwrap_or(Duration::from_millis(500))
+                        .max(Duration::from_millis(50));
+                    return Ok(Pass {
+                        pause: Some(wait),
+                        ..Pass::default()
+                    });
+                }
+                BreakerState::HalfOpen => {
+                    if let Sink::Kafka(publisher) = &self.sink {
+                        publisher.renew();
+                    }
+                    // One event probes the broker; a batch would have all
+                    // but one rejected by the half-open breaker.
+                    let probe = self.pass(1).await?;
+                    if probe.claimed == 0 {
+                        // Nothing to publish: ask the broker itself.
+                        if let Sink::Kafka(publisher) = &self.sink {
+                            if let Err(e) = publisher.ping().await {
+                                tracing::debug!(error = %e, "kafka probe failed");
+                            }
+                        }
+                        return Ok(probe);
+                    }
+                    if probe.published == 0 {
+                        return Ok(probe);
+                    }
+                    let rest = self.pass(self.config.batch).await?;
+                    return Ok(Pass {
+                        claimed: probe.claimed + rest.claimed,
+                        published: probe.published + rest.published,
+                        ..rest
+                    });
+                }
+                BreakerState::Closed => {}
+            }
         }
+        self.pass(self.config.batch).await
+    }
+
+    /// Claims up to `limit` rows, publishes and settles them.
+    async fn pass(&self, limit: i64) -> Result<Pass, StorageError> {
         let rows: Vec<Row> = {
             let mut c = conn(&self.db).await?;
             diesel::sql_query(
@@ -194,7 +230,7 @@ impl Relay {
                    ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  RETURNING id, event_type, aggregate_key, payload, created_at",
             )
-            .bind::<BigInt, _>(self.config.batch)
+            .bind::<BigInt, _>(limit)
             .bind::<diesel::sql_types::Double, _>(self.config.lease.as_secs_f64())
             .load(&mut c)
             .await?

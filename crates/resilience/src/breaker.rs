@@ -545,6 +545,24 @@ impl Breaker {
         lock(&self.inner.track).effective()
     }
 
+    /// The state the next call would meet. An open breaker whose open period
+    /// is over turns half-open here, as a call would turn it: failsafe moves
+    /// only when asked, so a caller that checks [`Breaker::state`] before
+    /// calling would wait for an open breaker forever. Takes no probe slot.
+    pub fn state_for_call(&self) -> BreakerState {
+        let inner = &*self.inner;
+        let _gate = lock(&inner.gate);
+        let (forced, before) = {
+            let t = lock(&inner.track);
+            (t.forced, t.effective())
+        };
+        if forced == Forced::No {
+            inner.machine.is_call_permitted();
+            self.report(before, "open period over, probing");
+        }
+        lock(&inner.track).effective()
+    }
+
     /// Sets the `breaker_state` gauge to the current state; for a metrics
     /// recorder installed after the breaker was built.
     pub fn publish_gauge(&self) {
@@ -1072,6 +1090,23 @@ mod tests {
     #[tokio::test]
     async fn half_open_admits_at_most_three_probes() {
         assert_eq!(probes_admitted(3).await, (3, 17));
+    }
+
+    #[tokio::test]
+    async fn state_for_call_turns_half_open_once_the_open_period_is_over() {
+        let b = Breaker::new("t", config(1, 30, 1), AlertSink::log_only());
+        fail(&b).await.unwrap_err();
+        assert_eq!(b.state_for_call(), BreakerState::Open);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Nothing called: the tracked state alone never moves.
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.state_for_call(), BreakerState::HalfOpen);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        // It took no probe slot: the probe itself is still admitted.
+        succeed(&b).await.unwrap();
+        assert_eq!(b.state_for_call(), BreakerState::Closed);
+        b.force_open();
+        assert_eq!(b.state_for_call(), BreakerState::Open);
     }
 
     #[tokio::test]

@@ -99,6 +99,11 @@ impl Drop for Broker {
             // A failed test: say whether the broker itself died, and what it
             // printed last.
             let log = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
+            // The whole log outlives the broker's folder, for a post-mortem.
+            let kept = std::env::temp_dir().join(format!("tansu-{}.log", self.port));
+            if std::fs::write(&kept, &log).is_ok() {
+                eprintln!("tansu's whole log: {}", kept.display());
+            }
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             eprintln!(
                 "tansu on port {}: {}; last lines of its log:",

@@ -4,6 +4,7 @@
 
 use commerce_events::consumers::DATA_PLATFORM;
 use commerce_events::{Delivery, Event};
+use commerce_resilience::BreakerState;
 use commerce_testkit::broker::Broker;
 use commerce_testkit::fake_http::{FakePeer, Mode};
 use commerce_testkit::{TestApp, TestUser};
@@ -556,6 +557,19 @@ async fn kafka_run(fault: Fault, orders: usize) {
                 eprintln!("stopping broker");
                 broker.stop();
                 wait_for(orders / 2).await;
+                // The outage lasts until both relays' breakers opened, so
+                // recovery is through the breaker's probe on every machine,
+                // not a reconnect inside one delivery timeout.
+                eventually(
+                    "both kafka breakers to open",
+                    Duration::from_secs(60),
+                    async || {
+                        [&a, &b]
+                            .iter()
+                            .all(|app| app.state.breakers.kafka().state() == BreakerState::Open)
+                    },
+                )
+                .await;
                 broker.resume();
                 eprintln!("broker resumed");
             }
@@ -599,6 +613,15 @@ async fn kafka_run(fault: Fault, orders: usize) {
         },
     )
     .await;
+    if fault == Fault::BrokerOutage {
+        for app in [&a, &b] {
+            assert_eq!(
+                app.state.breakers.kafka().state(),
+                BreakerState::Closed,
+                "the kafka breaker heals once the broker is back"
+            );
+        }
+    }
     assert_eq!(peer.accepted(), orders, "each data-platform effect once");
     assert_eq!(
         count(&a, "SELECT COUNT(*) AS n FROM inbox_data_platform").await,
