@@ -120,11 +120,19 @@ impl Publisher {
                 .map(|_| ())
                 .map_err(|(e, _)| e)
         };
-        // A little over the delivery timeout: librdkafka answers first.
+        self.through_breaker(send).await
+    }
+
+    /// Runs one broker call through the `kafka` breaker, bounded a little
+    /// over the delivery timeout (librdkafka answers first).
+    async fn through_breaker(
+        &self,
+        call: impl std::future::Future<Output = Result<(), KafkaError>>,
+    ) -> Result<(), String> {
         let bound = self.config.delivery_timeout + Duration::from_secs(1);
         match self
             .breaker
-            .call_classified(Some(bound), send, |_: &KafkaError| true)
+            .call_classified(Some(bound), call, |_: &KafkaError| true)
             .await
         {
             Ok(()) => Ok(()),
@@ -149,16 +157,7 @@ impl Publisher {
             .await
             .unwrap_or(Err(KafkaError::Canceled))
         };
-        let bound = wait + Duration::from_secs(1);
-        match self
-            .breaker
-            .call_classified(Some(bound), ask, |_: &KafkaError| true)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(CallError::Rejected { .. }) => Err("kafka breaker open".into()),
-            Err(e) => Err(e.to_string()),
-        }
+        self.through_breaker(ask).await
     }
 
     /// Waits for queued messages (on shutdown; dropping purges them).
