@@ -225,6 +225,14 @@ fn to_order(r: OrderRow, items: Vec<OrderItem>) -> Order {
 }
 
 async fn load_items(c: &mut AsyncPgConnection, order: i64) -> Result<Vec<OrderItem>, OrderError> {
+    load_items_shared(c, order).await
+}
+
+/// [`load_items`] through a shared reference, to be pipelined.
+async fn load_items_shared(
+    c: &AsyncPgConnection,
+    order: i64,
+) -> Result<Vec<OrderItem>, OrderError> {
     let rows: Vec<(i64, i32, i64)> = order_items::table
         .filter(order_items::order_id.eq(order))
         .select((
@@ -233,7 +241,7 @@ async fn load_items(c: &mut AsyncPgConnection, order: i64) -> Result<Vec<OrderIt
             order_items::unit_price,
         ))
         .order(order_items::product_id)
-        .load(c)
+        .load(&mut &*c)
         .await?;
     Ok(rows
         .into_iter()
@@ -489,41 +497,58 @@ impl Orders {
             let Some((amount, user_coupon, _)) = moved else {
                 return Err(why_not_payable(tx, user, id).await?);
             };
-            // 2. Debit, guarded: never below zero; ledger row in the same tx.
-            let balance = if amount > 0 {
-                let after: Option<i64> = diesel::update(
-                    users::table
-                        .filter(users::id.eq(user.get()))
-                        .filter(users::balance.ge(amount)),
-                )
-                .set((
-                    users::balance.eq(users::balance - amount),
-                    users::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(users::balance)
-                .get_result(tx)
-                .await
-                .optional()?;
-                let after = after.ok_or(OrderError::InsufficientBalance)?;
-                diesel::insert_into(balance_ledger::table)
+            // Once the order is claimed, what is left goes in two round trips
+            // of pipelined statements (PostgreSQL runs them in order, and a
+            // failed one aborts the rest of the transaction): a payment
+            // holds its connection and its rows for a few round trips, not
+            // nine, which is what a payment peak queues on.
+            // 2. Debit (guarded: never below zero), the payment row (UNIQUE
+            //    per order, the last guard of rule 4) and the event's items.
+            let (balance, paid_at, items) = {
+                let db: &AsyncPgConnection = tx;
+                let debit = async {
+                    if amount > 0 {
+                        diesel::update(
+                            users::table
+                                .filter(users::id.eq(user.get()))
+                                .filter(users::balance.ge(amount)),
+                        )
+                        .set((
+                            users::balance.eq(users::balance - amount),
+                            users::updated_at.eq(diesel::dsl::now),
+                        ))
+                        .returning(users::balance)
+                        .get_result::<i64>(&mut &*db)
+                        .await
+                        .optional()
+                    } else {
+                        users::table
+                            .find(user.get())
+                            .select(users::balance)
+                            .first::<i64>(&mut &*db)
+                            .await
+                            .map(Some)
+                    }
+                };
+                let payment_row = diesel::insert_into(payments::table)
                     .values((
-                        balance_ledger::user_id.eq(user.get()),
-                        balance_ledger::delta.eq(-amount),
-                        balance_ledger::balance_after.eq(after),
-                        balance_ledger::kind.eq("payment"),
-                        balance_ledger::reference.eq(format!("order:{id}")),
+                        payments::order_id.eq(id.get()),
+                        payments::user_id.eq(user.get()),
+                        payments::amount.eq(amount),
                     ))
-                    .execute(tx)
-                    .await?;
-                after
-            } else {
-                users::table
-                    .find(user.get())
-                    .select(users::balance)
-                    .first(tx)
-                    .await?
+                    .returning(payments::created_at)
+                    .get_result::<DateTime<Utc>>(&mut &*db);
+                let (balance, paid_at, items) =
+                    futures::join!(debit, payment_row, load_items_shared(db, id.get()));
+                // In statement order: the first failure is the cause.
+                let balance = balance?.ok_or(OrderError::InsufficientBalance)?;
+                let paid_at = paid_at.map_err(|e| match StorageError::from(e) {
+                    StorageError::UniqueViolation(_) => OrderError::AlreadyPaid,
+                    other => OrderError::Storage(other),
+                })?;
+                (balance, paid_at, items?)
             };
-            // 3. The coupon, guarded: unused, the caller's, not expired.
+            // The coupon, guarded: unused, the caller's, not expired.
             if let Some(uc) = user_coupon {
                 let used: Option<i64> = diesel::update(
                     user_coupons::table
@@ -550,32 +575,8 @@ impl Orders {
                     return Err(OrderError::CouponExpired);
                 }
             }
-            // 4. The payment row: UNIQUE per order, the last guard of rule 4.
-            let paid_at: DateTime<Utc> = diesel::insert_into(payments::table)
-                .values((
-                    payments::order_id.eq(id.get()),
-                    payments::user_id.eq(user.get()),
-                    payments::amount.eq(amount),
-                ))
-                .returning(payments::created_at)
-                .get_result(tx)
-                .await
-                .map_err(|e| match StorageError::from(e) {
-                    StorageError::UniqueViolation(_) => OrderError::AlreadyPaid,
-                    other => OrderError::Storage(other),
-                })?;
-            // 5. The event, committed with the payment (outbox).
-            let items = load_items(tx, id.get()).await?;
-            outbox::enqueue(
-                tx,
-                event::ORDER_PAID,
-                &id.to_string(),
-                &serde_json::json!({
-                    "order_id": id, "user_id": user, "amount": amount, "paid_at": paid_at,
-                    "items": items,
-                }),
-            )
-            .await?;
+            let db: &AsyncPgConnection = tx;
+            // 3. The ledger row, the event (outbox) and the stored answer.
             let payment = Payment {
                 order_id: id,
                 status: "paid",
@@ -583,9 +584,38 @@ impl Orders {
                 balance,
                 paid_at,
             };
-            if let Some(answer) = answer {
-                answer.save(tx, &payment).await?;
-            }
+            let reference = format!("order:{id}");
+            let ledger = async {
+                if amount > 0 {
+                    diesel::insert_into(balance_ledger::table)
+                        .values((
+                            balance_ledger::user_id.eq(user.get()),
+                            balance_ledger::delta.eq(-amount),
+                            balance_ledger::balance_after.eq(balance),
+                            balance_ledger::kind.eq("payment"),
+                            balance_ledger::reference.eq(&reference),
+                        ))
+                        .execute(&mut &*db)
+                        .await?;
+                }
+                Ok::<_, diesel::result::Error>(())
+            };
+            let payload = serde_json::json!({
+                "order_id": id, "user_id": user, "amount": amount, "paid_at": paid_at,
+                "items": items,
+            });
+            let key = id.to_string();
+            let event = outbox::enqueue_shared(db, event::ORDER_PAID, &key, &payload);
+            let saved = async {
+                match answer {
+                    Some(answer) => answer.save(db, &payment).await,
+                    None => Ok(()),
+                }
+            };
+            let (ledger, event, saved) = futures::join!(ledger, event, saved);
+            ledger?;
+            event?;
+            saved?;
             Ok(payment)
         })
         .await

@@ -114,7 +114,7 @@ async fn finish_failed(db: &DbPool, claim: &Claim, err: &ApiError) {
     let outcome = async {
         let mut c = commerce_storage::conn(db).await?;
         if err.status.is_client_error() {
-            idempotency::complete(&mut c, claim, err.status.as_u16(), &err.body()).await
+            idempotency::complete(&c, claim, err.status.as_u16(), &err.body()).await
         } else {
             idempotency::release(&mut c, claim).await
         }

@@ -137,7 +137,7 @@ pub async fn begin(conn: &mut AsyncPgConnection, claim: &Claim) -> Result<Begin,
 /// Stores the answer. Call inside the work's transaction for success answers,
 /// or on its own for a business refusal (which changed nothing).
 pub async fn complete(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     claim: &Claim,
     status: u16,
     body: &serde_json::Value,
@@ -151,7 +151,7 @@ pub async fn complete(
         ik::response_status.eq(i16::try_from(status).unwrap_or(500)),
         ik::response_body.eq(body),
     ))
-    .execute(conn)
+    .execute(&mut &*conn)
     .await?;
     Ok(())
 }
@@ -197,7 +197,9 @@ pub struct SaveAnswer<T> {
 pub type Render<T> = Box<dyn FnOnce(&T) -> (u16, serde_json::Value) + Send>;
 
 impl<T> SaveAnswer<T> {
-    pub async fn save(self, conn: &mut AsyncPgConnection, result: &T) -> Result<(), StorageError> {
+    /// Takes a shared reference, so it can be pipelined with the work's
+    /// last statements (see `outbox::enqueue_shared`).
+    pub async fn save(self, conn: &AsyncPgConnection, result: &T) -> Result<(), StorageError> {
         let (status, body) = (self.render)(result);
         complete(conn, &self.claim, status, &body).await
     }

@@ -40,6 +40,18 @@ pub async fn enqueue(
     aggregate_key: &str,
     payload: &serde_json::Value,
 ) -> Result<uuid::Uuid, StorageError> {
+    enqueue_shared(conn, event_type, aggregate_key, payload).await
+}
+
+/// [`enqueue`] through a shared reference: polled together with other
+/// statements on the same connection, it goes out in the same round trip
+/// (pipelined; PostgreSQL still runs them in order).
+pub async fn enqueue_shared(
+    conn: &AsyncPgConnection,
+    event_type: &str,
+    aggregate_key: &str,
+    payload: &serde_json::Value,
+) -> Result<uuid::Uuid, StorageError> {
     let id = uuid::Uuid::now_v7();
     diesel::insert_into(outbox::table)
         .values((
@@ -48,7 +60,7 @@ pub async fn enqueue(
             outbox::aggregate_key.eq(aggregate_key),
             outbox::payload.eq(payload),
         ))
-        .execute(conn)
+        .execute(&mut &*conn)
         .await?;
     written();
     Ok(id)
