@@ -173,7 +173,7 @@ impl Relay {
 
     /// Claims, publishes and settles one batch.
     pub async fn run_once(&self) -> Result<Pass, StorageError> {
-        if matches!(self.sink, Sink::Kafka(_)) {
+        if let Sink::Kafka(publisher) = &self.sink {
             match self.kafka_breaker.state_for_call() {
                 BreakerState::Open => {
                     // Broker down: rows wait in PostgreSQL; probe again when allowed.
@@ -188,18 +188,14 @@ impl Relay {
                     });
                 }
                 BreakerState::HalfOpen => {
-                    if let Sink::Kafka(publisher) = &self.sink {
-                        publisher.renew();
-                    }
+                    publisher.renew();
                     // One event probes the broker; a batch would have all
                     // but one rejected by the half-open breaker.
                     let probe = self.pass(1).await?;
                     if probe.claimed == 0 {
                         // Nothing to publish: ask the broker itself.
-                        if let Sink::Kafka(publisher) = &self.sink {
-                            if let Err(e) = publisher.ping().await {
-                                tracing::debug!(error = %e, "kafka probe failed");
-                            }
+                        if let Err(e) = publisher.ping().await {
+                            tracing::debug!(error = %e, "kafka probe failed");
                         }
                         return Ok(probe);
                     }
