@@ -224,15 +224,8 @@ fn to_order(r: OrderRow, items: Vec<OrderItem>) -> Order {
     }
 }
 
-async fn load_items(c: &mut AsyncPgConnection, order: i64) -> Result<Vec<OrderItem>, OrderError> {
-    load_items_shared(c, order).await
-}
-
-/// [`load_items`] through a shared reference, to be pipelined.
-async fn load_items_shared(
-    c: &AsyncPgConnection,
-    order: i64,
-) -> Result<Vec<OrderItem>, OrderError> {
+/// Takes a shared reference, so it can be pipelined.
+async fn load_items(c: &AsyncPgConnection, order: i64) -> Result<Vec<OrderItem>, OrderError> {
     let rows: Vec<(i64, i32, i64)> = order_items::table
         .filter(order_items::order_id.eq(order))
         .select((
@@ -380,7 +373,7 @@ impl Orders {
             .await
             .optional()?
             .ok_or(OrderError::NotFound)?;
-        let items = load_items(&mut c, row.0).await?;
+        let items = load_items(&c, row.0).await?;
         Ok(to_order(row, items))
     }
 
@@ -539,7 +532,7 @@ impl Orders {
                     .returning(payments::created_at)
                     .get_result::<DateTime<Utc>>(&mut &*db);
                 let (balance, paid_at, items) =
-                    futures::join!(debit, payment_row, load_items_shared(db, id.get()));
+                    futures::join!(debit, payment_row, load_items(db, id.get()));
                 // In statement order: the first failure is the cause.
                 let balance = balance?.ok_or(OrderError::InsufficientBalance)?;
                 let paid_at = paid_at.map_err(|e| match StorageError::from(e) {
@@ -605,7 +598,7 @@ impl Orders {
                 "items": items,
             });
             let key = id.to_string();
-            let event = outbox::enqueue_shared(db, event::ORDER_PAID, &key, &payload);
+            let event = outbox::enqueue(db, event::ORDER_PAID, &key, &payload);
             let saved = async {
                 match answer {
                     Some(answer) => answer.save(db, &payment).await,

@@ -557,10 +557,18 @@ impl Breaker {
             (t.forced, t.effective())
         };
         if forced == Forced::No {
-            inner.machine.is_call_permitted();
-            self.report(before, "open period over, probing");
+            self.ask_machine(before);
         }
         lock(&inner.track).effective()
+    }
+
+    /// Asks failsafe whether a call may go, which is what moves an open
+    /// breaker whose period is over to half-open; reports that move. Call
+    /// under the gate, with the state seen before.
+    fn ask_machine(&self, before: BreakerState) -> bool {
+        let permitted = self.inner.machine.is_call_permitted();
+        self.report(before, "open period over, probing");
+        permitted
     }
 
     /// Sets the `breaker_state` gauge to the current state; for a metrics
@@ -723,8 +731,7 @@ impl Breaker {
                 Forced::Closed => Ok((0, PermitKind::Passthrough)),
                 Forced::No => {
                     let before = lock(&inner.track).raw;
-                    let permitted = inner.machine.is_call_permitted();
-                    self.report(before, "open period over, probing");
+                    let permitted = self.ask_machine(before);
                     let t = lock(&inner.track);
                     if !permitted {
                         let now = Instant::now();

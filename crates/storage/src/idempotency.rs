@@ -198,7 +198,7 @@ pub type Render<T> = Box<dyn FnOnce(&T) -> (u16, serde_json::Value) + Send>;
 
 impl<T> SaveAnswer<T> {
     /// Takes a shared reference, so it can be pipelined with the work's
-    /// last statements (see `outbox::enqueue_shared`).
+    /// last statements (see `outbox::enqueue`).
     pub async fn save(self, conn: &AsyncPgConnection, result: &T) -> Result<(), StorageError> {
         let (status, body) = (self.render)(result);
         complete(conn, &self.claim, status, &body).await

@@ -34,19 +34,10 @@ pub fn subscribe() -> tokio::sync::watch::Receiver<u64> {
 }
 
 /// Adds one event row; returns its id.
+/// Takes a shared reference: polled together with other statements on the
+/// same connection, it goes out in the same round trip (pipelined;
+/// PostgreSQL still runs them in order).
 pub async fn enqueue(
-    conn: &mut AsyncPgConnection,
-    event_type: &str,
-    aggregate_key: &str,
-    payload: &serde_json::Value,
-) -> Result<uuid::Uuid, StorageError> {
-    enqueue_shared(conn, event_type, aggregate_key, payload).await
-}
-
-/// [`enqueue`] through a shared reference: polled together with other
-/// statements on the same connection, it goes out in the same round trip
-/// (pipelined; PostgreSQL still runs them in order).
-pub async fn enqueue_shared(
     conn: &AsyncPgConnection,
     event_type: &str,
     aggregate_key: &str,
