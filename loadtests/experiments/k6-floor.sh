@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The k6 side of coupon-peak's ratio: the scenario's script and the ceiling's
+# against the same static nginx answer (no server, no database), alternately.
+# Their p95 ratio is what the script itself (a POST with a bearer token, the
+# checks and counters, 10 000 tokens loaded) costs over `GET /health/live`.
+#
+#   bash loadtests/experiments/k6-floor.sh [pairs, default 6]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+pairs=${1:-6}
+dir=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$dir/nginx.conf" <<CONF
+worker_processes 1;
+daemon on;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 16384; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $dir/cb; proxy_temp_path $dir/p; fastcgi_temp_path $dir/f;
+  uwsgi_temp_path $dir/u; scgi_temp_path $dir/s;
+  server {
+    listen 127.0.0.1:$port backlog=8192;
+    location /health/live { default_type application/json; return 200 '{"status":"ok"}'; }
+    location / { default_type application/json; return 409 '{"code":"sold_out","message":"sold out"}'; }
+  }
+}
+CONF
+nginx -c "$dir/nginx.conf"
+trap 'kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; rm -rf "$dir"' EXIT
+# 10 000 fake tokens: the stub reads none, k6 loads them as the scenario does.
+python3 -c "import json; print(json.dumps([{'user_id': i, 'token': 'x' * 180} for i in range(1, 10001)]))" > "$dir/tokens.json"
+echo '{"coupon":{"id":1,"quantity":250}}' > "$dir/data.json"
+export GOGC=off K6_SYSTEM_TAGS=status,method,name,group,check,scenario,expected_response
+base="http://127.0.0.1:$port"
+for i in $(seq 1 "$pairs"); do
+  setsid -w k6 run -q --summary-export "$dir/c.json" -e BASE_URLS="$base" \
+    -e CEILING_SCENARIO='{"executor":"per-vu-iterations","vus":500,"iterations":1,"maxDuration":"2m","exec":"default"}' \
+    "$root/loadtests/k6/ceiling.js" >/dev/null 2>&1 || true
+  setsid -w k6 run -q --summary-export "$dir/s.json" -e BASE_URLS="$base" \
+    -e TOKENS_FILE="$dir/tokens.json" -e DATA_FILE="$dir/data.json" \
+    "$root/loadtests/k6/coupon-peak.js" >/dev/null 2>&1 || true
+  python3 - "$dir" "$i" <<'PY'
+import json, sys
+d, i = sys.argv[1], sys.argv[2]
+c = json.load(open(f"{d}/c.json"))["metrics"]["live_duration"]["p(95)"]
+s = json.load(open(f"{d}/s.json"))["metrics"]["issue_duration"]["p(95)"]
+print(f"pair {i}: ceiling script p95 {c:.1f} ms, coupon-peak script p95 {s:.1f} ms, ratio {s / c:.2f}")
+PY
+done
