@@ -32,6 +32,17 @@ front=$(sed -n 's/.*listen \(127\.0\.0\.1:[0-9]*\).*/http:\/\/\1/p' "$run_dir/ng
 # tags, and a session (CPU scheduling group) of its own.
 export GOGC="${GOGC:-off}" GOMEMLIMIT="${GOMEMLIMIT:-4GiB}"
 export K6_SYSTEM_TAGS="${K6_SYSTEM_TAGS:-status,method,name,group,check,scenario,expected_response}"
+# k6 on the first half of the CPUs, as the runner's default `--k6-cpus half`
+# (crates/loadtest/src/k6.rs); K6_CPUS=all shares every CPU, K6_CPUS=0,2
+# picks them.
+k6_cpus=${K6_CPUS:-half}
+pin=()
+if [ "$k6_cpus" = half ]; then
+  n=$(nproc)
+  if [ "$n" -gt 1 ]; then pin=(taskset -c "0-$(( (n + 1) / 2 - 1 ))"); fi
+elif [ "$k6_cpus" != all ]; then
+  pin=(taskset -c "$k6_cpus")
+fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
@@ -58,7 +69,7 @@ for i in $(seq 1 "$bursts"); do
     -d '{"name":"burst","discount_amount":1000,"quantity":250,"opens_at":"2020-01-01T00:00:00Z","expires_at":"2100-01-01T00:00:00Z"}' \
     | python3 -c 'import sys, json; print(json.load(sys.stdin)["id"])')
   echo "{\"coupon\":{\"id\":$id,\"quantity\":250}}" > "$out/data.json"
-  timeout 120 setsid k6 run -q --summary-export "$out/c$i.json" -e BASE_URLS="$front" \
+  timeout 120 setsid ${pin[@]+"${pin[@]}"} k6 run -q --summary-export "$out/c$i.json" -e BASE_URLS="$front" \
     -e CEILING_SCENARIO='{"executor":"per-vu-iterations","vus":500,"iterations":1,"maxDuration":"2m","exec":"default"}' \
     "$k6_dir/ceiling.js" >/dev/null 2>&1
   # Snapshots before k6 starts and after it ends: pgrep and /proc reads
@@ -66,7 +77,7 @@ for i in $(seq 1 "$bursts"); do
   # k6's own CPU comes from `time` (its process is gone by then).
   before=$(snap)
   TIMEFORMAT='%U %S'
-  { time timeout 120 setsid -w k6 run -q --summary-export "$out/s$i.json" -e BASE_URLS="$front" \
+  { time timeout 120 setsid -w ${pin[@]+"${pin[@]}"} k6 run -q --summary-export "$out/s$i.json" -e BASE_URLS="$front" \
     -e TOKENS_FILE="$run_dir/tokens.json" -e DATA_FILE="$out/data.json" \
     "$k6_dir/coupon-peak.js" >/dev/null 2>&1 || true; } 2> "$out/t$i"
   after=$(snap)

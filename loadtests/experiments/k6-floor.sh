@@ -32,13 +32,22 @@ trap 'kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; rm -rf "$dir"' EXIT
 # 10 000 fake tokens: the stub reads none, k6 loads them as the scenario does.
 python3 -c "import json; print(json.dumps([{'user_id': i, 'token': 'x' * 180} for i in range(1, 10001)]))" > "$dir/tokens.json"
 echo '{"coupon":{"id":1,"quantity":250}}' > "$dir/data.json"
+# k6 where the runner puts it by default (`--k6-cpus half`); K6_CPUS=all
+# shares every CPU.
+pin=()
+if [ "${K6_CPUS:-half}" = half ]; then
+  n=$(nproc)
+  if [ "$n" -gt 1 ]; then pin=(taskset -c "0-$(( (n + 1) / 2 - 1 ))"); fi
+elif [ "$K6_CPUS" != all ]; then
+  pin=(taskset -c "$K6_CPUS")
+fi
 export GOGC=off K6_SYSTEM_TAGS=status,method,name,group,check,scenario,expected_response
 base="http://127.0.0.1:$port"
 for i in $(seq 1 "$pairs"); do
-  setsid -w k6 run -q --summary-export "$dir/c.json" -e BASE_URLS="$base" \
+  setsid -w ${pin[@]+"${pin[@]}"} k6 run -q --summary-export "$dir/c.json" -e BASE_URLS="$base" \
     -e CEILING_SCENARIO='{"executor":"per-vu-iterations","vus":500,"iterations":1,"maxDuration":"2m","exec":"default"}' \
     "$root/loadtests/k6/ceiling.js" >/dev/null 2>&1 || true
-  setsid -w k6 run -q --summary-export "$dir/s.json" -e BASE_URLS="$base" \
+  setsid -w ${pin[@]+"${pin[@]}"} k6 run -q --summary-export "$dir/s.json" -e BASE_URLS="$base" \
     -e TOKENS_FILE="$dir/tokens.json" -e DATA_FILE="$dir/data.json" \
     "$root/loadtests/k6/coupon-peak.js" >/dev/null 2>&1 || true
   python3 - "$dir" "$i" <<'PY'

@@ -38,6 +38,9 @@ options:
                         per burst, else 1)
   --balancer B          auto (nginx when installed, else k6 spreads), nginx, or k6
   --workers N           actix workers per instance (default: cores / instances, at least 1)
+  --k6-cpus C           CPUs k6 may run on: half (default: the first half of this process's
+                        CPUs, rounded up, so the service keeps the rest, as with k6 on its own
+                        machine), all, or a list such as 0 or 0,2-3; ceiling runs alike
   --server-bin PATH     use this commerce-server binary instead of building one
   --database NAME       database to drop and recreate (default commerce_load)
   --label TEXT          report name suffix: <scenario>-<label>-<date>.md (all-<label>-<date>.md)
@@ -57,6 +60,42 @@ pub enum Balancer {
     K6,
 }
 
+/// The CPUs k6 is pinned to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum K6Cpus {
+    /// The first half (rounded up) of the CPUs the runner may use.
+    Half,
+    /// No pinning: k6 and the service share every CPU.
+    All,
+    /// These CPU numbers.
+    List(Vec<usize>),
+}
+
+impl K6Cpus {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "half" => return Ok(Self::Half),
+            "all" => return Ok(Self::All),
+            _ => {}
+        }
+        let bad = || format!("--k6-cpus is half, all or a CPU list such as 0,2-3, got `{text}`");
+        let mut cpus = Vec::new();
+        for part in text.split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let a: usize = a.trim().parse().map_err(|_| bad())?;
+            let b: usize = b.trim().parse().map_err(|_| bad())?;
+            // cpu_set_t holds CPUs 0..1024.
+            if a > b || b >= 1024 {
+                return Err(bad());
+            }
+            cpus.extend(a..=b);
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(Self::List(cpus))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOptions {
     pub scenario: String,
@@ -73,6 +112,8 @@ pub struct RunOptions {
     pub bursts: Option<usize>,
     pub balancer: Balancer,
     pub workers: Option<usize>,
+    /// Where k6 runs (ceiling included).
+    pub k6_cpus: K6Cpus,
     pub server_bin: Option<PathBuf>,
     pub database: String,
     pub label: Option<String>,
@@ -102,6 +143,7 @@ impl RunOptions {
             bursts: None,
             balancer: Balancer::Auto,
             workers: None,
+            k6_cpus: K6Cpus::Half,
             server_bin: None,
             database: "commerce_load".to_owned(),
             label: None,
@@ -234,6 +276,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 }
             }
             "--workers" => o.workers = Some(positive(flag, value(flag, &mut it)?)?),
+            "--k6-cpus" => o.k6_cpus = K6Cpus::parse(value(flag, &mut it)?)?,
             "--server-bin" => o.server_bin = Some(PathBuf::from(value(flag, &mut it)?)),
             "--database" => {
                 let db = value(flag, &mut it)?;
@@ -310,6 +353,20 @@ mod tests {
         assert!(!o.keep_running);
         assert_eq!(o.balancer, Balancer::Auto);
         assert_eq!(o.database, "commerce_load");
+        assert_eq!(o.k6_cpus, K6Cpus::Half);
+    }
+
+    #[test]
+    fn k6_cpus() {
+        assert_eq!(run("coupon-peak --k6-cpus all").k6_cpus, K6Cpus::All);
+        assert_eq!(run("coupon-peak --k6-cpus half").k6_cpus, K6Cpus::Half);
+        assert_eq!(
+            run("coupon-peak --k6-cpus 3,0-1,1").k6_cpus,
+            K6Cpus::List(vec![0, 1, 3])
+        );
+        for bad in ["", "x", "2-1", "0,", "1024", "-1"] {
+            assert!(K6Cpus::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

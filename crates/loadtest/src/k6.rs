@@ -1,12 +1,68 @@
 //! Finding (or installing) k6, reading a script's scaled shape with
 //! `k6 inspect`, and running a script with a bounded wait.
 
+use crate::cli::K6Cpus;
 use crate::scenarios::Shape;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::process::Command;
+
+/// The CPUs every k6 run is confined to (None: all of them). Set once, from
+/// `--k6-cpus`, before the first run.
+static CPUS: OnceLock<Option<Vec<usize>>> = OnceLock::new();
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // writes at most size_of::<cpu_set_t>() bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Which CPUs `spec` means on this machine (None: no pinning).
+pub fn resolve_cpus(spec: &K6Cpus, allowed: &[usize]) -> Result<Option<Vec<usize>>> {
+    match spec {
+        K6Cpus::All => Ok(None),
+        // One CPU cannot be split: k6 and the service share it.
+        K6Cpus::Half if allowed.len() < 2 => Ok(None),
+        K6Cpus::Half => Ok(Some(allowed[..allowed.len().div_ceil(2)].to_vec())),
+        K6Cpus::List(cpus) => {
+            if let Some(c) = cpus.iter().find(|c| !allowed.contains(c)) {
+                bail!("--k6-cpus: CPU {c} is not one this process may use ({allowed:?})");
+            }
+            Ok(Some(cpus.clone()))
+        }
+    }
+}
+
+/// Confines every later k6 run to the CPUs of `spec`. With k6 on the same
+/// cores as the service, its 500 busy goroutines of a burst take the CPU
+/// every hop of a request (nginx, server, Redis, PostgreSQL) waits for, and
+/// the ceiling swings from run to run with where the scheduler put them; on
+/// half the CPUs it stands in for a load generator on a machine of its own,
+/// which is how the seeds were run. The ceiling is measured the same way.
+pub fn pin(spec: &K6Cpus) -> Result<()> {
+    let cpus = resolve_cpus(spec, &allowed_cpus())?;
+    CPUS.set(cpus)
+        .map_err(|_| anyhow!("k6's CPUs were already chosen"))
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 /// `name` on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -153,7 +209,15 @@ pub fn tuning_text() -> String {
     } else {
         gc.join(", ")
     };
-    format!("{gc}, system tags {SYSTEM_TAGS}, in a session (scheduling group) of its own")
+    let cpus = match CPUS.get() {
+        Some(Some(cpus)) => format!(
+            "on CPU(s) {} of {}",
+            cpu_list(cpus),
+            cpu_list(&allowed_cpus())
+        ),
+        _ => "on every CPU".to_owned(),
+    };
+    format!("{gc}, system tags {SYSTEM_TAGS}, in a session (scheduling group) of its own, {cpus}")
 }
 
 fn total_memory_bytes() -> Option<u64> {
@@ -191,11 +255,29 @@ pub async fn run(k6: &Path, spec: &RunSpec<'_>) -> Result<Option<i32>> {
     // cores as two equal groups, as they would on separate machines, instead
     // of k6's busy threads outnumbering the servers in one group. The
     // ceiling runs through here too, so both are measured the same way.
-    // SAFETY: setsid(2) is async-signal-safe and touches no memory of ours.
+    // Built here, before the fork: the child only hands it to the kernel.
+    let affinity = CPUS.get().and_then(Option::as_ref).map(|cpus| {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set, and every CPU
+        // number was checked against the allowed set (below CPU_SETSIZE).
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &c in cpus {
+                libc::CPU_SET(c, &mut set);
+            }
+            set
+        }
+    });
+    // SAFETY: setsid(2) and sched_setaffinity(2) are async-signal-safe and
+    // touch no memory of ours but the set moved into the closure.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(set) = &affinity {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -250,6 +332,27 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn k6_gets_half_the_cpus_by_default() {
+        assert_eq!(resolve_cpus(&K6Cpus::Half, &[0, 1]).unwrap(), Some(vec![0]));
+        assert_eq!(
+            resolve_cpus(&K6Cpus::Half, &[0, 1, 2]).unwrap(),
+            Some(vec![0, 1])
+        );
+        assert_eq!(
+            resolve_cpus(&K6Cpus::Half, &[4, 5, 6, 7]).unwrap(),
+            Some(vec![4, 5])
+        );
+        assert_eq!(resolve_cpus(&K6Cpus::Half, &[0]).unwrap(), None);
+        assert_eq!(resolve_cpus(&K6Cpus::All, &[0, 1]).unwrap(), None);
+        assert_eq!(
+            resolve_cpus(&K6Cpus::List(vec![1]), &[0, 1]).unwrap(),
+            Some(vec![1])
+        );
+        assert!(resolve_cpus(&K6Cpus::List(vec![2]), &[0, 1]).is_err());
+        assert!(!allowed_cpus().is_empty());
     }
 
     #[test]
