@@ -194,8 +194,11 @@ async fn proxy_connection(mut client: TcpStream, shared: Arc<Shared>) {
             )
         };
         tokio::select! {
-            _ = pump => false,
+            // A cut that is already signalled wins over data that arrived
+            // with it.
+            biased;
             _ = kill.changed() => true,
+            _ = pump => false,
         }
     };
     if killed {
@@ -217,6 +220,13 @@ where
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        // Read after `cut` returned: dropped, never forwarded, even when
+        // this task has not seen the kill signal yet (the caller's next
+        // request must fail, not race the signal). The connection is reset
+        // by the kill branch.
+        if shared.cut.load(Ordering::SeqCst) {
+            return;
+        }
         let delay = shared.delay();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
