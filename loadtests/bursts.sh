@@ -32,17 +32,8 @@ front=$(sed -n 's/.*listen \(127\.0\.0\.1:[0-9]*\).*/http:\/\/\1/p' "$run_dir/ng
 # tags, and a session (CPU scheduling group) of its own.
 export GOGC="${GOGC:-off}" GOMEMLIMIT="${GOMEMLIMIT:-4GiB}"
 export K6_SYSTEM_TAGS="${K6_SYSTEM_TAGS:-status,method,name,group,check,scenario,expected_response}"
-# k6 on the first half of the CPUs, as the runner's default `--k6-cpus half`
-# (crates/loadtest/src/k6.rs); K6_CPUS=all shares every CPU, K6_CPUS=0,2
-# picks them.
-k6_cpus=${K6_CPUS:-half}
-pin=()
-if [ "$k6_cpus" = half ]; then
-  n=$(nproc)
-  if [ "$n" -gt 1 ]; then pin=(taskset -c "0-$(( (n + 1) / 2 - 1 ))"); fi
-elif [ "$k6_cpus" != all ]; then
-  pin=(taskset -c "$k6_cpus")
-fi
+# k6 where the runner puts it (`pin`).
+source "$(dirname "$0")/k6-cpus.sh"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 

@@ -32,15 +32,8 @@ trap 'kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; rm -rf "$dir"' EXIT
 # 10 000 fake tokens: the stub reads none, k6 loads them as the scenario does.
 python3 -c "import json; print(json.dumps([{'user_id': i, 'token': 'x' * 180} for i in range(1, 10001)]))" > "$dir/tokens.json"
 echo '{"coupon":{"id":1,"quantity":250}}' > "$dir/data.json"
-# k6 where the runner puts it by default (`--k6-cpus half`); K6_CPUS=all
-# shares every CPU.
-pin=()
-if [ "${K6_CPUS:-half}" = half ]; then
-  n=$(nproc)
-  if [ "$n" -gt 1 ]; then pin=(taskset -c "0-$(( (n + 1) / 2 - 1 ))"); fi
-elif [ "$K6_CPUS" != all ]; then
-  pin=(taskset -c "$K6_CPUS")
-fi
+# k6 where the runner puts it (`pin`).
+source "$root/loadtests/k6-cpus.sh"
 export GOGC=off K6_SYSTEM_TAGS=status,method,name,group,check,scenario,expected_response
 base="http://127.0.0.1:$port"
 for i in $(seq 1 "$pairs"); do
