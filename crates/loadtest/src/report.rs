@@ -169,6 +169,24 @@ fn render_bursts(out: &mut String, input: &ReportInput<'_>) {
             b.thresholds_crossed
         );
     }
+    // Issue 9's bar for a burst (p95 within 2x of the ceiling burst after it),
+    // counted per burst so one lucky median cannot hide the spread.
+    let measured: Vec<f64> = input
+        .bursts
+        .iter()
+        .filter_map(|b| match (b.p95, b.ceiling_p95) {
+            (Some(a), Some(c)) if c > 0.0 => Some(a / c),
+            _ => None,
+        })
+        .collect();
+    if !measured.is_empty() {
+        let within = measured.iter().filter(|r| **r <= 2.0).count();
+        let _ = writeln!(
+            out,
+            "\n- bursts within 2× their ceiling: **{within} of {}**",
+            measured.len()
+        );
+    }
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -717,6 +735,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| 3 | 70.00 | – | – | 249 | 0 | 0 |"), "{md}");
+        assert!(
+            md.contains("- bursts within 2× their ceiling: **1 of 2**"),
+            "{md}"
+        );
         // The per-ceiling line is replaced by the table.
         assert!(!md.contains("the ceiling was measured"), "{md}");
     }
