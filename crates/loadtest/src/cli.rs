@@ -41,6 +41,9 @@ options:
   --k6-cpus C           CPUs k6 may run on: half (default: the first half of this process's
                         CPUs, rounded up, so the service keeps the rest, as with k6 on its own
                         machine), all, or a list such as 0 or 0,2-3; ceiling runs alike
+  --k6-nice N           k6's priority, -20..19 (default -10: the service gets the CPU k6 leaves,
+                        so k6 reads each answer when it comes, as on a machine of its own;
+                        needs root, else 0); ceiling runs alike
   --server-bin PATH     use this commerce-server binary instead of building one
   --database NAME       database to drop and recreate (default commerce_load)
   --label TEXT          report name suffix: <scenario>-<label>-<date>.md (all-<label>-<date>.md)
@@ -114,6 +117,8 @@ pub struct RunOptions {
     pub workers: Option<usize>,
     /// Where k6 runs (ceiling included).
     pub k6_cpus: K6Cpus,
+    /// k6's scheduling priority (nice, -20..=19; ceiling included).
+    pub k6_nice: i32,
     pub server_bin: Option<PathBuf>,
     pub database: String,
     pub label: Option<String>,
@@ -144,6 +149,7 @@ impl RunOptions {
             balancer: Balancer::Auto,
             workers: None,
             k6_cpus: K6Cpus::Half,
+            k6_nice: -10,
             server_bin: None,
             database: "commerce_load".to_owned(),
             label: None,
@@ -277,6 +283,14 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             "--workers" => o.workers = Some(positive(flag, value(flag, &mut it)?)?),
             "--k6-cpus" => o.k6_cpus = K6Cpus::parse(value(flag, &mut it)?)?,
+            "--k6-nice" => {
+                let v = value(flag, &mut it)?;
+                o.k6_nice = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (-20..=19).contains(n))
+                    .ok_or_else(|| format!("--k6-nice is a number from -20 to 19, got `{v}`"))?;
+            }
             "--server-bin" => o.server_bin = Some(PathBuf::from(value(flag, &mut it)?)),
             "--database" => {
                 let db = value(flag, &mut it)?;
@@ -359,6 +373,14 @@ mod tests {
     #[test]
     fn k6_cpus() {
         assert_eq!(run("coupon-peak --k6-cpus all").k6_cpus, K6Cpus::All);
+        assert_eq!(run("coupon-peak").k6_nice, -10);
+        assert_eq!(run("coupon-peak --k6-nice 0").k6_nice, 0);
+        for bad in ["-21", "20", "x"] {
+            assert!(
+                parse(&args(&format!("coupon-peak --k6-nice {bad}"))).is_err(),
+                "--k6-nice {bad} accepted"
+            );
+        }
         assert_eq!(run("coupon-peak --k6-cpus half").k6_cpus, K6Cpus::Half);
         assert_eq!(
             run("coupon-peak --k6-cpus 3,0-1,1").k6_cpus,

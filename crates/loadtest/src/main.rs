@@ -230,7 +230,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = k6::pin(&opts.k6_cpus) {
+    if let Err(e) = k6::pin(&opts.k6_cpus).and_then(|()| k6::prioritise(opts.k6_nice)) {
         eprintln!("loadtest: {e}");
         return ExitCode::from(2);
     }
