@@ -519,6 +519,48 @@ mod tests {
         assert_eq!(peak.scenario["iterations"], 1, "one iteration stays one");
     }
 
+    /// flash-sale is a burst of 2 000 VUs (500 units: one per 4 VUs, also
+    /// scaled); flash-sale-pay runs 6 000 iterations on 10 000 units.
+    #[tokio::test]
+    async fn flash_sale_shapes() {
+        use crate::scenarios::find;
+        let Some(k6) = which("k6") else {
+            eprintln!("k6 not installed: skipping the k6 inspect check");
+            return;
+        };
+        let stock = |name| find(name).and_then(|s| s.data.sale_product).unwrap();
+        let sale = inspect(&k6, &script("flash-sale.js"), &[]).await.unwrap();
+        assert!(sale.is_burst());
+        assert_eq!(sale.peak_vus(), 2000);
+        assert_eq!(
+            stock("flash-sale").units(sale.peak_vus(), sale.expected_iterations()),
+            500
+        );
+        let quick = inspect(
+            &k6,
+            &script("flash-sale.js"),
+            &vars(&[("VU_SCALE", "0.2"), ("DURATION_SCALE", "0.1")]),
+        )
+        .await
+        .unwrap();
+        assert!(quick.is_burst(), "one iteration stays one");
+        assert_eq!(
+            stock("flash-sale").units(quick.peak_vus(), quick.expected_iterations()),
+            100
+        );
+
+        let pay = inspect(&k6, &script("flash-sale-pay.js"), &[])
+            .await
+            .unwrap();
+        assert!(!pay.is_burst());
+        assert_eq!(pay.scenario["rate"], 300);
+        assert_eq!(pay.expected_iterations(), Some(6000));
+        assert_eq!(
+            stock("flash-sale-pay").units(pay.peak_vus(), pay.expected_iterations()),
+            10_000
+        );
+    }
+
     /// Every script builds its options (syntax, imports, thresholds).
     #[tokio::test]
     async fn every_script_inspects() {

@@ -69,8 +69,43 @@ pub struct BurstRow {
     pub ceiling_p95: Option<f64>,
     /// `coupon_issued`, when the scenario has a coupon.
     pub issued: Option<f64>,
+    /// The order answers, when the scenario sells one product (flash-sale).
+    pub orders: Option<OrderCounts>,
     pub thresholds_crossed: usize,
     pub k6_exit: Option<i32>,
+}
+
+/// How a flash sale's order requests were answered (the script's counters).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrderCounts {
+    /// 201: an order (`order_created`).
+    pub created: f64,
+    /// 409 `out_of_stock` (`order_out_of_stock`).
+    pub out_of_stock: f64,
+    /// Anything else: 503 `db_busy`, other 4xx/5xx, timeouts (`order_other`).
+    pub other: f64,
+    /// The 503s among `other` (`order_unavailable`).
+    pub unavailable: f64,
+}
+
+impl OrderCounts {
+    pub fn of(s: &Summary) -> Self {
+        Self {
+            created: s.count("order_created"),
+            out_of_stock: s.count("order_out_of_stock"),
+            other: s.count("order_other"),
+            unavailable: s.count("order_unavailable"),
+        }
+    }
+
+    /// `other` as the cell shows it: `57 (57 × 503)`, or `0`.
+    fn other_text(&self) -> String {
+        if self.other > 0.0 {
+            format!("**{}** ({} × 503)", int(self.other), int(self.unavailable))
+        } else {
+            int(self.other)
+        }
+    }
 }
 
 /// Whether the run passed, and why not.
@@ -138,23 +173,43 @@ fn render_bursts(out: &mut String, input: &ReportInput<'_>) {
         input.headline
     );
     let coupon = input.bursts.iter().any(|b| b.issued.is_some());
+    let orders = input.bursts.iter().any(|b| b.orders.is_some());
     let _ = writeln!(
         out,
-        "| burst | `{}` p95 | ceiling p95 | ratio |{} thresholds crossed | k6 exit |",
+        "| burst | `{}` p95 | ceiling p95 | ratio |{}{} thresholds crossed | k6 exit |",
         input.headline,
-        if coupon { " issued |" } else { "" }
+        if coupon { " issued |" } else { "" },
+        if orders {
+            " 201 | 409 out_of_stock | other |"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         out,
-        "|---|---|---|---|{}---|---|",
-        if coupon { "---|" } else { "" }
+        "|---|---|---|---|{}{}---|---|",
+        if coupon { "---|" } else { "" },
+        if orders { "---|---|---|" } else { "" }
     );
     for (i, b) in input.bursts.iter().enumerate() {
-        let issued = match b.issued {
+        let mut issued = match b.issued {
             Some(v) if coupon => format!(" {} |", int(v)),
             _ if coupon => " – |".to_owned(),
             _ => String::new(),
         };
+        match b.orders {
+            Some(o) => {
+                let _ = write!(
+                    issued,
+                    " {} | {} | {} |",
+                    int(o.created),
+                    int(o.out_of_stock),
+                    o.other_text()
+                );
+            }
+            None if orders => issued.push_str(" – | – | – |"),
+            None => {}
+        }
         let exit = b
             .k6_exit
             .map(|c| c.to_string())
@@ -186,6 +241,44 @@ fn render_bursts(out: &mut String, input: &ReportInput<'_>) {
             "\n- bursts within 2× their ceiling: **{within} of {}**",
             measured.len()
         );
+    }
+    if let Some(line) = other_answers_line(&input.bursts) {
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+/// A flash sale's answers that were neither 201 nor 409 `out_of_stock`,
+/// summed over the bursts (None when no burst counted orders).
+pub fn other_answers_line(bursts: &[BurstRow]) -> Option<String> {
+    let counts: Vec<OrderCounts> = bursts.iter().filter_map(|b| b.orders).collect();
+    if counts.is_empty() {
+        return None;
+    }
+    let other: f64 = counts.iter().map(|c| c.other).sum();
+    let unavailable: f64 = counts.iter().map(|c| c.unavailable).sum();
+    Some(if other > 0.0 {
+        format!(
+            "- answers neither 201 nor 409 `out_of_stock`: **{} in {} of {}** ({} of them 503) — \
+             a buyer told to retry instead of sold or refused",
+            int(other),
+            counts.iter().filter(|c| c.other > 0.0).count(),
+            plural(counts.len(), "burst"),
+            int(unavailable)
+        )
+    } else {
+        format!(
+            "- answers neither 201 nor 409 `out_of_stock`: **none** in {}",
+            plural(counts.len(), "burst")
+        )
+    })
+}
+
+/// `1 burst`, `7 bursts`.
+pub fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 
@@ -714,6 +807,7 @@ mod tests {
             p95: Some(p95),
             ceiling_p95: c,
             issued: Some(issued),
+            orders: None,
             thresholds_crossed: 0,
             k6_exit: Some(0),
         };
@@ -741,6 +835,75 @@ mod tests {
         );
         // The per-ceiling line is replaced by the table.
         assert!(!md.contains("the ceiling was measured"), "{md}");
+    }
+
+    #[test]
+    fn flash_sale_bursts_count_every_answer() {
+        let ours = Summary::parse(SAMPLE).unwrap();
+        let row = |p95, created, other| BurstRow {
+            p95: Some(p95),
+            ceiling_p95: Some(300.0),
+            issued: None,
+            orders: Some(OrderCounts {
+                created,
+                out_of_stock: 2000.0 - created - other,
+                other,
+                unavailable: other,
+            }),
+            thresholds_crossed: usize::from(other > 0.0),
+            k6_exit: Some(if other > 0.0 { 99 } else { 0 }),
+        };
+        let mut input = ReportInput {
+            bursts: vec![row(3100.0, 500.0, 57.0), row(450.0, 500.0, 0.0)],
+            ..bare("flash-sale", "order_duration", &ours)
+        };
+        let md = render(&input);
+        assert!(md.contains("| burst | `order_duration` p95 | ceiling p95 | ratio | 201 | 409 out_of_stock | other | thresholds crossed | k6 exit |"), "{md}");
+        assert!(md.contains("|---|---|---|---|---|---|---|---|---|"), "{md}");
+        assert!(
+            md.contains(
+                "| 1 | 3 100.0 | 300.0 | 10.33× | 500 | 1 443 | **57** (57 × 503) | 1 | 99 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 2 | 450.0 | 300.0 | 1.50× | 500 | 1 500 | 0 | 0 | 0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("**57 in 1 of 2 bursts** (57 of them 503)"),
+            "{md}"
+        );
+        input.bursts = vec![row(450.0, 500.0, 0.0)];
+        assert_eq!(
+            other_answers_line(&input.bursts).unwrap(),
+            "- answers neither 201 nor 409 `out_of_stock`: **none** in 1 burst"
+        );
+        assert_eq!(other_answers_line(&[]), None);
+    }
+
+    #[test]
+    fn order_counts_come_from_the_scripts_counters() {
+        let s = Summary::parse(
+            r#"{"metrics": {
+                "order_created": {"count": 500, "rate": 250.0},
+                "order_out_of_stock": {"count": 1443, "rate": 700.0},
+                "order_other": {"count": 57, "rate": 20.0},
+                "order_unavailable": {"count": 50, "rate": 20.0}
+            }, "root_group": {"checks": {}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            OrderCounts::of(&s),
+            OrderCounts {
+                created: 500.0,
+                out_of_stock: 1443.0,
+                other: 57.0,
+                unavailable: 50.0
+            }
+        );
+        let none = Summary::parse(r#"{"metrics": {}, "root_group": {"checks": {}}}"#).unwrap();
+        assert_eq!(OrderCounts::of(&none).other, 0.0);
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub const SNAPSHOT_STOCK_SQL: &str =
 pub const SNAPSHOT_NEW_STOCK_SQL: &str = "INSERT INTO loadtest_initial_stock \
      SELECT id, stock FROM products p WHERE NOT EXISTS (SELECT 1 FROM loadtest_initial_stock i WHERE i.id = p.id)";
 
+/// The name prefix of a product a flash sale is meant to sell out (more
+/// buyers than units); the runner names such products with it.
+pub const SOLD_OUT_PRODUCT_PREFIX: &str = "flash sale";
+
 pub const RULES: &[Rule] = &[
     Rule {
         name: "balance never below zero",
@@ -108,6 +112,32 @@ pub const RULES: &[Rule] = &[
                                WHERE o.status IN ('pending', 'paid')
                                GROUP BY oi.product_id) h ON h.product_id = p.id
                     WHERE i.stock <> p.stock + COALESCE(h.held, 0)
+                    LIMIT 1000) v",
+    },
+    // A flash sale (more buyers than units) sells exactly its units: as many
+    // one-unit orders as units, whatever their status now, and the stock is 0
+    // but for the units that expired or cancelled orders gave back (orders
+    // expire after `orders.ttl_secs`, 300 s by default, which a long run of
+    // several bursts can outlast). Selected by name: SOLD_OUT_PRODUCT_PREFIX.
+    Rule {
+        name: "a flash-sale product sold exactly its units (orders = units, stock 0 but for expired or cancelled orders)",
+        design_rule: 2,
+        tables: &["products", "orders", "order_items", INITIAL_STOCK_TABLE],
+        sql: "SELECT count(*), string_agg(format('product %s: %s units, %s sold in %s orders, stock now %s, %s given back', id, initial, sold, orders, stock, returned), '; ')
+              FROM (SELECT p.id, i.stock AS initial, p.stock,
+                           COALESCE(h.sold, 0) AS sold, COALESCE(h.orders, 0) AS orders,
+                           COALESCE(h.returned, 0) AS returned
+                    FROM products p
+                    JOIN loadtest_initial_stock i ON i.id = p.id
+                    LEFT JOIN (SELECT oi.product_id, sum(oi.quantity) AS sold,
+                                      count(DISTINCT o.id) AS orders,
+                                      COALESCE(sum(oi.quantity) FILTER (WHERE o.status IN ('expired', 'cancelled')), 0) AS returned
+                               FROM order_items oi JOIN orders o ON o.id = oi.order_id
+                               GROUP BY oi.product_id) h ON h.product_id = p.id
+                    WHERE p.name LIKE 'flash sale %'
+                      AND (COALESCE(h.sold, 0) <> i.stock
+                           OR COALESCE(h.orders, 0) <> i.stock
+                           OR p.stock <> COALESCE(h.returned, 0))
                     LIMIT 1000) v",
     },
     Rule {
@@ -197,6 +227,41 @@ async fn check_one(db: &Client, rule: &Rule) -> Outcome {
                 Outcome::Broken {
                     violations,
                     sample: sample.unwrap_or_default().chars().take(500).collect(),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sold_out_rule_selects_the_products_the_runner_names() {
+        let rule = RULES
+            .iter()
+            .find(|r| r.name.starts_with("a flash-sale product sold exactly"))
+            .unwrap();
+        assert!(rule
+            .sql
+            .contains(&format!("p.name LIKE '{SOLD_OUT_PRODUCT_PREFIX} %'")));
+        // The runner's create_products names them "<prefix> 00000".
+        assert!(!"sale product 00000".starts_with(SOLD_OUT_PRODUCT_PREFIX));
+    }
+
+    #[test]
+    fn every_rule_reads_only_the_tables_it_declares() {
+        for r in RULES {
+            for t in [
+                "balance_ledger",
+                "order_items",
+                "user_coupons",
+                "payments",
+                "outbox",
+            ] {
+                if r.sql.contains(&format!("FROM {t}")) || r.sql.contains(&format!("JOIN {t}")) {
+                    assert!(r.tables.contains(&t), "{}: {t} not in tables", r.name);
                 }
             }
         }

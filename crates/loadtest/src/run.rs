@@ -2,7 +2,7 @@
 
 use crate::cli::{self, Balancer, RunOptions};
 use crate::procs::{self, Children, Managed};
-use crate::report::{self, ReportInput, Setup};
+use crate::report::{self, OrderCounts, ReportInput, Setup};
 use crate::rules::RuleResult;
 use crate::scenarios::{self, CouponQuantity, Scenario, Shape};
 use crate::seeds::SeedFigures;
@@ -97,6 +97,10 @@ pub struct RunOutcome {
     pub thresholds_crossed: usize,
     /// `coupon_issued` of every burst, when the scenario has a coupon.
     pub issued_per_burst: Vec<f64>,
+    /// The sale product's units, when the scenario has one.
+    pub sale_units: Option<u64>,
+    /// Each burst's order answers, for a flash-sale burst scenario.
+    pub orders_per_burst: Vec<OrderCounts>,
 }
 
 /// The commerce-server binary of a run and how the report describes it;
@@ -600,6 +604,27 @@ pub async fn run(
         coupon_quantity = Some(quantity);
         data_text.push_str(&format!("; one coupon, {quantity} units, open now"));
     }
+    let mut sale_units = None;
+    if let Some(stock) = need.sale_product {
+        let units = stock.units(shape.peak_vus(), shape.expected_iterations());
+        let sells_out = stock.sells_out();
+        let id = create_sale_product(&api, units, sells_out).await?;
+        log(format!("created the sale product {id} with {units} units"));
+        data.insert(
+            "sale_product".into(),
+            json!({ "id": id, "units": units, "sells_out": sells_out }),
+        );
+        sale_units = Some(units);
+        data_text.push_str(&format!(
+            "; one sale product, {} units{}",
+            report::int(units as f64),
+            if shape.is_burst() {
+                " (a fresh one for each burst)"
+            } else {
+                ""
+            }
+        ));
+    }
     // Stock before any order reserved some (the conservation rule's baseline).
     drop(db);
     if setup::snapshot_stock(&setup::connect(&db_url).await?).await? {
@@ -856,6 +881,7 @@ pub async fn run(
             p95: headline_p95(s),
             ceiling_p95: measured.get(i).and_then(Option::as_ref).and_then(live_p95),
             issued: need.coupon.map(|_| s.count("coupon_issued")),
+            orders: need.sale_product.map(|_| OrderCounts::of(s)),
             thresholds_crossed: s.thresholds_crossed(),
             k6_exit: *code,
         })
@@ -936,6 +962,11 @@ pub async fn run(
         ));
     }
     let issued_per_burst: Vec<f64> = burst_rows.iter().filter_map(|b| b.issued).collect();
+    let orders_per_burst: Vec<OrderCounts> = if bursts > 1 {
+        burst_rows.iter().filter_map(|b| b.orders).collect()
+    } else {
+        Vec::new()
+    };
     let input = ReportInput {
         scenario: scenario.name,
         seed_no: scenario.seed,
@@ -1033,6 +1064,8 @@ pub async fn run(
             k6_exit,
             thresholds_crossed,
             issued_per_burst,
+            sale_units,
+            orders_per_burst,
         })),
     })
 }
@@ -1130,7 +1163,40 @@ async fn fresh_burst_data(
         setup::snapshot_new_stock(&setup::connect(db_url).await?).await?;
         fresh.insert("contention_products".into(), Value::Array(ids));
     }
+    if let Some(sale) = data.get("sale_product") {
+        let units = sale
+            .get("units")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| anyhow!("sale_product without units: {sale}"))?;
+        let sells_out = sale
+            .get("sells_out")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let id = create_sale_product(api, units, sells_out).await?;
+        setup::snapshot_new_stock(&setup::connect(db_url).await?).await?;
+        fresh.insert(
+            "sale_product".into(),
+            json!({ "id": id, "units": units, "sells_out": sells_out }),
+        );
+    }
     Ok(fresh)
+}
+
+/// One sale product of `units` units; its id. One the sale is meant to sell
+/// out is named with [`rules::SOLD_OUT_PRODUCT_PREFIX`], which the rule
+/// "sold exactly its units" selects.
+async fn create_sale_product(api: &Api, units: u64, sells_out: bool) -> Result<Value> {
+    let prefix = if sells_out {
+        rules::SOLD_OUT_PRODUCT_PREFIX
+    } else {
+        "sale product"
+    };
+    api.create_products(1, units, prefix)
+        .await
+        .context("creating the sale product")?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("POST /admin/products gave no id for the sale product"))
 }
 
 /// `commit abc1234` or `commit abc1234 + uncommitted changes` of the workspace.

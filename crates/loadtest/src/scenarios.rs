@@ -43,6 +43,37 @@ pub enum CouponQuantity {
     Fixed(u64),
 }
 
+/// How many units the scenario's one sale product has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaleStock {
+    /// One unit per `n` VUs at the peak (flash-sale: 2 000 VUs, 500 units),
+    /// so a scaled run still sells out and still turns most buyers away.
+    PerVus(u64),
+    /// At least this many, and never fewer than 1.5× the iterations the
+    /// shape runs (flash-sale-pay must not sell out).
+    AtLeast(u64),
+}
+
+impl SaleStock {
+    /// The units for a shape with `peak_vus` VUs at once and
+    /// `iterations` iterations (when the shape fixes them).
+    /// Whether the scenario's buyers outnumber the units (the product is
+    /// meant to sell out, and the rules check it sold exactly its units).
+    pub fn sells_out(self) -> bool {
+        matches!(self, Self::PerVus(_))
+    }
+
+    pub fn units(self, peak_vus: u64, iterations: Option<u64>) -> u64 {
+        match self {
+            Self::PerVus(n) => peak_vus.div_ceil(n.max(1)).max(1),
+            Self::AtLeast(n) => {
+                let iterations = iterations.unwrap_or(0);
+                n.max(iterations.saturating_add(iterations / 2))
+            }
+        }
+    }
+}
+
 /// What the runner seeds beyond the users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataNeeds {
@@ -55,6 +86,9 @@ pub struct DataNeeds {
     pub coupon: Option<CouponQuantity>,
     /// One pending order per expected iteration.
     pub orders: bool,
+    /// One product every VU orders (`sale_product` {id, units}); a burst
+    /// scenario gets a fresh one per burst.
+    pub sale_product: Option<SaleStock>,
 }
 
 const NONE: DataNeeds = DataNeeds {
@@ -63,6 +97,7 @@ const NONE: DataNeeds = DataNeeds {
     contention_products: false,
     coupon: None,
     orders: false,
+    sale_product: None,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +264,24 @@ pub const SCENARIOS: &[Scenario] = &[
         what: "100 VUs × 1 000 iterations of order creation",
         needs: &[MINT_TOKEN, ADMIN_PRODUCTS, CREATE_ORDER],
         data: DataNeeds { tokens: true, products: true, ..NONE },
+        headline: "order_duration",
+    },
+    Scenario {
+        name: "flash-sale",
+        seed: "-",
+        script: "flash-sale.js",
+        what: "issue 24: one product with 500 units, 2 000 VUs at once from 1 500 users, one order each: exactly 500 sold, the rest 409 out_of_stock",
+        needs: &[MINT_TOKEN, ADMIN_PRODUCTS, CREATE_ORDER],
+        data: DataNeeds { tokens: true, sale_product: Some(SaleStock::PerVus(4)), ..NONE },
+        headline: "order_duration",
+    },
+    Scenario {
+        name: "flash-sale-pay",
+        seed: "-",
+        script: "flash-sale-pay.js",
+        what: "issue 24: order then pay at a constant 300 per second for 20 s, every order for the same product (10 000 units)",
+        needs: &[MINT_TOKEN, ADMIN_PRODUCTS, CREATE_ORDER, PAY],
+        data: DataNeeds { tokens: true, sale_product: Some(SaleStock::AtLeast(10_000)), ..NONE },
         headline: "order_duration",
     },
 ];
@@ -464,6 +517,8 @@ mod tests {
             "product-detail",
             "order",
             "balance-read",
+            "flash-sale",
+            "flash-sale-pay",
         ];
         for n in names {
             assert!(find(n).is_some(), "{n} missing");
@@ -519,6 +574,24 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(flows, ["flow-load", "endurance", "stress", "spike"]);
+    }
+
+    #[test]
+    fn sale_stock_scales_with_the_shape() {
+        assert_eq!(SaleStock::PerVus(4).units(2000, Some(2000)), 500);
+        assert_eq!(SaleStock::PerVus(4).units(201, None), 51);
+        assert_eq!(SaleStock::PerVus(4).units(0, None), 1);
+        assert_eq!(SaleStock::AtLeast(10_000).units(1500, Some(6000)), 10_000);
+        assert_eq!(SaleStock::AtLeast(10_000).units(1500, Some(12_000)), 18_000);
+        assert_eq!(SaleStock::AtLeast(10_000).units(1500, None), 10_000);
+        assert!(SaleStock::PerVus(4).sells_out());
+        assert!(!SaleStock::AtLeast(10_000).sells_out());
+        let sale = find("flash-sale").unwrap();
+        assert_eq!(sale.data.sale_product, Some(SaleStock::PerVus(4)));
+        assert!(
+            !sale.data.orders,
+            "a burst scenario whose data a burst renews"
+        );
     }
 
     #[test]

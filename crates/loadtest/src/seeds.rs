@@ -255,6 +255,29 @@ const TABLE: &[(&str, SeedFigures)] = &[
             steps: &[step("order_duration", "http_req_duration", 5.47, 1.23, 12.73, 18.35, 426.74)],
             notes: "As product-read: compare with the ceiling on this machine.",
     }),
+    ("flash-sale", SeedFigures {
+            source: "no seed; issue 24 (DESIGN.md's reference scenarios: \"the mission\")",
+            run: "one product with 500 units, 2 000 VUs at once from 1 500 users over two instances, one order each",
+            reqs_per_s: None,
+            iterations_per_s: None,
+            error_rate: None,
+            checks: None,
+            steps: &[],
+            notes: "The bar is issue 24's: exactly the units sold, every other answer 409 \
+                    out_of_stock (no 503), median order p95 at most 2× the median burst ceiling. \
+                    The coupon path meets the same shape (coupon-peak).",
+    }),
+    ("flash-sale-pay", SeedFigures {
+            source: "no seed; issue 24 (DESIGN.md's reference scenarios: \"the mission\")",
+            run: "order then pay at a constant 300 per second for 20 s, every order for the same product",
+            reqs_per_s: None,
+            iterations_per_s: None,
+            error_rate: None,
+            checks: None,
+            steps: &[],
+            notes: "The bar is issue 24's: 0 failed, no dropped iterations, order p95 and pay p95 \
+                    under 100 ms.",
+    }),
 ];
 
 pub fn for_scenario(name: &str) -> Option<SeedFigures> {

@@ -3,7 +3,7 @@
 //! `loadtests/reports/all-<date>.md`.
 
 use crate::cli::RunOptions;
-use crate::report::{int, num};
+use crate::report::{int, num, OrderCounts};
 use crate::run::{RunOutcome, EXIT_OK, EXIT_RULES, EXIT_THRESHOLDS};
 use crate::scenarios::{Scenario, SCENARIOS};
 use std::fmt::Write as _;
@@ -315,6 +315,9 @@ fn outcome_parts(scenario: &Scenario, o: &RunOutcome) -> Vec<String> {
             int(ours.count("order_lost"))
         ));
     }
+    if let (Some(stock), Some(units)) = (scenario.data.sale_product, o.sale_units) {
+        parts.push(sale_outcome(stock.sells_out(), units, o));
+    }
     if scenario.is_flow() {
         parts.push(format!(
             "{} flows completed",
@@ -331,6 +334,43 @@ fn outcome_parts(scenario: &Scenario, o: &RunOutcome) -> Vec<String> {
         None => parts.push("k6 stopped".to_owned()),
     }
     parts
+}
+
+/// A flash sale's orders: sold of the units, 409 out_of_stock and other
+/// answers, per burst when the scenario ran several; or, for a sale that
+/// does not sell out (flash-sale-pay), orders paid and dropped iterations.
+fn sale_outcome(sells_out: bool, units: u64, o: &RunOutcome) -> String {
+    let ours = &o.ours;
+    let u = int(units as f64);
+    if !sells_out {
+        let dropped = ours.count("dropped_iterations");
+        return format!(
+            "{} orders paid; {} dropped iteration(s)",
+            int(ours.count("order_paid")),
+            int(dropped)
+        );
+    }
+    let counts: Vec<OrderCounts> = if o.orders_per_burst.is_empty() {
+        vec![OrderCounts::of(ours)]
+    } else {
+        o.orders_per_burst.clone()
+    };
+    let other: f64 = counts.iter().map(|c| c.other).sum();
+    let other_text = if other > 0.0 {
+        format!("**{} other answers** (not 201 / 409)", int(other))
+    } else {
+        "no other answers".to_owned()
+    };
+    let first = counts[0];
+    if counts.len() > 1 && counts.iter().all(|c| c.created == first.created) {
+        return format!(
+            "{}/{u} sold in each of {} bursts; {other_text}",
+            int(first.created),
+            counts.len()
+        );
+    }
+    let each: Vec<String> = counts.iter().map(|c| int(c.created)).collect();
+    format!("{} of {u} sold; {other_text}", each.join(", "))
 }
 
 fn row_line(row: &Row) -> String {
@@ -564,6 +604,8 @@ mod tests {
             k6_exit: Some(0),
             thresholds_crossed: 0,
             issued_per_burst: vec![],
+            sale_units: None,
+            orders_per_burst: vec![],
         })
     }
 
@@ -833,6 +875,66 @@ mod tests {
         );
         // 2 009.8 ms / 100 ms.
         assert!(t.contains("| 20× faster, req/s 0.79× |"), "{t}");
+    }
+
+    #[test]
+    fn flash_sales_show_sold_units_other_answers_and_dropped_iterations() {
+        const SALE: &str = r#"{"metrics": {
+            "http_reqs": {"count": 2000, "rate": 500.0},
+            "order_duration": {"avg": 900.0, "min": 1.0, "med": 800.0, "max": 9000.0, "p(90)": 2500.0, "p(95)": 3100.0, "p(99)": 6000.0, "count": 2000,
+                               "thresholds": {"p(95)<500": true}},
+            "order_created": {"count": 500, "rate": 100.0},
+            "order_out_of_stock": {"count": 1443, "rate": 300.0},
+            "order_other": {"count": 57, "rate": 10.0}
+        }}"#;
+        const PAY: &str = r#"{"metrics": {
+            "http_reqs": {"count": 10800, "rate": 540.0},
+            "order_duration": {"avg": 900.0, "min": 1.0, "med": 800.0, "max": 9000.0, "p(90)": 2500.0, "p(95)": 3100.0, "p(99)": 6000.0, "count": 5400},
+            "order_paid": {"count": 5400, "rate": 270.0},
+            "dropped_iterations": {"count": 600, "rate": 30.0}
+        }}"#;
+        let counts = |created, other| OrderCounts {
+            created,
+            out_of_stock: 2000.0 - created - other,
+            other,
+            unavailable: other,
+        };
+        let mut sale = outcome("flash-sale", SALE, None, &[]);
+        sale.sale_units = Some(500);
+        sale.thresholds_crossed = 2;
+        sale.orders_per_burst = vec![counts(500.0, 57.0), counts(500.0, 0.0), counts(500.0, 61.0)];
+        let mut uneven = outcome("flash-sale", SALE, None, &[]);
+        uneven.sale_units = Some(500);
+        uneven.orders_per_burst = vec![counts(500.0, 0.0), counts(499.0, 0.0)];
+        let mut pay = outcome("flash-sale-pay", PAY, None, &[]);
+        pay.sale_units = Some(10_000);
+        let done = |name: &str, o| Row {
+            entry: entry(name, None),
+            result: RowResult::Done {
+                exit: 4,
+                outcome: Some(o),
+            },
+        };
+        let rows = vec![
+            done("flash-sale", sale),
+            done("flash-sale", uneven),
+            done("flash-sale-pay", pay),
+        ];
+        let t = table(&rows);
+        assert!(
+            t.contains("rules held; 500/500 sold in each of 3 bursts; **118 other answers** (not 201 / 409); **2 threshold(s) crossed**; exit 4 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("rules held; 500, 499 of 500 sold; no other answers;"),
+            "{t}"
+        );
+        assert!(
+            t.contains("rules held; 5 400 orders paid; 600 dropped iteration(s);"),
+            "{t}"
+        );
+        // 3 100 ms over the ceiling's 2 ms.
+        assert!(t.contains("`order_duration` p95 3 100.0 ms"), "{t}");
     }
 
     #[test]
