@@ -32,6 +32,9 @@ const tokens = loadTokens();
 const orderDuration = new Trend('order_duration', true);
 const payDuration = new Trend('pay_duration', true);
 const paidOrders = new Counter('order_paid');
+// The 503s (db_busy: the pool ran dry) among the failed orders and payments.
+const orderUnavailable = new Counter('order_unavailable');
+const payUnavailable = new Counter('pay_unavailable');
 const body = { items: [{ product_id: sale.id, quantity: 1 }] };
 
 export default function () {
@@ -41,6 +44,9 @@ export default function () {
     headers: { 'Idempotency-Key': idempotencyKey() },
   }));
   if (!check(order, { 'order 201 pending': (r) => r.status === 201 && field(r, 'status') === 'pending' })) {
+    if (order.status === 503) {
+      orderUnavailable.add(1);
+    }
     return;
   }
   const paid = post(payDuration, `/api/v1/orders/${field(order, 'id')}/payment`, null, params({
@@ -49,5 +55,7 @@ export default function () {
   }));
   if (check(paid, { 'payment 200 paid': (r) => r.status === 200 && field(r, 'status') === 'paid' })) {
     paidOrders.add(1);
+  } else if (paid.status === 503) {
+    payUnavailable.add(1);
   }
 }
