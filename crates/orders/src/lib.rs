@@ -4,9 +4,14 @@
 //! every step is guarded, so a stale lock holder or a racing instance can only
 //! fail, never pay twice.
 
+mod batch;
+pub mod gate;
+mod pay_writer;
+mod writer;
+
 use chrono::{DateTime, Utc};
 use commerce_domain::{OrderId, ParseError, ProductId, UserCouponId, UserId};
-use commerce_resilience::LockManager;
+use commerce_resilience::{LockManager, RedisClient};
 use commerce_storage::idempotency::SaveAnswer;
 use commerce_storage::outbox::{self, event};
 use commerce_storage::schema::{
@@ -17,7 +22,9 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 pub const MAX_ITEMS: usize = 20;
 pub const MAX_QUANTITY: i64 = 100;
@@ -46,6 +53,9 @@ pub enum OrderError {
     CouponExpired,
     #[error("the order is being paid by another request")]
     Busy,
+    /// Redis is out and the PostgreSQL-only path is at its limit.
+    #[error("ordering is degraded and busy")]
+    Degraded,
     #[error(transparent)]
     Invalid(#[from] ParseError),
     #[error(transparent)]
@@ -68,7 +78,7 @@ pub struct Line {
 /// Validated order request: 1..=MAX_ITEMS distinct products, quantities
 /// 1..=MAX_QUANTITY. Lines are sorted by product so concurrent orders touch
 /// product rows in one order (no deadlocks between multi-item orders).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
     pub lines: Vec<Line>,
     pub user_coupon: Option<UserCouponId>,
@@ -152,6 +162,21 @@ pub struct OrderConfig {
     pub pay_lock_ttl: Duration,
     /// How long a payment waits for a concurrent payment of the same order.
     pub pay_lock_wait: Duration,
+    /// Reservations decided by the Redis stock gate first (`false`: every
+    /// order is its own PostgreSQL transaction on the product rows).
+    pub stock_gate: bool,
+    /// Tasks writing gated orders in batches (0: one transaction per order).
+    pub writers: usize,
+    /// Most orders (or payments) per batch.
+    pub write_batch: usize,
+    /// Tasks writing payments in batches (0: one transaction per payment).
+    pub pay_writers: usize,
+    /// Bound on an order's wait for its batch to commit.
+    pub write_timeout: Duration,
+    /// Orders at once per instance on the PostgreSQL-only path (Redis out).
+    pub fallback_concurrency: usize,
+    /// Wait for one of those, then 503.
+    pub fallback_wait: Duration,
 }
 
 impl Default for OrderConfig {
@@ -160,6 +185,13 @@ impl Default for OrderConfig {
             ttl: Duration::from_secs(300),
             pay_lock_ttl: Duration::from_secs(10),
             pay_lock_wait: Duration::from_secs(3),
+            stock_gate: true,
+            writers: 4,
+            write_batch: 64,
+            pay_writers: 4,
+            write_timeout: Duration::from_secs(10),
+            fallback_concurrency: 16,
+            fallback_wait: Duration::from_secs(5),
         }
     }
 }
@@ -168,10 +200,30 @@ impl Default for OrderConfig {
 pub struct Orders {
     db: DbPool,
     locks: LockManager,
+    redis: RedisClient,
     config: OrderConfig,
+    writer: Option<batch::Batcher<writer::OrderBatch>>,
+    /// Payments written in batches (None: one transaction each).
+    payer: Option<batch::Batcher<pay_writer::PayBatch>>,
+    shared: Arc<Shared>,
 }
 
-type OrderRow = (
+/// What the clones of one process share.
+struct Shared {
+    fallback: Semaphore,
+    /// Products whose units could not be given back to the gate (Redis was
+    /// out): their gate under-counts and is reloaded before it is used.
+    dirty: Mutex<HashSet<ProductId>>,
+}
+
+/// Why a line could not be reserved through the gate.
+enum GateRefusal {
+    /// Redis is out or keeps losing the gate: use the PostgreSQL path.
+    Down,
+    Order(OrderError),
+}
+
+pub(crate) type OrderRow = (
     i64,
     i64,
     String,
@@ -184,7 +236,7 @@ type OrderRow = (
     Option<DateTime<Utc>>,
 );
 
-const ORDER_COLUMNS: (
+pub(crate) const ORDER_COLUMNS: (
     orders::id,
     orders::user_id,
     orders::status,
@@ -208,7 +260,7 @@ const ORDER_COLUMNS: (
     orders::paid_at,
 );
 
-fn to_order(r: OrderRow, items: Vec<OrderItem>) -> Order {
+pub(crate) fn to_order(r: OrderRow, items: Vec<OrderItem>) -> Order {
     Order {
         id: OrderId::from_db(r.0),
         user_id: UserId::from_db(r.1),
@@ -246,24 +298,171 @@ async fn load_items(c: &AsyncPgConnection, order: i64) -> Result<Vec<OrderItem>,
         .collect())
 }
 
-/// Returns the stock of `order`'s items. Callers have just moved the order
-/// out of `pending` in the same transaction, which makes this exactly once.
-async fn return_stock(c: &mut AsyncPgConnection, order_ids: &[i64]) -> Result<(), OrderError> {
-    diesel::sql_query(
+/// Returns the stock of `order`'s items; answers the units per product, for
+/// the gate once the transaction committed. Callers have just moved the
+/// order out of `pending` in the same transaction, which makes this exactly
+/// once.
+async fn return_stock(
+    c: &mut AsyncPgConnection,
+    order_ids: &[i64],
+) -> Result<Vec<(ProductId, i32)>, OrderError> {
+    #[derive(QueryableByName)]
+    struct Returned {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        q: i32,
+    }
+    let rows: Vec<Returned> = diesel::sql_query(
         "UPDATE products p SET stock = p.stock + s.q, updated_at = now() \
          FROM (SELECT product_id, SUM(quantity)::int AS q FROM order_items \
-               WHERE order_id = ANY($1) GROUP BY product_id) s \
-         WHERE p.id = s.product_id",
+               WHERE order_id = ANY($1) GROUP BY product_id ORDER BY product_id) s \
+         WHERE p.id = s.product_id RETURNING p.id, s.q",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(order_ids)
-    .execute(c)
+    .load(c)
     .await?;
-    Ok(())
+    Ok(rows
+        .into_iter()
+        .map(|r| (ProductId::from_db(r.id), r.q))
+        .collect())
+}
+
+/// Reserves stock and creates a pending order in one transaction on `c`,
+/// each line's conditional update being the reservation and the guard.
+pub(crate) async fn create_in(
+    c: &mut AsyncPgConnection,
+    user: UserId,
+    new: &NewOrder,
+    answer: Option<SaveAnswer<Order>>,
+    ttl: Duration,
+) -> Result<Order, OrderError> {
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(5));
+    c.transaction(async |tx| {
+        let mut items = Vec::with_capacity(new.lines.len());
+        let mut total: i64 = 0;
+        for line in &new.lines {
+            let price: Option<i64> = diesel::update(
+                products::table
+                    .filter(products::id.eq(line.product.get()))
+                    .filter(products::stock.ge(line.quantity)),
+            )
+            .set((
+                products::stock.eq(products::stock - line.quantity),
+                products::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(products::price)
+            .get_result(tx)
+            .await
+            .optional()?;
+            let Some(price) = price else {
+                let exists: Option<i64> = products::table
+                    .find(line.product.get())
+                    .select(products::id)
+                    .first(tx)
+                    .await
+                    .optional()?;
+                return Err(match exists {
+                    Some(_) => OrderError::OutOfStock(line.product),
+                    None => OrderError::UnknownProduct(line.product),
+                });
+            };
+            total = total.saturating_add(price.saturating_mul(i64::from(line.quantity)));
+            items.push(OrderItem {
+                product_id: line.product,
+                quantity: line.quantity,
+                unit_price: price,
+            });
+        }
+        let discount = match new.user_coupon {
+            Some(uc) => coupon_discount(tx, user, uc).await?.min(total),
+            None => 0,
+        };
+        let row: OrderRow = diesel::insert_into(orders::table)
+            .values((
+                orders::user_id.eq(user.get()),
+                orders::total.eq(total),
+                orders::discount.eq(discount),
+                orders::pay_amount.eq(total - discount),
+                orders::user_coupon_id.eq(new.user_coupon.map(UserCouponId::get)),
+                orders::expires_at.eq(Utc::now() + ttl),
+            ))
+            .returning(ORDER_COLUMNS)
+            .get_result(tx)
+            .await?;
+        let rows: Vec<_> = items
+            .iter()
+            .map(|i| {
+                (
+                    order_items::order_id.eq(row.0),
+                    order_items::product_id.eq(i.product_id.get()),
+                    order_items::quantity.eq(i.quantity),
+                    order_items::unit_price.eq(i.unit_price),
+                )
+            })
+            .collect();
+        diesel::insert_into(order_items::table)
+            .values(&rows)
+            .execute(tx)
+            .await?;
+        let order = to_order(row, items);
+        if let Some(answer) = answer {
+            answer.save(tx, &order).await?;
+        }
+        Ok(order)
+    })
+    .await
 }
 
 impl Orders {
+    /// Call from within a Tokio runtime to get batched writes (the writer
+    /// tasks are spawned here); outside one, each order writes alone.
     pub fn new(db: DbPool, locks: LockManager, config: OrderConfig) -> Self {
-        Self { db, locks, config }
+        let writer = (config.stock_gate
+            && config.writers > 0
+            && tokio::runtime::Handle::try_current().is_ok())
+        .then(|| {
+            batch::Batcher::start(
+                db.clone(),
+                writer::OrderBatch { ttl: config.ttl },
+                batch::BatchConfig {
+                    writers: config.writers,
+                    max_batch: config.write_batch,
+                    timeout: config.write_timeout,
+                },
+            )
+        });
+        let payer =
+            (config.pay_writers > 0 && tokio::runtime::Handle::try_current().is_ok()).then(|| {
+                batch::Batcher::start(
+                    db.clone(),
+                    pay_writer::PayBatch,
+                    batch::BatchConfig {
+                        writers: config.pay_writers,
+                        max_batch: config.write_batch,
+                        timeout: config.write_timeout,
+                    },
+                )
+            });
+        Self {
+            payer,
+            redis: locks.redis().clone(),
+            shared: Arc::new(Shared {
+                fallback: Semaphore::new(config.fallback_concurrency.max(1)),
+                dirty: Mutex::default(),
+            }),
+            db,
+            locks,
+            config,
+            writer,
+        }
+    }
+
+    /// Loads the gate's scripts and opens its connection ahead of traffic.
+    pub async fn warm_up(&self) {
+        if let Err(e) = gate::prepare(&self.redis).await {
+            tracing::debug!(error = %e, "stock gate not warmed up");
+        }
     }
 
     /// Reserves stock and creates a pending order. Not enough stock for any
@@ -274,85 +473,11 @@ impl Orders {
         new: &NewOrder,
         answer: Option<SaveAnswer<Order>>,
     ) -> Result<Order, OrderError> {
-        let mut c = conn(&self.db).await?;
-        let ttl =
-            chrono::Duration::from_std(self.config.ttl).unwrap_or(chrono::Duration::minutes(5));
-        let result = c
-            .transaction(async |tx| {
-                let mut items = Vec::with_capacity(new.lines.len());
-                let mut total: i64 = 0;
-                for line in &new.lines {
-                    // The conditional update is the reservation and the guard.
-                    let price: Option<i64> = diesel::update(
-                        products::table
-                            .filter(products::id.eq(line.product.get()))
-                            .filter(products::stock.ge(line.quantity)),
-                    )
-                    .set((
-                        products::stock.eq(products::stock - line.quantity),
-                        products::updated_at.eq(diesel::dsl::now),
-                    ))
-                    .returning(products::price)
-                    .get_result(tx)
-                    .await
-                    .optional()?;
-                    let Some(price) = price else {
-                        let exists: Option<i64> = products::table
-                            .find(line.product.get())
-                            .select(products::id)
-                            .first(tx)
-                            .await
-                            .optional()?;
-                        return Err(match exists {
-                            Some(_) => OrderError::OutOfStock(line.product),
-                            None => OrderError::UnknownProduct(line.product),
-                        });
-                    };
-                    total = total.saturating_add(price.saturating_mul(i64::from(line.quantity)));
-                    items.push(OrderItem {
-                        product_id: line.product,
-                        quantity: line.quantity,
-                        unit_price: price,
-                    });
-                }
-                let discount = match new.user_coupon {
-                    Some(uc) => coupon_discount(tx, user, uc).await?.min(total),
-                    None => 0,
-                };
-                let row: OrderRow = diesel::insert_into(orders::table)
-                    .values((
-                        orders::user_id.eq(user.get()),
-                        orders::total.eq(total),
-                        orders::discount.eq(discount),
-                        orders::pay_amount.eq(total - discount),
-                        orders::user_coupon_id.eq(new.user_coupon.map(UserCouponId::get)),
-                        orders::expires_at.eq(Utc::now() + ttl),
-                    ))
-                    .returning(ORDER_COLUMNS)
-                    .get_result(tx)
-                    .await?;
-                let rows: Vec<_> = items
-                    .iter()
-                    .map(|i| {
-                        (
-                            order_items::order_id.eq(row.0),
-                            order_items::product_id.eq(i.product_id.get()),
-                            order_items::quantity.eq(i.quantity),
-                            order_items::unit_price.eq(i.unit_price),
-                        )
-                    })
-                    .collect();
-                diesel::insert_into(order_items::table)
-                    .values(&rows)
-                    .execute(tx)
-                    .await?;
-                let order = to_order(row, items);
-                if let Some(answer) = answer {
-                    answer.save(tx, &order).await?;
-                }
-                Ok(order)
-            })
-            .await;
+        let result = if self.config.stock_gate {
+            self.create_gated(user, new, answer).await
+        } else {
+            self.create_direct(user, new, answer).await
+        };
         let outcome = match &result {
             Ok(_) => "created",
             Err(OrderError::OutOfStock(_)) => "out_of_stock",
@@ -360,6 +485,188 @@ impl Orders {
         };
         metrics::counter!("orders_created_total", "outcome" => outcome).increment(1);
         result
+    }
+
+    /// One transaction on the product rows (no gate).
+    async fn create_direct(
+        &self,
+        user: UserId,
+        new: &NewOrder,
+        answer: Option<SaveAnswer<Order>>,
+    ) -> Result<Order, OrderError> {
+        let mut c = conn(&self.db).await?;
+        create_in(&mut c, user, new, answer, self.config.ttl).await
+    }
+
+    /// The gate decides first; only orders it let through reach
+    /// PostgreSQL, in batches. Units are given back when the write fails.
+    async fn create_gated(
+        &self,
+        user: UserId,
+        new: &NewOrder,
+        answer: Option<SaveAnswer<Order>>,
+    ) -> Result<Order, OrderError> {
+        // A coupon the caller cannot use is refused before any unit moves.
+        let discount = match new.user_coupon {
+            Some(uc) => {
+                let mut c = conn(&self.db).await?;
+                coupon_discount(&mut c, user, uc).await?
+            }
+            None => 0,
+        };
+        let mut held: Vec<(ProductId, i32)> = Vec::with_capacity(new.lines.len());
+        for line in &new.lines {
+            match self.reserve(line.product, line.quantity).await {
+                Ok(true) => held.push((line.product, line.quantity)),
+                Ok(false) => {
+                    self.give_back(&held).await;
+                    metrics::counter!("stock_gate_total", "outcome" => "out_of_stock").increment(1);
+                    return Err(OrderError::OutOfStock(line.product));
+                }
+                Err(GateRefusal::Order(e)) => {
+                    self.give_back(&held).await;
+                    return Err(e);
+                }
+                Err(GateRefusal::Down) => {
+                    self.give_back(&held).await;
+                    return self.create_degraded(user, new, answer).await;
+                }
+            }
+        }
+        metrics::counter!("stock_gate_total", "outcome" => "taken").increment(1);
+        let result = match &self.writer {
+            Some(w) => writer::write(w, user, new.clone(), discount, answer).await,
+            None => self.create_direct(user, new, answer).await,
+        };
+        match &result {
+            Ok(_) => {}
+            Err(OrderError::OutOfStock(short)) => {
+                // PostgreSQL had fewer units than the gate: reload its count
+                // rather than give these back to it.
+                metrics::counter!("stock_gate_total", "outcome" => "refused_by_database")
+                    .increment(1);
+                self.forget(&[*short]).await;
+                let others: Vec<_> = held.into_iter().filter(|(p, _)| p != short).collect();
+                self.give_back(&others).await;
+            }
+            Err(_) => self.give_back(&held).await,
+        }
+        result
+    }
+
+    /// Redis is out: PostgreSQL alone decides, a bounded number at once.
+    /// The gate does not see these units go, so it can only over-count.
+    async fn create_degraded(
+        &self,
+        user: UserId,
+        new: &NewOrder,
+        answer: Option<SaveAnswer<Order>>,
+    ) -> Result<Order, OrderError> {
+        let _permit =
+            tokio::time::timeout(self.config.fallback_wait, self.shared.fallback.acquire())
+                .await
+                .map_err(|_| OrderError::Degraded)?
+                .map_err(|_| OrderError::Degraded)?;
+        metrics::counter!("stock_gate_total", "outcome" => "bypassed").increment(1);
+        self.create_direct(user, new, answer).await
+    }
+
+    /// Takes `quantity` units of `product` from the gate, loading the gate
+    /// from PostgreSQL when it is missing. `Ok(false)`: not enough left.
+    async fn reserve(&self, product: ProductId, quantity: i32) -> Result<bool, GateRefusal> {
+        if self.is_dirty(product) {
+            if gate::invalidate(&self.redis, &[product]).await.is_err() {
+                return Err(GateRefusal::Down);
+            }
+            self.lock_dirty().remove(&product);
+        }
+        for _ in 0..3 {
+            match gate::reserve(&self.redis, product, quantity).await {
+                Ok(gate::Reserve::Taken { .. }) => return Ok(true),
+                Ok(gate::Reserve::OutOfStock) => return Ok(false),
+                Ok(gate::Reserve::NotLoaded) => {
+                    let stock = self
+                        .stock_of(product)
+                        .await
+                        .map_err(GateRefusal::Order)?
+                        .ok_or(GateRefusal::Order(OrderError::UnknownProduct(product)))?;
+                    if gate::load(&self.redis, product, stock).await.is_err() {
+                        return Err(GateRefusal::Down);
+                    }
+                    metrics::counter!("stock_gate_loads_total").increment(1);
+                }
+                Err(e) => {
+                    tracing::debug!(product = %product, error = %e, "stock gate unavailable, using the database path");
+                    return Err(GateRefusal::Down);
+                }
+            }
+        }
+        Err(GateRefusal::Down)
+    }
+
+    /// Committed stock of `product` (`None`: no such product).
+    async fn stock_of(&self, product: ProductId) -> Result<Option<i64>, OrderError> {
+        let mut c = conn(&self.db).await?;
+        let stock: Option<i32> = products::table
+            .find(product.get())
+            .select(products::stock)
+            .first(&mut c)
+            .await
+            .optional()?;
+        Ok(stock.map(i64::from))
+    }
+
+    /// Gives units back to the gate. What cannot be given back (Redis out)
+    /// marks the product for a reload from PostgreSQL.
+    async fn give_back(&self, units: &[(ProductId, i32)]) {
+        if !self.config.stock_gate {
+            return;
+        }
+        for &(product, quantity) in units {
+            if let Err(e) = gate::release(&self.redis, product, quantity).await {
+                tracing::debug!(product = %product, error = %e, "units not given back to the gate; it will be reloaded");
+                self.lock_dirty().insert(product);
+            }
+        }
+    }
+
+    /// Drops the gate of `products` (their next order reloads it).
+    async fn forget(&self, products: &[ProductId]) {
+        if !self.config.stock_gate {
+            return;
+        }
+        if gate::invalidate(&self.redis, products).await.is_err() {
+            self.lock_dirty().extend(products.iter().copied());
+        }
+    }
+
+    /// The stock of `product` was set by hand (admin): the gate reloads it.
+    pub async fn stock_changed(&self, product: ProductId) {
+        self.forget(&[product]).await;
+    }
+
+    /// Reloads the gates that missed a give-back, once Redis answers again.
+    pub async fn heal_gates(&self) {
+        let dirty: Vec<ProductId> = self.lock_dirty().iter().copied().collect();
+        if !dirty.is_empty() && gate::invalidate(&self.redis, &dirty).await.is_ok() {
+            let mut set = self.lock_dirty();
+            for p in dirty {
+                set.remove(&p);
+            }
+        }
+    }
+
+    fn lock_dirty(&self) -> std::sync::MutexGuard<'_, HashSet<ProductId>> {
+        // A panic elsewhere while holding it leaves a set still worth using.
+        self.shared
+            .dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_dirty(&self, product: ProductId) -> bool {
+        let set = self.lock_dirty();
+        !set.is_empty() && set.contains(&product)
     }
 
     /// The caller's order (another user's order is "not found").
@@ -397,8 +704,9 @@ impl Orders {
                 .get_result(tx)
                 .await
                 .optional()?;
+                let mut returned = Vec::new();
                 if let Some(order) = done {
-                    return_stock(tx, &[order]).await?;
+                    returned = return_stock(tx, &[order]).await?;
                     outbox::enqueue(
                         tx,
                         event::ORDER_CANCELLED,
@@ -407,10 +715,12 @@ impl Orders {
                     )
                     .await?;
                 }
-                Ok::<_, OrderError>(done.is_some())
+                Ok::<_, OrderError>((done.is_some(), returned))
             })
             .await?;
         drop(c);
+        let (moved, returned) = moved;
+        self.give_back(&returned).await;
         let order = self.get(user, id).await?;
         match order.status.as_str() {
             "cancelled" => Ok(order),
@@ -465,153 +775,13 @@ impl Orders {
         id: OrderId,
         answer: Option<SaveAnswer<Payment>>,
     ) -> Result<Payment, OrderError> {
-        let mut c = conn(&self.db).await?;
-        c.transaction(async |tx| {
-            // 1. pending -> paid, guarded on owner, status and expiry.
-            let moved: Option<(i64, Option<i64>, DateTime<Utc>)> = diesel::update(
-                orders::table
-                    .filter(orders::id.eq(id.get()))
-                    .filter(orders::user_id.eq(user.get()))
-                    .filter(orders::status.eq("pending"))
-                    .filter(orders::expires_at.gt(diesel::dsl::now)),
-            )
-            .set((
-                orders::status.eq("paid"),
-                orders::paid_at.eq(diesel::dsl::now),
-            ))
-            .returning((
-                orders::pay_amount,
-                orders::user_coupon_id,
-                orders::created_at,
-            ))
-            .get_result(tx)
-            .await
-            .optional()?;
-            let Some((amount, user_coupon, _)) = moved else {
-                return Err(why_not_payable(tx, user, id).await?);
-            };
-            // Once the order is claimed, what is left goes in two round trips
-            // of pipelined statements (PostgreSQL runs them in order, and a
-            // failed one aborts the rest of the transaction): a payment
-            // holds its connection and its rows for a few round trips, not
-            // nine, which is what a payment peak queues on.
-            // 2. Debit (guarded: never below zero), the payment row (UNIQUE
-            //    per order, the last guard of rule 4) and the event's items.
-            let (balance, paid_at, items) = {
-                let db: &AsyncPgConnection = tx;
-                let debit = async {
-                    if amount > 0 {
-                        diesel::update(
-                            users::table
-                                .filter(users::id.eq(user.get()))
-                                .filter(users::balance.ge(amount)),
-                        )
-                        .set((
-                            users::balance.eq(users::balance - amount),
-                            users::updated_at.eq(diesel::dsl::now),
-                        ))
-                        .returning(users::balance)
-                        .get_result::<i64>(&mut &*db)
-                        .await
-                        .optional()
-                    } else {
-                        users::table
-                            .find(user.get())
-                            .select(users::balance)
-                            .first::<i64>(&mut &*db)
-                            .await
-                            .map(Some)
-                    }
-                };
-                let payment_row = diesel::insert_into(payments::table)
-                    .values((
-                        payments::order_id.eq(id.get()),
-                        payments::user_id.eq(user.get()),
-                        payments::amount.eq(amount),
-                    ))
-                    .returning(payments::created_at)
-                    .get_result::<DateTime<Utc>>(&mut &*db);
-                let (balance, paid_at, items) =
-                    futures::join!(debit, payment_row, load_items(db, id.get()));
-                // In statement order: the first failure is the cause.
-                let balance = balance?.ok_or(OrderError::InsufficientBalance)?;
-                let paid_at = paid_at.map_err(|e| match StorageError::from(e) {
-                    StorageError::UniqueViolation(_) => OrderError::AlreadyPaid,
-                    other => OrderError::Storage(other),
-                })?;
-                (balance, paid_at, items?)
-            };
-            // The coupon, guarded: unused, the caller's, not expired.
-            if let Some(uc) = user_coupon {
-                let used: Option<i64> = diesel::update(
-                    user_coupons::table
-                        .filter(user_coupons::id.eq(uc))
-                        .filter(user_coupons::user_id.eq(user.get()))
-                        .filter(user_coupons::status.eq("issued")),
-                )
-                .set((
-                    user_coupons::status.eq("used"),
-                    user_coupons::order_id.eq(id.get()),
-                    user_coupons::used_at.eq(diesel::dsl::now),
-                ))
-                .returning(user_coupons::coupon_id)
-                .get_result(tx)
-                .await
-                .optional()?;
-                let coupon = used.ok_or(OrderError::CouponAlreadyUsed)?;
-                let expires: Option<DateTime<Utc>> = coupons::table
-                    .find(coupon)
-                    .select(coupons::expires_at)
-                    .first(tx)
-                    .await?;
-                if expires.is_some_and(|e| e <= Utc::now()) {
-                    return Err(OrderError::CouponExpired);
-                }
+        match &self.payer {
+            Some(p) => pay_writer::pay(p, user, id, answer).await,
+            None => {
+                let mut c = conn(&self.db).await?;
+                pay_in(&mut c, user, id, answer).await
             }
-            let db: &AsyncPgConnection = tx;
-            // 3. The ledger row, the event (outbox) and the stored answer.
-            let payment = Payment {
-                order_id: id,
-                status: "paid",
-                paid_amount: amount,
-                balance,
-                paid_at,
-            };
-            let reference = format!("order:{id}");
-            let ledger = async {
-                if amount > 0 {
-                    diesel::insert_into(balance_ledger::table)
-                        .values((
-                            balance_ledger::user_id.eq(user.get()),
-                            balance_ledger::delta.eq(-amount),
-                            balance_ledger::balance_after.eq(balance),
-                            balance_ledger::kind.eq("payment"),
-                            balance_ledger::reference.eq(&reference),
-                        ))
-                        .execute(&mut &*db)
-                        .await?;
-                }
-                Ok::<_, diesel::result::Error>(())
-            };
-            let payload = serde_json::json!({
-                "order_id": id, "user_id": user, "amount": amount, "paid_at": paid_at,
-                "items": items,
-            });
-            let key = id.to_string();
-            let event = outbox::enqueue(db, event::ORDER_PAID, &key, &payload);
-            let saved = async {
-                match answer {
-                    Some(answer) => answer.save(db, &payment).await,
-                    None => Ok(()),
-                }
-            };
-            let (ledger, event, saved) = futures::join!(ledger, event, saved);
-            ledger?;
-            event?;
-            saved?;
-            Ok(payment)
-        })
-        .await
+        }
     }
 
     /// Expires one overdue pending order (if it still is one).
@@ -629,51 +799,214 @@ impl Orders {
 
     async fn expire_where(&self, only: Option<OrderId>, limit: i64) -> Result<usize, OrderError> {
         let mut c = conn(&self.db).await?;
-        c.transaction(async |tx| {
-            let mut candidates = orders::table
-                .filter(orders::status.eq("pending"))
-                .filter(orders::expires_at.le(diesel::dsl::now))
-                .select(orders::id)
-                .order(orders::expires_at)
-                .limit(limit)
-                .into_boxed();
-            if let Some(id) = only {
-                candidates = candidates.filter(orders::id.eq(id.get()));
-            }
-            let candidates: Vec<i64> = candidates.load(tx).await?;
-            if candidates.is_empty() {
-                return Ok(0);
-            }
-            let expired: Vec<(i64, i64)> = diesel::update(
-                orders::table
-                    .filter(orders::id.eq_any(&candidates))
+        let (expired, returned) = c
+            .transaction(async |tx| {
+                let mut candidates = orders::table
                     .filter(orders::status.eq("pending"))
-                    .filter(orders::expires_at.le(diesel::dsl::now)),
+                    .filter(orders::expires_at.le(diesel::dsl::now))
+                    .select(orders::id)
+                    .order(orders::expires_at)
+                    .limit(limit)
+                    .into_boxed();
+                if let Some(id) = only {
+                    candidates = candidates.filter(orders::id.eq(id.get()));
+                }
+                let candidates: Vec<i64> = candidates.load(tx).await?;
+                if candidates.is_empty() {
+                    return Ok((0, Vec::new()));
+                }
+                let expired: Vec<(i64, i64)> = diesel::update(
+                    orders::table
+                        .filter(orders::id.eq_any(&candidates))
+                        .filter(orders::status.eq("pending"))
+                        .filter(orders::expires_at.le(diesel::dsl::now)),
+                )
+                .set((
+                    orders::status.eq("expired"),
+                    orders::closed_at.eq(diesel::dsl::now),
+                ))
+                .returning((orders::id, orders::user_id))
+                .get_results(tx)
+                .await?;
+                let ids: Vec<i64> = expired.iter().map(|(id, _)| *id).collect();
+                let returned = if ids.is_empty() {
+                    Vec::new()
+                } else {
+                    return_stock(tx, &ids).await?
+                };
+                for (order, user) in &expired {
+                    outbox::enqueue(
+                        tx,
+                        event::ORDER_EXPIRED,
+                        &order.to_string(),
+                        &serde_json::json!({ "order_id": order, "user_id": user }),
+                    )
+                    .await?;
+                }
+                Ok::<_, OrderError>((ids.len(), returned))
+            })
+            .await?;
+        drop(c);
+        self.give_back(&returned).await;
+        Ok(expired)
+    }
+}
+
+/// Pays `id` in one transaction on `c`, every step guarded: the order moves
+/// `pending -> paid` once, the balance never goes below zero, the payment
+/// row is unique per order.
+pub(crate) async fn pay_in(
+    c: &mut AsyncPgConnection,
+    user: UserId,
+    id: OrderId,
+    answer: Option<SaveAnswer<Payment>>,
+) -> Result<Payment, OrderError> {
+    c.transaction(async |tx| {
+        // 1. pending -> paid, guarded on owner, status and expiry.
+        let moved: Option<(i64, Option<i64>, DateTime<Utc>)> = diesel::update(
+            orders::table
+                .filter(orders::id.eq(id.get()))
+                .filter(orders::user_id.eq(user.get()))
+                .filter(orders::status.eq("pending"))
+                .filter(orders::expires_at.gt(diesel::dsl::now)),
+        )
+        .set((
+            orders::status.eq("paid"),
+            orders::paid_at.eq(diesel::dsl::now),
+        ))
+        .returning((
+            orders::pay_amount,
+            orders::user_coupon_id,
+            orders::created_at,
+        ))
+        .get_result(tx)
+        .await
+        .optional()?;
+        let Some((amount, user_coupon, _)) = moved else {
+            return Err(why_not_payable(tx, user, id).await?);
+        };
+        // Once the order is claimed, what is left goes in two round trips
+        // of pipelined statements (PostgreSQL runs them in order, and a
+        // failed one aborts the rest of the transaction): a payment
+        // holds its connection and its rows for a few round trips, not
+        // nine, which is what a payment peak queues on.
+        // 2. Debit (guarded: never below zero), the payment row (UNIQUE
+        //    per order, the last guard of rule 4) and the event's items.
+        let (balance, paid_at, items) = {
+            let db: &AsyncPgConnection = tx;
+            let debit = async {
+                if amount > 0 {
+                    diesel::update(
+                        users::table
+                            .filter(users::id.eq(user.get()))
+                            .filter(users::balance.ge(amount)),
+                    )
+                    .set((
+                        users::balance.eq(users::balance - amount),
+                        users::updated_at.eq(diesel::dsl::now),
+                    ))
+                    .returning(users::balance)
+                    .get_result::<i64>(&mut &*db)
+                    .await
+                    .optional()
+                } else {
+                    users::table
+                        .find(user.get())
+                        .select(users::balance)
+                        .first::<i64>(&mut &*db)
+                        .await
+                        .map(Some)
+                }
+            };
+            let payment_row = diesel::insert_into(payments::table)
+                .values((
+                    payments::order_id.eq(id.get()),
+                    payments::user_id.eq(user.get()),
+                    payments::amount.eq(amount),
+                ))
+                .returning(payments::created_at)
+                .get_result::<DateTime<Utc>>(&mut &*db);
+            let (balance, paid_at, items) =
+                futures::join!(debit, payment_row, load_items(db, id.get()));
+            // In statement order: the first failure is the cause.
+            let balance = balance?.ok_or(OrderError::InsufficientBalance)?;
+            let paid_at = paid_at.map_err(|e| match StorageError::from(e) {
+                StorageError::UniqueViolation(_) => OrderError::AlreadyPaid,
+                other => OrderError::Storage(other),
+            })?;
+            (balance, paid_at, items?)
+        };
+        // The coupon, guarded: unused, the caller's, not expired.
+        if let Some(uc) = user_coupon {
+            let used: Option<i64> = diesel::update(
+                user_coupons::table
+                    .filter(user_coupons::id.eq(uc))
+                    .filter(user_coupons::user_id.eq(user.get()))
+                    .filter(user_coupons::status.eq("issued")),
             )
             .set((
-                orders::status.eq("expired"),
-                orders::closed_at.eq(diesel::dsl::now),
+                user_coupons::status.eq("used"),
+                user_coupons::order_id.eq(id.get()),
+                user_coupons::used_at.eq(diesel::dsl::now),
             ))
-            .returning((orders::id, orders::user_id))
-            .get_results(tx)
-            .await?;
-            let ids: Vec<i64> = expired.iter().map(|(id, _)| *id).collect();
-            if !ids.is_empty() {
-                return_stock(tx, &ids).await?;
-            }
-            for (order, user) in &expired {
-                outbox::enqueue(
-                    tx,
-                    event::ORDER_EXPIRED,
-                    &order.to_string(),
-                    &serde_json::json!({ "order_id": order, "user_id": user }),
-                )
+            .returning(user_coupons::coupon_id)
+            .get_result(tx)
+            .await
+            .optional()?;
+            let coupon = used.ok_or(OrderError::CouponAlreadyUsed)?;
+            let expires: Option<DateTime<Utc>> = coupons::table
+                .find(coupon)
+                .select(coupons::expires_at)
+                .first(tx)
                 .await?;
+            if expires.is_some_and(|e| e <= Utc::now()) {
+                return Err(OrderError::CouponExpired);
             }
-            Ok::<_, OrderError>(ids.len())
-        })
-        .await
-    }
+        }
+        let db: &AsyncPgConnection = tx;
+        // 3. The ledger row, the event (outbox) and the stored answer.
+        let payment = Payment {
+            order_id: id,
+            status: "paid",
+            paid_amount: amount,
+            balance,
+            paid_at,
+        };
+        let reference = format!("order:{id}");
+        let ledger = async {
+            if amount > 0 {
+                diesel::insert_into(balance_ledger::table)
+                    .values((
+                        balance_ledger::user_id.eq(user.get()),
+                        balance_ledger::delta.eq(-amount),
+                        balance_ledger::balance_after.eq(balance),
+                        balance_ledger::kind.eq("payment"),
+                        balance_ledger::reference.eq(&reference),
+                    ))
+                    .execute(&mut &*db)
+                    .await?;
+            }
+            Ok::<_, diesel::result::Error>(())
+        };
+        let payload = serde_json::json!({
+            "order_id": id, "user_id": user, "amount": amount, "paid_at": paid_at,
+            "items": items,
+        });
+        let key = id.to_string();
+        let event = outbox::enqueue(db, event::ORDER_PAID, &key, &payload);
+        let saved = async {
+            match answer {
+                Some(answer) => answer.save(db, &payment).await,
+                None => Ok(()),
+            }
+        };
+        let (ledger, event, saved) = futures::join!(ledger, event, saved);
+        ledger?;
+        event?;
+        saved?;
+        Ok(payment)
+    })
+    .await
 }
 
 /// The discount a user coupon gives, if the caller may use it now.

@@ -112,6 +112,7 @@ impl Application {
         )?;
         let orders =
             commerce_orders::Orders::new(db.clone(), locks.clone(), settings.order_config());
+        orders.warm_up().await;
         let queue = commerce_queue::WaitingRoom::new(
             redis.clone(),
             breakers.clone(),
@@ -263,6 +264,8 @@ fn spawn_background(state: &web::Data<AppState>) {
                 _ = st.shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
+            // Gates that missed a give-back while Redis was out reload.
+            st.orders.heal_gates().await;
             loop {
                 match st.orders.expire_overdue(500).await {
                     Ok(n) if n > 0 => {

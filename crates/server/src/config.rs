@@ -38,6 +38,18 @@ pub struct OrderSettings {
     pub ttl_secs: u64,
     /// How often overdue pending orders are expired.
     pub sweep_interval_ms: u64,
+    /// Reservations decided by the Redis stock gate, written in batches.
+    pub stock_gate: bool,
+    /// Tasks writing gated orders in batches (0: one transaction each).
+    pub writers: usize,
+    /// Most orders (or payments) per batch.
+    pub write_batch: usize,
+    /// Tasks writing payments in batches (0: one transaction each).
+    pub pay_writers: usize,
+    /// Orders at once per instance on the PostgreSQL-only path (Redis out).
+    pub fallback_concurrency: usize,
+    /// Wait for one of those, then 503 `order_busy`.
+    pub fallback_wait_ms: u64,
 }
 
 /// The waiting room (`[queue]`): admission pace, token lifetimes, polling
@@ -299,6 +311,12 @@ half_open_probes = 1
 [orders]
 ttl_secs = 300
 sweep_interval_ms = 1000
+stock_gate = true
+writers = 4
+write_batch = 64
+pay_writers = 4
+fallback_concurrency = 16
+fallback_wait_ms = 5000
 
 [queue]
 admit_per_tick = 100
@@ -422,6 +440,7 @@ impl Settings {
             ("events.relay_idle_ms", self.events.relay_idle_ms),
             ("events.relay_max_delay_ms", self.events.relay_max_delay_ms),
             ("orders.sweep_interval_ms", self.orders.sweep_interval_ms),
+            ("orders.fallback_wait_ms", self.orders.fallback_wait_ms),
             (
                 "coupons.reconcile_interval_secs",
                 self.coupons.reconcile_interval_secs,
@@ -475,6 +494,12 @@ impl Settings {
         }
         if self.coupons.worker_io && self.coupons.worker_pool_size == 0 {
             return bad("coupons.worker_pool_size", "must be at least 1".into());
+        }
+        if !(1..=1000).contains(&self.orders.write_batch) {
+            return bad("orders.write_batch", "must be between 1 and 1000".into());
+        }
+        if self.orders.fallback_concurrency == 0 {
+            return bad("orders.fallback_concurrency", "must be at least 1".into());
         }
         if self.coupons.fallback_concurrency == 0 {
             return bad("coupons.fallback_concurrency", "must be at least 1".into());
@@ -635,8 +660,15 @@ impl Settings {
     }
 
     pub fn order_config(&self) -> commerce_orders::OrderConfig {
+        let o = &self.orders;
         commerce_orders::OrderConfig {
-            ttl: Duration::from_secs(self.orders.ttl_secs),
+            ttl: Duration::from_secs(o.ttl_secs),
+            stock_gate: o.stock_gate,
+            writers: o.writers,
+            write_batch: o.write_batch,
+            pay_writers: o.pay_writers,
+            fallback_concurrency: o.fallback_concurrency,
+            fallback_wait: Duration::from_millis(o.fallback_wait_ms),
             ..Default::default()
         }
     }

@@ -249,6 +249,11 @@ impl From<OrderError> for ApiError {
                 "the order is being paid, retry shortly",
                 1,
             ),
+            OrderError::Degraded => Self::unavailable(
+                "order_busy",
+                "ordering is degraded and busy, retry shortly",
+                1,
+            ),
             OrderError::Invalid(p) => p.into(),
             OrderError::Storage(s) => s.into(),
         }

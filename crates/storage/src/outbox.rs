@@ -56,3 +56,31 @@ pub async fn enqueue(
     written();
     Ok(id)
 }
+
+/// Adds several event rows in one statement (a batch of changes that
+/// commit together); `(event_type, aggregate_key, payload)` each.
+pub async fn enqueue_many(
+    conn: &AsyncPgConnection,
+    events: &[(&str, String, serde_json::Value)],
+) -> Result<(), StorageError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = events
+        .iter()
+        .map(|(event_type, key, payload)| {
+            (
+                outbox::id.eq(uuid::Uuid::now_v7()),
+                outbox::event_type.eq(*event_type),
+                outbox::aggregate_key.eq(key.as_str()),
+                outbox::payload.eq(payload),
+            )
+        })
+        .collect();
+    diesel::insert_into(outbox::table)
+        .values(&rows)
+        .execute(&mut &*conn)
+        .await?;
+    written();
+    Ok(())
+}

@@ -527,3 +527,67 @@ async fn order_idempotency_replays_the_same_order() {
     );
     check_invariants(&a, &HashMap::from([(p, 5)])).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_payments_debit_each_payer_once_and_never_below_zero() {
+    let a = TestApp::spawn().await;
+    let b = a.sibling(|_| {}).await;
+    let rich = a.seed_users(40).await;
+    let poor = a.create_user("poor").await;
+    let p = products(&a, &[(100, 1000)]).await[0];
+    let mut payers: Vec<(&TestUser, i64)> = Vec::new();
+    for u in &rich {
+        charge(&a, u, 1000).await;
+        let (s, o) = order(&a, u, &[(p, 1)], None).await;
+        assert_eq!(s, 201, "{o}");
+        payers.push((u, o["id"].as_i64().unwrap()));
+    }
+    // Six orders of 100 against 350: exactly three can be paid, whichever
+    // batches they land in.
+    charge(&a, &poor, 350).await;
+    for _ in 0..6 {
+        let (s, o) = order(&a, &poor, &[(p, 1)], None).await;
+        assert_eq!(s, 201, "{o}");
+        payers.push((&poor, o["id"].as_i64().unwrap()));
+    }
+    let pay_all = || {
+        join_all(payers.iter().enumerate().map(|(i, (u, id))| {
+            let app = if i % 2 == 0 { &a } else { &b };
+            let key = format!("pay-{id}");
+            async move { pay(app, u, *id, Some(&key)).await }
+        }))
+    };
+    let first = pay_all().await;
+    for (s, body) in &first[..40] {
+        assert_eq!(*s, 200, "{body}");
+    }
+    let poor_paid = first[40..].iter().filter(|(s, _)| *s == 200).count();
+    let poor_refused = first[40..]
+        .iter()
+        .filter(|(s, b)| *s == 409 && b["code"] == "insufficient_balance")
+        .count();
+    assert_eq!((poor_paid, poor_refused), (3, 3), "{:?}", &first[40..]);
+    let (_, bal) = a.get_json("/api/v1/me/balance", Some(&poor.token)).await;
+    assert_eq!(bal["balance"], 50);
+    // Each answer's balance is one the payer really had after that payment.
+    let mut seen: Vec<i64> = first[40..]
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b["balance"].as_i64().unwrap())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, vec![50, 150, 250]);
+    // Retried with the same keys: the first answers, nothing more paid.
+    let again = pay_all().await;
+    for ((s1, b1), (s2, b2)) in first.iter().zip(&again) {
+        assert_eq!((s1, b1), (s2, b2));
+    }
+    let initial = HashMap::from([(p, 1000)]);
+    check_invariants(&a, &initial).await;
+    assert_eq!(
+        a.db.scalar("SELECT COUNT(*) AS n FROM outbox WHERE event_type = 'order_paid'")
+            .await,
+        43,
+        "one event per paid order"
+    );
+}

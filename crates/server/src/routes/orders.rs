@@ -93,7 +93,8 @@ fn order_id(raw: i64) -> Result<OrderId, ApiError> {
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), request_body = CreateOrder,
     params(("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = OrderBody), (status = 409, body = ErrorBody, description = "out_of_stock"),
-        (status = 422, body = ErrorBody)))]
+        (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "order_busy (Redis out and the database path full), db_busy, db_unavailable; with Retry-After")))]
 pub async fn create(
     user: AuthUser,
     state: web::Data<AppState>,

@@ -160,5 +160,9 @@ pub async fn update(
         body.stock,
     )?;
     let product = state.catalog.update(id, &patch).await?;
+    if patch.stock.is_some() {
+        // The stock gate counts units: it reloads the new figure.
+        state.orders.stock_changed(id).await;
+    }
     Ok(HttpResponse::Ok().json(product))
 }

@@ -1,0 +1,313 @@
+//! Payments written in batches (see `batch`): one transaction and one
+//! commit for many payments, every step as guarded as a lone payment's.
+//! Each order moves `pending -> paid` only if it still is pending, its
+//! owner's and unexpired; each payer's balance is debited once for the
+//! batch, never below zero; each payment row is unique per order. A batch
+//! that finds a balance short is rolled back and paid one by one, and an
+//! order the batch could not claim (paid, expired, someone else's, or with
+//! a coupon to redeem) is paid alone, which says exactly why.
+
+use crate::batch::{Batch, Batcher};
+use crate::{pay_in, OrderError, OrderItem, Payment};
+use chrono::{DateTime, Utc};
+use commerce_domain::{OrderId, ProductId, UserId};
+use commerce_storage::idempotency::{self, SaveAnswer};
+use commerce_storage::outbox::{self, event};
+use commerce_storage::schema::{balance_ledger, order_items, payments, users};
+use commerce_storage::StorageError;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::future::BoxFuture;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+pub(crate) struct PayJob {
+    user: UserId,
+    order: OrderId,
+    answer: Option<SaveAnswer<Payment>>,
+    reply: oneshot::Sender<Result<Payment, OrderError>>,
+    queued: Instant,
+}
+
+pub(crate) struct PayBatch;
+
+impl Batch for PayBatch {
+    type Job = PayJob;
+    const NAME: &'static str = "payment";
+
+    fn queued(job: &PayJob) -> Instant {
+        job.queued
+    }
+
+    fn fail(job: PayJob, error: StorageError) {
+        let _ = job.reply.send(Err(OrderError::Storage(error)));
+    }
+
+    fn write<'c>(
+        &'c self,
+        conn: &'c mut AsyncPgConnection,
+        jobs: Vec<PayJob>,
+    ) -> BoxFuture<'c, ()> {
+        Box::pin(write_batch(conn, jobs))
+    }
+}
+
+/// Queues one payment for its batch and waits for its answer (callers hold
+/// the order's payment lock).
+pub(crate) async fn pay(
+    batcher: &Batcher<PayBatch>,
+    user: UserId,
+    order: OrderId,
+    answer: Option<SaveAnswer<Payment>>,
+) -> Result<Payment, OrderError> {
+    let (reply, answered) = oneshot::channel();
+    let job = PayJob {
+        user,
+        order,
+        answer,
+        reply,
+        queued: Instant::now(),
+    };
+    batcher.submit(job, answered).await
+}
+
+async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<PayJob>) {
+    // One order twice in a batch (a double click on two instances) would
+    // be claimed once; the repeat goes alone, after, and learns it is paid.
+    let mut seen = HashSet::new();
+    let (mut batch, mut alone): (Vec<PayJob>, Vec<PayJob>) =
+        jobs.into_iter().partition(|j| seen.insert(j.order));
+    if batch.len() > 1 {
+        let wants: Vec<(UserId, OrderId)> = batch.iter().map(|j| (j.user, j.order)).collect();
+        let mut answers: Vec<Option<SaveAnswer<Payment>>> =
+            batch.iter_mut().map(|j| j.answer.take()).collect();
+        match pay_batch(conn, &wants, &mut answers).await {
+            Ok(paid) => {
+                for ((job, answer), payment) in batch.into_iter().zip(answers).zip(paid) {
+                    match payment {
+                        Some(p) => {
+                            let _ = job.reply.send(Ok(p));
+                        }
+                        // Not claimed: its answer was not used.
+                        None => alone.push(PayJob { answer, ..job }),
+                    }
+                }
+            }
+            Err(BatchError::Short) => {
+                for (job, answer) in batch.iter_mut().zip(answers) {
+                    job.answer = answer;
+                }
+                alone.append(&mut batch);
+            }
+            Err(BatchError::Failed(e)) => {
+                tracing::debug!(error = %e, payments = batch.len(), "batched payment failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(OrderError::Storage(e.clone())));
+                }
+            }
+        }
+    } else {
+        alone.append(&mut batch);
+    }
+    for job in alone {
+        let result = pay_in(conn, job.user, job.order, job.answer).await;
+        let _ = job.reply.send(result);
+    }
+}
+
+enum BatchError {
+    /// A payer's balance cannot cover the batch (nothing written).
+    Short,
+    Failed(StorageError),
+}
+
+impl From<diesel::result::Error> for BatchError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl From<StorageError> for BatchError {
+    fn from(e: StorageError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+#[derive(QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pay_amount: i64,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    paid_at: DateTime<Utc>,
+}
+
+/// Pays what it can of `wants` in one transaction; `None` for an order it
+/// did not claim. Three round trips of pipelined statements, one commit.
+async fn pay_batch(
+    conn: &mut AsyncPgConnection,
+    wants: &[(UserId, OrderId)],
+    answers: &mut [Option<SaveAnswer<Payment>>],
+) -> Result<Vec<Option<Payment>>, BatchError> {
+    let ids: Vec<i64> = wants.iter().map(|(_, o)| o.get()).collect();
+    let owners: Vec<i64> = wants.iter().map(|(u, _)| u.get()).collect();
+    conn.transaction(async move |tx| {
+        // 1. pending -> paid for every order still payable by its owner.
+        //    Orders with a coupon are left to the lone path, which redeems it.
+        let claimed: Vec<Claimed> = diesel::sql_query(
+            "UPDATE orders o SET status = 'paid', paid_at = now() \
+             FROM unnest($1::bigint[], $2::bigint[]) AS v(id, u) \
+             WHERE o.id = v.id AND o.user_id = v.u AND o.status = 'pending' \
+               AND o.expires_at > now() AND o.user_coupon_id IS NULL \
+             RETURNING o.id, o.user_id, o.pay_amount, o.paid_at",
+        )
+        .bind::<Array<BigInt>, _>(&ids)
+        .bind::<Array<BigInt>, _>(&owners)
+        .load(tx)
+        .await?;
+        if claimed.is_empty() {
+            return Ok(vec![None; wants.len()]);
+        }
+        let by_order: HashMap<i64, &Claimed> = claimed.iter().map(|c| (c.id, c)).collect();
+        // Each payer's total for the batch, payers in id order (row locks
+        // taken in one order by every batch: no deadlock between them).
+        let mut totals: BTreeMap<i64, i64> = BTreeMap::new();
+        for c in &claimed {
+            let t = totals.entry(c.user_id).or_default();
+            *t = t.saturating_add(c.pay_amount);
+        }
+        let claimed_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+        // 2. The debits (guarded), the payment rows (UNIQUE per order: the
+        //    last guard of rule 4) and the events' items, in one round trip.
+        let db: &AsyncPgConnection = tx;
+        let debits = futures::future::join_all(totals.iter().map(|(&user, &amount)| async move {
+            diesel::update(
+                users::table
+                    .filter(users::id.eq(user))
+                    .filter(users::balance.ge(amount)),
+            )
+            .set((
+                users::balance.eq(users::balance - amount),
+                users::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning((users::id, users::balance))
+            .get_result::<(i64, i64)>(&mut &*db)
+            .await
+            .optional()
+        }));
+        let payment_rows: Vec<_> = claimed
+            .iter()
+            .map(|c| {
+                (
+                    payments::order_id.eq(c.id),
+                    payments::user_id.eq(c.user_id),
+                    payments::amount.eq(c.pay_amount),
+                )
+            })
+            .collect();
+        let inserted = diesel::insert_into(payments::table)
+            .values(&payment_rows)
+            .execute(&mut &*db);
+        let items = order_items::table
+            .filter(order_items::order_id.eq_any(&claimed_ids))
+            .select((
+                order_items::order_id,
+                order_items::product_id,
+                order_items::quantity,
+                order_items::unit_price,
+            ))
+            .order((order_items::order_id, order_items::product_id))
+            .load::<(i64, i64, i32, i64)>(&mut &*db);
+        let (debits, inserted, items) = futures::join!(debits, inserted, items);
+        let mut balances: HashMap<i64, i64> = HashMap::new();
+        for debit in debits {
+            let Some((user, balance)) = debit? else {
+                return Err(BatchError::Short);
+            };
+            balances.insert(user, balance);
+        }
+        inserted?;
+        let mut items_of: HashMap<i64, Vec<OrderItem>> = HashMap::new();
+        for (order, product, quantity, unit_price) in items? {
+            items_of.entry(order).or_default().push(OrderItem {
+                product_id: ProductId::from_db(product),
+                quantity,
+                unit_price,
+            });
+        }
+        // 3. Ledger rows, events and stored answers. A payer with several
+        //    payments in the batch sees the balance after each in turn, so
+        //    the ledger reads as if they were paid one after another.
+        let mut remaining_after: HashMap<i64, i64> = HashMap::new();
+        let mut result: Vec<Option<Payment>> = vec![None; wants.len()];
+        let mut ledger = Vec::new();
+        let mut events = Vec::new();
+        for (slot, (_, order)) in result.iter_mut().zip(wants).rev() {
+            let Some(c) = by_order.get(&order.get()) else {
+                continue;
+            };
+            // Walking backwards: the final balance belongs to the last.
+            let after = *remaining_after
+                .entry(c.user_id)
+                .or_insert_with(|| balances.get(&c.user_id).copied().unwrap_or(0));
+            remaining_after.insert(c.user_id, after.saturating_add(c.pay_amount));
+            *slot = Some(Payment {
+                order_id: *order,
+                status: "paid",
+                paid_amount: c.pay_amount,
+                balance: after,
+                paid_at: c.paid_at,
+            });
+        }
+        for (payment, (user, order)) in result.iter().zip(wants) {
+            let Some(p) = payment else { continue };
+            if p.paid_amount > 0 {
+                ledger.push((
+                    balance_ledger::user_id.eq(user.get()),
+                    balance_ledger::delta.eq(-p.paid_amount),
+                    balance_ledger::balance_after.eq(p.balance),
+                    balance_ledger::kind.eq("payment"),
+                    balance_ledger::reference.eq(format!("order:{order}")),
+                ));
+            }
+            let items = items_of.remove(&order.get()).unwrap_or_default();
+            events.push((
+                event::ORDER_PAID,
+                order.to_string(),
+                serde_json::json!({
+                    "order_id": order, "user_id": user, "amount": p.paid_amount,
+                    "paid_at": p.paid_at, "items": items,
+                }),
+            ));
+        }
+        let rendered: Vec<_> = answers
+            .iter_mut()
+            .zip(&result)
+            .filter_map(|(a, p)| p.as_ref().and_then(|p| a.take().map(|a| a.render(p))))
+            .collect();
+        let ledger_write = async {
+            if ledger.is_empty() {
+                return Ok(0);
+            }
+            diesel::insert_into(balance_ledger::table)
+                .values(&ledger)
+                .execute(&mut &*db)
+                .await
+        };
+        let (ledger_written, events_written, saved) = futures::join!(
+            ledger_write,
+            outbox::enqueue_many(db, &events),
+            idempotency::complete_many(db, &rendered),
+        );
+        ledger_written?;
+        events_written?;
+        saved?;
+        Ok(result)
+    })
+    .await
+}

@@ -1,0 +1,286 @@
+//! Orders the stock gate let through, written in batches (see `batch`):
+//! one transaction and one commit for many orders, each product's stock
+//! moved once per batch. A sale's buyers then wait for a batch commit, not
+//! in line for the product's row lock one transaction at a time. A batch
+//! that finds a product short (the gate over-counted) is rolled back and
+//! its orders are written one by one, each learning exactly why it failed.
+
+use crate::batch::{Batch, Batcher};
+use crate::{create_in, NewOrder, Order, OrderError, OrderItem, ORDER_COLUMNS};
+use commerce_domain::{UserCouponId, UserId};
+use commerce_storage::idempotency::{self, SaveAnswer};
+use commerce_storage::schema::{order_items, orders, products};
+use commerce_storage::StorageError;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub(crate) struct Job {
+    pub user: UserId,
+    pub order: NewOrder,
+    /// The coupon's discount, read before the gate (used at payment under
+    /// its own guard; here it only prices the order).
+    pub discount: i64,
+    pub answer: Option<SaveAnswer<Order>>,
+    pub reply: oneshot::Sender<Result<Order, OrderError>>,
+    pub queued: Instant,
+}
+
+/// Gated orders, written in batches.
+pub(crate) struct OrderBatch {
+    /// How long a pending order holds its stock.
+    pub ttl: Duration,
+}
+
+impl Batch for OrderBatch {
+    type Job = Job;
+    const NAME: &'static str = "order";
+
+    fn queued(job: &Job) -> Instant {
+        job.queued
+    }
+
+    fn fail(job: Job, error: StorageError) {
+        let _ = job.reply.send(Err(OrderError::Storage(error)));
+    }
+
+    fn write<'c>(&'c self, conn: &'c mut AsyncPgConnection, jobs: Vec<Job>) -> BoxFuture<'c, ()> {
+        Box::pin(write_batch(conn, jobs, self.ttl))
+    }
+}
+
+/// Queues one order for its batch and waits for its answer. A timeout
+/// means the order may still land (pending, expiring with its stock): the
+/// caller gives its units back, and a gate over-counting costs a refused
+/// write at worst.
+pub(crate) async fn write(
+    batcher: &Batcher<OrderBatch>,
+    user: UserId,
+    order: NewOrder,
+    discount: i64,
+    answer: Option<SaveAnswer<Order>>,
+) -> Result<Order, OrderError> {
+    let (reply, answered) = oneshot::channel();
+    let job = Job {
+        user,
+        order,
+        discount,
+        answer,
+        reply,
+        queued: Instant::now(),
+    };
+    batcher.submit(job, answered).await
+}
+
+/// Writes and answers `jobs`.
+async fn write_batch(conn: &mut AsyncPgConnection, mut jobs: Vec<Job>, ttl: Duration) {
+    if jobs.len() > 1 {
+        let mut answers: Vec<Option<SaveAnswer<Order>>> =
+            jobs.iter_mut().map(|j| j.answer.take()).collect();
+        let wants: Vec<Want<'_>> = jobs
+            .iter()
+            .map(|j| Want {
+                user: j.user,
+                order: &j.order,
+                discount: j.discount,
+            })
+            .collect();
+        let written = insert_batch(conn, &wants, &mut answers, ttl).await;
+        drop(wants);
+        match written {
+            Ok(orders) => {
+                for (job, order) in jobs.into_iter().zip(orders) {
+                    let _ = job.reply.send(Ok(order));
+                }
+                return;
+            }
+            Err(BatchError::Short) => {
+                // Nothing was written: the orders go one by one with their
+                // answers (none was rendered before the stock step).
+                for (job, answer) in jobs.iter_mut().zip(answers) {
+                    job.answer = answer;
+                }
+            }
+            Err(BatchError::Failed(e)) => {
+                tracing::debug!(error = %e, orders = jobs.len(), "batched order write failed");
+                for job in jobs {
+                    let _ = job.reply.send(Err(OrderError::Storage(e.clone())));
+                }
+                return;
+            }
+        }
+    }
+    for job in jobs {
+        let result = create_in(conn, job.user, &job.order, job.answer, ttl).await;
+        let _ = job.reply.send(result);
+    }
+}
+
+enum BatchError {
+    /// A product had fewer units than the batch wants (nothing written).
+    Short,
+    Failed(StorageError),
+}
+
+impl From<diesel::result::Error> for BatchError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl From<StorageError> for BatchError {
+    fn from(e: StorageError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// What a batch needs of one job (the job itself holds its reply and
+/// answer, which are not shared across the transaction's await points).
+struct Want<'a> {
+    user: UserId,
+    order: &'a NewOrder,
+    discount: i64,
+}
+
+type Row = (
+    i64,
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+/// One transaction for `jobs`: (1) each product's stock taken once for the
+/// whole batch, guarded, products in id order, plus the new orders' ids;
+/// (2) the orders, their items and their stored answers. Two round trips
+/// of pipelined statements and one commit.
+async fn insert_batch(
+    conn: &mut AsyncPgConnection,
+    jobs: &[Want<'_>],
+    answers: &mut [Option<SaveAnswer<Order>>],
+    ttl: Duration,
+) -> Result<Vec<Order>, BatchError> {
+    let mut wanted: BTreeMap<i64, i32> = BTreeMap::new();
+    for job in jobs {
+        for line in &job.order.lines {
+            let units = wanted.entry(line.product.get()).or_default();
+            *units = units.saturating_add(line.quantity);
+        }
+    }
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(5));
+    let count = i64::try_from(jobs.len()).unwrap_or(i64::MAX);
+    conn.transaction(async move |tx| {
+        let db: &AsyncPgConnection = tx;
+        let takes = futures::future::join_all(wanted.iter().map(|(&product, &units)| async move {
+            diesel::update(
+                products::table
+                    .filter(products::id.eq(product))
+                    .filter(products::stock.ge(units)),
+            )
+            .set((
+                products::stock.eq(products::stock - units),
+                products::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning((products::id, products::price))
+            .get_result::<(i64, i64)>(&mut &*db)
+            .await
+            .optional()
+        }));
+        let ids = diesel::sql_query(
+            "SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id \
+             FROM generate_series(1, $1)",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(count)
+        .load::<NextId>(&mut &*db);
+        let (takes, ids) = futures::join!(takes, ids);
+        let mut prices = BTreeMap::new();
+        for take in takes {
+            let Some((product, price)) = take? else {
+                return Err(BatchError::Short);
+            };
+            prices.insert(product, price);
+        }
+        let ids = ids?;
+        if ids.len() != jobs.len() {
+            return Err(BatchError::Failed(StorageError::Other(
+                "order ids not allocated".into(),
+            )));
+        }
+        let expires_at = chrono::Utc::now() + ttl;
+        let mut made = Vec::with_capacity(jobs.len());
+        let mut order_rows = Vec::with_capacity(jobs.len());
+        let mut item_rows = Vec::new();
+        for (job, id) in jobs.iter().zip(&ids) {
+            let mut total: i64 = 0;
+            let mut items = Vec::with_capacity(job.order.lines.len());
+            for line in &job.order.lines {
+                let price = prices.get(&line.product.get()).copied().unwrap_or(0);
+                total = total.saturating_add(price.saturating_mul(i64::from(line.quantity)));
+                items.push(OrderItem {
+                    product_id: line.product,
+                    quantity: line.quantity,
+                    unit_price: price,
+                });
+                item_rows.push((
+                    order_items::order_id.eq(id.id),
+                    order_items::product_id.eq(line.product.get()),
+                    order_items::quantity.eq(line.quantity),
+                    order_items::unit_price.eq(price),
+                ));
+            }
+            let discount = job.discount.min(total);
+            order_rows.push((
+                orders::id.eq(id.id),
+                orders::user_id.eq(job.user.get()),
+                orders::total.eq(total),
+                orders::discount.eq(discount),
+                orders::pay_amount.eq(total - discount),
+                orders::user_coupon_id.eq(job.order.user_coupon.map(UserCouponId::get)),
+                orders::expires_at.eq(expires_at),
+            ));
+            made.push(items);
+        }
+        let inserted = diesel::insert_into(orders::table)
+            .values(&order_rows)
+            .returning(ORDER_COLUMNS)
+            .get_results::<Row>(&mut &*db);
+        let items = diesel::insert_into(order_items::table)
+            .values(&item_rows)
+            .execute(&mut &*db);
+        // Rendering needs the orders, which need the rows' created_at: the
+        // answers go in a third round trip only when a key was sent.
+        let (inserted, items) = futures::join!(inserted, items);
+        let rows = inserted?;
+        items?;
+        let mut by_id: BTreeMap<i64, Row> = rows.into_iter().map(|r| (r.0, r)).collect();
+        let mut result = Vec::with_capacity(jobs.len());
+        for (id, items) in ids.iter().zip(made) {
+            let row = by_id.remove(&id.id).ok_or_else(|| {
+                BatchError::Failed(StorageError::Other("inserted order not returned".into()))
+            })?;
+            result.push(crate::to_order(row, items));
+        }
+        let rendered: Vec<_> = answers
+            .iter_mut()
+            .zip(&result)
+            .filter_map(|(a, order)| a.take().map(|a| a.render(order)))
+            .collect();
+        idempotency::complete_many(db, &rendered).await?;
+        Ok(result)
+    })
+    .await
+}
+
+#[derive(QueryableByName)]
+struct NextId {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}

@@ -1,0 +1,307 @@
+//! The stock gate (rule 2 under a flash sale): the Redis gate decides first,
+//! PostgreSQL stays the truth and the last guard. Each test checks that a
+//! gate that is lost, wrong, stale or unreachable never sells a unit that is
+//! not there, and that units given back (cancel, expiry, failed writes) can
+//! be sold again.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use commerce_testkit::chaos::ChaosProxy;
+use commerce_testkit::{TestApp, TestUser};
+use diesel_async::RunQueryDsl;
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+#[derive(diesel::QueryableByName)]
+struct Id {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
+async fn product(app: &TestApp, stock: i32) -> i64 {
+    let mut c = app.db.conn().await;
+    let row: Id = diesel::sql_query(
+        "INSERT INTO products (name, price, stock) VALUES ('sale', 100, $1) RETURNING id",
+    )
+    .bind::<diesel::sql_types::Integer, _>(stock)
+    .get_result(&mut c)
+    .await
+    .unwrap();
+    row.id
+}
+
+async fn order(app: &TestApp, user: &TestUser, product: i64, quantity: i64) -> (u16, Value) {
+    app.post_json(
+        "/api/v1/orders",
+        Some(&user.token),
+        None,
+        &json!({ "items": [{ "product_id": product, "quantity": quantity }] }),
+    )
+    .await
+}
+
+/// Every user orders one unit at once, spread over the apps.
+async fn rush(apps: &[&TestApp], users: &[TestUser], product: i64) -> Vec<(u16, Value)> {
+    join_all(users.iter().enumerate().map(|(i, u)| {
+        let app = apps[i % apps.len()];
+        async move { order(app, u, product, 1).await }
+    }))
+    .await
+}
+
+fn count(results: &[(u16, Value)], status: u16) -> usize {
+    results.iter().filter(|(s, _)| *s == status).count()
+}
+
+fn others(results: &[(u16, Value)]) -> Vec<&(u16, Value)> {
+    results
+        .iter()
+        .filter(|(s, b)| *s != 201 && !(*s == 409 && b["code"] == "out_of_stock"))
+        .collect()
+}
+
+async fn stock(app: &TestApp, product: i64) -> i64 {
+    app.db
+        .scalar(&format!(
+            "SELECT stock::BIGINT AS n FROM products WHERE id = {product}"
+        ))
+        .await
+}
+
+/// Units held by live orders plus the stock left: what the product started with.
+async fn accounted(app: &TestApp, product: i64) -> i64 {
+    app.db
+        .scalar(&format!(
+            "SELECT (p.stock + COALESCE((SELECT SUM(oi.quantity) FROM order_items oi \
+             JOIN orders o ON o.id = oi.order_id WHERE oi.product_id = p.id \
+             AND o.status IN ('pending', 'paid')), 0))::BIGINT AS n FROM products p WHERE p.id = {product}"
+        ))
+        .await
+}
+
+async fn live_orders(app: &TestApp, product: i64) -> i64 {
+    app.db
+        .scalar(&format!(
+            "SELECT COUNT(*) AS n FROM order_items oi JOIN orders o ON o.id = oi.order_id \
+             WHERE oi.product_id = {product} AND o.status IN ('pending', 'paid')"
+        ))
+        .await
+}
+
+fn gate_key(app: &TestApp, product: i64) -> String {
+    format!("{}{{stock:{product}}}", app.redis_prefix)
+}
+
+async fn gate_value(app: &TestApp, product: i64) -> Option<i64> {
+    let mut c = app.redis().await;
+    redis::cmd("GET")
+        .arg(gate_key(app, product))
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_sells_exactly_its_units_through_the_gate_and_batches() {
+    let a = TestApp::spawn().await;
+    let b = a.sibling(|_| {}).await;
+    let users = a.seed_users(600).await;
+    let p = product(&a, 100).await;
+    let results = rush(&[&a, &b], &users, p).await;
+    assert_eq!(count(&results, 201), 100, "{:?}", others(&results).get(0));
+    assert!(others(&results).is_empty(), "{:?}", others(&results).get(0));
+    assert_eq!(stock(&a, p).await, 0);
+    assert_eq!(accounted(&a, p).await, 100);
+    assert_eq!(
+        gate_value(&a, p).await,
+        Some(0),
+        "the gate counted them too"
+    );
+    // The winners went through the gate and the batch writer.
+    let metrics = a.metrics_text().await + &b.metrics_text().await;
+    assert!(
+        metrics.contains("write_batch_size") && metrics.contains("kind=\"order\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_lost_mid_sale_is_reloaded_and_the_sale_stays_exact() {
+    let a = TestApp::spawn().await;
+    let b = a.sibling(|_| {}).await;
+    let users = a.seed_users(400).await;
+    let p = product(&a, 120).await;
+    let (first, rest) = users.split_at(100);
+    let flusher = async {
+        // Redis restarted empty / flushed while orders are in flight.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        a.flush_prefix().await;
+    };
+    let apps = [&a, &b];
+    let (r1, ()) = tokio::join!(rush(&apps, first, p), flusher);
+    a.flush_prefix().await;
+    let r2 = rush(&[&a, &b], rest, p).await;
+    let all: Vec<_> = r1.into_iter().chain(r2).collect();
+    assert!(others(&all).is_empty(), "{:?}", others(&all).get(0));
+    assert_eq!(count(&all, 201), 120, "exactly the units, gate lost or not");
+    assert_eq!(stock(&a, p).await, 0);
+    assert_eq!(accounted(&a, p).await, 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_that_over_counts_cannot_oversell() {
+    let a = TestApp::spawn().await;
+    let b = a.sibling(|_| {}).await;
+    let users = a.seed_users(60).await;
+    let p = product(&a, 5).await;
+    let (s, body) = order(&a, &users[0], p, 1).await;
+    assert_eq!(s, 201, "{body}");
+    // The gate believes in far more units than PostgreSQL has.
+    let mut c = a.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(gate_key(&a, p))
+        .arg(1000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let results = rush(&[&a, &b], &users[1..], p).await;
+    assert!(others(&results).is_empty(), "{:?}", others(&results).get(0));
+    assert_eq!(count(&results, 201), 4, "PostgreSQL guards the rest");
+    assert_eq!(stock(&a, p).await, 0);
+    assert_eq!(live_orders(&a, p).await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_and_expired_units_go_back_to_the_gate_once() {
+    let a = TestApp::spawn_with(|s| {
+        s.orders.ttl_secs = 1;
+        s.orders.sweep_interval_ms = 100;
+    })
+    .await;
+    let users = a.seed_users(4).await;
+    let p = product(&a, 1).await;
+    let (s, first) = order(&a, &users[0], p, 1).await;
+    assert_eq!(s, 201, "{first}");
+    assert_eq!(order(&a, &users[1], p, 1).await.0, 409);
+    // Cancel twice: the unit comes back once.
+    let id = first["id"].as_i64().unwrap();
+    for _ in 0..2 {
+        a.post_json(
+            &format!("/api/v1/orders/{id}/cancel"),
+            Some(&users[0].token),
+            None,
+            &json!({}),
+        )
+        .await;
+    }
+    assert_eq!(gate_value(&a, p).await, Some(1));
+    let (s, body) = order(&a, &users[1], p, 1).await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(order(&a, &users[2], p, 1).await.0, 409);
+    // The second order expires (ttl 1 s): its unit comes back too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while stock(&a, p).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "order never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (s, body) = order(&a, &users[2], p, 1).await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(order(&a, &users[3], p, 1).await.0, 409);
+    assert_eq!(accounted(&a, p).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_stock_change_reloads_the_gate() {
+    let a = TestApp::spawn().await;
+    let b = a.sibling(|_| {}).await;
+    let users = a.seed_users(20).await;
+    let p = product(&a, 2).await;
+    let sold = rush(&[&a, &b], &users[..4], p).await;
+    assert_eq!(count(&sold, 201), 2);
+    let res = a
+        .client
+        .patch(a.url(&format!("/admin/products/{p}")))
+        .header("X-Admin-Key", commerce_testkit::ADMIN_KEY)
+        .json(&json!({ "stock": 3 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let results = rush(&[&a, &b], &users[4..], p).await;
+    assert!(others(&results).is_empty(), "{:?}", others(&results).get(0));
+    assert_eq!(count(&results, 201), 3, "the new stock, no more, no less");
+    assert_eq!(stock(&a, p).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_cut_orders_stay_exact_and_the_gate_heals_after() {
+    let proxy = ChaosProxy::start("127.0.0.1:6379".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("redis://{}", proxy.addr());
+    let a = TestApp::spawn_with(|s| s.redis.url = url.clone()).await;
+    let b = a.sibling(|s| s.redis.url = url.clone()).await;
+    let users = a.seed_users(300).await;
+    let p = product(&a, 40).await;
+    // The gate is loaded, then Redis goes away mid-sale.
+    let (s, first) = order(&a, &users[0], p, 1).await;
+    assert_eq!(s, 201, "{first}");
+    proxy.cut();
+    let results = rush(&[&a, &b], &users[1..200], p).await;
+    // The PostgreSQL path sheds what exceeds its limit with a retryable 503.
+    let shed: Vec<_> = others(&results)
+        .into_iter()
+        .filter(|(s, b)| !(*s == 503 && b["code"] == "order_busy"))
+        .collect();
+    assert!(shed.is_empty(), "{:?}", shed.get(0));
+    assert!(live_orders(&a, p).await <= 40);
+    // A cancel while Redis is out: the unit cannot reach the gate, which
+    // must not lose it once Redis is back.
+    let id = first["id"].as_i64().unwrap();
+    let (s, _) = a
+        .post_json(
+            &format!("/api/v1/orders/{id}/cancel"),
+            Some(&users[0].token),
+            None,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    proxy.restore();
+    for app in [&a, &b] {
+        app.admin_post("/admin/breakers/redis/reset", &json!({}))
+            .await;
+    }
+    // Whatever is left sells exactly, through the healed gate.
+    let left = stock(&a, p).await;
+    let results = rush(&[&a, &b], &users[200..], p).await;
+    assert!(others(&results).is_empty(), "{:?}", others(&results).get(0));
+    assert_eq!(count(&results, 201) as i64, left.min(100));
+    assert_eq!(stock(&a, p).await, (left - 100).max(0));
+    assert_eq!(accounted(&a, p).await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_item_orders_with_a_coupon_still_work_through_the_gate() {
+    let a = TestApp::spawn().await;
+    let users = a.seed_users(30).await;
+    let p1 = product(&a, 10).await;
+    let p2 = product(&a, 1).await;
+    // Two orders want p2's last unit with p1: one wins, and the loser's p1
+    // unit goes back to the gate.
+    let body = json!({ "items": [
+        { "product_id": p1, "quantity": 2 }, { "product_id": p2, "quantity": 1 }
+    ] });
+    let results = join_all(
+        users[..2]
+            .iter()
+            .map(|u| a.post_json("/api/v1/orders", Some(&u.token), None, &body)),
+    )
+    .await;
+    assert_eq!(count(&results, 201), 1, "{results:?}");
+    assert_eq!(stock(&a, p1).await, 8);
+    assert_eq!(gate_value(&a, p1).await, Some(8));
+    let rest = rush(&[&a], &users[2..], p1).await;
+    assert_eq!(count(&rest, 201), 8);
+    assert_eq!(accounted(&a, p1).await, 10);
+    assert_eq!(accounted(&a, p2).await, 1);
+}
