@@ -9,7 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use std::sync::Arc;
@@ -295,8 +295,23 @@ fn close_in_background(client: StreamConsumer<Health>) {
     }
 }
 
+/// Most messages one consumer takes into one delivery (one inbox read and
+/// write, or one inbox transaction, for the lot).
+pub const MAX_BATCH: usize = 500;
+/// How long a batch waits for more messages after its first: a backlog
+/// fills a batch at once from the client's prefetch, a lone event waits at
+/// most this.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// Events of a batch handled at once by a non-transactional consumer (its
+/// external calls).
+const CONCURRENCY: usize = 16;
+
 /// Consumes until shutdown (returns false) or until the client looks stuck
-/// after transport errors (returns true: rebuild it).
+/// after transport errors (returns true: rebuild it). Messages are taken in
+/// batches (up to [`MAX_BATCH`], or what arrives within [`BATCH_WINDOW`] of
+/// the first); a batch's offsets are stored only once every event of it is
+/// settled (applied, a duplicate, or parked), so at least once holds, and
+/// the inbox drops what a restart reads again.
 async fn run_session(
     client: &StreamConsumer<Health>,
     health: &Health,
@@ -336,34 +351,101 @@ async fn run_session(
             .broken
             .store(false, std::sync::atomic::Ordering::SeqCst);
         quiet_since_error = None;
-        let event: Option<Event> = message
-            .payload()
-            .and_then(|p| serde_json::from_slice(p).ok());
-        match event {
-            Some(event) => {
-                while let crate::Delivery::Deferred(wait) =
-                    dispatcher.deliver(consumer, &event).await
-                {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            // Not settled: leave the offset, another member redelivers.
-                            let _ = client.commit_consumer_state(CommitMode::Async);
-                            return false;
-                        }
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+        let messages = more_of_batch(client, health, group, message).await;
+        let events: Vec<Event> = messages
+            .iter()
+            .filter_map(|m| {
+                let event = m.payload().and_then(|p| serde_json::from_slice(p).ok());
+                if event.is_none() {
+                    tracing::warn!(group, offset = m.offset(), "undecodable event skipped");
                 }
-            }
-            None => tracing::warn!(
-                group,
-                offset = message.offset(),
-                "undecodable event skipped"
-            ),
+                event
+            })
+            .collect();
+        if !settle(dispatcher, consumer, events, shutdown).await {
+            // Not settled: leave the offsets, another member redelivers.
+            let _ = client.commit_consumer_state(CommitMode::Async);
+            return false;
         }
-        if let Err(e) = client.store_offset_from_message(&message) {
-            tracing::warn!(group, error = %e, "offset store failed");
-        }
+        store_offsets(client, group, &messages);
     }
     let _ = client.commit_consumer_state(CommitMode::Async);
     false
+}
+
+/// `first` and whatever else arrives within [`BATCH_WINDOW`], at most
+/// [`MAX_BATCH`] messages; stops early on a receive error.
+async fn more_of_batch<'c>(
+    client: &'c StreamConsumer<Health>,
+    health: &Health,
+    group: &str,
+    first: BorrowedMessage<'c>,
+) -> Vec<BorrowedMessage<'c>> {
+    let mut messages = vec![first];
+    let until = tokio::time::Instant::now() + BATCH_WINDOW;
+    while messages.len() < MAX_BATCH {
+        // `recv` is cancellation safe: a timed-out wait loses nothing.
+        match tokio::time::timeout_at(until, client.recv()).await {
+            Ok(Ok(m)) => messages.push(m),
+            Ok(Err(e)) => {
+                tracing::debug!(group, error = %e, "kafka receive failed");
+                health
+                    .broken
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    messages
+}
+
+/// Delivers `events` to `consumer` until each is settled, waiting out
+/// deferrals (a dependency down) and delivering again only what was
+/// deferred. False if shutdown came first.
+async fn settle(
+    dispatcher: &Dispatcher,
+    consumer: &dyn Consumer,
+    mut events: Vec<Event>,
+    shutdown: &CancellationToken,
+) -> bool {
+    while !events.is_empty() {
+        let outcome = dispatcher
+            .deliver_batch(consumer, &events, CONCURRENCY)
+            .await;
+        let wait = outcome
+            .iter()
+            .filter_map(|d| match d {
+                Some(crate::Delivery::Deferred(w)) => Some(*w),
+                _ => None,
+            })
+            .max();
+        let Some(wait) = wait else {
+            return true;
+        };
+        events = events
+            .into_iter()
+            .zip(outcome)
+            .filter(|(_, d)| matches!(d, Some(crate::Delivery::Deferred(_))))
+            .map(|(e, _)| e)
+            .collect();
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    true
+}
+
+/// Stores, per partition, the offset of the batch's last message (the
+/// consumer commits it with its next auto-commit).
+fn store_offsets(client: &StreamConsumer<Health>, group: &str, messages: &[BorrowedMessage<'_>]) {
+    let mut stored: std::collections::HashSet<(&str, i32)> = Default::default();
+    for m in messages.iter().rev() {
+        if stored.insert((m.topic(), m.partition())) {
+            if let Err(e) = client.store_offset_from_message(m) {
+                tracing::warn!(group, error = %e, "offset store failed");
+            }
+        }
+    }
 }

@@ -251,6 +251,20 @@ impl Dispatcher {
             .collect()
     }
 
+    /// Delivers a batch to one consumer (a Kafka consumer's poll) and
+    /// answers per event: `None` for an event it does not want. Same rules
+    /// as [`Dispatcher::deliver_many`]: a transactional consumer applies the
+    /// batch in one inbox transaction, any other reads and writes its inbox
+    /// once for the batch; an event repeated inside the batch counts once.
+    pub async fn deliver_batch(
+        &self,
+        consumer: &dyn Consumer,
+        events: &[Event],
+        concurrency: usize,
+    ) -> Vec<Option<Delivery>> {
+        self.deliver_to(consumer, events, concurrency.max(1)).await
+    }
+
     /// One consumer's part of [`Dispatcher::deliver_many`]: `None` for an
     /// event it does not want.
     async fn deliver_to(
@@ -259,41 +273,64 @@ impl Dispatcher {
         events: &[Event],
         concurrency: usize,
     ) -> Vec<Option<Delivery>> {
-        use futures::StreamExt;
         let wanted = |e: &Event| consumer.event_types().contains(&e.event_type.as_str());
         let mut out: Vec<Option<Delivery>> = vec![None; events.len()];
-        let picked: Vec<usize> = (0..events.len()).filter(|&i| wanted(&events[i])).collect();
+        // An event id twice in one batch (a redelivery that caught up with
+        // the first copy) is delivered once; the later copies are
+        // duplicates, whatever becomes of the first.
+        let mut first_of: std::collections::HashMap<uuid::Uuid, usize> = Default::default();
+        let mut picked: Vec<usize> = Vec::new();
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            if !wanted(e) {
+                continue;
+            }
+            match first_of.entry(e.id) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    copies.push((i, *first.get()));
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(i);
+                    picked.push(i);
+                }
+            }
+        }
         if picked.is_empty() {
             return out;
         }
+        self.deliver_picked(consumer, events, &picked, concurrency, &mut out)
+            .await;
+        for (copy, first) in copies {
+            out[copy] = Some(match out[first] {
+                // Not settled yet: neither is its copy (the offset or the
+                // outbox row must not move past it).
+                Some(Delivery::Deferred(w)) => Delivery::Deferred(w),
+                _ => Delivery::Duplicate,
+            });
+            if out[copy] == Some(Delivery::Duplicate) {
+                metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => "duplicate").increment(1);
+            }
+        }
+        out
+    }
+
+    /// [`Dispatcher::deliver_to`] for the wanted events `picked` (distinct
+    /// ids), filling `out`.
+    async fn deliver_picked(
+        &self,
+        consumer: &dyn Consumer,
+        events: &[Event],
+        picked: &[usize],
+        concurrency: usize,
+        out: &mut [Option<Delivery>],
+    ) {
+        use futures::StreamExt;
+        let picked = picked.to_vec();
         let table = inbox_table(consumer.name());
         if let (Some(t), true) = (&table, consumer.transactional() && picked.len() > 1) {
-            let batch: Vec<&Event> = picked.iter().map(|&i| &events[i]).collect();
-            match self.apply_in_one_transaction(consumer, t, &batch).await {
-                Ok(applied) => {
-                    let ids: std::collections::HashSet<uuid::Uuid> =
-                        applied.iter().map(|e| e.id).collect();
-                    for &i in &picked {
-                        let (d, kind) = if ids.contains(&events[i].id) {
-                            (Delivery::Processed, "processed")
-                        } else {
-                            (Delivery::Duplicate, "duplicate")
-                        };
-                        metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => kind).increment(1);
-                        out[i] = Some(d);
-                    }
-                    for e in &applied {
-                        record_lag(consumer, e);
-                    }
-                    consumer.after_commit_many(&applied, concurrency).await;
-                    return out;
-                }
-                // One bad event or a failed write: nothing of the batch
-                // committed; each event now goes alone, with its retries.
-                Err(e) => {
-                    tracing::debug!(consumer = consumer.name(), events = batch.len(), error = %e, "batched transactional delivery failed; one by one");
-                }
-            }
+            self.deliver_in_transactions(consumer, t, events, &picked, concurrency, out)
+                .await;
+            return;
         }
         let seen = match &table {
             Some(t) if !consumer.transactional() => {
@@ -313,7 +350,7 @@ impl Dispatcher {
             for (i, d) in done {
                 out[i] = Some(d);
             }
-            return out;
+            return;
         };
         let fresh: Vec<usize> = picked
             .into_iter()
@@ -363,7 +400,85 @@ impl Dispatcher {
                 self.processed(consumer, &events[i]).await;
             }
         }
-        out
+    }
+
+    /// A transactional consumer's part of a batch: the whole batch in one
+    /// inbox transaction. When that fails for another reason than an
+    /// unavailable database (a poison event, a failed write), nothing of it
+    /// committed, and it is split in halves, each again in one transaction:
+    /// a poison event costs about two transactions per halving, not one
+    /// transaction per event of the batch, and an event failing alone goes
+    /// through [`Dispatcher::deliver`] (retries, then dead letters).
+    async fn deliver_in_transactions(
+        &self,
+        consumer: &dyn Consumer,
+        table: &str,
+        events: &[Event],
+        picked: &[usize],
+        concurrency: usize,
+        out: &mut [Option<Delivery>],
+    ) {
+        use futures::StreamExt;
+        let mut applied: Vec<&Event> = Vec::new();
+        let mut alone: Vec<usize> = Vec::new();
+        // Parts still to apply, the next one last.
+        let mut parts: Vec<&[usize]> = vec![picked];
+        while let Some(part) = parts.pop() {
+            if let [i] = part {
+                alone.push(*i);
+                continue;
+            }
+            let batch: Vec<&Event> = part.iter().map(|&i| &events[i]).collect();
+            match self.apply_in_one_transaction(consumer, table, &batch).await {
+                Ok(fresh) => {
+                    let ids: std::collections::HashSet<uuid::Uuid> =
+                        fresh.iter().map(|e| e.id).collect();
+                    for &i in part {
+                        let (d, kind) = if ids.contains(&events[i].id) {
+                            (Delivery::Processed, "processed")
+                        } else {
+                            (Delivery::Duplicate, "duplicate")
+                        };
+                        metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => kind).increment(1);
+                        out[i] = Some(d);
+                    }
+                    applied.extend(fresh);
+                }
+                // The database is down: the rest of the batch would fail
+                // alike; all of it waits.
+                Err(HandleError::Unavailable(wait)) => {
+                    metrics::counter!("events_consumed_total", "consumer" => consumer.name(), "outcome" => "deferred").increment(1);
+                    for &i in part {
+                        out[i] = Some(Delivery::Deferred(wait));
+                    }
+                    for rest in parts.drain(..) {
+                        for &i in rest {
+                            out[i] = Some(Delivery::Deferred(wait));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(consumer = consumer.name(), events = part.len(), error = %e, "batched transactional delivery failed; splitting the batch");
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                }
+            }
+        }
+        for e in &applied {
+            record_lag(consumer, e);
+        }
+        if !applied.is_empty() {
+            consumer.after_commit_many(&applied, concurrency).await;
+        }
+        let done: Vec<(usize, Delivery)> = futures::stream::iter(alone)
+            .map(|i| async move { (i, self.deliver(consumer, &events[i]).await) })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        for (i, d) in done {
+            out[i] = Some(d);
+        }
     }
 
     /// Applies `events` to a transactional consumer in one transaction (one

@@ -746,3 +746,248 @@ async fn kafka_backlog_of_ten_thousand_drains_after_the_broker_returns() {
     );
     drop(broker);
 }
+
+/// An `order_paid` event selling `quantity` of `product` at `paid_at`.
+fn paid_event_at(product: i64, quantity: i64, paid_at: chrono::DateTime<chrono::Utc>) -> Event {
+    let mut e = paid_event(product, quantity);
+    e.payload["paid_at"] = json!(paid_at);
+    e
+}
+
+/// A batch as a redelivering transport hands it over: an event the inbox
+/// already holds, an event repeated inside the batch, sales of two products
+/// on two days, and two poison events in the middle (a payload that does
+/// not parse, and a product that does not exist).
+struct MixedBatch {
+    events: Vec<Event>,
+    poison: [uuid::Uuid; 2],
+    seen: uuid::Uuid,
+    /// (product, day, units) expected, the seen event's sale included.
+    expected: Vec<(i64, chrono::NaiveDate, i64)>,
+    distinct_good: i64,
+}
+
+async fn mixed_batch(app: &TestApp) -> MixedBatch {
+    let (p, q) = (product(app, 10).await, product(app, 10).await);
+    let today = chrono::Utc::now();
+    let yesterday = today - chrono::Duration::days(1);
+    let seen = paid_event_at(p, 1, today);
+    let ranking = app.state.events.consumer("ranking").unwrap();
+    assert_eq!(
+        app.state.events.deliver(ranking.as_ref(), &seen).await,
+        Delivery::Processed
+    );
+    let repeated = paid_event_at(q, 4, today);
+    let mut unparsable = paid_event(p, 1);
+    unparsable.payload = json!({"order_id": 7, "items": "not a list"});
+    let unknown = paid_event(p + 1_000_000, 1);
+    let events = vec![
+        paid_event_at(p, 2, today),
+        repeated.clone(),
+        seen.clone(),
+        paid_event_at(p, 3, yesterday),
+        unparsable.clone(),
+        repeated.clone(),
+        paid_event_at(q, 5, yesterday),
+        unknown.clone(),
+        paid_event_at(p, 7, today),
+        repeated,
+        paid_event_at(q, 1, today),
+    ];
+    MixedBatch {
+        events,
+        poison: [unparsable.id, unknown.id],
+        seen: seen.id,
+        expected: vec![
+            (p, today.date_naive(), 1 + 2 + 7),
+            (p, yesterday.date_naive(), 3),
+            (q, today.date_naive(), 4 + 1),
+            (q, yesterday.date_naive(), 5),
+        ],
+        // Six good ones in the batch (the repeated one once) plus the seen one.
+        distinct_good: 7,
+    }
+}
+
+/// Counts per product and day, the inbox and the dead letters are exact.
+async fn assert_mixed_batch_applied_once(app: &TestApp, batch: &MixedBatch) {
+    for (product, day, units) in &batch.expected {
+        assert_eq!(
+            count(
+                app,
+                &format!("SELECT COALESCE(SUM(units), 0)::BIGINT AS n FROM product_sales_daily WHERE product_id = {product} AND day = '{day}'")
+            )
+            .await,
+            *units,
+            "units of product {product} on {day}"
+        );
+    }
+    assert_eq!(
+        count(app, "SELECT COUNT(*) AS n FROM inbox_ranking").await,
+        batch.distinct_good,
+        "every good event once in the inbox, no poison"
+    );
+    for poison in batch.poison {
+        assert_eq!(
+            count(
+                app,
+                &format!("SELECT COUNT(*) AS n FROM dead_letters WHERE consumer = 'ranking' AND event_id = '{poison}' AND redriven_at IS NULL")
+            )
+            .await,
+            1,
+            "poison event {poison} parked"
+        );
+    }
+    assert_eq!(
+        count(
+            app,
+            "SELECT COUNT(*) AS n FROM dead_letters WHERE consumer = 'ranking'"
+        )
+        .await,
+        2,
+        "nothing else parked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranking_batch_with_repeats_seen_events_and_poison_counts_each_sale_once() {
+    let app = TestApp::spawn().await;
+    let batch = mixed_batch(&app).await;
+    let ranking = app.state.events.consumer("ranking").unwrap();
+    let outcome = app
+        .state
+        .events
+        .deliver_batch(ranking.as_ref(), &batch.events, 4)
+        .await;
+    let expected: Vec<Option<Delivery>> = batch
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Some(if batch.poison.contains(&e.id) {
+                Delivery::Parked
+            } else if e.id == batch.seen || batch.events[..i].iter().any(|f| f.id == e.id) {
+                Delivery::Duplicate
+            } else {
+                Delivery::Processed
+            })
+        })
+        .collect();
+    assert_eq!(outcome, expected);
+    assert_mixed_batch_applied_once(&app, &batch).await;
+    // The whole batch again (a transport that redelivers after a crash):
+    // every good event is a duplicate, nothing changes.
+    let again = app
+        .state
+        .events
+        .deliver_batch(ranking.as_ref(), &batch.events, 4)
+        .await;
+    for (e, d) in batch.events.iter().zip(again) {
+        if !batch.poison.contains(&e.id) {
+            assert_eq!(d, Some(Delivery::Duplicate));
+        }
+    }
+    assert_mixed_batch_applied_once(&app, &batch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_pass_with_repeats_seen_events_and_poison_counts_each_sale_once() {
+    let peer = FakePeer::start().await;
+    let url = peer.url.clone();
+    let app = TestApp::spawn_with(|s| s.data_platform.url = Some(url)).await;
+    let batch = mixed_batch(&app).await;
+    let waits = app.state.events.deliver_many(&batch.events, 4).await;
+    assert_eq!(waits, vec![None; batch.events.len()], "all settled");
+    assert_mixed_batch_applied_once(&app, &batch).await;
+    // The HTTP consumers took every distinct event once (the poison ones
+    // too: they only forward them), the seen one included.
+    let distinct = usize::try_from(batch.distinct_good).unwrap() + 2;
+    assert_eq!(peer.distinct(), distinct);
+    assert_eq!(
+        peer.accepted(),
+        distinct,
+        "a repeat inside the batch is sent once"
+    );
+    app.state.events.deliver_many(&batch.events, 4).await;
+    assert_mixed_batch_applied_once(&app, &batch).await;
+    assert_eq!(peer.accepted(), distinct);
+}
+
+/// The same mixed batch published to the broker as a transport that
+/// redelivers would: the ranking consumer takes it in one poll and still
+/// counts each sale once, parks the poison, and moves on to later events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_kafka_a_batch_with_repeats_and_poison_counts_each_sale_once() {
+    let broker = Broker::start();
+    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let address = broker.address();
+    let app = TestApp::spawn_with(|s| {
+        s.kafka.brokers = Some(address.clone());
+        s.kafka.topic_prefix = prefix.clone();
+        s.kafka.group_prefix = prefix.clone();
+        s.kafka.delivery_timeout_ms = 5000;
+    })
+    .await;
+    let batch = mixed_batch(&app).await;
+    let config = app.state.settings.kafka_config().unwrap();
+    let publisher =
+        commerce_events::kafka::Publisher::new(&config, app.state.breakers.kafka()).unwrap();
+    // Topics exist once the instance created them.
+    eventually("the topics", Duration::from_secs(30), async || {
+        commerce_events::kafka::ensure_topics(&config, &["order_paid"])
+            .await
+            .is_ok()
+    })
+    .await;
+    // Sent together, so they reach the consumer together.
+    for sent in futures::future::join_all(batch.events.iter().map(|e| publisher.publish(e))).await {
+        sent.unwrap();
+    }
+    // A later good event: the poison did not block the partition.
+    let later = paid_event(batch.expected[0].0, 1);
+    publisher.publish(&later).await.unwrap();
+    eventually(
+        "the batch at the ranking consumer",
+        Duration::from_secs(60),
+        async || {
+            count(&app, "SELECT COUNT(*) AS n FROM inbox_ranking").await == batch.distinct_good + 1
+                && count(&app, "SELECT COUNT(*) AS n FROM dead_letters").await >= 2
+        },
+    )
+    .await;
+    let mut expected = batch;
+    expected.expected[0].2 += 1;
+    expected.distinct_good += 1;
+    assert_mixed_batch_applied_once(&app, &expected).await;
+    drop(app);
+    drop(broker);
+}
+
+/// Without poison the whole batch is one transaction: an event repeated
+/// inside it must still count once (the inbox insert holds it once, the
+/// effect must too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_inside_one_ranking_transaction_counts_once() {
+    let app = TestApp::spawn().await;
+    let p = product(&app, 10).await;
+    let (a, b) = (paid_event(p, 2), paid_event(p, 3));
+    let batch = vec![a.clone(), b.clone(), a.clone(), a, b];
+    let ranking = app.state.events.consumer("ranking").unwrap();
+    let outcome = app
+        .state
+        .events
+        .deliver_batch(ranking.as_ref(), &batch, 4)
+        .await;
+    use Delivery::{Duplicate, Processed};
+    assert_eq!(
+        outcome,
+        [Processed, Processed, Duplicate, Duplicate, Duplicate].map(Some)
+    );
+    let units = format!("SELECT units AS n FROM product_sales_daily WHERE product_id = {p}");
+    assert_eq!(count(&app, &units).await, 5);
+    assert_eq!(
+        app.state.events.deliver_many(&batch, 4).await,
+        vec![None; 5]
+    );
+    assert_eq!(count(&app, &units).await, 5);
+}
