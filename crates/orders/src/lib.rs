@@ -223,7 +223,7 @@ enum GateRefusal {
     Order(OrderError),
 }
 
-pub(crate) type OrderRow = (
+type OrderRow = (
     i64,
     i64,
     String,
@@ -236,7 +236,7 @@ pub(crate) type OrderRow = (
     Option<DateTime<Utc>>,
 );
 
-pub(crate) const ORDER_COLUMNS: (
+const ORDER_COLUMNS: (
     orders::id,
     orders::user_id,
     orders::status,
@@ -260,7 +260,7 @@ pub(crate) const ORDER_COLUMNS: (
     orders::paid_at,
 );
 
-pub(crate) fn to_order(r: OrderRow, items: Vec<OrderItem>) -> Order {
+fn to_order(r: OrderRow, items: Vec<OrderItem>) -> Order {
     Order {
         id: OrderId::from_db(r.0),
         user_id: UserId::from_db(r.1),

@@ -6,8 +6,9 @@
 //! its orders are written one by one, each learning exactly why it failed.
 
 use crate::batch::{Batch, Batcher};
-use crate::{create_in, NewOrder, Order, OrderError, OrderItem, ORDER_COLUMNS};
-use commerce_domain::{UserCouponId, UserId};
+use crate::{create_in, NewOrder, Order, OrderError, OrderItem};
+use chrono::SubsecRound;
+use commerce_domain::{OrderId, UserCouponId, UserId};
 use commerce_storage::idempotency::{self, SaveAnswer};
 use commerce_storage::schema::{order_items, orders, products};
 use commerce_storage::StorageError;
@@ -76,19 +77,18 @@ pub(crate) async fn write(
 }
 
 /// Writes and answers `jobs`.
-async fn write_batch(conn: &mut AsyncPgConnection, mut jobs: Vec<Job>, ttl: Duration) {
+async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<Job>, ttl: Duration) {
     if jobs.len() > 1 {
-        let mut answers: Vec<Option<SaveAnswer<Order>>> =
-            jobs.iter_mut().map(|j| j.answer.take()).collect();
         let wants: Vec<Want<'_>> = jobs
             .iter()
             .map(|j| Want {
                 user: j.user,
                 order: &j.order,
                 discount: j.discount,
+                answer: j.answer.as_ref(),
             })
             .collect();
-        let written = insert_batch(conn, &wants, &mut answers, ttl).await;
+        let written = insert_batch(conn, &wants, ttl).await;
         drop(wants);
         match written {
             Ok(orders) => {
@@ -97,13 +97,8 @@ async fn write_batch(conn: &mut AsyncPgConnection, mut jobs: Vec<Job>, ttl: Dura
                 }
                 return;
             }
-            Err(BatchError::Short) => {
-                // Nothing was written: the orders go one by one with their
-                // answers (none was rendered before the stock step).
-                for (job, answer) in jobs.iter_mut().zip(answers) {
-                    job.answer = answer;
-                }
-            }
+            // Nothing was written: the orders go one by one.
+            Err(BatchError::Short) => {}
             Err(BatchError::Failed(e)) => {
                 tracing::debug!(error = %e, orders = jobs.len(), "batched order write failed");
                 for job in jobs {
@@ -143,29 +138,19 @@ struct Want<'a> {
     user: UserId,
     order: &'a NewOrder,
     discount: i64,
+    answer: Option<&'a SaveAnswer<Order>>,
 }
 
-type Row = (
-    i64,
-    i64,
-    String,
-    i64,
-    i64,
-    i64,
-    Option<i64>,
-    chrono::DateTime<chrono::Utc>,
-    chrono::DateTime<chrono::Utc>,
-    Option<chrono::DateTime<chrono::Utc>>,
-);
-
-/// One transaction for `jobs`: (1) each product's stock taken once for the
-/// whole batch, guarded, products in id order, plus the new orders' ids;
-/// (2) the orders, their items and their stored answers. Two round trips
-/// of pipelined statements and one commit.
+/// One transaction for `jobs`, two round trips of pipelined statements and
+/// one commit: (1) the products' prices (no lock) and the new orders' ids;
+/// (2) the orders, their items, their stored answers and, last, each
+/// product's stock taken once for the whole batch, guarded, in id order.
+/// Taking the stock last holds the product's row lock only from that
+/// statement to the commit: the next batch waits for one commit, not for
+/// this batch's whole transaction.
 async fn insert_batch(
     conn: &mut AsyncPgConnection,
     jobs: &[Want<'_>],
-    answers: &mut [Option<SaveAnswer<Order>>],
     ttl: Duration,
 ) -> Result<Vec<Order>, BatchError> {
     let mut wanted: BTreeMap<i64, i32> = BTreeMap::new();
@@ -177,44 +162,34 @@ async fn insert_batch(
     }
     let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(5));
     let count = i64::try_from(jobs.len()).unwrap_or(i64::MAX);
+    let product_ids: Vec<i64> = wanted.keys().copied().collect();
     conn.transaction(async move |tx| {
         let db: &AsyncPgConnection = tx;
-        let takes = futures::future::join_all(wanted.iter().map(|(&product, &units)| async move {
-            diesel::update(
-                products::table
-                    .filter(products::id.eq(product))
-                    .filter(products::stock.ge(units)),
-            )
-            .set((
-                products::stock.eq(products::stock - units),
-                products::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning((products::id, products::price))
-            .get_result::<(i64, i64)>(&mut &*db)
-            .await
-            .optional()
-        }));
+        let prices = products::table
+            .filter(products::id.eq_any(&product_ids))
+            .select((products::id, products::price))
+            .load::<(i64, i64)>(&mut &*db);
         let ids = diesel::sql_query(
             "SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id \
              FROM generate_series(1, $1)",
         )
         .bind::<diesel::sql_types::BigInt, _>(count)
         .load::<NextId>(&mut &*db);
-        let (takes, ids) = futures::join!(takes, ids);
-        let mut prices = BTreeMap::new();
-        for take in takes {
-            let Some((product, price)) = take? else {
-                return Err(BatchError::Short);
-            };
-            prices.insert(product, price);
-        }
+        let (prices, ids) = futures::join!(prices, ids);
+        let prices: BTreeMap<i64, i64> = prices?.into_iter().collect();
         let ids = ids?;
+        if prices.len() != wanted.len() {
+            // A product that does not exist: the lone path names it.
+            return Err(BatchError::Short);
+        }
         if ids.len() != jobs.len() {
             return Err(BatchError::Failed(StorageError::Other(
                 "order ids not allocated".into(),
             )));
         }
-        let expires_at = chrono::Utc::now() + ttl;
+        // PostgreSQL keeps microseconds: so does the answer.
+        let now = chrono::Utc::now().trunc_subsecs(6);
+        let expires_at = now + ttl;
         let mut made = Vec::with_capacity(jobs.len());
         let mut order_rows = Vec::with_capacity(jobs.len());
         let mut item_rows = Vec::new();
@@ -245,36 +220,66 @@ async fn insert_batch(
                 orders::pay_amount.eq(total - discount),
                 orders::user_coupon_id.eq(job.order.user_coupon.map(UserCouponId::get)),
                 orders::expires_at.eq(expires_at),
+                orders::created_at.eq(now),
             ));
-            made.push(items);
+            made.push(Order {
+                id: OrderId::from_db(id.id),
+                user_id: job.user,
+                status: "pending".to_owned(),
+                total,
+                discount,
+                pay_amount: total - discount,
+                user_coupon_id: job.order.user_coupon,
+                items,
+                expires_at,
+                created_at: now,
+                paid_at: None,
+            });
         }
+        let rendered: Vec<_> = jobs
+            .iter()
+            .zip(&made)
+            .filter_map(|(job, order)| job.answer.map(|a| a.render(order)))
+            .collect();
         let inserted = diesel::insert_into(orders::table)
             .values(&order_rows)
-            .returning(ORDER_COLUMNS)
-            .get_results::<Row>(&mut &*db);
+            .execute(&mut &*db);
         let items = diesel::insert_into(order_items::table)
             .values(&item_rows)
             .execute(&mut &*db);
-        // Rendering needs the orders, which need the rows' created_at: the
-        // answers go in a third round trip only when a key was sent.
-        let (inserted, items) = futures::join!(inserted, items);
-        let rows = inserted?;
+        let saved = idempotency::complete_many(db, &rendered);
+        // The price is part of the guard: a price changed since it was read
+        // sends the batch down the lone path, which prices atomically.
+        let takes = futures::future::join_all(wanted.iter().map(|(&product, &units)| {
+            let price = prices.get(&product).copied().unwrap_or(0);
+            async move {
+                diesel::update(
+                    products::table
+                        .filter(products::id.eq(product))
+                        .filter(products::stock.ge(units))
+                        .filter(products::price.eq(price)),
+                )
+                .set((
+                    products::stock.eq(products::stock - units),
+                    products::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning(products::id)
+                .get_result::<i64>(&mut &*db)
+                .await
+                .optional()
+            }
+        }));
+        // Polled in this order, so sent in this order (one round trip).
+        let (inserted, items, saved, takes) = futures::join!(inserted, items, saved, takes);
+        inserted?;
         items?;
-        let mut by_id: BTreeMap<i64, Row> = rows.into_iter().map(|r| (r.0, r)).collect();
-        let mut result = Vec::with_capacity(jobs.len());
-        for (id, items) in ids.iter().zip(made) {
-            let row = by_id.remove(&id.id).ok_or_else(|| {
-                BatchError::Failed(StorageError::Other("inserted order not returned".into()))
-            })?;
-            result.push(crate::to_order(row, items));
+        saved?;
+        for take in takes {
+            if take?.is_none() {
+                return Err(BatchError::Short);
+            }
         }
-        let rendered: Vec<_> = answers
-            .iter_mut()
-            .zip(&result)
-            .filter_map(|(a, order)| a.take().map(|a| a.render(order)))
-            .collect();
-        idempotency::complete_many(db, &rendered).await?;
-        Ok(result)
+        Ok(made)
     })
     .await
 }

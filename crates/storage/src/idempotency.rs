@@ -233,7 +233,9 @@ pub struct SaveAnswer<T> {
 }
 
 /// Turns a result into the (status, body) that a retry will get.
-pub type Render<T> = Box<dyn FnOnce(&T) -> (u16, serde_json::Value) + Send>;
+/// `Fn`, not `FnOnce`: a batch that is rolled back renders again when its
+/// requests are written one by one.
+pub type Render<T> = Box<dyn Fn(&T) -> (u16, serde_json::Value) + Send + Sync>;
 
 impl<T> SaveAnswer<T> {
     /// Takes a shared reference, so it can be pipelined with the work's
@@ -244,8 +246,8 @@ impl<T> SaveAnswer<T> {
     }
 
     /// The claim and the rendered answer, for [`complete_many`].
-    pub fn render(self, result: &T) -> (Claim, u16, serde_json::Value) {
+    pub fn render(&self, result: &T) -> (Claim, u16, serde_json::Value) {
         let (status, body) = (self.render)(result);
-        (self.claim, status, body)
+        (self.claim.clone(), status, body)
     }
 }
