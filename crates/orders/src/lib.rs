@@ -216,6 +216,18 @@ struct Shared {
     dirty: Mutex<HashSet<ProductId>>,
 }
 
+/// An order's units, asked of the stock gate before the order is written.
+#[derive(Debug)]
+#[must_use = "a hold is written with create_held or given back with release"]
+pub enum Hold {
+    /// The gate holds these units for the order.
+    Units(Vec<(ProductId, i32)>),
+    /// Redis is out: PostgreSQL alone will decide (bounded concurrency).
+    Bypass,
+    /// The gate is switched off (`stock_gate = false`).
+    Direct,
+}
+
 /// Why a line could not be reserved through the gate.
 enum GateRefusal {
     /// Redis is out or keeps losing the gate: use the PostgreSQL path.
@@ -473,18 +485,8 @@ impl Orders {
         new: &NewOrder,
         answer: Option<SaveAnswer<Order>>,
     ) -> Result<Order, OrderError> {
-        let result = if self.config.stock_gate {
-            self.create_gated(user, new, answer).await
-        } else {
-            self.create_direct(user, new, answer).await
-        };
-        let outcome = match &result {
-            Ok(_) => "created",
-            Err(OrderError::OutOfStock(_)) => "out_of_stock",
-            Err(_) => "refused",
-        };
-        metrics::counter!("orders_created_total", "outcome" => outcome).increment(1);
-        result
+        let hold = self.hold(new).await?;
+        self.create_held(user, new, hold, answer).await
     }
 
     /// One transaction on the product rows (no gate).
@@ -498,22 +500,13 @@ impl Orders {
         create_in(&mut c, user, new, answer, self.config.ttl).await
     }
 
-    /// The gate decides first; only orders it let through reach
-    /// PostgreSQL, in batches. Units are given back when the write fails.
-    async fn create_gated(
-        &self,
-        user: UserId,
-        new: &NewOrder,
-        answer: Option<SaveAnswer<Order>>,
-    ) -> Result<Order, OrderError> {
-        // A coupon the caller cannot use is refused before any unit moves.
-        let discount = match new.user_coupon {
-            Some(uc) => {
-                let mut c = conn(&self.db).await?;
-                coupon_discount(&mut c, user, uc).await?
-            }
-            None => 0,
-        };
+    /// Asks the stock gate for `new`'s units, before anything else: a sold
+    /// out answer then costs no database work at all. The [`Hold`] must be
+    /// passed to [`Orders::create_held`] or [`Orders::release`].
+    pub async fn hold(&self, new: &NewOrder) -> Result<Hold, OrderError> {
+        if !self.config.stock_gate {
+            return Ok(Hold::Direct);
+        }
         let mut held: Vec<(ProductId, i32)> = Vec::with_capacity(new.lines.len());
         for line in &new.lines {
             match self.reserve(line.product, line.quantity).await {
@@ -521,6 +514,8 @@ impl Orders {
                 Ok(false) => {
                     self.give_back(&held).await;
                     metrics::counter!("stock_gate_total", "outcome" => "out_of_stock").increment(1);
+                    metrics::counter!("orders_created_total", "outcome" => "out_of_stock")
+                        .increment(1);
                     return Err(OrderError::OutOfStock(line.product));
                 }
                 Err(GateRefusal::Order(e)) => {
@@ -529,11 +524,68 @@ impl Orders {
                 }
                 Err(GateRefusal::Down) => {
                     self.give_back(&held).await;
-                    return self.create_degraded(user, new, answer).await;
+                    return Ok(Hold::Bypass);
                 }
             }
         }
         metrics::counter!("stock_gate_total", "outcome" => "taken").increment(1);
+        Ok(Hold::Units(held))
+    }
+
+    /// Gives a hold's units back (its order will not be written).
+    pub async fn release(&self, hold: Hold) {
+        if let Hold::Units(units) = hold {
+            self.give_back(&units).await;
+        }
+    }
+
+    /// Writes the order whose units `hold` holds.
+    pub async fn create_held(
+        &self,
+        user: UserId,
+        new: &NewOrder,
+        hold: Hold,
+        answer: Option<SaveAnswer<Order>>,
+    ) -> Result<Order, OrderError> {
+        let result = self.write_held(user, new, hold, answer).await;
+        let outcome = match &result {
+            Ok(_) => "created",
+            Err(OrderError::OutOfStock(_)) => "out_of_stock",
+            Err(_) => "refused",
+        };
+        metrics::counter!("orders_created_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn write_held(
+        &self,
+        user: UserId,
+        new: &NewOrder,
+        hold: Hold,
+        answer: Option<SaveAnswer<Order>>,
+    ) -> Result<Order, OrderError> {
+        let held = match hold {
+            Hold::Direct => return self.create_direct(user, new, answer).await,
+            Hold::Bypass => return self.create_degraded(user, new, answer).await,
+            Hold::Units(units) => units,
+        };
+        // A coupon the caller cannot use is refused; its units go back.
+        let discount = match new.user_coupon {
+            Some(uc) => {
+                let read = async {
+                    let mut c = conn(&self.db).await?;
+                    coupon_discount(&mut c, user, uc).await
+                };
+                match read.await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.give_back(&held).await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => 0,
+        };
         let result = match &self.writer {
             Some(w) => writer::write(w, user, new.clone(), discount, answer).await,
             None => self.create_direct(user, new, answer).await,

@@ -35,9 +35,77 @@ where
     F: FnOnce(Option<SaveAnswer<D>>) -> Fut,
     Fut: Future<Output = Result<D, ApiError>>,
 {
-    let Some(raw) = req.headers().get(HEADER) else {
+    let Some(claim) = claim_of(req, user, canonical_body)? else {
         let value = work(None).await?;
         return Ok(HttpResponse::build(status).json(present(&value)));
+    };
+    // A double click usually arrives while the first request is still
+    // running: wait briefly for its answer rather than refusing. The
+    // connection goes back to the pool between looks (the first request
+    // needs one to finish).
+    let begun = patiently(|| async {
+        let mut c = commerce_storage::conn(db).await?;
+        idempotency::begin(&mut c, &claim).await
+    })
+    .await?;
+    if begun != Begin::Started {
+        return answer_existing(begun);
+    }
+    let save = SaveAnswer {
+        claim: claim.clone(),
+        render: Box::new(move |value: &D| {
+            let body = serde_json::to_value(present(value)).unwrap_or(serde_json::Value::Null);
+            (status.as_u16(), body)
+        }),
+    };
+    match work(Some(save)).await {
+        Ok(value) => Ok(HttpResponse::build(status).json(present(&value))),
+        Err(err) => {
+            finish_failed(db, &claim, &err).await;
+            Err(err)
+        }
+    }
+}
+
+/// A refusal decided before any work and before the key was claimed (the
+/// stock gate's sold out): recorded as the key's first answer in one
+/// statement, so a crowd of losers costs one write each, not a claim and
+/// an answer. A key already used answers as it would in [`run`] (a retry of
+/// a request that succeeded still gets its success). Not a 4xx, or no key:
+/// the error as it is.
+pub async fn refuse(
+    db: &DbPool,
+    req: &HttpRequest,
+    user: UserId,
+    canonical_body: &serde_json::Value,
+    err: ApiError,
+) -> Result<HttpResponse, ApiError> {
+    if !err.status.is_client_error() {
+        return Err(err);
+    }
+    let Some(claim) = claim_of(req, user, canonical_body)? else {
+        return Err(err);
+    };
+    let body = err.body();
+    let begun = patiently(|| async {
+        let mut c = commerce_storage::conn(db).await?;
+        idempotency::begin_refused(&mut c, &claim, err.status.as_u16(), &body).await
+    })
+    .await?;
+    match begun {
+        Begin::Started => Err(err),
+        other => answer_existing(other),
+    }
+}
+
+/// The request's claim, if it sent an `Idempotency-Key`.
+fn claim_of(
+    req: &HttpRequest,
+    user: UserId,
+    canonical_body: &serde_json::Value,
+) -> Result<Option<Claim>, ApiError> {
+    let Some(raw) = req.headers().get(HEADER) else {
+        return Ok(None);
     };
     let key = raw
         .to_str()
@@ -49,26 +117,31 @@ where
         })?;
     let route = format!("{} {}", req.method(), req.path());
     let body = serde_json::to_vec(canonical_body).map_err(|_| ApiError::internal())?;
-    let claim = Claim {
+    Ok(Some(Claim {
         user_id: user,
         key,
         request_hash: idempotency::request_hash(&route, &body),
-    };
-    // A double click usually arrives while the first request is still
-    // running: wait briefly for its answer rather than refusing. The
-    // connection goes back to the pool between looks (the first request
-    // needs one to finish).
+    }))
+}
+
+/// Asks `look` until the key is no longer in progress, for a bounded time.
+async fn patiently<F, Fut>(look: F) -> Result<Begin, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Begin, commerce_storage::StorageError>>,
+{
     let deadline = std::time::Instant::now() + IN_PROGRESS_WAIT;
-    let begun = loop {
-        let begun = {
-            let mut c = commerce_storage::conn(db).await?;
-            idempotency::begin(&mut c, &claim).await?
-        };
+    loop {
+        let begun = look().await?;
         if begun != Begin::InProgress || std::time::Instant::now() >= deadline {
-            break begun;
+            return Ok(begun);
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    };
+    }
+}
+
+/// The answer for a key that was already used.
+fn answer_existing(begun: Begin) -> Result<HttpResponse, ApiError> {
     match begun {
         Begin::Replay { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -80,30 +153,13 @@ where
             "idempotency_key_mismatch",
             "this Idempotency-Key was used with a different request",
         )),
-        Begin::InProgress => {
+        Begin::InProgress | Begin::Started => {
             let mut e = ApiError::conflict(
                 "request_in_progress",
                 "a request with this Idempotency-Key is still running",
             );
             e.retry_after = Some(1);
             Err(e)
-        }
-        Begin::Started => {
-            let save = SaveAnswer {
-                claim: claim.clone(),
-                render: Box::new(move |value: &D| {
-                    let body =
-                        serde_json::to_value(present(value)).unwrap_or(serde_json::Value::Null);
-                    (status.as_u16(), body)
-                }),
-            };
-            match work(Some(save)).await {
-                Ok(value) => Ok(HttpResponse::build(status).json(present(&value))),
-                Err(err) => {
-                    finish_failed(db, &claim, &err).await;
-                    Err(err)
-                }
-            }
         }
     }
 }

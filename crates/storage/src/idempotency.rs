@@ -142,6 +142,38 @@ pub async fn begin(conn: &mut AsyncPgConnection, claim: &Claim) -> Result<Begin,
     }
 }
 
+/// Claims the key with a refusal already decided before any work (nothing
+/// changed, e.g. sold out at the stock gate): one statement records it as
+/// the key's first answer. A key already used answers as [`begin`] does; one
+/// this call takes over (abandoned, expired) gets the refusal stored.
+/// `Started` means the refusal is now the key's answer.
+pub async fn begin_refused(
+    conn: &mut AsyncPgConnection,
+    claim: &Claim,
+    status: u16,
+    body: &serde_json::Value,
+) -> Result<Begin, StorageError> {
+    let inserted = diesel::insert_into(ik::idempotency_keys)
+        .values((
+            ik::user_id.eq(claim.user_id.get()),
+            ik::key.eq(claim.key.as_str()),
+            ik::request_hash.eq(&claim.request_hash),
+            ik::response_status.eq(i16::try_from(status).unwrap_or(500)),
+            ik::response_body.eq(body),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    if inserted == 1 {
+        return Ok(Begin::Started);
+    }
+    let begun = begin(conn, claim).await?;
+    if begun == Begin::Started {
+        complete(conn, claim, status, body).await?;
+    }
+    Ok(begun)
+}
+
 /// Stores the answer. Call inside the work's transaction for success answers,
 /// or on its own for a business refusal (which changed nothing).
 pub async fn complete(

@@ -305,3 +305,76 @@ async fn multi_item_orders_with_a_coupon_still_work_through_the_gate() {
     assert_eq!(accounted(&a, p1).await, 10);
     assert_eq!(accounted(&a, p2).await, 1);
 }
+
+/// Rule 5 with the gate asked before the key is claimed: a winner's retry
+/// after the sale sold out still gets its 201, a loser's retry gets its
+/// 409 even after units come back, and a key reused for another order is
+/// refused, whichever the gate says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_get_their_first_answer_when_the_gate_answers_first() {
+    let a = TestApp::spawn().await;
+    let b = a.sibling(|_| {}).await;
+    let users = a.seed_users(40).await;
+    let p = product(&a, 10).await;
+    let body = json!({ "items": [{ "product_id": p, "quantity": 1 }] });
+    let send = |app: &'static str, u: &TestUser, key: String| {
+        let app = if app == "a" { &a } else { &b };
+        let token = u.token.clone();
+        let body = body.clone();
+        async move {
+            app.post_json("/api/v1/orders", Some(&token), Some(&key), &body)
+                .await
+        }
+    };
+    let first = join_all(
+        users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| send(if i % 2 == 0 { "a" } else { "b" }, u, format!("k-{i}"))),
+    )
+    .await;
+    assert_eq!(count(&first, 201), 10);
+    assert_eq!(count(&first, 409), 30);
+    // A winner cancels: a unit is back, yet every loser's retry replays 409
+    // and every winner's retry replays its own order.
+    let (w, won) = first.iter().enumerate().find(|(_, r)| r.0 == 201).unwrap();
+    let (s, _) = a
+        .post_json(
+            &format!("/api/v1/orders/{}/cancel", won.1["id"]),
+            Some(&users[w].token),
+            None,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let again = join_all(
+        users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| send(if i % 2 == 0 { "b" } else { "a" }, u, format!("k-{i}"))),
+    )
+    .await;
+    for (i, (r1, r2)) in first.iter().zip(&again).enumerate() {
+        assert_eq!(r1, r2, "retry {i} got another answer");
+    }
+    assert_eq!(live_orders(&a, p).await, 9, "no retry wrote anything");
+    // The same key with another body: 422, whether the gate says yes or no.
+    let other = json!({ "items": [{ "product_id": p, "quantity": 2 }] });
+    for i in [w, first.iter().position(|r| r.0 == 409).unwrap()] {
+        let (s, body) = a
+            .post_json(
+                "/api/v1/orders",
+                Some(&users[i].token),
+                Some(&format!("k-{i}")),
+                &other,
+            )
+            .await;
+        assert_eq!(
+            (s, body["code"].as_str()),
+            (422, Some("idempotency_key_mismatch"))
+        );
+    }
+    // The unit the cancel returned is still there for a new order.
+    assert_eq!(gate_value(&a, p).await, Some(1));
+    assert_eq!(accounted(&a, p).await, 10);
+}

@@ -115,16 +115,36 @@ pub async fn create(
         "items": new.lines.iter().map(|l| (l.product.get(), l.quantity)).collect::<Vec<_>>(),
         "user_coupon_id": new.user_coupon.map(|c| c.get()),
     });
-    idempotency::run(
+    // The stock gate first: a sold-out answer is recorded under the key in
+    // one statement, and nothing else touches the database.
+    let hold = match state.orders.hold(&new).await {
+        Ok(hold) => hold,
+        Err(e) => return idempotency::refuse(&state.db, &req, user.0, &canonical, e.into()).await,
+    };
+    let mut hold = Some(hold);
+    let answer = idempotency::run(
         &state.db,
         &req,
         user.0,
         &canonical,
         StatusCode::CREATED,
         |o: &Order| OrderBody::from(o),
-        |save| async { Ok(state.orders.create(user.0, &new, save).await?) },
+        |save| {
+            let hold = hold.take();
+            let (orders, new) = (&state.orders, &new);
+            async move {
+                let hold = hold.ok_or_else(ApiError::internal)?;
+                Ok(orders.create_held(user.0, new, hold, save).await?)
+            }
+        },
     )
-    .await
+    .await;
+    // The key was used before (replayed, in progress, mismatched): this
+    // request writes nothing, and its units go back.
+    if let Some(hold) = hold {
+        state.orders.release(hold).await;
+    }
+    answer
 }
 
 /// One of the caller's orders (another user's order is 404).
