@@ -196,35 +196,22 @@ pub async fn complete(
     Ok(())
 }
 
-/// Stores several answers in one statement (a batch of writes that commit
-/// together, each with its own key).
+/// Stores several answers (a batch of writes that commit together, each
+/// with its own key): one statement per key, pipelined in one round trip.
+/// Each is a primary-key lookup, whatever the table's statistics say (a
+/// join against an unnested array was planned as a scan of the whole table
+/// while its statistics were those of an empty one).
 pub async fn complete_many(
     conn: &AsyncPgConnection,
     answers: &[(Claim, u16, serde_json::Value)],
 ) -> Result<(), StorageError> {
-    if answers.is_empty() {
-        return Ok(());
-    }
-    use diesel::sql_types::{Array, BigInt, Jsonb, SmallInt, Text};
-    let users: Vec<i64> = answers.iter().map(|(c, _, _)| c.user_id.get()).collect();
-    let keys: Vec<&str> = answers.iter().map(|(c, _, _)| c.key.as_str()).collect();
-    let statuses: Vec<i16> = answers
-        .iter()
-        .map(|(_, s, _)| i16::try_from(*s).unwrap_or(500))
-        .collect();
-    let bodies: Vec<&serde_json::Value> = answers.iter().map(|(_, _, b)| b).collect();
-    diesel::sql_query(
-        "UPDATE idempotency_keys k SET response_status = v.s, response_body = v.b \
-         FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::jsonb[]) AS v(u, k, s, b) \
-         WHERE k.user_id = v.u AND k.key = v.k",
+    let done = futures::future::join_all(
+        answers
+            .iter()
+            .map(|(claim, status, body)| complete(conn, claim, *status, body)),
     )
-    .bind::<Array<BigInt>, _>(users)
-    .bind::<Array<Text>, _>(keys)
-    .bind::<Array<SmallInt>, _>(statuses)
-    .bind::<Array<Jsonb>, _>(bodies)
-    .execute(&mut &*conn)
-    .await?;
-    Ok(())
+    .await;
+    done.into_iter().collect()
 }
 
 /// Frees a claimed key whose work failed for infrastructure reasons, so a
