@@ -1228,6 +1228,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn health_check_closes_an_open_breaker_and_counts_openings() {
+        let b = Breaker::new("t", config(1, 10_000, 1), AlertSink::log_only());
+        assert_eq!(b.openings(), 0);
+        assert!(!b.is_recovering());
+        assert!(!b.close_after_health_check(), "closed stays closed");
+        fail(&b).await.unwrap_err();
+        assert_eq!(b.openings(), 1);
+        assert!(b.is_recovering());
+        let watch = b.claim_recovery_watch();
+        assert!(watch.is_some());
+        assert!(b.claim_recovery_watch().is_none(), "one watch at a time");
+        // Long before the 10 s open period ends.
+        assert!(b.close_after_health_check());
+        assert_eq!(b.state(), BreakerState::Closed);
+        succeed(&b).await.unwrap();
+        drop(watch);
+        assert!(b.claim_recovery_watch().is_some());
+        // The next opening starts from open_for again, and counts.
+        let t0 = Utc::now();
+        fail(&b).await.unwrap_err();
+        assert_eq!(b.openings(), 2);
+        assert!((b.snapshot().open_until.unwrap() - t0).num_milliseconds() <= 10_100);
+        // An operator's force-open is left alone.
+        b.force_open();
+        assert!(!b.is_recovering());
+        assert!(!b.close_after_health_check());
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test]
     async fn late_success_from_before_opening_does_not_close() {
         let b = Breaker::new("t", config(1, 20, 1), AlertSink::log_only());
         let started_closed = b.call(None, async {
