@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -389,6 +389,8 @@ impl Iterator for RecordingBackoff {
 struct Hooks {
     track: Arc<Mutex<Track>>,
     last_micros: Arc<AtomicU64>,
+    /// Transitions to open since start (see [`Breaker::openings`]).
+    openings: Arc<AtomicU64>,
 }
 
 impl Hooks {
@@ -397,6 +399,7 @@ impl Hooks {
         t.raw = raw;
         t.generation += 1;
         if raw == BreakerState::Open {
+            self.openings.fetch_add(1, Ordering::SeqCst);
             let delay = Duration::from_micros(self.last_micros.load(Ordering::SeqCst));
             t.open_until = Some(Instant::now() + delay);
             t.open_until_utc = chrono::Duration::from_std(delay)
@@ -435,6 +438,9 @@ struct Inner {
     /// Serialises every state-machine interaction; see the module docs.
     gate: Mutex<()>,
     probes: AtomicUsize,
+    openings: Arc<AtomicU64>,
+    /// Whether a recovery watch runs (see [`Breaker::claim_recovery_watch`]).
+    watching: AtomicBool,
     successes: AtomicU64,
     failures: AtomicU64,
     rejected: AtomicU64,
@@ -508,11 +514,13 @@ impl Breaker {
             last_micros: last_micros.clone(),
         };
         let policy = consecutive_failures(config.failure_threshold.max(1), backoff);
+        let openings = Arc::new(AtomicU64::new(0));
         let machine = StateMachine::new(
             policy,
             Hooks {
                 track: track.clone(),
                 last_micros,
+                openings: openings.clone(),
             },
         );
         metrics::gauge!("breaker_state", "name" => name.clone()).set(BreakerState::Closed.gauge());
@@ -524,6 +532,8 @@ impl Breaker {
                 track,
                 gate: Mutex::new(()),
                 probes: AtomicUsize::new(0),
+                openings,
+                watching: AtomicBool::new(false),
                 successes: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
@@ -679,6 +689,58 @@ impl Breaker {
             Ok(v) => v,
             Err(e) => fallback(e).await,
         }
+    }
+
+    /// How many times the breaker has opened since start (each failed probe
+    /// counts again). A client holding connections compares it with the
+    /// value it saw when it made its connection: a connection made before
+    /// the last opening may hold an error cached from the outage, which a
+    /// probe through it would report in microseconds without reaching the
+    /// dependency, so it is replaced before use.
+    pub fn openings(&self) -> u64 {
+        self.inner.openings.load(Ordering::SeqCst)
+    }
+
+    /// Leave to run the one recovery watch of this breaker: a task that,
+    /// while the breaker is open, checks the dependency outside the call
+    /// path and calls [`Breaker::close_after_health_check`] once it answers.
+    /// `None` while another watch runs; the guard frees the slot on drop.
+    pub fn claim_recovery_watch(&self) -> Option<RecoveryWatch> {
+        self.inner
+            .watching
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()
+            .map(|_| RecoveryWatch {
+                breaker: self.clone(),
+            })
+    }
+
+    /// Whether the breaker is open or half-open on its own (not forced):
+    /// what a recovery watch waits on.
+    pub fn is_recovering(&self) -> bool {
+        let t = lock(&self.inner.track);
+        t.forced == Forced::No && t.raw != BreakerState::Closed
+    }
+
+    /// Closes an open or half-open breaker because a health check made
+    /// outside the call path (a fresh connection, a trivial command) reached
+    /// the dependency: a probe that succeeded, without waiting for the open
+    /// period (which doubles on each failed probe) to end. A forced state is
+    /// left alone. Returns whether it closed.
+    pub fn close_after_health_check(&self) -> bool {
+        let inner = &*self.inner;
+        let _gate = lock(&inner.gate);
+        let before = {
+            let t = lock(&inner.track);
+            if t.forced != Forced::No || t.raw == BreakerState::Closed {
+                return false;
+            }
+            t.effective()
+        };
+        // Closed from open or half-open; the backoff starts afresh.
+        inner.machine.reset();
+        self.report(before, "a health check reached the dependency");
+        true
     }
 
     /// Opens the breaker until [`Breaker::reset`], whatever calls do.
@@ -845,6 +907,18 @@ impl Breaker {
                 ));
             }
         }
+    }
+}
+
+/// The one running recovery watch of a breaker; see
+/// [`Breaker::claim_recovery_watch`].
+pub struct RecoveryWatch {
+    breaker: Breaker,
+}
+
+impl Drop for RecoveryWatch {
+    fn drop(&mut self) {
+        self.breaker.inner.watching.store(false, Ordering::SeqCst);
     }
 }
 
@@ -1151,6 +1225,36 @@ mod tests {
         let t2 = Utc::now();
         fail(&b).await.unwrap_err();
         assert!((b.snapshot().open_until.unwrap() - t2).num_milliseconds() <= 70);
+    }
+
+    #[tokio::test]
+    async fn health_check_closes_an_open_breaker_and_counts_openings() {
+        let b = Breaker::new("t", config(1, 10_000, 1), AlertSink::log_only());
+        assert_eq!(b.openings(), 0);
+        assert!(!b.is_recovering());
+        assert!(!b.close_after_health_check(), "closed stays closed");
+        fail(&b).await.unwrap_err();
+        assert_eq!(b.openings(), 1);
+        assert!(b.is_recovering());
+        let watch = b.claim_recovery_watch();
+        assert!(watch.is_some());
+        assert!(b.claim_recovery_watch().is_none(), "one watch at a time");
+        // Long before the 10 s open period ends.
+        assert!(b.close_after_health_check());
+        assert_eq!(b.state(), BreakerState::Closed);
+        succeed(&b).await.unwrap();
+        drop(watch);
+        assert!(b.claim_recovery_watch().is_some());
+        // The next opening starts from open_for again, and counts.
+        let t0 = Utc::now();
+        fail(&b).await.unwrap_err();
+        assert_eq!(b.openings(), 2);
+        assert!((b.snapshot().open_until.unwrap() - t0).num_milliseconds() <= 10_100);
+        // An operator's force-open is left alone.
+        b.force_open();
+        assert!(!b.is_recovering());
+        assert!(!b.close_after_health_check());
+        assert_eq!(b.state(), BreakerState::Open);
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ pub mod redis_client;
 pub use alert::AlertSink;
 pub use breaker::{
     Breaker, BreakerAction, BreakerConfig, BreakerRegistry, BreakerSnapshot, BreakerState,
-    BreakersReport, CallError, Classify, Fallback, UnknownAction, UnknownBreaker,
+    BreakersReport, CallError, Classify, Fallback, RecoveryWatch, UnknownAction, UnknownBreaker,
 };
 pub use lock::{LockBackend, LockConfig, LockError, LockGuard, LockManager};
 pub use redis_client::{RedisClient, RedisConfig, RedisResult};

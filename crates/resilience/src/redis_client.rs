@@ -7,15 +7,30 @@
 //!
 //! Keys are passed as they are: build them with [`RedisClient::key`], which
 //! applies the configured prefix (scripts take keys the same way).
+//!
+//! Healing after Redis returns (killed and restarted, paused, cut): a
+//! [`ConnectionManager`] reconnects only when a call finds its connection
+//! broken, and its bounded reconnect resolves to an error it keeps handing
+//! out until the next call starts another one. After an outage every idle
+//! manager of the process (the shared one, each HTTP worker's) holds such a
+//! stale error, and a half-open probe through one fails in microseconds
+//! without reaching Redis, doubling the open period each time. So the first
+//! call through a client after each opening of its breaker uses a new
+//! manager (see [`Breaker::openings`]), and while the breaker is open a
+//! recovery watch pings Redis on a fresh connection every
+//! [`RECOVERY_PING_EVERY`] and closes the breaker as soon as Redis answers.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, RedisError, ToRedisArgs};
+use redis::{AsyncConnectionConfig, FromRedisValue, RedisError, ToRedisArgs};
 
 use crate::breaker::{Breaker, CallError};
+
+/// How often an open `redis` breaker's recovery watch pings Redis.
+pub const RECOVERY_PING_EVERY: Duration = Duration::from_millis(200);
 
 /// Result of a Redis call through the breaker.
 pub type RedisResult<T> = Result<T, CallError<RedisError>>;
@@ -68,9 +83,45 @@ impl RedisConfig {
 /// connection and the breaker.
 #[derive(Clone)]
 pub struct RedisClient {
-    manager: ConnectionManager,
+    conn: Arc<Conn>,
     breaker: Breaker,
     prefix: Arc<str>,
+}
+
+/// The client's connection manager, replaced after each opening of the
+/// breaker.
+struct Conn {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// For the recovery watch's one-off connections.
+    ping_config: AsyncConnectionConfig,
+    connect_timeout: Duration,
+    /// The runtime the client was built on: new managers spawn their tasks
+    /// there, as the first one did (an HTTP worker's stay on its thread).
+    runtime: tokio::runtime::Handle,
+    /// The manager and the breaker's [`Breaker::openings`] when it was made.
+    current: RwLock<(u64, ConnectionManager)>,
+}
+
+impl Conn {
+    /// The manager to use now: a new one if the breaker opened since the
+    /// current one was made.
+    fn manager(&self, openings: u64) -> Result<ConnectionManager, RedisError> {
+        {
+            let cur = self.current.read().unwrap_or_else(PoisonError::into_inner);
+            if cur.0 == openings {
+                return Ok(cur.1.clone());
+            }
+        }
+        let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if cur.0 != openings {
+            let _on = self.runtime.enter();
+            let fresh =
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+            *cur = (openings, fresh);
+        }
+        Ok(cur.1.clone())
+    }
 }
 
 impl std::fmt::Debug for RedisClient {
@@ -93,12 +144,86 @@ impl RedisClient {
             .set_number_of_retries(config.reconnect_retries)
             .set_min_delay(config.reconnect_min_delay)
             .set_max_delay(config.reconnect_max_delay);
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let manager =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())?;
+        let ping_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout));
         Ok(Self {
-            manager,
+            conn: Arc::new(Conn {
+                client,
+                config: manager_config,
+                ping_config,
+                connect_timeout: config.connect_timeout,
+                runtime: tokio::runtime::Handle::current(),
+                current: RwLock::new((breaker.openings(), manager)),
+            }),
             breaker,
             prefix: Arc::from(config.key_prefix.as_str()),
         })
+    }
+
+    /// The manager for a call the breaker admitted.
+    fn manager(&self) -> Result<ConnectionManager, RedisError> {
+        self.conn.manager(self.breaker.openings())
+    }
+
+    /// Runs `f` on the current manager through the breaker; while the
+    /// breaker is open, makes sure a recovery watch runs.
+    async fn call<T, F, Fut>(&self, timeout: Option<Duration>, f: F) -> RedisResult<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        // The manager is picked once admitted: a probe never goes through a
+        // manager made before the latest opening.
+        let result = self
+            .breaker
+            .call(timeout, async {
+                let manager = self.manager()?;
+                f(manager).await
+            })
+            .await;
+        if result.is_err() && self.breaker.is_recovering() {
+            self.watch_recovery();
+        }
+        result
+    }
+
+    /// Starts this breaker's recovery watch unless one runs: every
+    /// [`RECOVERY_PING_EVERY`], a PING on a new connection (never a cached
+    /// error); the first PONG closes the breaker. Ends once the breaker is
+    /// closed (or forced) by any means.
+    fn watch_recovery(&self) {
+        let Some(watch) = self.breaker.claim_recovery_watch() else {
+            return;
+        };
+        let conn = self.conn.clone();
+        let breaker = self.breaker.clone();
+        // The PING must answer as fast as a call must, or the breaker
+        // would close only to open again (a slow Redis).
+        let call_timeout = breaker.config().call_timeout;
+        self.conn.runtime.spawn(async move {
+            let _watch = watch;
+            while breaker.is_recovering() {
+                tokio::time::sleep(RECOVERY_PING_EVERY).await;
+                let connect = conn
+                    .client
+                    .get_multiplexed_async_connection_with_config(&conn.ping_config);
+                let Ok(Ok(mut c)) = tokio::time::timeout(conn.connect_timeout, connect).await
+                else {
+                    continue;
+                };
+                let ping = redis::cmd("PING");
+                let pong = tokio::time::timeout(call_timeout, ping.query_async::<String>(&mut c));
+                if let Ok(Ok(_)) = pong.await {
+                    if breaker.close_after_health_check() {
+                        tracing::info!(breaker = breaker.name(), "redis answers again");
+                    }
+                    return;
+                }
+            }
+        });
     }
 
     /// `prefix + name`: every key this service writes goes through here.
@@ -119,7 +244,12 @@ impl RedisClient {
 
     /// The raw connection, bypassing the breaker (benchmarks, diagnostics).
     pub fn connection(&self) -> ConnectionManager {
-        self.manager.clone()
+        let cur = self
+            .conn
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        cur.1.clone()
     }
 
     /// Runs arbitrary commands on a connection handle through the breaker,
@@ -129,7 +259,7 @@ impl RedisClient {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        self.breaker.call(None, f(self.manager.clone())).await
+        self.call(None, f).await
     }
 
     /// [`RedisClient::run`] with its own timeout.
@@ -138,9 +268,7 @@ impl RedisClient {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        self.breaker
-            .call(Some(timeout), f(self.manager.clone()))
-            .await
+        self.call(Some(timeout), f).await
     }
 
     /// Sends one command and converts the reply.
@@ -155,10 +283,10 @@ impl RedisClient {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> RedisResult<T> {
-        let mut conn = self.manager.clone();
-        self.breaker
-            .call(None, invocation.invoke_async(&mut conn))
-            .await
+        self.call(None, |mut conn| async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
     }
 
     pub async fn ping(&self) -> RedisResult<()> {

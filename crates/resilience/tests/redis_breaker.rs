@@ -120,8 +120,12 @@ async fn half_open_admits(probes: usize) {
     );
     redis.ping().await.unwrap();
     proxy.cut();
+    // Opened through the breaker alone: a failed RedisClient call would
+    // start the recovery watch, which closes the breaker as soon as Redis
+    // answers, before any probe (see `restored_redis_closes_...` below).
     while redis.breaker().state() != BreakerState::Open {
-        redis.ping().await.unwrap_err();
+        let down = async { Err::<(), _>(std::io::Error::other("cut")) };
+        redis.breaker().call(None, down).await.unwrap_err();
     }
     proxy.restore();
     wait_for_raw_connection(&redis).await;
@@ -205,6 +209,41 @@ async fn recovers_on_its_own_after_restore() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(redis.breaker().state(), BreakerState::Closed);
+    cleanup_redis(&prefix).await;
+}
+
+/// A long open period (the backoff doubled during a long outage) does not
+/// delay healing: the recovery watch closes the breaker within a few pings
+/// of Redis answering again, with no call from the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_redis_closes_the_breaker_within_a_second_whatever_the_open_period() {
+    let proxy = ChaosProxy::start(redis_upstream()).await.unwrap();
+    let prefix = unique_prefix();
+    let redis = client(
+        proxy.addr(),
+        &prefix,
+        breaker_config(2, Duration::from_secs(60), 1, Duration::from_millis(300)),
+    );
+    redis.ping().await.unwrap();
+    proxy.cut();
+    while redis.breaker().state() != BreakerState::Open {
+        let _ = redis.ping().await;
+    }
+    // Still open while Redis is away: the watch's pings fail.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(redis.breaker().state(), BreakerState::Open);
+    proxy.restore();
+    let restored = Instant::now();
+    while redis.breaker().state() != BreakerState::Closed {
+        assert!(
+            restored.elapsed() < Duration::from_secs(1),
+            "not closed 1 s after restore: {:?}",
+            redis.breaker().snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And the first call after it goes through a connection made since.
+    assert_eq!(incr(&redis, &redis.key("after")).await.unwrap(), 1);
     cleanup_redis(&prefix).await;
 }
 

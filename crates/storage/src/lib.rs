@@ -68,7 +68,11 @@ impl From<DieselError> for StorageError {
                     DatabaseErrorKind::CheckViolation => Self::CheckViolation(constraint),
                     DatabaseErrorKind::ForeignKeyViolation => Self::ForeignKeyViolation(constraint),
                     DatabaseErrorKind::SerializationFailure => Self::SerializationFailure,
-                    DatabaseErrorKind::ClosedConnection => {
+                    // diesel-async reports an error with no SQLSTATE (the
+                    // socket closed, "connection closed", a broken pipe) as
+                    // UnableToSendCommand: the server went away.
+                    DatabaseErrorKind::ClosedConnection
+                    | DatabaseErrorKind::UnableToSendCommand => {
                         Self::Unavailable(info.message().to_owned())
                     }
                     _ => {
@@ -76,7 +80,11 @@ impl From<DieselError> for StorageError {
                         // diesel does not expose SQLSTATE 57014/55P03; the messages are stable.
                         if msg.contains("statement timeout") || msg.contains("lock timeout") {
                             Self::Timeout
-                        } else if msg.contains("terminating connection") {
+                        } else if msg.contains("terminating connection")
+                            || msg.contains("the database system is")
+                            || msg.contains("server closed the connection")
+                        {
+                            // 57P01-57P03: shut down, starting up, in recovery.
                             Self::Unavailable(msg.to_owned())
                         } else {
                             Self::Other(msg.to_owned())
@@ -84,6 +92,9 @@ impl From<DieselError> for StorageError {
                     }
                 }
             }
+            // A COMMIT that failed, then a ROLLBACK that failed too: the
+            // commit's error says why (usually the connection is gone).
+            DieselError::RollbackErrorOnCommit { commit_error, .. } => Self::from(*commit_error),
             DieselError::BrokenTransactionManager => Self::Unavailable("broken transaction".into()),
             other => Self::Other(other.to_string()),
         }
@@ -305,6 +316,71 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/postgres?connect_timeout=3"
         );
         assert!(split_database("postgres://h:5432").is_err());
+    }
+
+    fn db_error(kind: DatabaseErrorKind, message: &str) -> DieselError {
+        DieselError::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn a_database_going_away_is_unavailable_never_other() {
+        use DatabaseErrorKind::{ClosedConnection, UnableToSendCommand, Unknown};
+        let cases = [
+            // What diesel-async gives for a backend terminated by a fast
+            // shutdown, mid-transaction or idle in the pool (no SQLSTATE).
+            db_error(UnableToSendCommand, "connection closed"),
+            db_error(
+                UnableToSendCommand,
+                "error communicating with the server: Broken pipe (os error 32)",
+            ),
+            db_error(
+                ClosedConnection,
+                "server closed the connection unexpectedly",
+            ),
+            db_error(
+                Unknown,
+                "terminating connection due to administrator command",
+            ),
+            db_error(Unknown, "the database system is shutting down"),
+            db_error(Unknown, "the database system is starting up"),
+            db_error(Unknown, "the database system is in recovery mode"),
+            DieselError::RollbackErrorOnCommit {
+                rollback_error: Box::new(db_error(UnableToSendCommand, "connection closed")),
+                commit_error: Box::new(db_error(
+                    Unknown,
+                    "terminating connection due to administrator command",
+                )),
+            },
+            DieselError::BrokenTransactionManager,
+        ];
+        for e in cases {
+            let shown = format!("{e:?}");
+            let mapped = StorageError::from(e);
+            assert!(
+                matches!(mapped, StorageError::Unavailable(_)),
+                "{shown} -> {mapped:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_and_timeout_errors_keep_their_mapping() {
+        use DatabaseErrorKind::{UniqueViolation, Unknown};
+        assert!(matches!(
+            StorageError::from(db_error(
+                Unknown,
+                "canceling statement due to statement timeout"
+            )),
+            StorageError::Timeout
+        ));
+        assert!(matches!(
+            StorageError::from(db_error(UniqueViolation, "duplicate key")),
+            StorageError::UniqueViolation(_)
+        ));
+        assert!(matches!(
+            StorageError::from(db_error(Unknown, "division by zero")),
+            StorageError::Other(_)
+        ));
     }
 
     #[test]
