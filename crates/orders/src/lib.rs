@@ -4,7 +4,6 @@
 //! every step is guarded, so a stale lock holder or a racing instance can only
 //! fail, never pay twice.
 
-mod batch;
 pub mod gate;
 mod pay_writer;
 mod writer;
@@ -202,9 +201,9 @@ pub struct Orders {
     locks: LockManager,
     redis: RedisClient,
     config: OrderConfig,
-    writer: Option<batch::Batcher<writer::OrderBatch>>,
+    writer: Option<commerce_storage::batch::Batcher<writer::OrderBatch>>,
     /// Payments written in batches (None: one transaction each).
-    payer: Option<batch::Batcher<pay_writer::PayBatch>>,
+    payer: Option<commerce_storage::batch::Batcher<pay_writer::PayBatch>>,
     shared: Arc<Shared>,
 }
 
@@ -434,10 +433,10 @@ impl Orders {
             && config.writers > 0
             && tokio::runtime::Handle::try_current().is_ok())
         .then(|| {
-            batch::Batcher::start(
+            commerce_storage::batch::Batcher::start(
                 db.clone(),
                 writer::OrderBatch { ttl: config.ttl },
-                batch::BatchConfig {
+                commerce_storage::batch::BatchConfig {
                     writers: config.writers,
                     max_batch: config.write_batch,
                     timeout: config.write_timeout,
@@ -446,10 +445,10 @@ impl Orders {
         });
         let payer =
             (config.pay_writers > 0 && tokio::runtime::Handle::try_current().is_ok()).then(|| {
-                batch::Batcher::start(
+                commerce_storage::batch::Batcher::start(
                     db.clone(),
                     pay_writer::PayBatch,
-                    batch::BatchConfig {
+                    commerce_storage::batch::BatchConfig {
                         writers: config.pay_writers,
                         max_batch: config.write_batch,
                         timeout: config.write_timeout,

@@ -7,10 +7,10 @@
 //! order the batch could not claim (paid, expired, someone else's, or with
 //! a coupon to redeem) is paid alone, which says exactly why.
 
-use crate::batch::{Batch, Batcher};
 use crate::{pay_in, OrderError, OrderItem, Payment};
 use chrono::{DateTime, Utc};
 use commerce_domain::{OrderId, ProductId, UserId};
+use commerce_storage::batch::{Batch, Batcher};
 use commerce_storage::idempotency::{self, SaveAnswer};
 use commerce_storage::outbox::{self, event};
 use commerce_storage::schema::{balance_ledger, order_items, payments, users};

@@ -5,10 +5,10 @@
 //! that finds a product short (the gate over-counted) is rolled back and
 //! its orders are written one by one, each learning exactly why it failed.
 
-use crate::batch::{Batch, Batcher};
 use crate::{create_in, NewOrder, Order, OrderError, OrderItem};
 use chrono::SubsecRound;
 use commerce_domain::{OrderId, UserCouponId, UserId};
+use commerce_storage::batch::{Batch, Batcher};
 use commerce_storage::idempotency::{self, SaveAnswer};
 use commerce_storage::schema::{order_items, orders, products};
 use commerce_storage::StorageError;

@@ -146,7 +146,17 @@ impl Application {
                 ..Default::default()
             },
         );
+        let refusals = commerce_storage::batch::Batcher::start(
+            db.clone(),
+            commerce_storage::idempotency::RefusalBatch,
+            commerce_storage::batch::BatchConfig {
+                writers: 2,
+                max_batch: 500,
+                timeout: Duration::from_millis(settings.database.pool_wait_ms.saturating_mul(2)),
+            },
+        );
         let state = web::Data::new(AppState {
+            refusals,
             events: dispatcher,
             relay,
             orders,

@@ -6,6 +6,8 @@ use crate::error::ApiError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 use commerce_domain::{IdempotencyKey, UserId};
+use commerce_storage::batch::Batcher;
+use commerce_storage::idempotency::RefusalBatch;
 use commerce_storage::idempotency::{self, Begin, Claim, SaveAnswer};
 use commerce_storage::DbPool;
 use serde::Serialize;
@@ -68,13 +70,13 @@ where
 }
 
 /// A refusal decided before any work and before the key was claimed (the
-/// stock gate's sold out): recorded as the key's first answer in one
-/// statement, so a crowd of losers costs one write each, not a claim and
-/// an answer. A key already used answers as it would in [`run`] (a retry of
+/// stock gate's sold out): recorded as the key's first answer, many keys
+/// to one insert and one commit, so a crowd of losers costs the database a
+/// few batches, not a claim and an answer each. A key already used answers as it would in [`run`] (a retry of
 /// a request that succeeded still gets its success). Not a 4xx, or no key:
 /// the error as it is.
 pub async fn refuse(
-    db: &DbPool,
+    refusals: &Batcher<RefusalBatch>,
     req: &HttpRequest,
     user: UserId,
     canonical_body: &serde_json::Value,
@@ -87,11 +89,9 @@ pub async fn refuse(
         return Err(err);
     };
     let body = err.body();
-    let begun = patiently(|| async {
-        let mut c = commerce_storage::conn(db).await?;
-        idempotency::begin_refused(&mut c, &claim, err.status.as_u16(), &body).await
-    })
-    .await?;
+    let begun =
+        patiently(|| idempotency::refuse_batched(refusals, &claim, err.status.as_u16(), &body))
+            .await?;
     match begun {
         Begin::Started => Err(err),
         other => answer_existing(other),

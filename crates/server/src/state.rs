@@ -25,6 +25,8 @@ pub struct AppState {
     /// The consumers of this process (dead letters are re-driven through it).
     pub events: commerce_events::Dispatcher,
     pub relay: commerce_events::relay::Relay,
+    /// Sold-out answers recorded under their Idempotency-Keys in batches.
+    pub refusals: commerce_storage::batch::Batcher<commerce_storage::idempotency::RefusalBatch>,
     /// Cancelled when the server stops, ending background tasks.
     pub shutdown: CancellationToken,
 }

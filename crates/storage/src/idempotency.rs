@@ -270,3 +270,108 @@ impl<T> SaveAnswer<T> {
         (self.claim.clone(), status, body)
     }
 }
+
+/// Refusals decided before any work (a flash sale's sold-out answers),
+/// recorded as their keys' first answers in batches: one insert and one
+/// commit for many keys, instead of one each. A key the insert finds taken
+/// is settled alone with [`begin_refused`].
+pub struct RefusalBatch;
+
+pub struct RefusalJob {
+    claim: Claim,
+    status: u16,
+    body: serde_json::Value,
+    reply: tokio::sync::oneshot::Sender<Result<Begin, StorageError>>,
+    queued: std::time::Instant,
+}
+
+impl crate::batch::Batch for RefusalBatch {
+    type Job = RefusalJob;
+    const NAME: &'static str = "refusal";
+
+    fn queued(job: &RefusalJob) -> std::time::Instant {
+        job.queued
+    }
+
+    fn fail(job: RefusalJob, error: StorageError) {
+        let _ = job.reply.send(Err(error));
+    }
+
+    fn write<'c>(
+        &'c self,
+        conn: &'c mut AsyncPgConnection,
+        jobs: Vec<RefusalJob>,
+    ) -> futures::future::BoxFuture<'c, ()> {
+        Box::pin(record_refusals(conn, jobs))
+    }
+}
+
+/// Records `status`/`body` as the key's first answer through `batcher`
+/// (see [`begin_refused`] for what the answer means).
+pub async fn refuse_batched(
+    batcher: &crate::batch::Batcher<RefusalBatch>,
+    claim: &Claim,
+    status: u16,
+    body: &serde_json::Value,
+) -> Result<Begin, StorageError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job = RefusalJob {
+        claim: claim.clone(),
+        status,
+        body: body.clone(),
+        reply,
+        queued: std::time::Instant::now(),
+    };
+    batcher.submit(job, answer).await
+}
+
+async fn record_refusals(conn: &mut AsyncPgConnection, jobs: Vec<RefusalJob>) {
+    use diesel::sql_types::{Array, BigInt, Jsonb, SmallInt, Text};
+    #[derive(QueryableByName)]
+    struct Taken {
+        #[diesel(sql_type = BigInt)]
+        user_id: i64,
+        #[diesel(sql_type = Text)]
+        key: String,
+    }
+    let users: Vec<i64> = jobs.iter().map(|j| j.claim.user_id.get()).collect();
+    let keys: Vec<&str> = jobs.iter().map(|j| j.claim.key.as_str()).collect();
+    let hashes: Vec<&str> = jobs.iter().map(|j| j.claim.request_hash.as_str()).collect();
+    let statuses: Vec<i16> = jobs
+        .iter()
+        .map(|j| i16::try_from(j.status).unwrap_or(500))
+        .collect();
+    let bodies: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.body).collect();
+    let inserted = diesel::sql_query(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash, response_status, response_body) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::jsonb[]) \
+         ON CONFLICT DO NOTHING RETURNING user_id, key",
+    )
+    .bind::<Array<BigInt>, _>(&users)
+    .bind::<Array<Text>, _>(&keys)
+    .bind::<Array<Text>, _>(&hashes)
+    .bind::<Array<SmallInt>, _>(&statuses)
+    .bind::<Array<Jsonb>, _>(&bodies)
+    .load::<Taken>(conn)
+    .await;
+    let mut inserted: std::collections::HashSet<(i64, String)> = match inserted {
+        Ok(rows) => rows.into_iter().map(|t| (t.user_id, t.key)).collect(),
+        Err(e) => {
+            let e = StorageError::from(e);
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    for job in jobs {
+        // `remove`: a key twice in one batch was inserted once, for the first.
+        let mine = inserted.remove(&(job.claim.user_id.get(), job.claim.key.as_str().to_owned()));
+        let answer = if mine {
+            Ok(Begin::Started)
+        } else {
+            begin_refused(conn, &job.claim, job.status, &job.body).await
+        };
+        let _ = job.reply.send(answer);
+    }
+}

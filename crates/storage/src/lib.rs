@@ -1,6 +1,7 @@
 //! PostgreSQL access for every capability: a bounded connection pool, embedded
 //! migrations, the diesel schema, error mapping, and idempotency keys.
 
+pub mod batch;
 pub mod idempotency;
 pub mod outbox;
 pub mod schema;

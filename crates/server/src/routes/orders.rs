@@ -119,7 +119,9 @@ pub async fn create(
     // one statement, and nothing else touches the database.
     let hold = match state.orders.hold(&new).await {
         Ok(hold) => hold,
-        Err(e) => return idempotency::refuse(&state.db, &req, user.0, &canonical, e.into()).await,
+        Err(e) => {
+            return idempotency::refuse(&state.refusals, &req, user.0, &canonical, e.into()).await
+        }
     };
     let mut hold = Some(hold);
     let answer = idempotency::run(

@@ -5,7 +5,7 @@
 //! requests costs PostgreSQL a fraction of one per request, and a hot row is
 //! locked once per batch instead of once per request.
 
-use commerce_storage::{DbPool, StorageError};
+use crate::{DbPool, StorageError};
 use diesel_async::AsyncPgConnection;
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 /// One kind of batched write.
-pub(crate) trait Batch: Send + Sync + 'static {
+pub trait Batch: Send + Sync + 'static {
     type Job: Send + 'static;
-    /// Metric label (`order`, `payment`).
+    /// Metric label (`order`, `payment`, `refusal`).
     const NAME: &'static str;
     fn queued(job: &Self::Job) -> Instant;
     /// Answers a job that could not be written (no connection).
@@ -39,7 +39,7 @@ pub struct BatchConfig {
 
 /// The queue in front of the writer tasks. Cheap to clone; the tasks stop
 /// when the last handle is dropped.
-pub(crate) struct Batcher<B: Batch> {
+pub struct Batcher<B: Batch> {
     tx: mpsc::Sender<B::Job>,
     timeout: Duration,
 }
@@ -72,11 +72,11 @@ impl<B: Batch> Batcher<B> {
     /// Queues `job` (built around `answer`'s sender) and waits for its
     /// answer. A timeout means the write may still land: callers treat it
     /// as an unknown outcome that PostgreSQL's guards keep safe.
-    pub async fn submit<T>(
+    pub async fn submit<T, E: From<StorageError>>(
         &self,
         job: B::Job,
-        answer: oneshot::Receiver<Result<T, crate::OrderError>>,
-    ) -> Result<T, crate::OrderError> {
+        answer: oneshot::Receiver<Result<T, E>>,
+    ) -> Result<T, E> {
         let waited = tokio::time::timeout(self.timeout, async {
             self.tx
                 .send(job)
@@ -89,8 +89,8 @@ impl<B: Batch> Batcher<B> {
         .await;
         match waited {
             Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(crate::OrderError::Storage(e)),
-            Err(_) => Err(crate::OrderError::Storage(StorageError::Timeout)),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StorageError::Timeout.into()),
         }
     }
 }
@@ -118,7 +118,7 @@ async fn run<B: Batch>(
         let batch = std::mem::take(&mut jobs);
         // A connection per batch, back to the pool right after (the LIFO
         // pool hands back a warm one; an idle writer holds none).
-        match commerce_storage::conn(&db).await {
+        match crate::conn(&db).await {
             Ok(mut conn) => {
                 work.write(&mut conn, batch).await;
                 metrics::histogram!("write_batch_seconds", "kind" => B::NAME)
