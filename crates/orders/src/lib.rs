@@ -55,6 +55,11 @@ pub enum OrderError {
     /// Redis is out and the PostgreSQL-only path is at its limit.
     #[error("ordering is degraded and busy")]
     Degraded,
+    /// [`Orders::create_claiming`] did not write the order: its key was
+    /// used before (or the batch fell back to writing one by one). Its
+    /// units were given back; the caller settles the key the usual way.
+    #[error("the order's Idempotency-Key was not claimed")]
+    NotClaimed,
     #[error(transparent)]
     Invalid(#[from] ParseError),
     #[error(transparent)]
@@ -546,7 +551,33 @@ impl Orders {
         hold: Hold,
         answer: Option<SaveAnswer<Order>>,
     ) -> Result<Order, OrderError> {
-        let result = self.write_held(user, new, hold, answer).await;
+        self.count(self.write_held(user, new, hold, answer, false).await)
+    }
+
+    /// [`Orders::create_held`] for a request that has not claimed its
+    /// `Idempotency-Key` yet: the order's batch claims it in the same
+    /// transaction that writes the order and its answer (one statement
+    /// fewer per order, and no connection of its own). A key found taken,
+    /// or an order the gate cannot batch, answers `NotClaimed` and nothing
+    /// is written.
+    pub async fn create_claiming(
+        &self,
+        user: UserId,
+        new: &NewOrder,
+        hold: Hold,
+        answer: SaveAnswer<Order>,
+    ) -> Result<Order, OrderError> {
+        if self.writer.is_none() || !matches!(hold, Hold::Units(_)) {
+            self.release(hold).await;
+            return Err(OrderError::NotClaimed);
+        }
+        match self.write_held(user, new, hold, Some(answer), true).await {
+            Err(OrderError::NotClaimed) => Err(OrderError::NotClaimed),
+            other => self.count(other),
+        }
+    }
+
+    fn count(&self, result: Result<Order, OrderError>) -> Result<Order, OrderError> {
         let outcome = match &result {
             Ok(_) => "created",
             Err(OrderError::OutOfStock(_)) => "out_of_stock",
@@ -562,6 +593,7 @@ impl Orders {
         new: &NewOrder,
         hold: Hold,
         answer: Option<SaveAnswer<Order>>,
+        claims: bool,
     ) -> Result<Order, OrderError> {
         let held = match hold {
             Hold::Direct => return self.create_direct(user, new, answer).await,
@@ -586,7 +618,7 @@ impl Orders {
             None => 0,
         };
         let result = match &self.writer {
-            Some(w) => writer::write(w, user, new.clone(), discount, answer).await,
+            Some(w) => writer::write(w, user, new.clone(), discount, answer, claims).await,
             None => self.create_direct(user, new, answer).await,
         };
         match &result {

@@ -9,7 +9,7 @@ use crate::{create_in, NewOrder, Order, OrderError, OrderItem};
 use chrono::SubsecRound;
 use commerce_domain::{OrderId, UserCouponId, UserId};
 use commerce_storage::batch::{Batch, Batcher};
-use commerce_storage::idempotency::{self, SaveAnswer};
+use commerce_storage::idempotency::{self, Claim, SaveAnswer};
 use commerce_storage::schema::{order_items, orders, products};
 use commerce_storage::StorageError;
 use diesel::prelude::*;
@@ -26,6 +26,9 @@ pub(crate) struct Job {
     /// its own guard; here it only prices the order).
     pub discount: i64,
     pub answer: Option<SaveAnswer<Order>>,
+    /// The batch claims `answer`'s key itself, in its own transaction (the
+    /// request did not): a key found taken answers `NotClaimed`.
+    pub claims: bool,
     pub reply: oneshot::Sender<Result<Order, OrderError>>,
     pub queued: Instant,
 }
@@ -63,12 +66,14 @@ pub(crate) async fn write(
     order: NewOrder,
     discount: i64,
     answer: Option<SaveAnswer<Order>>,
+    claims: bool,
 ) -> Result<Order, OrderError> {
     let (reply, answered) = oneshot::channel();
     let job = Job {
         user,
         order,
         discount,
+        claims: claims && answer.is_some(),
         answer,
         reply,
         queued: Instant::now(),
@@ -78,39 +83,42 @@ pub(crate) async fn write(
 
 /// Writes and answers `jobs`.
 async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<Job>, ttl: Duration) {
-    if jobs.len() > 1 {
-        let wants: Vec<Want<'_>> = jobs
-            .iter()
-            .map(|j| Want {
-                user: j.user,
-                order: &j.order,
-                discount: j.discount,
-                answer: j.answer.as_ref(),
-            })
-            .collect();
-        let written = insert_batch(conn, &wants, ttl).await;
-        drop(wants);
-        match written {
-            Ok(orders) => {
-                for (job, order) in jobs.into_iter().zip(orders) {
-                    let _ = job.reply.send(Ok(order));
-                }
-                return;
-            }
-            // Nothing was written: the orders go one by one.
-            Err(BatchError::Short) => {}
-            Err(BatchError::Failed(e)) => {
-                tracing::debug!(error = %e, orders = jobs.len(), "batched order write failed");
-                for job in jobs {
-                    let _ = job.reply.send(Err(OrderError::Storage(e.clone())));
-                }
-                return;
+    let wants: Vec<Want<'_>> = jobs
+        .iter()
+        .map(|j| Want {
+            user: j.user,
+            order: &j.order,
+            discount: j.discount,
+            answer: j.answer.as_ref(),
+            claims: j.claims,
+        })
+        .collect();
+    let written = insert_batch(conn, &wants, ttl).await;
+    drop(wants);
+    match written {
+        Ok(orders) => {
+            for (job, order) in jobs.into_iter().zip(orders) {
+                let _ = job.reply.send(order);
             }
         }
-    }
-    for job in jobs {
-        let result = create_in(conn, job.user, &job.order, job.answer, ttl).await;
-        let _ = job.reply.send(result);
+        // Nothing was written: the orders go one by one; one whose key the
+        // batch was to claim goes back to the request, which claims it.
+        Err(BatchError::Short) => {
+            for job in jobs {
+                let result = if job.claims {
+                    Err(OrderError::NotClaimed)
+                } else {
+                    create_in(conn, job.user, &job.order, job.answer, ttl).await
+                };
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(BatchError::Failed(e)) => {
+            tracing::debug!(error = %e, orders = jobs.len(), "batched order write failed");
+            for job in jobs {
+                let _ = job.reply.send(Err(OrderError::Storage(e.clone())));
+            }
+        }
     }
 }
 
@@ -139,6 +147,7 @@ struct Want<'a> {
     order: &'a NewOrder,
     discount: i64,
     answer: Option<&'a SaveAnswer<Order>>,
+    claims: bool,
 }
 
 /// One transaction for `jobs`, two round trips of pipelined statements and
@@ -152,19 +161,23 @@ async fn insert_batch(
     conn: &mut AsyncPgConnection,
     jobs: &[Want<'_>],
     ttl: Duration,
-) -> Result<Vec<Order>, BatchError> {
-    let mut wanted: BTreeMap<i64, i32> = BTreeMap::new();
-    for job in jobs {
-        for line in &job.order.lines {
-            let units = wanted.entry(line.product.get()).or_default();
-            *units = units.saturating_add(line.quantity);
-        }
-    }
+) -> Result<Vec<Result<Order, OrderError>>, BatchError> {
     let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(5));
     let count = i64::try_from(jobs.len()).unwrap_or(i64::MAX);
-    let product_ids: Vec<i64> = wanted.keys().copied().collect();
+    let mut product_ids: Vec<i64> = jobs
+        .iter()
+        .flat_map(|j| j.order.lines.iter().map(|l| l.product.get()))
+        .collect();
+    product_ids.sort_unstable();
+    product_ids.dedup();
+    let to_claim: Vec<&Claim> = jobs
+        .iter()
+        .filter(|j| j.claims)
+        .filter_map(|j| j.answer.map(|a| &a.claim))
+        .collect();
     conn.transaction(async move |tx| {
         let db: &AsyncPgConnection = tx;
+        let claimed = idempotency::claim_many(db, &to_claim);
         let prices = products::table
             .filter(products::id.eq_any(&product_ids))
             .select((products::id, products::price))
@@ -175,10 +188,31 @@ async fn insert_batch(
         )
         .bind::<diesel::sql_types::BigInt, _>(count)
         .load::<NextId>(&mut &*db);
-        let (prices, ids) = futures::join!(prices, ids);
+        let (mut claimed, prices, ids) = futures::join!(claimed, prices, ids);
         let prices: BTreeMap<i64, i64> = prices?.into_iter().collect();
         let ids = ids?;
-        if prices.len() != wanted.len() {
+        // A key the batch was to claim and found taken: that order is not
+        // written here (the request settles its key the usual way).
+        let claimed = claimed
+            .as_mut()
+            .map_err(|e| BatchError::Failed(e.clone()))?;
+        let writes: Vec<bool> = jobs
+            .iter()
+            .map(|j| match (j.claims, j.answer) {
+                (true, Some(a)) => {
+                    claimed.remove(&(a.claim.user_id.get(), a.claim.key.as_str().to_owned()))
+                }
+                _ => true,
+            })
+            .collect();
+        let mut wanted: BTreeMap<i64, i32> = BTreeMap::new();
+        for (job, _) in jobs.iter().zip(&writes).filter(|(_, w)| **w) {
+            for line in &job.order.lines {
+                let units = wanted.entry(line.product.get()).or_default();
+                *units = units.saturating_add(line.quantity);
+            }
+        }
+        if prices.len() != product_ids.len() {
             // A product that does not exist: the lone path names it.
             return Err(BatchError::Short);
         }
@@ -193,7 +227,7 @@ async fn insert_batch(
         let mut made = Vec::with_capacity(jobs.len());
         let mut order_rows = Vec::with_capacity(jobs.len());
         let mut item_rows = Vec::new();
-        for (job, id) in jobs.iter().zip(&ids) {
+        for ((job, id), _) in jobs.iter().zip(&ids).zip(&writes).filter(|(_, w)| **w) {
             let mut total: i64 = 0;
             let mut items = Vec::with_capacity(job.order.lines.len());
             for line in &job.order.lines {
@@ -236,10 +270,15 @@ async fn insert_batch(
                 paid_at: None,
             });
         }
+        if made.is_empty() {
+            return Ok(jobs.iter().map(|_| Err(OrderError::NotClaimed)).collect());
+        }
         let rendered: Vec<_> = jobs
             .iter()
+            .zip(&writes)
+            .filter(|(_, w)| **w)
             .zip(&made)
-            .filter_map(|(job, order)| job.answer.map(|a| a.render(order)))
+            .filter_map(|((job, _), order)| job.answer.map(|a| a.render(order)))
             .collect();
         let inserted = diesel::insert_into(orders::table)
             .values(&order_rows)
@@ -279,7 +318,14 @@ async fn insert_batch(
                 return Err(BatchError::Short);
             }
         }
-        Ok(made)
+        let mut made = made.into_iter();
+        Ok(writes
+            .iter()
+            .map(|w| match w.then(|| made.next()).flatten() {
+                Some(order) => Ok(order),
+                None => Err(OrderError::NotClaimed),
+            })
+            .collect())
     })
     .await
 }

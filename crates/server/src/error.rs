@@ -254,6 +254,12 @@ impl From<OrderError> for ApiError {
                 "ordering is degraded and busy, retry shortly",
                 1,
             ),
+            // Settled by the route before it gets here; never the client's fault.
+            OrderError::NotClaimed => Self::unavailable(
+                "order_busy",
+                "the order could not be written, retry shortly",
+                1,
+            ),
             OrderError::Invalid(p) => p.into(),
             OrderError::Storage(s) => s.into(),
         }

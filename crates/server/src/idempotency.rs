@@ -53,19 +53,27 @@ where
     if begun != Begin::Started {
         return answer_existing(begun);
     }
-    let save = SaveAnswer {
-        claim: claim.clone(),
-        render: Box::new(move |value: &D| {
-            let body = serde_json::to_value(present(value)).unwrap_or(serde_json::Value::Null);
-            (status.as_u16(), body)
-        }),
-    };
-    match work(Some(save)).await {
+    match work(Some(answer_for(claim.clone(), status, present))).await {
         Ok(value) => Ok(HttpResponse::build(status).json(present(&value))),
         Err(err) => {
             finish_failed(db, &claim, &err).await;
             Err(err)
         }
+    }
+}
+
+/// The answer `work` stores under `claim` in its own transaction.
+pub fn answer_for<D: 'static, R: Serialize + 'static>(
+    claim: Claim,
+    status: StatusCode,
+    present: fn(&D) -> R,
+) -> SaveAnswer<D> {
+    SaveAnswer {
+        claim,
+        render: Box::new(move |value: &D| {
+            let body = serde_json::to_value(present(value)).unwrap_or(serde_json::Value::Null);
+            (status.as_u16(), body)
+        }),
     }
 }
 
@@ -99,7 +107,7 @@ pub async fn refuse(
 }
 
 /// The request's claim, if it sent an `Idempotency-Key`.
-fn claim_of(
+pub fn claim_of(
     req: &HttpRequest,
     user: UserId,
     canonical_body: &serde_json::Value,

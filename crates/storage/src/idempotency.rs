@@ -174,6 +174,41 @@ pub async fn begin_refused(
     Ok(begun)
 }
 
+/// Claims several keys inside the caller's transaction (a batch of writes
+/// that stores their answers before it commits); answers the (user, key)
+/// pairs it claimed. A key already taken is left out: its request settles
+/// it with [`begin`].
+pub async fn claim_many(
+    conn: &AsyncPgConnection,
+    claims: &[&Claim],
+) -> Result<std::collections::HashSet<(i64, String)>, StorageError> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    #[derive(QueryableByName)]
+    struct Taken {
+        #[diesel(sql_type = BigInt)]
+        user_id: i64,
+        #[diesel(sql_type = Text)]
+        key: String,
+    }
+    if claims.is_empty() {
+        return Ok(Default::default());
+    }
+    let users: Vec<i64> = claims.iter().map(|c| c.user_id.get()).collect();
+    let keys: Vec<&str> = claims.iter().map(|c| c.key.as_str()).collect();
+    let hashes: Vec<&str> = claims.iter().map(|c| c.request_hash.as_str()).collect();
+    let rows: Vec<Taken> = diesel::sql_query(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) \
+         ON CONFLICT DO NOTHING RETURNING user_id, key",
+    )
+    .bind::<Array<BigInt>, _>(&users)
+    .bind::<Array<Text>, _>(&keys)
+    .bind::<Array<Text>, _>(&hashes)
+    .load(&mut &*conn)
+    .await?;
+    Ok(rows.into_iter().map(|t| (t.user_id, t.key)).collect())
+}
+
 /// Stores the answer. Call inside the work's transaction for success answers,
 /// or on its own for a business refusal (which changed nothing).
 pub async fn complete(

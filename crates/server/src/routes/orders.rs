@@ -7,7 +7,7 @@ use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use commerce_domain::OrderId;
-use commerce_orders::{NewOrder, Order, Payment};
+use commerce_orders::{NewOrder, Order, OrderError, Payment};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -116,37 +116,43 @@ pub async fn create(
         "user_coupon_id": new.user_coupon.map(|c| c.get()),
     });
     // The stock gate first: a sold-out answer is recorded under the key in
-    // one statement, and nothing else touches the database.
+    // a batch of refusals, and nothing else touches the database.
     let hold = match state.orders.hold(&new).await {
         Ok(hold) => hold,
         Err(e) => {
             return idempotency::refuse(&state.refusals, &req, user.0, &canonical, e.into()).await
         }
     };
-    let mut hold = Some(hold);
-    let answer = idempotency::run(
+    let present = |o: &Order| OrderBody::from(o);
+    let Some(claim) = idempotency::claim_of(&req, user.0, &canonical)? else {
+        let order = state.orders.create_held(user.0, &new, hold, None).await?;
+        return Ok(HttpResponse::Created().json(present(&order)));
+    };
+    // The order's batch claims the key with the order in one transaction.
+    let answer = idempotency::answer_for(claim, StatusCode::CREATED, present);
+    match state
+        .orders
+        .create_claiming(user.0, &new, hold, answer)
+        .await
+    {
+        Ok(order) => return Ok(HttpResponse::Created().json(present(&order))),
+        Err(OrderError::NotClaimed) => {}
+        Err(e) => {
+            return idempotency::refuse(&state.refusals, &req, user.0, &canonical, e.into()).await
+        }
+    }
+    // The key was used before, or the order could not be batched: the
+    // usual way (claim, then write; a used key replays its first answer).
+    idempotency::run(
         &state.db,
         &req,
         user.0,
         &canonical,
         StatusCode::CREATED,
-        |o: &Order| OrderBody::from(o),
-        |save| {
-            let hold = hold.take();
-            let (orders, new) = (&state.orders, &new);
-            async move {
-                let hold = hold.ok_or_else(ApiError::internal)?;
-                Ok(orders.create_held(user.0, new, hold, save).await?)
-            }
-        },
+        present,
+        |save| async { Ok(state.orders.create(user.0, &new, save).await?) },
     )
-    .await;
-    // The key was used before (replayed, in progress, mismatched): this
-    // request writes nothing, and its units go back.
-    if let Some(hold) = hold {
-        state.orders.release(hold).await;
-    }
-    answer
+    .await
 }
 
 /// One of the caller's orders (another user's order is 404).
