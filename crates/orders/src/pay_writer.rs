@@ -159,10 +159,12 @@ async fn pay_batch(
     conn.transaction(async move |tx| {
         // 1. pending -> paid for every order still payable by its owner.
         //    Orders with a coupon are left to the lone path, which redeems it.
+        //    `o.id = ANY($1)` lets the planner find the rows by primary key
+        //    (joined only to the unnested pairs, it scanned the table).
         let claimed: Vec<Claimed> = diesel::sql_query(
             "UPDATE orders o SET status = 'paid', paid_at = now() \
              FROM unnest($1::bigint[], $2::bigint[]) AS v(id, u) \
-             WHERE o.id = v.id AND o.user_id = v.u AND o.status = 'pending' \
+             WHERE o.id = ANY($1) AND o.id = v.id AND o.user_id = v.u AND o.status = 'pending' \
                AND o.expires_at > now() AND o.user_coupon_id IS NULL \
              RETURNING o.id, o.user_id, o.pay_amount, o.paid_at",
         )
