@@ -723,6 +723,17 @@ impl Orders {
         }
     }
 
+    /// Loads the gate of a product just created with `stock` units (best
+    /// effort: a gate not loaded here is loaded by its first order).
+    pub async fn prime(&self, product: ProductId, stock: i64) {
+        if !self.config.stock_gate {
+            return;
+        }
+        if let Err(e) = gate::load(&self.redis, product, stock).await {
+            tracing::debug!(product = %product, error = %e, "stock gate not primed");
+        }
+    }
+
     /// The stock of `product` was set by hand (admin): the gate reloads it.
     pub async fn stock_changed(&self, product: ProductId) {
         self.forget(&[product]).await;

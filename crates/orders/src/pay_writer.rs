@@ -10,7 +10,7 @@
 use crate::{pay_in, OrderError, OrderItem, Payment};
 use chrono::{DateTime, Utc};
 use commerce_domain::{OrderId, ProductId, UserId};
-use commerce_storage::batch::{Batch, Batcher};
+use commerce_storage::batch::{Batch, BatchError, Batcher};
 use commerce_storage::idempotency::{self, SaveAnswer};
 use commerce_storage::outbox::{self, event};
 use commerce_storage::schema::{balance_ledger, order_items, payments, users};
@@ -114,24 +114,6 @@ async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<PayJob>) {
     for job in alone {
         let result = pay_in(conn, job.user, job.order, job.answer).await;
         let _ = job.reply.send(result);
-    }
-}
-
-enum BatchError {
-    /// A payer's balance cannot cover the batch (nothing written).
-    Short,
-    Failed(StorageError),
-}
-
-impl From<diesel::result::Error> for BatchError {
-    fn from(e: diesel::result::Error) -> Self {
-        Self::Failed(e.into())
-    }
-}
-
-impl From<StorageError> for BatchError {
-    fn from(e: StorageError) -> Self {
-        Self::Failed(e)
     }
 }
 

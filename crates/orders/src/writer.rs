@@ -8,7 +8,7 @@
 use crate::{create_in, NewOrder, Order, OrderError, OrderItem};
 use chrono::SubsecRound;
 use commerce_domain::{OrderId, UserCouponId, UserId};
-use commerce_storage::batch::{Batch, Batcher};
+use commerce_storage::batch::{Batch, BatchError, Batcher};
 use commerce_storage::idempotency::{self, Claim, SaveAnswer};
 use commerce_storage::schema::{order_items, orders, products};
 use commerce_storage::StorageError;
@@ -122,26 +122,7 @@ async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<Job>, ttl: Duration
     }
 }
 
-enum BatchError {
-    /// A product had fewer units than the batch wants (nothing written).
-    Short,
-    Failed(StorageError),
-}
-
-impl From<diesel::result::Error> for BatchError {
-    fn from(e: diesel::result::Error) -> Self {
-        Self::Failed(e.into())
-    }
-}
-
-impl From<StorageError> for BatchError {
-    fn from(e: StorageError) -> Self {
-        Self::Failed(e)
-    }
-}
-
-/// What a batch needs of one job (the job itself holds its reply and
-/// answer, which are not shared across the transaction's await points).
+/// What a batch's transaction needs of one job (not its reply sender).
 struct Want<'a> {
     user: UserId,
     order: &'a NewOrder,

@@ -132,3 +132,24 @@ async fn run<B: Batch>(
         }
     }
 }
+
+/// Why a batch's transaction wrote nothing.
+pub enum BatchError {
+    /// Something the whole batch needs is short (a product's stock, a
+    /// payer's balance): nothing was written, and the requests are written
+    /// one by one, each learning its own answer.
+    Short,
+    Failed(StorageError),
+}
+
+impl From<diesel::result::Error> for BatchError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl From<StorageError> for BatchError {
+    fn from(e: StorageError) -> Self {
+        Self::Failed(e)
+    }
+}

@@ -379,3 +379,21 @@ async fn retries_get_their_first_answer_when_the_gate_answers_first() {
     assert_eq!(gate_value(&a, p).await, Some(1));
     assert_eq!(accounted(&a, p).await, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_created_by_the_admin_api_has_its_gate_loaded() {
+    let a = TestApp::spawn().await;
+    let (s, body) = a
+        .admin_post(
+            "/admin/products",
+            &json!({ "name": "drop", "price": 100, "stock": 7 }),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let p = body["id"].as_i64().unwrap();
+    assert_eq!(gate_value(&a, p).await, Some(7), "primed at creation");
+    let users = a.seed_users(9).await;
+    let results = rush(&[&a], &users, p).await;
+    assert_eq!(count(&results, 201), 7);
+    assert_eq!(stock(&a, p).await, 0);
+}

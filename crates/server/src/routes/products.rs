@@ -128,6 +128,12 @@ pub async fn create(
         body.stock,
     )?;
     let product = state.catalog.create(&new).await?;
+    // The first orders of a product put on sale at once find its gate
+    // loaded, instead of each reading its stock from PostgreSQL.
+    state
+        .orders
+        .prime(product.id, i64::from(product.stock))
+        .await;
     Ok(HttpResponse::Created().json(product))
 }
 
