@@ -168,13 +168,20 @@ async fn redis_killed_and_restarted_empty_heals_every_instance_within_seconds() 
     let after = answers
         .iter()
         .filter(|x| x.at > healed_at + Duration::from_millis(500) && x.coupon == large);
-    let (ok, all) = after.fold((0, 0), |(ok, all), x| {
-        (ok + u32::from(x.status == 201), all + 1)
+    // Working means decided: issued, or a user who already holds one (the
+    // stream reuses its users). A 503 means the path is not back yet (CI
+    // once counted 188 of 209 as 201 only).
+    let (ok, all, refused) = after.fold((0, 0, Vec::new()), |(ok, all, mut refused), x| {
+        let decided = x.status == 201 || (x.status == 409 && x.code == "already_issued");
+        if !decided {
+            refused.push((x.status, x.code.clone()));
+        }
+        (ok + u32::from(decided), all + 1, refused)
     });
     assert!(all > 20, "traffic after healing: {all}");
     assert!(
         ok * 10 >= all * 9,
-        "issuing works again: {ok} of {all} issued"
+        "issuing works again: {ok} of {all} decided; the others: {refused:?}"
     );
 
     // Rule 1, in PostgreSQL.
