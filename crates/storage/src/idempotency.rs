@@ -174,6 +174,15 @@ pub async fn begin_refused(
     Ok(begun)
 }
 
+/// A (user, key) an `INSERT … RETURNING` claimed.
+#[derive(QueryableByName)]
+struct Taken {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    key: String,
+}
+
 /// Claims several keys inside the caller's transaction (a batch of writes
 /// that stores their answers before it commits); answers the (user, key)
 /// pairs it claimed. A key already taken is left out: its request settles
@@ -183,13 +192,6 @@ pub async fn claim_many(
     claims: &[&Claim],
 ) -> Result<std::collections::HashSet<(i64, String)>, StorageError> {
     use diesel::sql_types::{Array, BigInt, Text};
-    #[derive(QueryableByName)]
-    struct Taken {
-        #[diesel(sql_type = BigInt)]
-        user_id: i64,
-        #[diesel(sql_type = Text)]
-        key: String,
-    }
     if claims.is_empty() {
         return Ok(Default::default());
     }
@@ -362,13 +364,6 @@ pub async fn refuse_batched(
 
 async fn record_refusals(conn: &mut AsyncPgConnection, jobs: Vec<RefusalJob>) {
     use diesel::sql_types::{Array, BigInt, Jsonb, SmallInt, Text};
-    #[derive(QueryableByName)]
-    struct Taken {
-        #[diesel(sql_type = BigInt)]
-        user_id: i64,
-        #[diesel(sql_type = Text)]
-        key: String,
-    }
     let users: Vec<i64> = jobs.iter().map(|j| j.claim.user_id.get()).collect();
     let keys: Vec<&str> = jobs.iter().map(|j| j.claim.key.as_str()).collect();
     let hashes: Vec<&str> = jobs.iter().map(|j| j.claim.request_hash.as_str()).collect();
