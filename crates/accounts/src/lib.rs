@@ -2,11 +2,12 @@
 //! update plus a ledger row in one transaction, so the ledger always sums to
 //! the balance and the balance never goes below zero (rule 3).
 
+pub mod ledger;
 pub mod token;
 
-use commerce_domain::{ChargeAmount, UserId, UserName, MAX_BALANCE};
+use commerce_domain::{ChargeAmount, UserId, UserName};
 use commerce_storage::idempotency::SaveAnswer;
-use commerce_storage::schema::{balance_ledger, users};
+use commerce_storage::schema::users;
 use commerce_storage::{conn, DbPool, StorageError};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -87,23 +88,17 @@ pub async fn charge(
 ) -> Result<Balance, AccountsError> {
     let mut c = conn(pool).await?;
     c.transaction(async |tx| {
-        // Guarded update: the bound is checked by the row update itself, so
-        // concurrent charges cannot race past it (the CHECK is the backstop).
-        let updated: Option<i64> = diesel::update(
-            users::table
-                .filter(users::id.eq(user.get()))
-                .filter(users::balance.le(MAX_BALANCE - amount.get())),
+        let moved = ledger::move_in(
+            tx,
+            user,
+            ledger::Kind::Charge,
+            &[ledger::Entry {
+                delta: amount.get(),
+                reference: None,
+            }],
         )
-        .set((
-            users::balance.eq(users::balance + amount.get()),
-            users::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(users::balance)
-        .get_result(tx)
-        .await
-        .optional()
-        .map_err(StorageError::from)?;
-        let Some(new_balance) = updated else {
+        .await?;
+        let Some(new_balance) = moved else {
             let exists: Option<i64> = users::table
                 .find(user.get())
                 .select(users::id)
@@ -117,16 +112,6 @@ pub async fn charge(
                 AccountsError::UserNotFound
             });
         };
-        diesel::insert_into(balance_ledger::table)
-            .values((
-                balance_ledger::user_id.eq(user.get()),
-                balance_ledger::delta.eq(amount.get()),
-                balance_ledger::balance_after.eq(new_balance),
-                balance_ledger::kind.eq("charge"),
-            ))
-            .execute(tx)
-            .await
-            .map_err(StorageError::from)?;
         let result = Balance {
             user_id: user,
             balance: new_balance,

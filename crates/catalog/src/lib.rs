@@ -48,6 +48,7 @@
 
 pub mod model;
 mod popular;
+pub mod stock;
 pub mod store;
 mod sync;
 

@@ -11,6 +11,7 @@
 //! concurrency limit, and the gate is rebuilt before it is trusted again.
 
 pub mod gate;
+pub mod redeem;
 pub mod store;
 pub mod writer;
 

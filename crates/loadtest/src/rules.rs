@@ -58,6 +58,16 @@ pub const RULES: &[Rule] = &[
               FROM (SELECT user_id FROM balance_ledger WHERE balance_after < 0 LIMIT 1000) v",
     },
     Rule {
+        name: "each ledger row's balance is the running sum of its user's ledger",
+        design_rule: 3,
+        tables: &["balance_ledger"],
+        sql: "SELECT count(*), string_agg(format('ledger row %s: %s, running %s', id, balance_after, running), '; ')
+              FROM (SELECT id, balance_after, running FROM
+                      (SELECT id, balance_after, sum(delta) OVER (PARTITION BY user_id ORDER BY id) AS running
+                       FROM balance_ledger) l
+                    WHERE balance_after <> running LIMIT 1000) v",
+    },
+    Rule {
         name: "an order is paid at most once (one payment ledger row per reference)",
         design_rule: 4,
         tables: &["balance_ledger"],

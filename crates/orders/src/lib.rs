@@ -6,6 +6,7 @@
 
 pub mod gate;
 mod pay_writer;
+pub mod seams;
 mod writer;
 
 use chrono::{DateTime, Utc};
@@ -13,12 +14,11 @@ use commerce_domain::{OrderId, ParseError, ProductId, UserCouponId, UserId};
 use commerce_resilience::{LockManager, RedisClient};
 use commerce_storage::idempotency::SaveAnswer;
 use commerce_storage::outbox::{self, event};
-use commerce_storage::schema::{
-    balance_ledger, coupons, order_items, orders, payments, products, user_coupons, users,
-};
+use commerce_storage::schema::{order_items, orders, payments};
 use commerce_storage::{conn, DbPool, StorageError};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use seams::{Debit, Reserved, Seams, Unusable};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -206,6 +206,7 @@ pub struct Orders {
     locks: LockManager,
     redis: RedisClient,
     config: OrderConfig,
+    seams: Seams,
     writer: Option<commerce_storage::batch::Batcher<writer::OrderBatch>>,
     /// Payments written in batches (None: one transaction each).
     payer: Option<commerce_storage::batch::Batcher<pay_writer::PayBatch>>,
@@ -314,40 +315,52 @@ async fn load_items(c: &AsyncPgConnection, order: i64) -> Result<Vec<OrderItem>,
         .collect())
 }
 
-/// Returns the stock of `order`'s items; answers the units per product, for
-/// the gate once the transaction committed. Callers have just moved the
-/// order out of `pending` in the same transaction, which makes this exactly
-/// once.
+/// Returns the stock of `order_ids`' items; answers the units per product,
+/// for the gate once the transaction committed. Callers have just moved the
+/// orders out of `pending` in the same transaction, which makes this
+/// exactly once.
 async fn return_stock(
-    c: &mut AsyncPgConnection,
+    c: &AsyncPgConnection,
+    seams: &Seams,
     order_ids: &[i64],
 ) -> Result<Vec<(ProductId, i32)>, OrderError> {
     #[derive(QueryableByName)]
-    struct Returned {
+    struct Units {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
-        id: i64,
+        product_id: i64,
         #[diesel(sql_type = diesel::sql_types::Integer)]
-        q: i32,
+        n: i32,
     }
-    let rows: Vec<Returned> = diesel::sql_query(
-        "UPDATE products p SET stock = p.stock + s.q, updated_at = now() \
-         FROM (SELECT product_id, SUM(quantity)::int AS q FROM order_items \
-               WHERE order_id = ANY($1) GROUP BY product_id ORDER BY product_id) s \
-         WHERE p.id = s.product_id RETURNING p.id, s.q",
+    let units: Vec<Units> = diesel::sql_query(
+        "SELECT product_id, SUM(quantity)::int AS n FROM order_items \
+         WHERE order_id = ANY($1) GROUP BY product_id ORDER BY product_id",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(order_ids)
-    .load(c)
+    .load(&mut &*c)
     .await?;
-    Ok(rows
+    let units: Vec<(i64, i32)> = units.into_iter().map(|u| (u.product_id, u.n)).collect();
+    seams.stock.give_back(c, &units).await?;
+    Ok(units
         .into_iter()
-        .map(|r| (ProductId::from_db(r.id), r.q))
+        .map(|(p, n)| (ProductId::from_db(p), n))
         .collect())
+}
+
+/// Why a coupon cannot price an order, as the client is told.
+fn unusable(why: Unusable) -> OrderError {
+    OrderError::InvalidCoupon(match why {
+        Unusable::NotFound => "no such coupon",
+        Unusable::NotYours => "not your coupon",
+        Unusable::AlreadyUsed => "coupon already used",
+        Unusable::Expired => "coupon expired",
+    })
 }
 
 /// Reserves stock and creates a pending order in one transaction on `c`,
 /// each line's conditional update being the reservation and the guard.
 pub(crate) async fn create_in(
     c: &mut AsyncPgConnection,
+    seams: &Seams,
     user: UserId,
     new: &NewOrder,
     answer: Option<SaveAnswer<Order>>,
@@ -358,30 +371,10 @@ pub(crate) async fn create_in(
         let mut items = Vec::with_capacity(new.lines.len());
         let mut total: i64 = 0;
         for line in &new.lines {
-            let price: Option<i64> = diesel::update(
-                products::table
-                    .filter(products::id.eq(line.product.get()))
-                    .filter(products::stock.ge(line.quantity)),
-            )
-            .set((
-                products::stock.eq(products::stock - line.quantity),
-                products::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning(products::price)
-            .get_result(tx)
-            .await
-            .optional()?;
-            let Some(price) = price else {
-                let exists: Option<i64> = products::table
-                    .find(line.product.get())
-                    .select(products::id)
-                    .first(tx)
-                    .await
-                    .optional()?;
-                return Err(match exists {
-                    Some(_) => OrderError::OutOfStock(line.product),
-                    None => OrderError::UnknownProduct(line.product),
-                });
+            let price = match seams.stock.reserve(tx, line.product, line.quantity).await? {
+                Reserved::Taken { price } => price,
+                Reserved::Short => return Err(OrderError::OutOfStock(line.product)),
+                Reserved::Unknown => return Err(OrderError::UnknownProduct(line.product)),
             };
             total = total.saturating_add(price.saturating_mul(i64::from(line.quantity)));
             items.push(OrderItem {
@@ -391,7 +384,12 @@ pub(crate) async fn create_in(
             });
         }
         let discount = match new.user_coupon {
-            Some(uc) => coupon_discount(tx, user, uc).await?.min(total),
+            Some(uc) => seams
+                .coupons
+                .discount(tx, user, uc)
+                .await?
+                .map_err(unusable)?
+                .min(total),
             None => 0,
         };
         let row: OrderRow = diesel::insert_into(orders::table)
@@ -433,14 +431,17 @@ pub(crate) async fn create_in(
 impl Orders {
     /// Call from within a Tokio runtime to get batched writes (the writer
     /// tasks are spawned here); outside one, each order writes alone.
-    pub fn new(db: DbPool, locks: LockManager, config: OrderConfig) -> Self {
+    pub fn new(db: DbPool, locks: LockManager, config: OrderConfig, seams: Seams) -> Self {
         let writer = (config.stock_gate
             && config.writers > 0
             && tokio::runtime::Handle::try_current().is_ok())
         .then(|| {
             commerce_storage::batch::Batcher::start(
                 db.clone(),
-                writer::OrderBatch { ttl: config.ttl },
+                writer::OrderBatch {
+                    ttl: config.ttl,
+                    seams: seams.clone(),
+                },
                 commerce_storage::batch::BatchConfig {
                     writers: config.writers,
                     max_batch: config.write_batch,
@@ -452,7 +453,9 @@ impl Orders {
             (config.pay_writers > 0 && tokio::runtime::Handle::try_current().is_ok()).then(|| {
                 commerce_storage::batch::Batcher::start(
                     db.clone(),
-                    pay_writer::PayBatch,
+                    pay_writer::PayBatch {
+                        seams: seams.clone(),
+                    },
                     commerce_storage::batch::BatchConfig {
                         writers: config.pay_writers,
                         max_batch: config.write_batch,
@@ -470,6 +473,7 @@ impl Orders {
             db,
             locks,
             config,
+            seams,
             writer,
         }
     }
@@ -501,7 +505,7 @@ impl Orders {
         answer: Option<SaveAnswer<Order>>,
     ) -> Result<Order, OrderError> {
         let mut c = conn(&self.db).await?;
-        create_in(&mut c, user, new, answer, self.config.ttl).await
+        create_in(&mut c, &self.seams, user, new, answer, self.config.ttl).await
     }
 
     /// Asks the stock gate for `new`'s units, before anything else: a sold
@@ -604,8 +608,12 @@ impl Orders {
         let discount = match new.user_coupon {
             Some(uc) => {
                 let read = async {
-                    let mut c = conn(&self.db).await?;
-                    coupon_discount(&mut c, user, uc).await
+                    let c = conn(&self.db).await?;
+                    self.seams
+                        .coupons
+                        .discount(&c, user, uc)
+                        .await?
+                        .map_err(unusable)
                 };
                 match read.await {
                     Ok(d) => d,
@@ -689,14 +697,8 @@ impl Orders {
 
     /// Committed stock of `product` (`None`: no such product).
     async fn stock_of(&self, product: ProductId) -> Result<Option<i64>, OrderError> {
-        let mut c = conn(&self.db).await?;
-        let stock: Option<i32> = products::table
-            .find(product.get())
-            .select(products::stock)
-            .first(&mut c)
-            .await
-            .optional()?;
-        Ok(stock.map(i64::from))
+        let c = conn(&self.db).await?;
+        Ok(self.seams.stock.committed(&c, product).await?)
     }
 
     /// Gives units back to the gate. What cannot be given back (Redis out)
@@ -800,7 +802,7 @@ impl Orders {
                 .optional()?;
                 let mut returned = Vec::new();
                 if let Some(order) = done {
-                    returned = return_stock(tx, &[order]).await?;
+                    returned = return_stock(tx, &self.seams, &[order]).await?;
                     outbox::enqueue(
                         tx,
                         event::ORDER_CANCELLED,
@@ -873,7 +875,7 @@ impl Orders {
             Some(p) => pay_writer::pay(p, user, id, answer).await,
             None => {
                 let mut c = conn(&self.db).await?;
-                pay_in(&mut c, user, id, answer).await
+                pay_in(&mut c, &self.seams, user, id, answer).await
             }
         }
     }
@@ -926,7 +928,7 @@ impl Orders {
                 let returned = if ids.is_empty() {
                     Vec::new()
                 } else {
-                    return_stock(tx, &ids).await?
+                    return_stock(tx, &self.seams, &ids).await?
                 };
                 for (order, user) in &expired {
                     outbox::enqueue(
@@ -951,6 +953,7 @@ impl Orders {
 /// row is unique per order.
 pub(crate) async fn pay_in(
     c: &mut AsyncPgConnection,
+    seams: &Seams,
     user: UserId,
     id: OrderId,
     answer: Option<SaveAnswer<Payment>>,
@@ -988,30 +991,9 @@ pub(crate) async fn pay_in(
         //    per order, the last guard of rule 4) and the event's items.
         let (balance, paid_at, items) = {
             let db: &AsyncPgConnection = tx;
-            let debit = async {
-                if amount > 0 {
-                    diesel::update(
-                        users::table
-                            .filter(users::id.eq(user.get()))
-                            .filter(users::balance.ge(amount)),
-                    )
-                    .set((
-                        users::balance.eq(users::balance - amount),
-                        users::updated_at.eq(diesel::dsl::now),
-                    ))
-                    .returning(users::balance)
-                    .get_result::<i64>(&mut &*db)
-                    .await
-                    .optional()
-                } else {
-                    users::table
-                        .find(user.get())
-                        .select(users::balance)
-                        .first::<i64>(&mut &*db)
-                        .await
-                        .map(Some)
-                }
-            };
+            // Debit with its ledger row (guarded: never below zero).
+            let debits = [Debit { amount, order: id }];
+            let debit = seams.wallet.debit(db, user, &debits);
             let payment_row = diesel::insert_into(payments::table)
                 .values((
                     payments::order_id.eq(id.get()),
@@ -1032,55 +1014,23 @@ pub(crate) async fn pay_in(
         };
         // The coupon, guarded: unused, the caller's, not expired.
         if let Some(uc) = user_coupon {
-            let used: Option<i64> = diesel::update(
-                user_coupons::table
-                    .filter(user_coupons::id.eq(uc))
-                    .filter(user_coupons::user_id.eq(user.get()))
-                    .filter(user_coupons::status.eq("issued")),
-            )
-            .set((
-                user_coupons::status.eq("used"),
-                user_coupons::order_id.eq(id.get()),
-                user_coupons::used_at.eq(diesel::dsl::now),
-            ))
-            .returning(user_coupons::coupon_id)
-            .get_result(tx)
-            .await
-            .optional()?;
-            let coupon = used.ok_or(OrderError::CouponAlreadyUsed)?;
-            let expires: Option<DateTime<Utc>> = coupons::table
-                .find(coupon)
-                .select(coupons::expires_at)
-                .first(tx)
+            let redeemed = seams
+                .coupons
+                .redeem(tx, user, UserCouponId::from_db(uc), id)
                 .await?;
-            if expires.is_some_and(|e| e <= Utc::now()) {
-                return Err(OrderError::CouponExpired);
-            }
+            redeemed.map_err(|why| match why {
+                Unusable::Expired => OrderError::CouponExpired,
+                _ => OrderError::CouponAlreadyUsed,
+            })?;
         }
         let db: &AsyncPgConnection = tx;
-        // 3. The ledger row, the event (outbox) and the stored answer.
+        // 3. The event (outbox) and the stored answer.
         let payment = Payment {
             order_id: id,
             status: "paid",
             paid_amount: amount,
             balance,
             paid_at,
-        };
-        let reference = format!("order:{id}");
-        let ledger = async {
-            if amount > 0 {
-                diesel::insert_into(balance_ledger::table)
-                    .values((
-                        balance_ledger::user_id.eq(user.get()),
-                        balance_ledger::delta.eq(-amount),
-                        balance_ledger::balance_after.eq(balance),
-                        balance_ledger::kind.eq("payment"),
-                        balance_ledger::reference.eq(&reference),
-                    ))
-                    .execute(&mut &*db)
-                    .await?;
-            }
-            Ok::<_, diesel::result::Error>(())
         };
         let payload = serde_json::json!({
             "order_id": id, "user_id": user, "amount": amount, "paid_at": paid_at,
@@ -1094,46 +1044,12 @@ pub(crate) async fn pay_in(
                 None => Ok(()),
             }
         };
-        let (ledger, event, saved) = futures::join!(ledger, event, saved);
-        ledger?;
+        let (event, saved) = futures::join!(event, saved);
         event?;
         saved?;
         Ok(payment)
     })
     .await
-}
-
-/// The discount a user coupon gives, if the caller may use it now.
-async fn coupon_discount(
-    tx: &mut AsyncPgConnection,
-    user: UserId,
-    uc: UserCouponId,
-) -> Result<i64, OrderError> {
-    let found: Option<(i64, String, i64, Option<DateTime<Utc>>)> = user_coupons::table
-        .inner_join(coupons::table)
-        .filter(user_coupons::id.eq(uc.get()))
-        .select((
-            user_coupons::user_id,
-            user_coupons::status,
-            coupons::discount_amount,
-            coupons::expires_at,
-        ))
-        .first(tx)
-        .await
-        .optional()?;
-    match found {
-        Some((owner, _, _, _)) if owner != user.get() => {
-            Err(OrderError::InvalidCoupon("not your coupon"))
-        }
-        None => Err(OrderError::InvalidCoupon("no such coupon")),
-        Some((_, status, _, _)) if status != "issued" => {
-            Err(OrderError::InvalidCoupon("coupon already used"))
-        }
-        Some((_, _, _, Some(exp))) if exp <= Utc::now() => {
-            Err(OrderError::InvalidCoupon("coupon expired"))
-        }
-        Some((_, _, discount, _)) => Ok(discount),
-    }
 }
 
 /// Why the guarded `pending -> paid` update matched nothing.

@@ -7,13 +7,14 @@
 //! order the batch could not claim (paid, expired, someone else's, or with
 //! a coupon to redeem) is paid alone, which says exactly why.
 
+use crate::seams::{Debit, Seams};
 use crate::{pay_in, OrderError, OrderItem, Payment};
 use chrono::{DateTime, Utc};
 use commerce_domain::{OrderId, ProductId, UserId};
 use commerce_storage::batch::{Batch, BatchError, Batcher};
 use commerce_storage::idempotency::{self, SaveAnswer};
 use commerce_storage::outbox::{self, event};
-use commerce_storage::schema::{balance_ledger, order_items, payments, users};
+use commerce_storage::schema::{order_items, payments};
 use commerce_storage::StorageError;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt};
@@ -31,7 +32,10 @@ pub(crate) struct PayJob {
     queued: Instant,
 }
 
-pub(crate) struct PayBatch;
+pub(crate) struct PayBatch {
+    /// Balances and coupons, done by their owners' functions.
+    pub seams: Seams,
+}
 
 impl Batch for PayBatch {
     type Job = PayJob;
@@ -50,7 +54,7 @@ impl Batch for PayBatch {
         conn: &'c mut AsyncPgConnection,
         jobs: Vec<PayJob>,
     ) -> BoxFuture<'c, ()> {
-        Box::pin(write_batch(conn, jobs))
+        Box::pin(write_batch(conn, &self.seams, jobs))
     }
 }
 
@@ -73,7 +77,7 @@ pub(crate) async fn pay(
     batcher.submit(job, answered).await
 }
 
-async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<PayJob>) {
+async fn write_batch(conn: &mut AsyncPgConnection, seams: &Seams, jobs: Vec<PayJob>) {
     // One order twice in a batch (a double click on two instances) would
     // be claimed once; the repeat goes alone, after, and learns it is paid.
     let mut seen = HashSet::new();
@@ -83,7 +87,7 @@ async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<PayJob>) {
         let wants: Vec<(UserId, OrderId)> = batch.iter().map(|j| (j.user, j.order)).collect();
         let mut answers: Vec<Option<SaveAnswer<Payment>>> =
             batch.iter_mut().map(|j| j.answer.take()).collect();
-        match pay_batch(conn, &wants, &mut answers).await {
+        match pay_batch(conn, seams, &wants, &mut answers).await {
             Ok(paid) => {
                 for ((job, answer), payment) in batch.into_iter().zip(answers).zip(paid) {
                     match payment {
@@ -112,7 +116,7 @@ async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<PayJob>) {
         alone.append(&mut batch);
     }
     for job in alone {
-        let result = pay_in(conn, job.user, job.order, job.answer).await;
+        let result = pay_in(conn, seams, job.user, job.order, job.answer).await;
         let _ = job.reply.send(result);
     }
 }
@@ -133,6 +137,7 @@ struct Claimed {
 /// did not claim. Three round trips of pipelined statements, one commit.
 async fn pay_batch(
     conn: &mut AsyncPgConnection,
+    seams: &Seams,
     wants: &[(UserId, OrderId)],
     answers: &mut [Option<SaveAnswer<Payment>>],
 ) -> Result<Vec<Option<Payment>>, BatchError> {
@@ -158,32 +163,31 @@ async fn pay_batch(
             return Ok(vec![None; wants.len()]);
         }
         let by_order: HashMap<i64, &Claimed> = claimed.iter().map(|c| (c.id, c)).collect();
-        // Each payer's total for the batch, payers in id order (row locks
-        // taken in one order by every batch: no deadlock between them).
-        let mut totals: BTreeMap<i64, i64> = BTreeMap::new();
-        for c in &claimed {
-            let t = totals.entry(c.user_id).or_default();
-            *t = t.saturating_add(c.pay_amount);
+        // Each payer's payments in the batch, payers in id order (row
+        // locks taken in one order by every batch: no deadlock between
+        // them), each payer debited once with a ledger row per payment.
+        let mut per_payer: BTreeMap<i64, Vec<Debit>> = BTreeMap::new();
+        for (_, order) in wants {
+            if let Some(c) = by_order.get(&order.get()) {
+                per_payer.entry(c.user_id).or_default().push(Debit {
+                    amount: c.pay_amount,
+                    order: *order,
+                });
+            }
         }
         let claimed_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
-        // 2. The debits (guarded), the payment rows (UNIQUE per order: the
-        //    last guard of rule 4) and the events' items, in one round trip.
+        // 2. The debits (guarded) with their ledger rows, the payment rows
+        //    (UNIQUE per order: the last guard of rule 4) and the events'
+        //    items, in one round trip.
         let db: &AsyncPgConnection = tx;
-        let debits = futures::future::join_all(totals.iter().map(|(&user, &amount)| async move {
-            diesel::update(
-                users::table
-                    .filter(users::id.eq(user))
-                    .filter(users::balance.ge(amount)),
-            )
-            .set((
-                users::balance.eq(users::balance - amount),
-                users::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning((users::id, users::balance))
-            .get_result::<(i64, i64)>(&mut &*db)
-            .await
-            .optional()
-        }));
+        let debits =
+            futures::future::join_all(per_payer.iter().map(|(&user, payments)| async move {
+                let balance = seams
+                    .wallet
+                    .debit(db, UserId::from_db(user), payments)
+                    .await;
+                balance.map(|b| b.map(|b| (user, b)))
+            }));
         let payment_rows: Vec<_> = claimed
             .iter()
             .map(|c| {
@@ -224,12 +228,11 @@ async fn pay_batch(
                 unit_price,
             });
         }
-        // 3. Ledger rows, events and stored answers. A payer with several
-        //    payments in the batch sees the balance after each in turn, so
-        //    the ledger reads as if they were paid one after another.
+        // 3. Events and stored answers. A payer with several payments in
+        //    the batch sees the balance after each in turn, as the ledger
+        //    does: as if they were paid one after another.
         let mut remaining_after: HashMap<i64, i64> = HashMap::new();
         let mut result: Vec<Option<Payment>> = vec![None; wants.len()];
-        let mut ledger = Vec::new();
         let mut events = Vec::new();
         for (slot, (_, order)) in result.iter_mut().zip(wants).rev() {
             let Some(c) = by_order.get(&order.get()) else {
@@ -250,15 +253,6 @@ async fn pay_batch(
         }
         for (payment, (user, order)) in result.iter().zip(wants) {
             let Some(p) = payment else { continue };
-            if p.paid_amount > 0 {
-                ledger.push((
-                    balance_ledger::user_id.eq(user.get()),
-                    balance_ledger::delta.eq(-p.paid_amount),
-                    balance_ledger::balance_after.eq(p.balance),
-                    balance_ledger::kind.eq("payment"),
-                    balance_ledger::reference.eq(format!("order:{order}")),
-                ));
-            }
             let items = items_of.remove(&order.get()).unwrap_or_default();
             events.push((
                 event::ORDER_PAID,
@@ -274,21 +268,10 @@ async fn pay_batch(
             .zip(&result)
             .filter_map(|(a, p)| p.as_ref().and_then(|p| a.take().map(|a| a.render(p))))
             .collect();
-        let ledger_write = async {
-            if ledger.is_empty() {
-                return Ok(0);
-            }
-            diesel::insert_into(balance_ledger::table)
-                .values(&ledger)
-                .execute(&mut &*db)
-                .await
-        };
-        let (ledger_written, events_written, saved) = futures::join!(
-            ledger_write,
+        let (events_written, saved) = futures::join!(
             outbox::enqueue_many(db, &events),
             idempotency::complete_many(db, &rendered),
         );
-        ledger_written?;
         events_written?;
         saved?;
         Ok(result)

@@ -5,12 +5,13 @@
 //! that finds a product short (the gate over-counted) is rolled back and
 //! its orders are written one by one, each learning exactly why it failed.
 
+use crate::seams::Seams;
 use crate::{create_in, NewOrder, Order, OrderError, OrderItem};
 use chrono::SubsecRound;
 use commerce_domain::{OrderId, UserCouponId, UserId};
 use commerce_storage::batch::{Batch, BatchError, Batcher};
 use commerce_storage::idempotency::{self, Claim, SaveAnswer};
-use commerce_storage::schema::{order_items, orders, products};
+use commerce_storage::schema::{order_items, orders};
 use commerce_storage::StorageError;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -37,6 +38,8 @@ pub(crate) struct Job {
 pub(crate) struct OrderBatch {
     /// How long a pending order holds its stock.
     pub ttl: Duration,
+    /// Stock and coupons, done by their owners' functions.
+    pub seams: Seams,
 }
 
 impl Batch for OrderBatch {
@@ -52,7 +55,7 @@ impl Batch for OrderBatch {
     }
 
     fn write<'c>(&'c self, conn: &'c mut AsyncPgConnection, jobs: Vec<Job>) -> BoxFuture<'c, ()> {
-        Box::pin(write_batch(conn, jobs, self.ttl))
+        Box::pin(write_batch(conn, &self.seams, jobs, self.ttl))
     }
 }
 
@@ -82,7 +85,7 @@ pub(crate) async fn write(
 }
 
 /// Writes and answers `jobs`.
-async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<Job>, ttl: Duration) {
+async fn write_batch(conn: &mut AsyncPgConnection, seams: &Seams, jobs: Vec<Job>, ttl: Duration) {
     let wants: Vec<Want<'_>> = jobs
         .iter()
         .map(|j| Want {
@@ -93,7 +96,7 @@ async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<Job>, ttl: Duration
             claims: j.claims,
         })
         .collect();
-    let written = insert_batch(conn, &wants, ttl).await;
+    let written = insert_batch(conn, seams, &wants, ttl).await;
     drop(wants);
     match written {
         Ok(orders) => {
@@ -108,7 +111,7 @@ async fn write_batch(conn: &mut AsyncPgConnection, jobs: Vec<Job>, ttl: Duration
                 let result = if job.claims {
                     Err(OrderError::NotClaimed)
                 } else {
-                    create_in(conn, job.user, &job.order, job.answer, ttl).await
+                    create_in(conn, seams, job.user, &job.order, job.answer, ttl).await
                 };
                 let _ = job.reply.send(result);
             }
@@ -140,6 +143,7 @@ struct Want<'a> {
 /// this batch's whole transaction.
 async fn insert_batch(
     conn: &mut AsyncPgConnection,
+    seams: &Seams,
     jobs: &[Want<'_>],
     ttl: Duration,
 ) -> Result<Vec<Result<Order, OrderError>>, BatchError> {
@@ -159,10 +163,7 @@ async fn insert_batch(
     conn.transaction(async move |tx| {
         let db: &AsyncPgConnection = tx;
         let claimed = idempotency::claim_many(db, &to_claim);
-        let prices = products::table
-            .filter(products::id.eq_any(&product_ids))
-            .select((products::id, products::price))
-            .load::<(i64, i64)>(&mut &*db);
+        let prices = seams.stock.prices(db, &product_ids);
         let ids = diesel::sql_query(
             "SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id \
              FROM generate_series(1, $1)",
@@ -272,22 +273,7 @@ async fn insert_batch(
         // sends the batch down the lone path, which prices atomically.
         let takes = futures::future::join_all(wanted.iter().map(|(&product, &units)| {
             let price = prices.get(&product).copied().unwrap_or(0);
-            async move {
-                diesel::update(
-                    products::table
-                        .filter(products::id.eq(product))
-                        .filter(products::stock.ge(units))
-                        .filter(products::price.eq(price)),
-                )
-                .set((
-                    products::stock.eq(products::stock - units),
-                    products::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(products::id)
-                .get_result::<i64>(&mut &*db)
-                .await
-                .optional()
-            }
+            seams.stock.take(db, product, units, price)
         }));
         // Polled in this order, so sent in this order (one round trip).
         let (inserted, items, saved, takes) = futures::join!(inserted, items, saved, takes);
@@ -295,7 +281,7 @@ async fn insert_batch(
         items?;
         saved?;
         for take in takes {
-            if take?.is_none() {
+            if !take? {
                 return Err(BatchError::Short);
             }
         }

@@ -110,8 +110,12 @@ impl Application {
             &settings.redis_config(),
             settings.catalog_config(),
         )?;
-        let orders =
-            commerce_orders::Orders::new(db.clone(), locks.clone(), settings.order_config());
+        let orders = commerce_orders::Orders::new(
+            db.clone(),
+            locks.clone(),
+            settings.order_config(),
+            crate::seams::order_seams(),
+        );
         orders.warm_up().await;
         let queue = commerce_queue::WaitingRoom::new(
             redis.clone(),

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod idempotency;
 pub mod routes;
+pub mod seams;
 pub mod state;
 pub mod telemetry;
 

@@ -102,6 +102,21 @@ async fn check_invariants(app: &TestApp, initial: &HashMap<i64, i64>) {
         )
         .await;
     assert_eq!(off, 0, "every balance equals its ledger");
+    // Each ledger row's balance is the running sum up to it: movements
+    // written together (a batch of one payer's payments) read as if made
+    // one after another.
+    let running_off = app
+        .db
+        .scalar(
+            "SELECT COUNT(*) AS n FROM (SELECT balance_after, \
+             SUM(delta) OVER (PARTITION BY user_id ORDER BY id) AS running FROM balance_ledger) l \
+             WHERE l.balance_after <> l.running",
+        )
+        .await;
+    assert_eq!(
+        running_off, 0,
+        "every ledger row's balance_after is its running sum"
+    );
     let paid_without_payment = app
         .db
         .scalar(
