@@ -17,6 +17,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
+/// Longest wait for the Kafka producer's queue on shutdown.
+pub const FLUSH_BOUND: Duration = Duration::from_secs(2);
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -232,10 +235,19 @@ impl Application {
     }
 
     /// Serves until SIGTERM/SIGINT or a stop through the handle; in-flight
-    /// requests get `shutdown_timeout_secs` to finish.
+    /// requests get `shutdown_timeout_secs` to finish. Then background work
+    /// stops, and the Kafka producer gets what is left of
+    /// [`FLUSH_BOUND`] to deliver what it holds before it is dropped on a
+    /// thread of its own (the outbox keeps every row not marked published;
+    /// a broker that does not answer costs a later redelivery, never a
+    /// process that will not stop).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.state.shutdown.cancel();
+        if let commerce_events::relay::Sink::Kafka(publisher) = self.state.relay.sink() {
+            publisher.flush(FLUSH_BOUND).await;
+            publisher.close_in_background();
+        }
         result
     }
 }
@@ -329,17 +341,28 @@ fn spawn_background(state: &web::Data<AppState>) {
     });
 }
 
-/// The outbox relay and, with a broker, one Kafka consumer per group.
+/// The outbox relay and, with a broker, the broker watch (the `kafka`
+/// breaker's probe while idle) and one Kafka consumer per group.
 fn spawn_events(state: &web::Data<AppState>) {
+    if let commerce_events::relay::Sink::Kafka(publisher) = state.relay.sink() {
+        // From the start, whatever topic creation does: a broker that is
+        // not there shows in the breaker and readiness within seconds.
+        let publisher = publisher.clone();
+        let shutdown = state.shutdown.clone();
+        tokio::spawn(async move { publisher.watch(shutdown).await });
+    }
     let st = state.clone();
     tokio::spawn(async move {
-        if let Some(kafka) = st.settings.kafka_config() {
+        if let commerce_events::relay::Sink::Kafka(publisher) = st.relay.sink() {
+            let kafka = publisher.config().clone();
+            let errors = publisher.errors().clone();
             let types = st.events.event_types();
-            // Topics first (the broker may be down: retry until it answers).
+            // Topics before consumers subscribe and before the relay
+            // publishes (the broker may be down: retry until it answers).
             loop {
                 match commerce_events::kafka::ensure_topics(&kafka, &types).await {
                     Ok(()) => break,
-                    Err(e) => tracing::warn!(error = %e, "kafka topics not created yet"),
+                    Err(e) => errors.record_error(commerce_events::kafka_errors::Op::Client, &e),
                 }
                 tokio::select! {
                     _ = st.shutdown.cancelled() => return,
@@ -351,13 +374,11 @@ fn spawn_events(state: &web::Data<AppState>) {
                     kafka.clone(),
                     st.events.clone(),
                     consumer.clone(),
+                    errors.clone(),
                     st.shutdown.clone(),
                 ));
             }
         }
         st.relay.run(st.shutdown.clone()).await;
-        if let commerce_events::relay::Sink::Kafka(p) = st.relay.sink() {
-            p.flush(Duration::from_secs(5));
-        }
     });
 }
