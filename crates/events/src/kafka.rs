@@ -250,12 +250,12 @@ impl Publisher {
         self.ping_within(self.probe_timeout()).await
     }
 
-    /// Bound on one metadata probe: a broker that is there answers it in
-    /// milliseconds.
+    /// Bound on one metadata probe: a broker that is there (and, probed
+    /// only while idle, not busy) answers it in milliseconds.
     fn probe_timeout(&self) -> Duration {
         self.config
             .delivery_timeout
-            .min(Duration::from_secs(2))
+            .min(Duration::from_secs(1))
             .max(Duration::from_millis(200))
     }
 
@@ -276,17 +276,20 @@ impl Publisher {
 
     /// Keeps the `kafka` breaker honest while there is nothing to publish:
     /// every `probe_interval`, unless the broker answered more recently
-    /// than that, asks it for its metadata through the breaker. A broker
-    /// that does not answer (down, stalled, never there) opens the breaker
-    /// after `failure_threshold` probes, a few seconds; a half-open
-    /// breaker closes on the first answer. Ends on `shutdown`.
+    /// than that, asks it for its metadata through the breaker (after a
+    /// failed probe, four times as often). A broker that does not answer
+    /// (down, stalled, never there) opens the breaker after
+    /// `failure_threshold` probes, a few seconds; a half-open breaker
+    /// closes on the first answer. Ends on `shutdown`.
     pub async fn watch(&self, shutdown: CancellationToken) {
         let every = self.config.probe_interval.max(Duration::from_millis(100));
+        let mut pause = every;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
+            pause = every;
             let due = match self.breaker.state_for_call() {
                 BreakerState::Open => false,
                 BreakerState::HalfOpen => true,
@@ -298,6 +301,7 @@ impl Publisher {
                     r = self.ping() => {
                         if let Err(e) = r {
                             tracing::debug!(error = %e, "kafka probe failed");
+                            pause = every / 4;
                         }
                     }
                 }
