@@ -73,11 +73,6 @@ impl rdkafka::ClientContext for ClientErrors {
     }
 }
 
-impl rdkafka::producer::ProducerContext for ClientErrors {
-    type DeliveryOpaque = ();
-    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
-}
-
 /// The producer settings, and why.
 fn producer(
     config: &KafkaConfig,
