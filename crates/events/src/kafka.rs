@@ -14,7 +14,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +56,9 @@ pub struct Publisher {
     /// When the broker last acknowledged something (ms since `born`).
     last_ok_ms: Arc<AtomicU64>,
     born: Instant,
+    /// Event types whose topic is known to exist (made by this process or
+    /// found existing).
+    topics: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The producer's librdkafka context: client errors (connection lost, all
@@ -115,7 +118,29 @@ impl Publisher {
             errors,
             last_ok_ms: Arc::new(AtomicU64::new(0)),
             born: Instant::now(),
+            topics: Arc::default(),
         })
+    }
+
+    /// Makes the topics of `event_types` (existing ones are fine) and
+    /// remembers them.
+    pub async fn ensure_topics(&self, event_types: &[&str]) -> Result<(), KafkaError> {
+        let result = ensure_topics(&self.config, event_types).await;
+        match &result {
+            Ok(()) => {
+                let mut known = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+                known.extend(event_types.iter().map(|t| (*t).to_owned()));
+            }
+            Err(e) => self.errors.record_error(Op::Client, e),
+        }
+        result
+    }
+
+    fn topic_known(&self, event_type: &str) -> bool {
+        self.topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(event_type)
     }
 
     /// The failures of this process's Kafka clients, by kind.
@@ -184,8 +209,18 @@ impl Publisher {
         tracing::info!("kafka producer renewed");
     }
 
-    /// Sends one event and waits for the broker's acknowledgement.
+    /// Sends one event and waits for the broker's acknowledgement. An
+    /// event of a type whose topic this process has not made yet (written
+    /// by a newer instance) gets its topic first: a broker that does not
+    /// create topics on its own would otherwise keep the event waiting
+    /// until it times out, every time, and the breaker would blame the
+    /// broker.
     pub async fn publish(&self, event: &Event) -> Result<(), String> {
+        if !self.topic_known(&event.event_type) {
+            if let Err(e) = self.ensure_topics(&[event.event_type.as_str()]).await {
+                return Err(format!("{}: topic not created: {e}", kind_of(&e)));
+            }
+        }
         let topic = self.config.topic(&event.event_type);
         let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
         let key = event.key.clone();

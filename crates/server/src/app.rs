@@ -356,13 +356,19 @@ fn spawn_events(state: &web::Data<AppState>) {
         if let commerce_events::relay::Sink::Kafka(publisher) = st.relay.sink() {
             let kafka = publisher.config().clone();
             let errors = publisher.errors().clone();
-            let types = st.events.event_types();
+            // Every type the outbox holds, not only those our consumers
+            // want: the relay publishes every row (issue 25: charges'
+            // `balance_charged` had no topic, timed out, and as the oldest
+            // row blocked the breaker's probe for good).
+            let mut types = st.events.event_types();
+            types.extend(commerce_storage::outbox::event::ALL);
+            types.sort_unstable();
+            types.dedup();
             // Topics before consumers subscribe and before the relay
             // publishes (the broker may be down: retry until it answers).
             loop {
-                match commerce_events::kafka::ensure_topics(&kafka, &types).await {
-                    Ok(()) => break,
-                    Err(e) => errors.record_error(commerce_events::kafka_errors::Op::Client, &e),
+                if publisher.ensure_topics(&types).await.is_ok() {
+                    break;
                 }
                 tokio::select! {
                     _ = st.shutdown.cancelled() => return,
