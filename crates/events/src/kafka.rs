@@ -655,7 +655,11 @@ async fn settle(
 
 /// Stores, per partition, the offset of the batch's last message (the
 /// consumer commits it with its next auto-commit).
-fn store_offsets(client: &StreamConsumer<Health>, health: &Health, messages: &[BorrowedMessage<'_>]) {
+fn store_offsets(
+    client: &StreamConsumer<Health>,
+    health: &Health,
+    messages: &[BorrowedMessage<'_>],
+) {
     let mut stored: std::collections::HashSet<(&str, i32)> = Default::default();
     for m in messages.iter().rev() {
         if stored.insert((m.topic(), m.partition())) {

@@ -271,7 +271,10 @@ async fn kafka_never_reachable_shows_in_breaker_readiness_and_metrics_within_sec
         if ready["checks"]["outbox"]["status"] == "lagging" {
             break;
         }
-        assert!(Instant::now() < deadline, "outbox age not in readiness: {ready}");
+        assert!(
+            Instant::now() < deadline,
+            "outbox age not in readiness: {ready}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!(
