@@ -281,3 +281,100 @@ async fn kafka_never_reachable_shows_in_breaker_readiness_and_metrics_within_sec
         "FIGURE kafka never reachable: breaker left closed {opened:?} after start; admin: {kafka}"
     );
 }
+
+/// A broker that stalls (SIGSTOP) for longer than the delivery timeout
+/// while events flow: publishes in flight time out, the breaker opens, and
+/// once the broker thaws every event still reaches the consumers. (With
+/// `STEADY_IDEMPOTENCE=1` the timed-out messages make librdkafka bump its
+/// producer epoch, which tansu 0.6 cannot answer: see the README.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_a_stall_longer_than_the_delivery_timeout_loses_no_event() {
+    let idempotence = env_or("STEADY_IDEMPOTENCE", 0) == 1;
+    let broker = Broker::start();
+    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let address = broker.address();
+    let app = TestApp::spawn_with(|s| {
+        s.kafka.brokers = Some(address.clone());
+        s.kafka.topic_prefix = prefix.clone();
+        s.kafka.group_prefix = prefix.clone();
+        s.kafka.delivery_timeout_ms = 2000;
+        s.kafka.idempotence = idempotence;
+        s.breaker.open_ms = 500;
+        s.breaker.max_open_ms = 2000;
+    })
+    .await;
+    let product = {
+        let mut c = app.db.conn().await;
+        let row: Id = diesel::sql_query(
+            "INSERT INTO products (name, price, stock) VALUES ('p', 10, 1000000) RETURNING id",
+        )
+        .get_result(&mut c)
+        .await
+        .unwrap();
+        row.id
+    };
+    let c = app.db.conn().await;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut written = 0i64;
+    let mut opened = false;
+    for n in 0..200u64 {
+        tick.tick().await;
+        if n == 50 {
+            broker.stall();
+            eprintln!("broker stalled");
+        }
+        if n == 110 {
+            broker.thaw();
+            eprintln!("broker thawed");
+        }
+        opened |= app.state.breakers.kafka().state() != BreakerState::Closed;
+        let events: Vec<(&str, String, serde_json::Value)> = (0..5u64)
+            .map(|i| {
+                let order = n * 5 + i;
+                (
+                    event::ORDER_PAID,
+                    order.to_string(),
+                    json!({"order_id": order, "user_id": 1, "amount": 10, "paid_at": chrono::Utc::now(),
+                           "items": [{"product_id": product, "quantity": 1, "unit_price": 10}]}),
+                )
+            })
+            .collect();
+        commerce_storage::outbox::enqueue_many(&c, &events)
+            .await
+            .unwrap();
+        written += 5;
+    }
+    drop(c);
+    let thawed = Instant::now();
+    let deadline = thawed + Duration::from_secs(120);
+    loop {
+        let ranked = count(&app, "SELECT COUNT(*) AS n FROM inbox_ranking").await;
+        if ranked == written {
+            break;
+        }
+        if Instant::now() > deadline {
+            let (_, breakers) = app.get_json_admin("/admin/breakers").await;
+            panic!("after the stall: ranking {ranked} of {written}; breakers {breakers}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(opened, "the kafka breaker opened during the stall");
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT COALESCE(SUM(units), 0)::BIGINT AS n FROM product_sales_daily WHERE product_id = {product}")
+        )
+        .await,
+        written,
+        "each sale counted once"
+    );
+    let (_, breakers) = app.get_json_admin("/admin/breakers").await;
+    let kafka = breakers["breakers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|b| b["name"] == "kafka"))
+        .cloned()
+        .unwrap_or_default();
+    eprintln!("FIGURE kafka stall of 6 s: all {written} events consumed; kafka breaker: {kafka}");
+    drop(app);
+    drop(broker);
+}
