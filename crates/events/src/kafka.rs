@@ -6,8 +6,8 @@ use crate::kafka_errors::{kind_of, KafkaErrors, Op};
 use crate::{Consumer, Dispatcher, Event};
 use commerce_resilience::{Breaker, BreakerState, CallError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -73,6 +73,32 @@ impl rdkafka::ClientContext for ClientErrors {
     fn error(&self, error: KafkaError, reason: &str) {
         self.errors
             .record(self.op, kind_of(&error), &format!("{error}: {reason}"));
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        librdkafka_log(level, fac, message);
+    }
+}
+
+/// librdkafka's own log lines. Its errors also reach the error callback,
+/// which counts them by kind and logs them rate limited; repeated here at
+/// error level they would be one line per connection attempt while a
+/// broker is away.
+fn librdkafka_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+            tracing::warn!(target: "librdkafka", fac, "{message}");
+        }
+        _ => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+/// The admin client's context: its failures are recorded by the caller.
+struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        librdkafka_log(level, fac, message);
     }
 }
 
@@ -376,10 +402,26 @@ impl Publisher {
 
 /// Creates the topics if missing (the test broker does not auto-create).
 pub async fn ensure_topics(config: &KafkaConfig, event_types: &[&str]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<Quiet> = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("socket.connection.setup.timeout.ms", "3000")
-        .create()?;
+        .create_with_context(Quiet)?;
+    let result = create_topics(&admin, config, event_types).await;
+    // Destroying a client can wait on a broker that does not answer.
+    let spawned = std::thread::Builder::new()
+        .name("kafka-admin-close".into())
+        .spawn(move || drop(admin));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not close the kafka admin client in the background");
+    }
+    result
+}
+
+async fn create_topics(
+    admin: &AdminClient<Quiet>,
+    config: &KafkaConfig,
+    event_types: &[&str],
+) -> Result<(), KafkaError> {
     let names: Vec<String> = event_types.iter().map(|t| config.topic(t)).collect();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
@@ -390,7 +432,7 @@ pub async fn ensure_topics(config: &KafkaConfig, event_types: &[&str]) -> Result
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                tracing::warn!(topic = %name, ?code, "topic creation failed");
+                tracing::debug!(topic = %name, ?code, "topic creation failed");
                 return Err(KafkaError::AdminOp(code));
             }
         }
@@ -422,9 +464,27 @@ impl rdkafka::ClientContext for Health {
             .record(Op::Consume, kind_of(&error), &format!("{error}: {reason}"));
         self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        librdkafka_log(level, fac, message);
+    }
 }
 
-impl rdkafka::consumer::ConsumerContext for Health {}
+impl rdkafka::consumer::ConsumerContext for Health {
+    /// An offset commit that failed (the events are read again after a
+    /// rebalance; the inbox drops them): counted and logged by kind.
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &rdkafka::TopicPartitionList,
+    ) {
+        match result {
+            // Nothing to commit: not a failure.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) | Ok(()) => {}
+            Err(e) => self.errors.record_error(Op::Consume, &e),
+        }
+    }
+}
 
 fn consumer_client(
     config: &KafkaConfig,
