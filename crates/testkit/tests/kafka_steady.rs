@@ -81,6 +81,7 @@ async fn kafka_steady_load_reaches_every_group_from_two_instances() {
         row.id
     };
 
+    let users = a.seed_users(100).await;
     // Events committed at a constant rate, a small batch every 50 ms (the
     // trickle of a shop's payments), as two instances' writes would be.
     let ticks_per_sec = 20u64;
@@ -94,7 +95,7 @@ async fn kafka_steady_load_reaches_every_group_from_two_instances() {
     let c = a.db.conn().await;
     for n in 0..total_ticks {
         tick.tick().await;
-        let mut events: Vec<(&str, String, serde_json::Value)> = (0..per_tick)
+        let events: Vec<(&str, String, serde_json::Value)> = (0..per_tick)
             .map(|i| {
                 let order = n * per_tick + i;
                 (
@@ -106,17 +107,24 @@ async fn kafka_steady_load_reaches_every_group_from_two_instances() {
             })
             .collect();
         written += i64::try_from(events.len()).unwrap();
-        // The balance charge that paid for it: an event no consumer of
-        // ours wants (the data platform may), published all the same.
-        events.push((
-            event::BALANCE_CHARGED,
-            n.to_string(),
-            json!({"user_id": 1, "amount": 10}),
-        ));
+        // A balance charge through the API, each instance in turn: its
+        // `balance_charged` event is one no consumer of ours wants (the
+        // data platform may), published all the same (issue 25's stall).
+        let app = if n % 2 == 0 { &a } else { &b };
+        let user = &users[usize::try_from(n).unwrap() % users.len()];
+        let key = format!("charge-{n}");
+        let amount = json!({"amount": 10});
+        let charge = app.post_json(
+            "/api/v1/me/balance/charge",
+            Some(&user.token),
+            Some(&key),
+            &amount,
+        );
+        let (enqueued, (status, body)) =
+            tokio::join!(commerce_storage::outbox::enqueue_many(&c, &events), charge);
+        enqueued.unwrap();
+        assert_eq!(status, 200, "{body}");
         charges += 1;
-        commerce_storage::outbox::enqueue_many(&c, &events)
-            .await
-            .unwrap();
         if n % (10 * ticks_per_sec) == 0 && n > 0 {
             let unpublished = count(
                 &a,
