@@ -385,19 +385,6 @@ impl Publisher {
             }
         }
     }
-
-    /// Hands the producer to a thread of its own to be destroyed: a
-    /// librdkafka client's destruction can wait on a broker that does not
-    /// answer, and nothing must wait on it at shutdown.
-    pub fn close_in_background(&self) {
-        let producer = self.current();
-        let spawned = std::thread::Builder::new()
-            .name("kafka-producer-close".into())
-            .spawn(move || drop(producer));
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "could not close the kafka producer in the background");
-        }
-    }
 }
 
 /// Creates the topics if missing (the test broker does not auto-create).

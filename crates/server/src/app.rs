@@ -236,17 +236,16 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT or a stop through the handle; in-flight
     /// requests get `shutdown_timeout_secs` to finish. Then background work
-    /// stops, and the Kafka producer gets what is left of
-    /// [`FLUSH_BOUND`] to deliver what it holds before it is dropped on a
-    /// thread of its own (the outbox keeps every row not marked published;
-    /// a broker that does not answer costs a later redelivery, never a
-    /// process that will not stop).
+    /// stops, and the Kafka producer gets at most [`FLUSH_BOUND`] to
+    /// deliver what it holds (the outbox keeps every row not marked
+    /// published: a broker that does not answer costs a later redelivery,
+    /// never a process that will not stop). The binary then exits without
+    /// destroying its Kafka clients, which can wait on such a broker.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.state.shutdown.cancel();
         if let commerce_events::relay::Sink::Kafka(publisher) = self.state.relay.sink() {
             publisher.flush(FLUSH_BOUND).await;
-            publisher.close_in_background();
         }
         result
     }
