@@ -236,8 +236,8 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT or a stop through the handle; in-flight
     /// requests get `shutdown_timeout_secs` to finish. Then background work
-    /// stops, and the Kafka producer gets at most [`FLUSH_BOUND`] to
-    /// deliver what it holds (the outbox keeps every row not marked
+    /// stops, and the Kafka producer gets at most [`FLUSH_BOUND`] (and half
+    /// the shutdown timeout) to deliver what it holds (the outbox keeps every row not marked
     /// published: a broker that does not answer costs a later redelivery,
     /// never a process that will not stop). The binary then exits without
     /// destroying its Kafka clients, which can wait on such a broker.
@@ -245,7 +245,10 @@ impl Application {
         let result = self.server.await;
         self.state.shutdown.cancel();
         if let commerce_events::relay::Sink::Kafka(publisher) = self.state.relay.sink() {
-            publisher.flush(FLUSH_BOUND).await;
+            // Within the shutdown timeout, which the binary's watchdog
+            // enforces: at most half of it.
+            let half = Duration::from_secs(self.state.settings.http.shutdown_timeout_secs) / 2;
+            publisher.flush(FLUSH_BOUND.min(half)).await;
         }
         result
     }

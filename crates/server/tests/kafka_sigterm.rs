@@ -11,9 +11,6 @@ use diesel_async::RunQueryDsl;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The server's configured `http.shutdown_timeout_secs` in this test.
-const SHUTDOWN_SECS: u64 = 5;
-
 struct Server {
     child: Child,
     log: std::path::PathBuf,
@@ -51,6 +48,19 @@ async fn insert_events(db: &TestDb, n: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_sigterm_with_the_broker_stalled_exits_within_the_shutdown_timeout() {
+    sigterm_with_the_broker_stalled(5).await;
+}
+
+/// A shutdown timeout shorter than the producer's flush bound still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sigterm_with_the_broker_stalled_and_a_one_second_timeout() {
+    sigterm_with_the_broker_stalled(1).await;
+}
+
+/// Starts the binary with `http.shutdown_timeout_secs = shutdown_secs`,
+/// stalls the broker with events in flight, sends SIGTERM and checks the
+/// process is gone within the timeout (plus process teardown).
+async fn sigterm_with_the_broker_stalled(shutdown_secs: u64) {
     let broker = Broker::start();
     let db = TestDb::create().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -65,7 +75,7 @@ async fn kafka_sigterm_with_the_broker_stalled_exits_within_the_shutdown_timeout
         .env("COMMERCE__HTTP__WORKERS", "2")
         .env(
             "COMMERCE__HTTP__SHUTDOWN_TIMEOUT_SECS",
-            SHUTDOWN_SECS.to_string(),
+            shutdown_secs.to_string(),
         )
         .env("COMMERCE__DATABASE__URL", &db.url)
         .env("COMMERCE__DATABASE__POOL_SIZE", "8")
@@ -127,7 +137,7 @@ async fn kafka_sigterm_with_the_broker_stalled_exits_within_the_shutdown_timeout
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = signalled + Duration::from_secs(SHUTDOWN_SECS * 4);
+    let deadline = signalled + Duration::from_secs(shutdown_secs * 4 + 5);
     let exit = loop {
         if let Some(exit) = server.child.try_wait().unwrap() {
             break exit;
@@ -142,12 +152,12 @@ async fn kafka_sigterm_with_the_broker_stalled_exits_within_the_shutdown_timeout
     let took = signalled.elapsed();
     eprintln!(
         "FIGURE sigterm with the broker stalled: exited ({exit}) {} ms after SIGTERM \
-         (shutdown timeout {SHUTDOWN_SECS} s; {in_flight} events claimed and in flight)",
+         (shutdown timeout {shutdown_secs} s; {in_flight} events claimed and in flight)",
         took.as_millis()
     );
     assert!(
-        took <= Duration::from_secs(SHUTDOWN_SECS) + Duration::from_millis(1500),
-        "exit took {took:?}, over the {SHUTDOWN_SECS} s shutdown timeout"
+        took <= Duration::from_secs(shutdown_secs) + Duration::from_millis(1500),
+        "exit took {took:?}, over the {shutdown_secs} s shutdown timeout"
     );
     // What the stalled broker never acknowledged is still in the outbox.
     assert!(
