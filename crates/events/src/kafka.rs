@@ -2,18 +2,20 @@
 //! creation at start-up, and one consumer group per consumer with offsets
 //! stored only after the event is settled (at least once).
 
+use crate::kafka_errors::{kind_of, KafkaErrors, Op};
 use crate::{Consumer, Dispatcher, Event};
-use commerce_resilience::{Breaker, CallError};
+use commerce_resilience::{Breaker, BreakerState, CallError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
@@ -26,6 +28,15 @@ pub struct KafkaConfig {
     /// Bound on one delivery (`message.timeout.ms`).
     pub delivery_timeout: Duration,
     pub partitions: i32,
+    /// librdkafka's idempotent producer. Off by default: the outbox already
+    /// publishes at least once and every consumer drops duplicates by event
+    /// id, and a broker that mishandles idempotence sessions (tansu 0.6
+    /// does; see the README) fails every later publish.
+    pub idempotence: bool,
+    /// How often an idle instance asks the broker whether it is there (its
+    /// metadata), so the `kafka` breaker and readiness see an unreachable
+    /// broker within seconds, also one that was never reachable.
+    pub probe_interval: Duration,
 }
 
 impl KafkaConfig {
@@ -38,35 +49,147 @@ impl KafkaConfig {
 #[derive(Clone)]
 pub struct Publisher {
     /// Replaced by [`Publisher::renew`] after an outage.
-    producer: Arc<std::sync::RwLock<FutureProducer>>,
+    producer: Arc<std::sync::RwLock<FutureProducer<ClientErrors>>>,
     config: Arc<KafkaConfig>,
     breaker: Breaker,
+    errors: KafkaErrors,
+    /// When the broker last acknowledged something (ms since `born`).
+    last_ok_ms: Arc<AtomicU64>,
+    born: Instant,
+    /// Event types whose topic is known to exist (made by this process or
+    /// found existing).
+    topics: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
-fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+/// The producer's librdkafka context: client errors (connection lost, all
+/// brokers down, a fatal error) are counted and logged by kind.
+#[derive(Clone)]
+pub struct ClientErrors {
+    errors: KafkaErrors,
+    op: Op,
+}
+
+impl rdkafka::ClientContext for ClientErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors
+            .record(self.op, kind_of(&error), &format!("{error}: {reason}"));
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        librdkafka_log(level, fac, message);
+    }
+}
+
+/// librdkafka's own log lines. Its errors also reach the error callback,
+/// which counts them by kind and logs them rate limited; repeated here at
+/// error level they would be one line per connection attempt while a
+/// broker is away.
+fn librdkafka_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+            tracing::warn!(target: "librdkafka", fac, "{message}");
+        }
+        _ => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+/// The admin client's context: its failures are recorded by the caller.
+struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        librdkafka_log(level, fac, message);
+    }
+}
+
+/// The producer settings, and why.
+fn producer(
+    config: &KafkaConfig,
+    errors: &KafkaErrors,
+) -> Result<FutureProducer<ClientErrors>, KafkaError> {
     let timeout_ms = config.delivery_timeout.as_millis().to_string();
+    // A produce request gets as long as the whole delivery: one that
+    // timed out would be sent again (a duplicate the inbox drops), and a
+    // broker that is slow under a steady load is not made slower by
+    // retries piling onto it.
     ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
-        .set("enable.idempotence", "true")
+        .set(
+            "enable.idempotence",
+            if config.idempotence { "true" } else { "false" },
+        )
         .set("acks", "all")
         .set("message.timeout.ms", &timeout_ms)
         .set("request.timeout.ms", &timeout_ms)
+        // Ordering within a key is not relied on (consumers are
+        // idempotent and order-free); a few requests in flight keep a
+        // steady trickle flowing while one waits on the broker.
+        .set("max.in.flight.requests.per.connection", "5")
         .set("socket.connection.setup.timeout.ms", "3000")
         .set("reconnect.backoff.max.ms", "1000")
         .set("linger.ms", "5")
-        .create()
+        .create_with_context(ClientErrors {
+            errors: errors.clone(),
+            op: Op::Client,
+        })
 }
 
 impl Publisher {
     pub fn new(config: &KafkaConfig, breaker: Breaker) -> Result<Self, KafkaError> {
+        let errors = KafkaErrors::new();
         Ok(Self {
-            producer: Arc::new(std::sync::RwLock::new(producer(config)?)),
+            producer: Arc::new(std::sync::RwLock::new(producer(config, &errors)?)),
             config: Arc::new(config.clone()),
             breaker,
+            errors,
+            last_ok_ms: Arc::new(AtomicU64::new(0)),
+            born: Instant::now(),
+            topics: Arc::default(),
         })
     }
 
-    fn current(&self) -> FutureProducer {
+    /// Makes the topics of `event_types` (existing ones are fine) and
+    /// remembers them.
+    pub async fn ensure_topics(&self, event_types: &[&str]) -> Result<(), KafkaError> {
+        let result = ensure_topics(&self.config, event_types).await;
+        match &result {
+            Ok(()) => {
+                let mut known = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+                known.extend(event_types.iter().map(|t| (*t).to_owned()));
+            }
+            Err(e) => self.errors.record_error(Op::Client, e),
+        }
+        result
+    }
+
+    fn topic_known(&self, event_type: &str) -> bool {
+        self.topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(event_type)
+    }
+
+    /// The failures of this process's Kafka clients, by kind.
+    pub fn errors(&self) -> &KafkaErrors {
+        &self.errors
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    fn note_ok(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ok_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the broker last answered (since start if never).
+    fn since_ok(&self) -> Duration {
+        let at = Duration::from_millis(self.last_ok_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(at)
+    }
+
+    fn current(&self) -> FutureProducer<ClientErrors> {
         self.producer
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -79,9 +202,15 @@ impl Publisher {
     /// restarted without it answers errors for good (the test broker, tansu
     /// 0.6, fails its storage), while a new producer asks for a new session.
     /// Events the old one still held are failed, and the relay publishes
-    /// them again; consumers drop duplicates by event id.
+    /// them again; consumers drop duplicates by event id. Without
+    /// idempotence there is no session to lose, and nothing is done: a
+    /// closed producer drops its requests in flight, which is what some
+    /// brokers handle worst.
     pub fn renew(&self) {
-        let fresh = match producer(&self.config) {
+        if !self.config.idempotence {
+            return;
+        }
+        let fresh = match producer(&self.config, &self.errors) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "kafka producer could not be renewed");
@@ -106,8 +235,18 @@ impl Publisher {
         tracing::info!("kafka producer renewed");
     }
 
-    /// Sends one event and waits for the broker's acknowledgement.
+    /// Sends one event and waits for the broker's acknowledgement. An
+    /// event of a type whose topic this process has not made yet (written
+    /// by a newer instance) gets its topic first: a broker that does not
+    /// create topics on its own would otherwise keep the event waiting
+    /// until it times out, every time, and the breaker would blame the
+    /// broker.
     pub async fn publish(&self, event: &Event) -> Result<(), String> {
+        if !self.topic_known(&event.event_type) {
+            if let Err(e) = self.ensure_topics(&[event.event_type.as_str()]).await {
+                return Err(format!("{}: topic not created: {e}", kind_of(&e)));
+            }
+        }
         let topic = self.config.topic(&event.event_type);
         let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
         let key = event.key.clone();
@@ -120,24 +259,42 @@ impl Publisher {
                 .map(|_| ())
                 .map_err(|(e, _)| e)
         };
-        self.through_breaker(send).await
+        let bound = self.config.delivery_timeout + Duration::from_secs(1);
+        self.through_breaker(Op::Publish, bound, send).await
     }
 
-    /// Runs one broker call through the `kafka` breaker, bounded a little
-    /// over the delivery timeout (librdkafka answers first).
+    /// Runs one broker call through the `kafka` breaker, bounded by
+    /// `bound`; a failure is counted and logged by kind, and answered as
+    /// `"<kind>: <error>"` (what the outbox row keeps as its last error).
     async fn through_breaker(
         &self,
+        op: Op,
+        bound: Duration,
         call: impl std::future::Future<Output = Result<(), KafkaError>>,
     ) -> Result<(), String> {
-        let bound = self.config.delivery_timeout + Duration::from_secs(1);
         match self
             .breaker
             .call_classified(Some(bound), call, |_: &KafkaError| true)
             .await
         {
-            Ok(()) => Ok(()),
-            Err(CallError::Rejected { .. }) => Err("kafka breaker open".into()),
-            Err(e) => Err(e.to_string()),
+            Ok(()) => {
+                self.note_ok();
+                Ok(())
+            }
+            // Not a call to the broker: the breaker's own counters tell.
+            Err(CallError::Rejected { .. }) => Err("breaker_open: kafka breaker open".into()),
+            Err(CallError::Inner(e)) => {
+                let kind = kind_of(&e);
+                let message = e.to_string();
+                self.errors.record(op, kind, &message);
+                Err(format!("{kind}: {message}"))
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let kind = if e.is_timeout() { "timeout" } else { "other" };
+                self.errors.record(op, kind, &message);
+                Err(format!("{kind}: {message}"))
+            }
         }
     }
 
@@ -146,10 +303,22 @@ impl Publisher {
     /// instance's breaker closes once the broker is back instead of staying
     /// half-open (and unhealthy) until the next event.
     pub async fn ping(&self) -> Result<(), String> {
+        self.ping_within(self.probe_timeout()).await
+    }
+
+    /// Bound on one metadata probe: a broker that is there (and, probed
+    /// only while idle, not busy) answers it in milliseconds.
+    fn probe_timeout(&self) -> Duration {
+        self.config
+            .delivery_timeout
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(200))
+    }
+
+    async fn ping_within(&self, wait: Duration) -> Result<(), String> {
         use rdkafka::producer::Producer as _;
         let producer = self.current();
-        let wait = self.config.delivery_timeout;
-        // librdkafka's metadata call blocks its thread.
+        // librdkafka's metadata call blocks its thread (at most `wait`).
         let ask = async move {
             tokio::task::spawn_blocking(move || {
                 producer.client().fetch_metadata(None, wait).map(|_| ())
@@ -157,24 +326,89 @@ impl Publisher {
             .await
             .unwrap_or(Err(KafkaError::Canceled))
         };
-        self.through_breaker(ask).await
+        self.through_breaker(Op::Publish, wait + Duration::from_millis(500), ask)
+            .await
     }
 
-    /// Waits for queued messages (on shutdown; dropping purges them).
-    pub fn flush(&self, timeout: Duration) {
+    /// Keeps the `kafka` breaker honest while there is nothing to publish:
+    /// every `probe_interval`, unless the broker answered more recently
+    /// than that, asks it for its metadata through the breaker (after a
+    /// failed probe, four times as often). A broker that does not answer
+    /// (down, stalled, never there) opens the breaker after
+    /// `failure_threshold` probes, a few seconds; a half-open breaker
+    /// closes on the first answer. Ends on `shutdown`.
+    pub async fn watch(&self, shutdown: CancellationToken) {
+        let every = self.config.probe_interval.max(Duration::from_millis(100));
+        let mut pause = every;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = every;
+            let due = match self.breaker.state_for_call() {
+                BreakerState::Open => false,
+                BreakerState::HalfOpen => true,
+                BreakerState::Closed => self.since_ok() >= every,
+            };
+            if due {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = self.ping() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "kafka probe failed");
+                            pause = every / 4;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for queued messages to be delivered (on
+    /// shutdown; dropping the producer purges them, and the outbox still
+    /// holds every row not marked published). Runs off the runtime: a
+    /// flush blocks its thread. True when everything was delivered.
+    pub async fn flush(&self, timeout: Duration) -> bool {
         use rdkafka::producer::Producer as _;
-        if let Err(e) = self.current().flush(timeout) {
-            tracing::warn!(error = %e, "kafka producer flush incomplete");
+        let producer = self.current();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout));
+        match tokio::time::timeout(timeout + Duration::from_millis(500), flushed).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "kafka producer flush incomplete; the outbox keeps what was not delivered");
+                false
+            }
+            _ => {
+                tracing::warn!("kafka producer flush did not return in time; the outbox keeps what was not delivered");
+                false
+            }
         }
     }
 }
 
 /// Creates the topics if missing (the test broker does not auto-create).
 pub async fn ensure_topics(config: &KafkaConfig, event_types: &[&str]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<Quiet> = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("socket.connection.setup.timeout.ms", "3000")
-        .create()?;
+        .create_with_context(Quiet)?;
+    let result = create_topics(&admin, config, event_types).await;
+    // Destroying a client can wait on a broker that does not answer.
+    let spawned = std::thread::Builder::new()
+        .name("kafka-admin-close".into())
+        .spawn(move || drop(admin));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not close the kafka admin client in the background");
+    }
+    result
+}
+
+async fn create_topics(
+    admin: &AdminClient<Quiet>,
+    config: &KafkaConfig,
+    event_types: &[&str],
+) -> Result<(), KafkaError> {
     let names: Vec<String> = event_types.iter().map(|t| config.topic(t)).collect();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
@@ -185,7 +419,7 @@ pub async fn ensure_topics(config: &KafkaConfig, event_types: &[&str]) -> Result
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                tracing::warn!(topic = %name, ?code, "topic creation failed");
+                tracing::debug!(topic = %name, ?code, "topic creation failed");
                 return Err(KafkaError::AdminOp(code));
             }
         }
@@ -196,19 +430,48 @@ pub async fn ensure_topics(config: &KafkaConfig, event_types: &[&str]) -> Result
 /// Notes transport failures, so the consume loop can rebuild its client: a
 /// broker that restarted can leave a consumer joined to a group that no
 /// longer knows it, waiting forever.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Health {
     broken: Arc<std::sync::atomic::AtomicBool>,
+    errors: KafkaErrors,
+}
+
+impl Health {
+    fn new(errors: KafkaErrors) -> Self {
+        Self {
+            broken: Arc::default(),
+            errors,
+        }
+    }
 }
 
 impl rdkafka::ClientContext for Health {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(%error, reason, "kafka client error");
+        self.errors
+            .record(Op::Consume, kind_of(&error), &format!("{error}: {reason}"));
         self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        librdkafka_log(level, fac, message);
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for Health {}
+impl rdkafka::consumer::ConsumerContext for Health {
+    /// An offset commit that failed (the events are read again after a
+    /// rebalance; the inbox drops them): counted and logged by kind.
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &rdkafka::TopicPartitionList,
+    ) {
+        match result {
+            // Nothing to commit: not a failure.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) | Ok(()) => {}
+            Err(e) => self.errors.record_error(Op::Consume, &e),
+        }
+    }
+}
 
 fn consumer_client(
     config: &KafkaConfig,
@@ -236,6 +499,7 @@ pub async fn consume(
     config: KafkaConfig,
     dispatcher: Dispatcher,
     consumer: Arc<dyn Consumer>,
+    errors: KafkaErrors,
     shutdown: CancellationToken,
 ) {
     let group = format!("{}{}", config.group_prefix, consumer.name());
@@ -246,7 +510,7 @@ pub async fn consume(
         .collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     while !shutdown.is_cancelled() {
-        let health = Health::default();
+        let health = Health::new(errors.clone());
         let client = match consumer_client(&config, &group, health.clone()) {
             Ok(c) => c,
             Err(e) => {
@@ -267,7 +531,7 @@ pub async fn consume(
                 .await
             }
             Err(e) => {
-                tracing::warn!(group, error = %e, "kafka subscribe failed");
+                errors.record_error(Op::Consume, &e);
                 true
             }
         };
@@ -340,7 +604,7 @@ async fn run_session(
         let message = match message {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(group, error = %e, "kafka receive failed");
+                health.errors.record_error(Op::Consume, &e);
                 health
                     .broken
                     .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -351,7 +615,7 @@ async fn run_session(
             .broken
             .store(false, std::sync::atomic::Ordering::SeqCst);
         quiet_since_error = None;
-        let messages = more_of_batch(client, health, group, message).await;
+        let messages = more_of_batch(client, health, message).await;
         let events: Vec<Event> = messages
             .iter()
             .filter_map(|m| {
@@ -367,7 +631,7 @@ async fn run_session(
             let _ = client.commit_consumer_state(CommitMode::Async);
             return false;
         }
-        store_offsets(client, group, &messages);
+        store_offsets(client, health, &messages);
     }
     let _ = client.commit_consumer_state(CommitMode::Async);
     false
@@ -378,7 +642,6 @@ async fn run_session(
 async fn more_of_batch<'c>(
     client: &'c StreamConsumer<Health>,
     health: &Health,
-    group: &str,
     first: BorrowedMessage<'c>,
 ) -> Vec<BorrowedMessage<'c>> {
     let mut messages = vec![first];
@@ -388,7 +651,7 @@ async fn more_of_batch<'c>(
         match tokio::time::timeout_at(until, client.recv()).await {
             Ok(Ok(m)) => messages.push(m),
             Ok(Err(e)) => {
-                tracing::debug!(group, error = %e, "kafka receive failed");
+                health.errors.record_error(Op::Consume, &e);
                 health
                     .broken
                     .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -439,12 +702,16 @@ async fn settle(
 
 /// Stores, per partition, the offset of the batch's last message (the
 /// consumer commits it with its next auto-commit).
-fn store_offsets(client: &StreamConsumer<Health>, group: &str, messages: &[BorrowedMessage<'_>]) {
+fn store_offsets(
+    client: &StreamConsumer<Health>,
+    health: &Health,
+    messages: &[BorrowedMessage<'_>],
+) {
     let mut stored: std::collections::HashSet<(&str, i32)> = Default::default();
     for m in messages.iter().rev() {
         if stored.insert((m.topic(), m.partition())) {
             if let Err(e) = client.store_offset_from_message(m) {
-                tracing::warn!(group, error = %e, "offset store failed");
+                health.errors.record_error(Op::Consume, &e);
             }
         }
     }

@@ -10,6 +10,7 @@
 
 pub mod consumers;
 pub mod kafka;
+pub mod kafka_errors;
 pub mod relay;
 
 use chrono::{DateTime, Utc};

@@ -189,25 +189,17 @@ impl Relay {
                 }
                 BreakerState::HalfOpen => {
                     publisher.renew();
-                    // One event probes the broker; a batch would have all
-                    // but one rejected by the half-open breaker.
-                    let probe = self.pass(1).await?;
-                    if probe.claimed == 0 {
-                        // Nothing to publish: ask the broker itself.
-                        if let Err(e) = publisher.ping().await {
-                            tracing::debug!(error = %e, "kafka probe failed");
-                        }
-                        return Ok(probe);
+                    // The broker itself is the probe, not the oldest row:
+                    // a row that fails for its own sake (a topic that cannot
+                    // be made, a message too large) would fail every probe
+                    // and hold every other event back for good.
+                    if let Err(e) = publisher.ping().await {
+                        tracing::debug!(error = %e, "kafka probe failed");
+                        return Ok(Pass {
+                            pause: Some(Duration::from_millis(50)),
+                            ..Pass::default()
+                        });
                     }
-                    if probe.published == 0 {
-                        return Ok(probe);
-                    }
-                    let rest = self.pass(self.config.batch).await?;
-                    return Ok(Pass {
-                        claimed: probe.claimed + rest.claimed,
-                        published: probe.published + rest.published,
-                        ..rest
-                    });
                 }
                 BreakerState::Closed => {}
             }

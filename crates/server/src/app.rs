@@ -17,6 +17,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
+/// Longest wait for the Kafka producer's queue on shutdown.
+pub const FLUSH_BOUND: Duration = Duration::from_secs(2);
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -236,10 +239,21 @@ impl Application {
     }
 
     /// Serves until SIGTERM/SIGINT or a stop through the handle; in-flight
-    /// requests get `shutdown_timeout_secs` to finish.
+    /// requests get `shutdown_timeout_secs` to finish. Then background work
+    /// stops, and the Kafka producer gets at most [`FLUSH_BOUND`] (and half
+    /// the shutdown timeout) to deliver what it holds (the outbox keeps every row not marked
+    /// published: a broker that does not answer costs a later redelivery,
+    /// never a process that will not stop). The binary then exits without
+    /// destroying its Kafka clients, which can wait on such a broker.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.state.shutdown.cancel();
+        if let commerce_events::relay::Sink::Kafka(publisher) = self.state.relay.sink() {
+            // Within the shutdown timeout, which the binary's watchdog
+            // enforces: at most half of it.
+            let half = Duration::from_secs(self.state.settings.http.shutdown_timeout_secs) / 2;
+            publisher.flush(FLUSH_BOUND.min(half)).await;
+        }
         result
     }
 }
@@ -333,17 +347,34 @@ fn spawn_background(state: &web::Data<AppState>) {
     });
 }
 
-/// The outbox relay and, with a broker, one Kafka consumer per group.
+/// The outbox relay and, with a broker, the broker watch (the `kafka`
+/// breaker's probe while idle) and one Kafka consumer per group.
 fn spawn_events(state: &web::Data<AppState>) {
+    if let commerce_events::relay::Sink::Kafka(publisher) = state.relay.sink() {
+        // From the start, whatever topic creation does: a broker that is
+        // not there shows in the breaker and readiness within seconds.
+        let publisher = publisher.clone();
+        let shutdown = state.shutdown.clone();
+        tokio::spawn(async move { publisher.watch(shutdown).await });
+    }
     let st = state.clone();
     tokio::spawn(async move {
-        if let Some(kafka) = st.settings.kafka_config() {
-            let types = st.events.event_types();
-            // Topics first (the broker may be down: retry until it answers).
+        if let commerce_events::relay::Sink::Kafka(publisher) = st.relay.sink() {
+            let kafka = publisher.config().clone();
+            let errors = publisher.errors().clone();
+            // Every type the outbox holds, not only those our consumers
+            // want: the relay publishes every row (issue 25: charges'
+            // `balance_charged` had no topic, timed out, and as the oldest
+            // row blocked the breaker's probe for good).
+            let mut types = st.events.event_types();
+            types.extend(commerce_storage::outbox::event::ALL);
+            types.sort_unstable();
+            types.dedup();
+            // Topics before consumers subscribe and before the relay
+            // publishes (the broker may be down: retry until it answers).
             loop {
-                match commerce_events::kafka::ensure_topics(&kafka, &types).await {
-                    Ok(()) => break,
-                    Err(e) => tracing::warn!(error = %e, "kafka topics not created yet"),
+                if publisher.ensure_topics(&types).await.is_ok() {
+                    break;
                 }
                 tokio::select! {
                     _ = st.shutdown.cancelled() => return,
@@ -355,13 +386,11 @@ fn spawn_events(state: &web::Data<AppState>) {
                     kafka.clone(),
                     st.events.clone(),
                     consumer.clone(),
+                    errors.clone(),
                     st.shutdown.clone(),
                 ));
             }
         }
         st.relay.run(st.shutdown.clone()).await;
-        if let commerce_events::relay::Sink::Kafka(p) = st.relay.sink() {
-            p.flush(Duration::from_secs(5));
-        }
     });
 }

@@ -209,6 +209,11 @@ pub struct KafkaSettings {
     pub group_prefix: String,
     pub delivery_timeout_ms: u64,
     pub partitions: i32,
+    /// librdkafka's idempotent producer (off: see the README's broker
+    /// requirements).
+    pub idempotence: bool,
+    /// How often an idle instance probes the broker (its metadata).
+    pub probe_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +227,9 @@ pub struct EventSettings {
     pub relay_idle_ms: u64,
     pub relay_lull_ms: u64,
     pub relay_max_delay_ms: u64,
+    /// Readiness says `degraded` once the oldest unpublished outbox row is
+    /// older than this.
+    pub outbox_degraded_age_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +288,8 @@ topic_prefix = "commerce."
 group_prefix = "commerce."
 delivery_timeout_ms = 5000
 partitions = 3
+idempotence = false
+probe_interval_ms = 1000
 
 [events]
 max_attempts = 5
@@ -288,6 +298,7 @@ relay_batch = 200
 relay_idle_ms = 500
 relay_lull_ms = 150
 relay_max_delay_ms = 200
+outbox_degraded_age_secs = 30
 
 [notification]
 
@@ -436,6 +447,11 @@ impl Settings {
             ("coupons.fallback_wait_ms", self.coupons.fallback_wait_ms),
             ("orders.ttl_secs", self.orders.ttl_secs),
             ("kafka.delivery_timeout_ms", self.kafka.delivery_timeout_ms),
+            ("kafka.probe_interval_ms", self.kafka.probe_interval_ms),
+            (
+                "events.outbox_degraded_age_secs",
+                self.events.outbox_degraded_age_secs,
+            ),
             ("events.http_timeout_ms", self.events.http_timeout_ms),
             ("events.relay_idle_ms", self.events.relay_idle_ms),
             ("events.relay_max_delay_ms", self.events.relay_max_delay_ms),
@@ -578,6 +594,8 @@ impl Settings {
                 group_prefix: k.group_prefix.clone(),
                 delivery_timeout: Duration::from_millis(k.delivery_timeout_ms),
                 partitions: k.partitions,
+                idempotence: k.idempotence,
+                probe_interval: Duration::from_millis(k.probe_interval_ms),
             })
     }
 

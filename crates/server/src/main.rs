@@ -3,6 +3,7 @@
 
 use commerce_server::{app, telemetry, Application, Settings};
 use std::process::ExitCode;
+use std::time::Duration;
 
 // A request allocates many small short-lived buffers (headers, JSON, span
 // fields) across threads; glibc malloc spent ~10 % of a worker's CPU in a
@@ -32,6 +33,10 @@ async fn main() -> ExitCode {
         }
     };
     match result {
+        // The runtime is not dropped: its drop waits for blocking calls
+        // (a metadata probe, a client's destruction) a stalled broker can
+        // hold; the outbox keeps whatever was not delivered.
+        Ok(()) if command.as_deref() != Some("migrate") => std::process::exit(0),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "commerce-server failed");
@@ -42,9 +47,61 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let bound = Duration::from_secs(settings.http.shutdown_timeout_secs);
     let app = Application::build(settings).await?;
+    arm_watchdog(bound);
     tracing::info!(port = app.port(), "listening");
     app.run_until_stopped().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Makes SIGTERM (or SIGINT) stop the process within `bound`, whatever a
+/// dependency does: the server stops gracefully on its own, and this
+/// thread, on a runtime of its own (so blocked workers cannot delay it),
+/// ends the process once `bound` has passed since the signal. What a
+/// stalled broker still held stays in the outbox, and is published again
+/// later.
+fn arm_watchdog(bound: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "shutdown watchdog not armed");
+                    return;
+                }
+            };
+            let signalled = runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return false;
+                };
+                tokio::select! {
+                    _ = term.recv() => true,
+                    _ = int.recv() => true,
+                }
+            });
+            if !signalled {
+                tracing::warn!("shutdown watchdog could not listen for signals");
+                return;
+            }
+            std::thread::sleep(bound);
+            tracing::error!(
+                bound_secs = bound.as_secs(),
+                "shutdown did not finish within http.shutdown_timeout_secs: exiting now"
+            );
+            eprintln!("commerce-server: shutdown timeout reached, exiting");
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "shutdown watchdog not armed");
+    }
 }

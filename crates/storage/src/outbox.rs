@@ -14,6 +14,16 @@ pub mod event {
     pub const ORDER_EXPIRED: &str = "order_expired";
     pub const COUPON_ISSUED: &str = "coupon_issued";
     pub const BALANCE_CHARGED: &str = "balance_charged";
+    /// Every type the outbox holds. In Kafka mode each is a topic, made
+    /// at start-up whether or not a consumer of ours wants it (the relay
+    /// publishes every row; a type without a topic never leaves).
+    pub const ALL: [&str; 5] = [
+        ORDER_PAID,
+        ORDER_CANCELLED,
+        ORDER_EXPIRED,
+        COUPON_ISSUED,
+        BALANCE_CHARGED,
+    ];
 }
 
 /// Bumped whenever this process writes outbox rows: the relays of this

@@ -79,8 +79,40 @@ impl Broker {
         }
     }
 
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing is
+    /// answered, as a broker stuck in a long pause.
+    pub fn stall(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a stalled broker (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill")
+                .args([which, &pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill {which} {pid} failed");
+        }
+    }
+
     /// Kills the broker (as a crash would).
     pub fn stop(&mut self) {
+        // A stalled broker is thawed first, so it can be reaped.
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -71,7 +71,21 @@ pub async fn reconcile_coupon(
 /// Every circuit breaker's state and counts.
 #[utoipa::path(get, path = "/admin/breakers", tag = "admin", security(("admin" = [])), responses((status = 200, body = Object)))]
 pub async fn breakers(_admin: Admin, state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.breakers.report())
+    let mut report = serde_json::to_value(state.breakers.report()).unwrap_or_default();
+    // The `kafka` breaker says why its calls failed: counts per kind of
+    // publish, consume and client error, and the last one.
+    if let commerce_events::relay::Sink::Kafka(p) = state.relay.sink() {
+        let errors = serde_json::to_value(p.errors().report()).unwrap_or_default();
+        if let Some(list) = report
+            .get_mut("breakers")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for b in list.iter_mut().filter(|b| b["name"] == "kafka") {
+                b["errors"] = errors.clone();
+            }
+        }
+    }
+    HttpResponse::Ok().json(report)
 }
 
 /// Force a breaker open or closed, or reset it.

@@ -43,19 +43,48 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         .into_iter()
         .map(|b| (b.name.clone(), json!(b.state)))
         .collect();
-    let outbox = match tokio::time::timeout(Duration::from_secs(1), state.relay.backlog()).await {
-        Ok(Ok(b)) => json!(b),
-        _ => json!(null),
+    // Events waiting too long to leave (broker down, relay stuck) degrade.
+    let age_bound = state.settings.events.outbox_degraded_age_secs as f64;
+    let (outbox, outbox_lagging) =
+        match tokio::time::timeout(Duration::from_secs(1), state.relay.backlog()).await {
+            Ok(Ok(b)) => {
+                let lagging = b.oldest_age_secs > age_bound;
+                (
+                    json!({
+                        "status": if lagging { "lagging" } else { "ok" },
+                        "unpublished": b.unpublished,
+                        "oldest_age_secs": b.oldest_age_secs,
+                        "degraded_after_secs": age_bound,
+                    }),
+                    lagging,
+                )
+            }
+            _ => (json!(null), false),
+        };
+    let kafka = match state.relay.sink() {
+        commerce_events::relay::Sink::Kafka(p) => {
+            let breaker = state.breakers.kafka().state();
+            json!({
+                "status": match breaker {
+                    commerce_resilience::BreakerState::Closed => "up",
+                    commerce_resilience::BreakerState::HalfOpen => "probing",
+                    commerce_resilience::BreakerState::Open => "down",
+                },
+                "last_error": p.errors().report().last,
+            })
+        }
+        commerce_events::relay::Sink::InProcess(_) => json!({ "status": "in_process" }),
     };
     let checks = json!({
         "outbox": outbox,
+        "kafka": kafka,
         "database": db,
         "redis": redis,
         "db_pool": { "size": size, "available": available, "waiting": waiting },
         "breakers": breakers,
     });
     if db_up {
-        let status = if redis_up && !breakers.values().any(|s| s != "closed") {
+        let status = if redis_up && !outbox_lagging && !breakers.values().any(|s| s != "closed") {
             "ready"
         } else {
             "degraded"
