@@ -69,7 +69,7 @@ pub async fn move_in(
     later.reverse();
     let deltas: Vec<i64> = entries.iter().map(|e| e.delta).collect();
     let references: Vec<Option<&str>> = entries.iter().map(|e| e.reference.as_deref()).collect();
-    let moved: Option<Moved> = diesel::sql_query(
+    let moved: Option<Moved> = commerce_storage::sql::cached(
         "WITH moved AS ( \
            UPDATE users SET balance = balance + $2, updated_at = now() \
            WHERE id = $1 AND balance + $2 >= 0 AND balance + $2 <= $3 \

@@ -111,7 +111,7 @@ pub async fn give_back_in(c: &AsyncPgConnection, units: &[(i64, i32)]) -> Result
     let ids: Vec<i64> = units.iter().map(|(p, _)| *p).collect();
     let counts: Vec<i32> = units.iter().map(|(_, n)| *n).collect();
     // `p.id = ANY($1)` finds the rows by primary key.
-    diesel::sql_query(
+    commerce_storage::sql::cached(
         "UPDATE products p SET stock = p.stock + v.n, updated_at = now() \
          FROM unnest($1::bigint[], $2::int[]) AS v(id, n) \
          WHERE p.id = ANY($1) AND p.id = v.id",

@@ -180,7 +180,7 @@ pub(crate) async fn detail(
     id: ProductId,
 ) -> Result<Option<ProductDetail>, StorageError> {
     let mut c = conn(pool).await?;
-    let row: Option<DetailRow> = diesel::sql_query(DETAIL_SQL)
+    let row: Option<DetailRow> = commerce_storage::sql::cached(DETAIL_SQL)
         .bind::<BigInt, _>(id.get())
         .get_result(&mut c)
         .await
@@ -201,7 +201,7 @@ pub(crate) async fn page(
     offset: i64,
 ) -> Result<Vec<ProductSummary>, StorageError> {
     let mut c = conn(pool).await?;
-    let rows: Vec<SummaryRow> = diesel::sql_query(PAGE_SQL)
+    let rows: Vec<SummaryRow> = commerce_storage::sql::cached(PAGE_SQL)
         .bind::<BigInt, _>(limit)
         .bind::<BigInt, _>(offset)
         .load(&mut c)
@@ -220,7 +220,9 @@ pub(crate) async fn page(
 
 pub(crate) async fn count(pool: &DbPool) -> Result<i64, StorageError> {
     let mut c = conn(pool).await?;
-    let row: Count = diesel::sql_query(COUNT_SQL).get_result(&mut c).await?;
+    let row: Count = commerce_storage::sql::cached(COUNT_SQL)
+        .get_result(&mut c)
+        .await?;
     Ok(row.n)
 }
 
@@ -242,7 +244,7 @@ pub(crate) async fn add_sales_on(
     sales: &[(i64, i64)],
 ) -> Result<Vec<(i64, i64)>, StorageError> {
     let (ids, units): (Vec<i64>, Vec<i64>) = sales.iter().copied().unzip();
-    let rows: Vec<Units> = diesel::sql_query(UPSERT_SALES_SQL)
+    let rows: Vec<Units> = commerce_storage::sql::cached(UPSERT_SALES_SQL)
         .bind::<Date, _>(day)
         .bind::<Array<BigInt>, _>(ids)
         .bind::<Array<BigInt>, _>(units)
@@ -258,7 +260,7 @@ pub(crate) async fn totals_of(
     ids: &[i64],
 ) -> Result<Vec<(i64, i64)>, StorageError> {
     let mut c = conn(pool).await?;
-    let rows: Vec<Units> = diesel::sql_query(
+    let rows: Vec<Units> = commerce_storage::sql::cached(
         "SELECT product_id, units FROM product_sales_daily WHERE day = $1 AND product_id = ANY($2)",
     )
     .bind::<Date, _>(day)
@@ -273,7 +275,7 @@ pub(crate) async fn day_sales(
     day: NaiveDate,
 ) -> Result<Vec<(i64, i64)>, StorageError> {
     let mut c = conn(pool).await?;
-    let rows: Vec<Units> = diesel::sql_query(DAY_SALES_SQL)
+    let rows: Vec<Units> = commerce_storage::sql::cached(DAY_SALES_SQL)
         .bind::<Date, _>(day)
         .load(&mut c)
         .await?;
@@ -287,7 +289,7 @@ pub(crate) async fn top_sales(
     limit: i64,
 ) -> Result<Vec<(i64, i64)>, StorageError> {
     let mut c = conn(pool).await?;
-    let rows: Vec<Units> = diesel::sql_query(TOP_SALES_SQL)
+    let rows: Vec<Units> = commerce_storage::sql::cached(TOP_SALES_SQL)
         .bind::<Date, _>(from)
         .bind::<Date, _>(to)
         .bind::<BigInt, _>(limit)

@@ -152,7 +152,7 @@ pub async fn insert(
         #[diesel(sql_type = diesel::sql_types::Timestamptz)]
         issued_at: chrono::DateTime<chrono::Utc>,
     }
-    let res: Result<(i64, chrono::DateTime<chrono::Utc>), StorageError> = diesel::sql_query(
+    let res: Result<(i64, chrono::DateTime<chrono::Utc>), StorageError> = commerce_storage::sql::cached(
         "WITH ins AS (\
            INSERT INTO user_coupons (coupon_id, coupon_quantity, user_id, slot) VALUES ($1, $2, $3, $4) \
            RETURNING id, issued_at), \
@@ -327,7 +327,7 @@ pub async fn random_free_slot(
     conn: &mut AsyncPgConnection,
     coupon: &Coupon,
 ) -> Result<Option<i32>, StorageError> {
-    let found: Option<FreeSlot> = diesel::sql_query(
+    let found: Option<FreeSlot> = commerce_storage::sql::cached(
         "SELECT s::int AS slot FROM generate_series(1, $2::int) AS s \
          WHERE NOT EXISTS (SELECT 1 FROM user_coupons u WHERE u.coupon_id = $1 AND u.slot = s) \
          ORDER BY random() LIMIT 1",
@@ -350,7 +350,7 @@ pub async fn free_slot(
         if from > to {
             continue;
         }
-        let found: Option<FreeSlot> = diesel::sql_query(
+        let found: Option<FreeSlot> = commerce_storage::sql::cached(
             "SELECT s::int AS slot FROM generate_series($2::int, $3::int) AS s \
              WHERE NOT EXISTS (SELECT 1 FROM user_coupons u WHERE u.coupon_id = $1 AND u.slot = s) LIMIT 1",
         )

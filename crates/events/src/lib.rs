@@ -503,13 +503,14 @@ impl Dispatcher {
         );
         let mut c = conn(&self.db).await?;
         c.transaction(async |tx| {
-            let fresh: std::collections::HashSet<uuid::Uuid> = diesel::sql_query(&insert)
-                .bind::<diesel::sql_types::Array<SqlUuid>, _>(&ids)
-                .load::<Id>(tx)
-                .await?
-                .into_iter()
-                .map(|r| r.event_id)
-                .collect();
+            let fresh: std::collections::HashSet<uuid::Uuid> =
+                commerce_storage::sql::cached(&insert)
+                    .bind::<diesel::sql_types::Array<SqlUuid>, _>(&ids)
+                    .load::<Id>(tx)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.event_id)
+                    .collect();
             let applied: Vec<&Event> = events
                 .iter()
                 .copied()
@@ -535,7 +536,7 @@ impl Dispatcher {
             event_id: uuid::Uuid,
         }
         let mut c = conn(&self.db).await?;
-        let rows: Vec<Id> = diesel::sql_query(format!(
+        let rows: Vec<Id> = commerce_storage::sql::cached(&format!(
             "SELECT event_id FROM {table} WHERE event_id = ANY($1)"
         ))
         .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
@@ -547,7 +548,7 @@ impl Dispatcher {
     /// Writes `ids` into the inbox `table` in one statement.
     async fn record(&self, table: &str, ids: &[uuid::Uuid]) -> Result<(), StorageError> {
         let mut c = conn(&self.db).await?;
-        diesel::sql_query(format!(
+        commerce_storage::sql::cached(&format!(
             "INSERT INTO {table} (event_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING"
         ))
         .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
@@ -615,7 +616,7 @@ impl Dispatcher {
             let mut c = conn(&self.db).await?;
             return c
                 .transaction(async |tx| {
-                    let fresh = diesel::sql_query(&insert)
+                    let fresh = commerce_storage::sql::cached(&insert)
                         .bind::<SqlUuid, _>(event.id)
                         .execute(tx)
                         .await?;
@@ -634,7 +635,7 @@ impl Dispatcher {
         }
         let seen: Seen = {
             let mut c = conn(&self.db).await?;
-            diesel::sql_query(format!(
+            commerce_storage::sql::cached(&format!(
                 "SELECT EXISTS (SELECT 1 FROM {table} WHERE event_id = $1) AS seen"
             ))
             .bind::<SqlUuid, _>(event.id)
@@ -646,7 +647,7 @@ impl Dispatcher {
         }
         consumer.handle(None, event).await?;
         let mut c = conn(&self.db).await?;
-        diesel::sql_query(&insert)
+        commerce_storage::sql::cached(&insert)
             .bind::<SqlUuid, _>(event.id)
             .execute(&mut c)
             .await?;
@@ -664,7 +665,7 @@ impl Dispatcher {
         metrics::counter!("events_dead_lettered_total", "consumer" => consumer.name()).increment(1);
         let saved = async {
             let mut c = conn(&self.db).await?;
-            diesel::sql_query(
+            commerce_storage::sql::cached(
                 "INSERT INTO dead_letters (consumer, event_id, event_type, aggregate_key, payload, event_created_at, error, attempts) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                  ON CONFLICT (consumer, event_id) DO UPDATE SET error = EXCLUDED.error, \
@@ -732,7 +733,7 @@ impl Dispatcher {
     /// Parked events not yet re-driven, oldest first.
     pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, DeadLetterError> {
         let mut c = conn(&self.db).await?;
-        Ok(diesel::sql_query(
+        Ok(commerce_storage::sql::cached(
             "SELECT * FROM dead_letters WHERE redriven_at IS NULL ORDER BY id LIMIT $1",
         )
         .bind::<BigInt, _>(limit)
@@ -745,7 +746,7 @@ impl Dispatcher {
     pub async fn redrive(&self, id: i64) -> Result<(DeadLetter, Delivery), DeadLetterError> {
         let letter: DeadLetter = {
             let mut c = conn(&self.db).await?;
-            diesel::sql_query("SELECT * FROM dead_letters WHERE id = $1")
+            commerce_storage::sql::cached("SELECT * FROM dead_letters WHERE id = $1")
                 .bind::<BigInt, _>(id)
                 .get_result(&mut c)
                 .await
@@ -766,11 +767,13 @@ impl Dispatcher {
         let delivery = self.deliver(consumer.as_ref(), &event).await;
         if matches!(delivery, Delivery::Processed | Delivery::Duplicate) {
             let mut c = conn(&self.db).await?;
-            diesel::sql_query("UPDATE dead_letters SET redriven_at = now() WHERE id = $1")
-                .bind::<BigInt, _>(id)
-                .execute(&mut c)
-                .await
-                .map_err(StorageError::from)?;
+            commerce_storage::sql::cached(
+                "UPDATE dead_letters SET redriven_at = now() WHERE id = $1",
+            )
+            .bind::<BigInt, _>(id)
+            .execute(&mut c)
+            .await
+            .map_err(StorageError::from)?;
         }
         Ok((letter, delivery))
     }

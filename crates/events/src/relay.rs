@@ -211,7 +211,7 @@ impl Relay {
     async fn pass(&self, limit: i64) -> Result<Pass, StorageError> {
         let rows: Vec<Row> = {
             let mut c = conn(&self.db).await?;
-            diesel::sql_query(
+            commerce_storage::sql::cached(
                 "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2) \
                  WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL \
                    AND (claimed_until IS NULL OR claimed_until < now()) \
@@ -289,7 +289,7 @@ impl Relay {
     ) -> Result<(), StorageError> {
         let mut c = conn(&self.db).await?;
         if !ok.is_empty() {
-            diesel::sql_query(
+            commerce_storage::sql::cached(
                 "UPDATE outbox SET published_at = now(), attempts = attempts + 1, claimed_until = NULL WHERE id = ANY($1)",
             )
             .bind::<Array<SqlUuid>, _>(ok)
@@ -299,7 +299,7 @@ impl Relay {
         if !failed.is_empty() {
             let ids: Vec<uuid::Uuid> = failed.iter().map(|(id, _)| *id).collect();
             let error = failed.first().map(|(_, e)| e.clone());
-            diesel::sql_query(
+            commerce_storage::sql::cached(
                 "UPDATE outbox SET attempts = attempts + 1, claimed_until = NULL, last_error = $2 WHERE id = ANY($1)",
             )
             .bind::<Array<SqlUuid>, _>(&ids)
@@ -320,7 +320,7 @@ impl Relay {
             age: f64,
         }
         let mut c = conn(&self.db).await?;
-        let b: B = diesel::sql_query(
+        let b: B = commerce_storage::sql::cached(
             "SELECT COUNT(*) AS n, COALESCE(EXTRACT(EPOCH FROM now() - MIN(created_at)), 0)::float8 AS age \
              FROM outbox WHERE published_at IS NULL",
         )

@@ -331,7 +331,7 @@ async fn return_stock(
         #[diesel(sql_type = diesel::sql_types::Integer)]
         n: i32,
     }
-    let units: Vec<Units> = diesel::sql_query(
+    let units: Vec<Units> = commerce_storage::sql::cached(
         "SELECT product_id, SUM(quantity)::int AS n FROM order_items \
          WHERE order_id = ANY($1) GROUP BY product_id ORDER BY product_id",
     )
@@ -354,6 +354,30 @@ fn unusable(why: Unusable) -> OrderError {
         Unusable::AlreadyUsed => "coupon already used",
         Unusable::Expired => "coupon expired",
     })
+}
+
+/// Writes one order's items; arrays keep the statement's text the same
+/// whatever the number of lines (prepared once per connection).
+async fn insert_items(
+    c: &AsyncPgConnection,
+    order: i64,
+    items: &[OrderItem],
+) -> Result<(), OrderError> {
+    use diesel::sql_types::{Array, BigInt, Integer};
+    let products: Vec<i64> = items.iter().map(|i| i.product_id.get()).collect();
+    let quantities: Vec<i32> = items.iter().map(|i| i.quantity).collect();
+    let prices: Vec<i64> = items.iter().map(|i| i.unit_price).collect();
+    commerce_storage::sql::cached(
+        "INSERT INTO order_items (order_id, product_id, quantity, unit_price) \
+         SELECT $1, * FROM unnest($2::bigint[], $3::int[], $4::bigint[])",
+    )
+    .bind::<BigInt, _>(order)
+    .bind::<Array<BigInt>, _>(&products)
+    .bind::<Array<Integer>, _>(&quantities)
+    .bind::<Array<BigInt>, _>(&prices)
+    .execute(&mut &*c)
+    .await?;
+    Ok(())
 }
 
 /// Reserves stock and creates a pending order in one transaction on `c`,
@@ -404,21 +428,7 @@ pub(crate) async fn create_in(
             .returning(ORDER_COLUMNS)
             .get_result(tx)
             .await?;
-        let rows: Vec<_> = items
-            .iter()
-            .map(|i| {
-                (
-                    order_items::order_id.eq(row.0),
-                    order_items::product_id.eq(i.product_id.get()),
-                    order_items::quantity.eq(i.quantity),
-                    order_items::unit_price.eq(i.unit_price),
-                )
-            })
-            .collect();
-        diesel::insert_into(order_items::table)
-            .values(&rows)
-            .execute(tx)
-            .await?;
+        insert_items(tx, row.0, &items).await?;
         let order = to_order(row, items);
         if let Some(answer) = answer {
             answer.save(tx, &order).await?;

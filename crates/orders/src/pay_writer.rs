@@ -14,7 +14,7 @@ use commerce_domain::{OrderId, ProductId, UserId};
 use commerce_storage::batch::{Batch, BatchError, Batcher};
 use commerce_storage::idempotency::{self, SaveAnswer};
 use commerce_storage::outbox::{self, event};
-use commerce_storage::schema::{order_items, payments};
+use commerce_storage::schema::order_items;
 use commerce_storage::StorageError;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt};
@@ -148,7 +148,7 @@ async fn pay_batch(
         //    Orders with a coupon are left to the lone path, which redeems it.
         //    `o.id = ANY($1)` lets the planner find the rows by primary key
         //    (joined only to the unnested pairs, it scanned the table).
-        let claimed: Vec<Claimed> = diesel::sql_query(
+        let claimed: Vec<Claimed> = commerce_storage::sql::cached(
             "UPDATE orders o SET status = 'paid', paid_at = now() \
              FROM unnest($1::bigint[], $2::bigint[]) AS v(id, u) \
              WHERE o.id = ANY($1) AND o.id = v.id AND o.user_id = v.u AND o.status = 'pending' \
@@ -188,19 +188,17 @@ async fn pay_batch(
                     .await;
                 balance.map(|b| b.map(|b| (user, b)))
             }));
-        let payment_rows: Vec<_> = claimed
-            .iter()
-            .map(|c| {
-                (
-                    payments::order_id.eq(c.id),
-                    payments::user_id.eq(c.user_id),
-                    payments::amount.eq(c.pay_amount),
-                )
-            })
-            .collect();
-        let inserted = diesel::insert_into(payments::table)
-            .values(&payment_rows)
-            .execute(&mut &*db);
+        let amounts: Vec<i64> = claimed.iter().map(|c| c.pay_amount).collect();
+        let payers: Vec<i64> = claimed.iter().map(|c| c.user_id).collect();
+        // Arrays: one statement text whatever the batch size (prepared once).
+        let inserted = commerce_storage::sql::cached(
+            "INSERT INTO payments (order_id, user_id, amount) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])",
+        )
+        .bind::<Array<BigInt>, _>(&claimed_ids)
+        .bind::<Array<BigInt>, _>(&payers)
+        .bind::<Array<BigInt>, _>(&amounts)
+        .execute(&mut &*db);
         let items = order_items::table
             .filter(order_items::order_id.eq_any(&claimed_ids))
             .select((

@@ -11,9 +11,9 @@ use chrono::SubsecRound;
 use commerce_domain::{OrderId, UserCouponId, UserId};
 use commerce_storage::batch::{Batch, BatchError, Batcher};
 use commerce_storage::idempotency::{self, Claim, SaveAnswer};
-use commerce_storage::schema::{order_items, orders};
 use commerce_storage::StorageError;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
@@ -164,7 +164,7 @@ async fn insert_batch(
         let db: &AsyncPgConnection = tx;
         let claimed = idempotency::claim_many(db, &to_claim);
         let prices = seams.stock.prices(db, &product_ids);
-        let ids = diesel::sql_query(
+        let ids = commerce_storage::sql::cached(
             "SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id \
              FROM generate_series(1, $1)",
         )
@@ -207,8 +207,8 @@ async fn insert_batch(
         let now = chrono::Utc::now().trunc_subsecs(6);
         let expires_at = now + ttl;
         let mut made = Vec::with_capacity(jobs.len());
-        let mut order_rows = Vec::with_capacity(jobs.len());
-        let mut item_rows = Vec::new();
+        let mut rows = OrderRows::default();
+        let mut item_rows = ItemRows::default();
         for ((job, id), _) in jobs.iter().zip(&ids).zip(&writes).filter(|(_, w)| **w) {
             let mut total: i64 = 0;
             let mut items = Vec::with_capacity(job.order.lines.len());
@@ -220,24 +220,18 @@ async fn insert_batch(
                     quantity: line.quantity,
                     unit_price: price,
                 });
-                item_rows.push((
-                    order_items::order_id.eq(id.id),
-                    order_items::product_id.eq(line.product.get()),
-                    order_items::quantity.eq(line.quantity),
-                    order_items::unit_price.eq(price),
-                ));
+                item_rows.order_id.push(id.id);
+                item_rows.product_id.push(line.product.get());
+                item_rows.quantity.push(line.quantity);
+                item_rows.unit_price.push(price);
             }
             let discount = job.discount.min(total);
-            order_rows.push((
-                orders::id.eq(id.id),
-                orders::user_id.eq(job.user.get()),
-                orders::total.eq(total),
-                orders::discount.eq(discount),
-                orders::pay_amount.eq(total - discount),
-                orders::user_coupon_id.eq(job.order.user_coupon.map(UserCouponId::get)),
-                orders::expires_at.eq(expires_at),
-                orders::created_at.eq(now),
-            ));
+            rows.id.push(id.id);
+            rows.user_id.push(job.user.get());
+            rows.total.push(total);
+            rows.discount.push(discount);
+            rows.user_coupon_id
+                .push(job.order.user_coupon.map(UserCouponId::get));
             made.push(Order {
                 id: OrderId::from_db(id.id),
                 user_id: job.user,
@@ -262,12 +256,33 @@ async fn insert_batch(
             .zip(&made)
             .filter_map(|((job, _), order)| job.answer.map(|a| a.render(order)))
             .collect();
-        let inserted = diesel::insert_into(orders::table)
-            .values(&order_rows)
-            .execute(&mut &*db);
-        let items = diesel::insert_into(order_items::table)
-            .values(&item_rows)
-            .execute(&mut &*db);
+        // Column arrays, not one VALUES row per order: the statements' text
+        // does not change with the batch size, so each connection prepares
+        // them once (see `commerce_storage::sql`).
+        let inserted = commerce_storage::sql::cached(
+            "INSERT INTO orders (id, user_id, total, discount, pay_amount, user_coupon_id, \
+                                 expires_at, created_at) \
+             SELECT v.id, v.user_id, v.total, v.discount, v.total - v.discount, v.uc, $6, $7 \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+                  AS v(id, user_id, total, discount, uc)",
+        )
+        .bind::<Array<BigInt>, _>(&rows.id)
+        .bind::<Array<BigInt>, _>(&rows.user_id)
+        .bind::<Array<BigInt>, _>(&rows.total)
+        .bind::<Array<BigInt>, _>(&rows.discount)
+        .bind::<Array<Nullable<BigInt>>, _>(&rows.user_coupon_id)
+        .bind::<Timestamptz, _>(expires_at)
+        .bind::<Timestamptz, _>(now)
+        .execute(&mut &*db);
+        let items = commerce_storage::sql::cached(
+            "INSERT INTO order_items (order_id, product_id, quantity, unit_price) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[])",
+        )
+        .bind::<Array<BigInt>, _>(&item_rows.order_id)
+        .bind::<Array<BigInt>, _>(&item_rows.product_id)
+        .bind::<Array<Integer>, _>(&item_rows.quantity)
+        .bind::<Array<BigInt>, _>(&item_rows.unit_price)
+        .execute(&mut &*db);
         let saved = idempotency::complete_many(db, &rendered);
         // The price is part of the guard: a price changed since it was read
         // sends the batch down the lone path, which prices atomically.
@@ -301,4 +316,23 @@ async fn insert_batch(
 struct NextId {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     id: i64,
+}
+
+/// The batch's orders, column by column.
+#[derive(Default)]
+struct OrderRows {
+    id: Vec<i64>,
+    user_id: Vec<i64>,
+    total: Vec<i64>,
+    discount: Vec<i64>,
+    user_coupon_id: Vec<Option<i64>>,
+}
+
+/// The batch's order items, column by column.
+#[derive(Default)]
+struct ItemRows {
+    order_id: Vec<i64>,
+    product_id: Vec<i64>,
+    quantity: Vec<i32>,
+    unit_price: Vec<i64>,
 }

@@ -293,7 +293,7 @@ impl LockManager {
         let mut tx = TxConn(Some(self.conn().await?));
         let conn = tx.conn()?;
         conn.batch_execute("BEGIN").await.map_err(unavailable)?;
-        let got: Locked = diesel::sql_query(
+        let got: Locked = commerce_storage::sql::cached(
             "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0)) AS locked",
         )
         .bind::<Text, _>(format!("lock:{name}"))
@@ -305,7 +305,7 @@ impl LockManager {
             return Ok(None);
         }
         set_lease(conn, ttl).await.map_err(unavailable)?;
-        let fence: Fence = diesel::sql_query(
+        let fence: Fence = commerce_storage::sql::cached(
             "INSERT INTO lock_fencing (name, token) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET token = GREATEST(lock_fencing.token + 1, EXCLUDED.token) \
              RETURNING token",
@@ -337,11 +337,13 @@ async fn set_lease(
         #[allow(dead_code)]
         v: String,
     }
-    diesel::sql_query("SELECT set_config('idle_in_transaction_session_timeout', $1, true) AS v")
-        .bind::<Text, _>(format!("{}ms", millis(ttl)))
-        .get_result::<Set>(conn)
-        .await
-        .map(|_| ())
+    commerce_storage::sql::cached(
+        "SELECT set_config('idle_in_transaction_session_timeout', $1, true) AS v",
+    )
+    .bind::<Text, _>(format!("{}ms", millis(ttl)))
+    .get_result::<Set>(conn)
+    .await
+    .map(|_| ())
 }
 
 fn now_micros() -> i64 {

@@ -63,7 +63,7 @@ struct Existing {
 /// work once. That saves a flush per request on every money or stock POST.
 pub async fn begin(conn: &mut AsyncPgConnection, claim: &Claim) -> Result<Begin, StorageError> {
     use diesel::sql_types::{BigInt, Text};
-    let inserted = diesel::sql_query(
+    let inserted = crate::sql::cached(
         "WITH lazy AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) \
          INSERT INTO idempotency_keys (user_id, key, request_hash) \
          SELECT $1, $2, $3 FROM lazy ON CONFLICT DO NOTHING",
@@ -198,7 +198,7 @@ pub async fn claim_many(
     let users: Vec<i64> = claims.iter().map(|c| c.user_id.get()).collect();
     let keys: Vec<&str> = claims.iter().map(|c| c.key.as_str()).collect();
     let hashes: Vec<&str> = claims.iter().map(|c| c.request_hash.as_str()).collect();
-    let rows: Vec<Taken> = diesel::sql_query(
+    let rows: Vec<Taken> = crate::sql::cached(
         "INSERT INTO idempotency_keys (user_id, key, request_hash) \
          SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) \
          ON CONFLICT DO NOTHING RETURNING user_id, key",
@@ -372,7 +372,7 @@ async fn record_refusals(conn: &mut AsyncPgConnection, jobs: Vec<RefusalJob>) {
         .map(|j| i16::try_from(j.status).unwrap_or(500))
         .collect();
     let bodies: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.body).collect();
-    let inserted = diesel::sql_query(
+    let inserted = crate::sql::cached(
         "INSERT INTO idempotency_keys (user_id, key, request_hash, response_status, response_body) \
          SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::jsonb[]) \
          ON CONFLICT DO NOTHING RETURNING user_id, key",

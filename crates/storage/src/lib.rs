@@ -5,6 +5,7 @@ pub mod batch;
 pub mod idempotency;
 pub mod outbox;
 pub mod schema;
+pub mod sql;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::ConnectionError;
@@ -209,7 +210,7 @@ pub async fn conn(pool: &DbPool) -> Result<DbConn, StorageError> {
 /// Cheap round trip for readiness checks.
 pub async fn ping(pool: &DbPool) -> Result<(), StorageError> {
     let mut c = conn(pool).await?;
-    diesel::sql_query("SELECT 1").execute(&mut c).await?;
+    crate::sql::cached("SELECT 1").execute(&mut c).await?;
     Ok(())
 }
 

@@ -76,21 +76,23 @@ pub async fn enqueue_many(
     if events.is_empty() {
         return Ok(());
     }
-    let rows: Vec<_> = events
-        .iter()
-        .map(|(event_type, key, payload)| {
-            (
-                outbox::id.eq(uuid::Uuid::now_v7()),
-                outbox::event_type.eq(*event_type),
-                outbox::aggregate_key.eq(key.as_str()),
-                outbox::payload.eq(payload),
-            )
-        })
-        .collect();
-    diesel::insert_into(outbox::table)
-        .values(&rows)
-        .execute(&mut &*conn)
-        .await?;
+    use diesel::sql_types::{Array, Jsonb, Text, Uuid};
+    let ids: Vec<uuid::Uuid> = events.iter().map(|_| uuid::Uuid::now_v7()).collect();
+    let types: Vec<&str> = events.iter().map(|(t, _, _)| *t).collect();
+    let keys: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = events.iter().map(|(_, _, p)| p).collect();
+    // Arrays, not one VALUES row per event: the text stays the same whatever
+    // the batch size, so the connection prepares it once.
+    crate::sql::cached(
+        "INSERT INTO outbox (id, event_type, aggregate_key, payload) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[])",
+    )
+    .bind::<Array<Uuid>, _>(ids)
+    .bind::<Array<Text>, _>(types)
+    .bind::<Array<Text>, _>(keys)
+    .bind::<Array<Jsonb>, _>(payloads)
+    .execute(&mut &*conn)
+    .await?;
     written();
     Ok(())
 }
