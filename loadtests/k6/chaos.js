@@ -61,8 +61,8 @@ export const options = {
 
 const tokens = loadTokens();
 const products = loadList('products');
-const coupon = loadValue('coupon', { id: 1, quantity: 1 });
-const sale = loadValue('sale_product', { id: 1, units: 1 });
+const couponData = loadValue('coupon', { id: 1, quantity: 1 });
+const saleData = loadValue('sale_product', { id: 1, units: 1 });
 
 function body(res, key) {
   try {
@@ -134,10 +134,10 @@ function ownUser() {
 
 export function coupon() {
   const user = ownUser();
-  const res = http.post(url(`/api/v1/coupons/${coupon.id}/issue`), null, opts(user, 'coupon'));
+  const res = http.post(url(`/api/v1/coupons/${couponData.id}/issue`), null, opts(user, 'coupon'));
   record('coupon', res, (r) => ({ id: body(r, 'user_coupon_id'), u: user.user_id }));
 }
 
 export function sale() {
-  orderAndPay(ownUser(), sale.id, 'sale');
+  orderAndPay(ownUser(), saleData.id, 'sale');
 }

@@ -131,12 +131,15 @@ pub async fn inject(
         Fault::RedisKill => {
             let pid = dep.redis.pid();
             dep.redis.kill().await;
-            step(&mut w, format!("Redis (pid {pid:?}) killed with SIGKILL"));
+            step(&mut w, format!("Redis (pid {}) killed with SIGKILL", pid_text(pid)));
             tokio::time::sleep(hold).await;
             w.end_ms = clock.now_ms();
             let back = dep.redis.spawn().await?;
             w.returned_ms = clock.at_ms(back);
-            step(&mut w, format!("Redis started again, empty, pid {:?}, answering PING", dep.redis.pid()));
+            step(&mut w, format!(
+                    "Redis started again, empty, pid {}, answering PING",
+                    pid_text(dep.redis.pid())
+                ));
         }
         Fault::RedisStall => {
             dep.redis.signal(libc::SIGSTOP);
@@ -170,7 +173,12 @@ pub async fn inject(
         }
         Fault::PgRestart => {
             step(&mut w, "pg_ctl restart -m fast".into());
-            dep.pg.ctl(&["restart", "-m", "fast", "-w", "-t", "60"], None).await?;
+            // With its log: without `-l` the new postmaster would keep our
+            // pipe open and pg_ctl's output would never end.
+            let log = dep.pg.log.clone();
+            dep.pg
+                .ctl(&["restart", "-m", "fast", "-w", "-t", "60", "-l"], Some(&log))
+                .await?;
             w.end_ms = clock.now_ms();
             let back = dep.pg.wait_accepting(Duration::from_secs(30)).await?;
             w.returned_ms = clock.at_ms(back);
@@ -221,13 +229,16 @@ pub async fn inject(
         Fault::InstanceKill => {
             let pid = dep.instances.pid(1);
             dep.instances.kill(1).await;
-            step(&mut w, format!("instance #1 (pid {pid:?}) killed with SIGKILL"));
+            step(&mut w, format!("instance #1 (pid {}) killed with SIGKILL", pid_text(pid)));
             tokio::time::sleep(hold).await;
             w.end_ms = clock.now_ms();
             step(&mut w, "instance #1 starting again".into());
             let back = dep.instances.start(1).await?;
             w.returned_ms = clock.at_ms(back);
-            step(&mut w, format!("instance #1 ready again (pid {:?})", dep.instances.pid(1)));
+            step(&mut w, format!(
+                    "instance #1 ready again (pid {})",
+                    pid_text(dep.instances.pid(1))
+                ));
         }
         Fault::LockHolderStall => {
             // Let the bursts' payments start, so the instance holds locks.
@@ -240,7 +251,10 @@ pub async fn inject(
             w.start_ms = clock.now_ms();
             step(
                 &mut w,
-                format!("instance #1 (pid {pid:?}) frozen (SIGSTOP); {locks} lock keys in Redis at that moment"),
+                format!(
+                    "instance #1 (pid {}) frozen (SIGSTOP); {locks} lock keys in Redis at that moment",
+                    pid_text(pid)
+                ),
             );
             tokio::time::sleep(hold).await;
             if let Some(p) = pid {
@@ -261,4 +275,8 @@ async fn count_keys(dep: &Deployment, pattern: &str) -> String {
         Ok(_) => "?".to_owned(),
         Err(e) => format!("? ({e})"),
     }
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
 }

@@ -68,6 +68,8 @@ pub struct Postgres {
     dir: PathBuf,
     pub port: u16,
     pub version: String,
+    /// The server's log (pg_ctl start and restart send it there).
+    pub log: PathBuf,
 }
 
 impl Postgres {
@@ -94,6 +96,7 @@ impl Postgres {
             dir,
             port,
             version: String::new(),
+            log: run_dir.join("postgres.log"),
         };
         if is_root() {
             let mut chown = Command::new("chown");
@@ -123,7 +126,7 @@ impl Postgres {
             chown.arg("postgres:postgres").arg(&conf_path);
             run_tool(chown, "chown postgres", Duration::from_secs(10)).await?;
         }
-        let log = run_dir.join("postgres.log");
+        let log = pg.log.clone();
         // The log is written by the postgres user.
         std::fs::write(&log, "").ok();
         if is_root() {

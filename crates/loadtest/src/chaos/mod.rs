@@ -532,9 +532,18 @@ async fn deploy(
 
 /// The load's first answer on the run's clock, read from k6's console file
 /// (k6 initialises its VUs before the first request).
-async fn wait_first_answer(console: &Path, clock: &Clock, limit: Duration) -> Result<f64> {
+async fn wait_first_answer<T>(
+    console: &Path,
+    clock: &Clock,
+    limit: Duration,
+    k6: &tokio::task::JoinHandle<T>,
+    k6_log: &Path,
+) -> Result<f64> {
     let deadline = Instant::now() + limit;
     loop {
+        if k6.is_finished() {
+            bail!("k6 stopped before its first answer:\n{}", procs::tail(k6_log, 20));
+        }
         if let Ok(text) = std::fs::read_to_string(console) {
             if let Some(a) = timeline::parse(&text, clock).first() {
                 return Ok(a.at_ms - a.duration_ms);
@@ -657,7 +666,15 @@ async fn run_one(
         "k6 chaos.js: {} s of load, the fault at {} s for {} s",
         timing.total_s, timing.fault_at_s, timing.fault_for_s
     ));
-    let origin_ms = match wait_first_answer(&console, &clock, Duration::from_secs(120)).await {
+    let origin_ms = match wait_first_answer(
+        &console,
+        &clock,
+        Duration::from_secs(120),
+        &k6_task,
+        &run_dir.join("k6.log"),
+    )
+    .await
+    {
         Ok(t) => t,
         Err(e) => {
             k6_task.abort();
@@ -717,6 +734,17 @@ async fn run_one(
     let db = setup::connect(&dep.db_url).await?;
     let rule_results = rules::check_all(&db).await;
     let acks = report::check_acks(&db, &answers).await;
+    // Unpublished rows still leased by a relay (a killed instance's claim
+    // waits for its lease to run out before another instance takes it).
+    let leased = db
+        .query_one(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM max(claimed_until) - now())::float8, 0)
+             FROM outbox WHERE published_at IS NULL AND claimed_until > now()",
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|r| Some((r.try_get::<_, i64>(0).ok()?, r.try_get::<_, f64>(1).ok()?)));
     drop(db);
     let alerts = dep.webhook.received();
     let platform_received = dep.platform.received().len();
@@ -736,6 +764,7 @@ async fn run_one(
         recorded,
         rules: rule_results,
         acks,
+        leased,
         alerts,
         platform_received,
         k6_exit: k6_code,

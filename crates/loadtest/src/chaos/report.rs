@@ -29,6 +29,9 @@ pub struct Input {
     pub recorded: Recorded,
     pub rules: Vec<RuleResult>,
     pub acks: Vec<AckCheck>,
+    /// Unpublished outbox rows still under a relay's lease at the end, and
+    /// the longest lease left (s).
+    pub leased: Option<(i64, f64)>,
     pub alerts: Vec<Received>,
     pub platform_received: usize,
     pub k6_exit: Option<i32>,
@@ -215,8 +218,12 @@ pub fn summarise(input: &Input) -> Summary {
     for a in &input.answers {
         *s.statuses.entry(a.status).or_default() += 1;
         s.total += 1;
-        let during = a.at_ms >= w.start_ms && a.at_ms <= w.returned_ms.max(w.end_ms);
-        let after = a.at_ms > w.returned_ms.max(w.end_ms);
+        // By when the request was sent: one sent during the fault that
+        // waited past its end is the fault's.
+        let back = w.returned_ms.max(w.end_ms);
+        let sent = a.at_ms - a.duration_ms;
+        let during = a.at_ms >= w.start_ms && sent <= back;
+        let after = sent > back;
         if during {
             s.answers_during += 1;
         }
@@ -481,7 +488,7 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
         if input.short { "short (CI)" } else { "full" }
     );
     let _ = writeln!(o, "| run files | `{}` |", input.run_dir);
-    let _ = writeln!(o, "| took | {:.1} min (k6 exit {:?}) |\n", input.minutes, input.k6_exit);
+    let _ = writeln!(o, "| took | {:.1} min (k6 exit {}) |\n", input.minutes, input.k6_exit.map_or_else(|| "killed".to_owned(), |c| c.to_string()));
 
     let _ = writeln!(o, "## Timeline (seconds since the load's first request)\n");
     let _ = writeln!(o, "| t | what |\n|---|---|");
@@ -491,7 +498,7 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
         .map(|(at, text)| (rel(*at), text.clone()))
         .collect();
     events.push((
-        rel(w.start_ms) + 0.3,
+        t.fault_at_s + 0.3,
         "coupon burst and flash sale start".to_owned(),
     ));
     for a in &input.alerts {
@@ -549,12 +556,12 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
     );
     let _ = writeln!(
         o,
-        "| errors (5xx or no answer) during the fault | {} of {} answers |",
+        "| errors (5xx or no answer) of the requests sent during the fault | {} of {} answers |",
         s.errors_during, s.answers_during
     );
     let _ = writeln!(
         o,
-        "| errors after the dependency returned | {} of {} answers |",
+        "| errors of the requests sent after the dependency returned | {} of {} answers |",
         s.errors_after, s.answers_after
     );
     let _ = writeln!(o, "| 500 answers | {} |", s.internal_500);
@@ -585,6 +592,12 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
         let _ = writeln!(
             o,
             "| backlog at the end | {u} unpublished, {d} not yet at the data platform |"
+        );
+    }
+    if let Some((n, left)) = input.leased.filter(|(n, _)| *n > 0) {
+        let _ = writeln!(
+            o,
+            "| of those, leased by a relay | {n} row(s), lease over in {left:.0} s at most: another instance publishes them then (at least once, rule 6) |"
         );
     }
     let _ = writeln!(
