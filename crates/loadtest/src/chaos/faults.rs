@@ -131,15 +131,21 @@ pub async fn inject(
         Fault::RedisKill => {
             let pid = dep.redis.pid();
             dep.redis.kill().await;
-            step(&mut w, format!("Redis (pid {}) killed with SIGKILL", pid_text(pid)));
+            step(
+                &mut w,
+                format!("Redis (pid {}) killed with SIGKILL", pid_text(pid)),
+            );
             tokio::time::sleep(hold).await;
             w.end_ms = clock.now_ms();
             let back = dep.redis.spawn().await?;
             w.returned_ms = clock.at_ms(back);
-            step(&mut w, format!(
+            step(
+                &mut w,
+                format!(
                     "Redis started again, empty, pid {}, answering PING",
                     pid_text(dep.redis.pid())
-                ));
+                ),
+            );
         }
         Fault::RedisStall => {
             dep.redis.signal(libc::SIGSTOP);
@@ -164,7 +170,10 @@ pub async fn inject(
             };
             let proxy = proxy.ok_or_else(|| anyhow!("no proxy in front of {what}"))?;
             proxy.delay(Duration::from_millis(delay));
-            step(&mut w, format!("{delay} ms added to every {what} read and write"));
+            step(
+                &mut w,
+                format!("{delay} ms added to every {what} read and write"),
+            );
             tokio::time::sleep(hold).await;
             proxy.restore();
             w.end_ms = clock.now_ms();
@@ -177,7 +186,10 @@ pub async fn inject(
             // pipe open and pg_ctl's output would never end.
             let log = dep.pg.log.clone();
             dep.pg
-                .ctl(&["restart", "-m", "fast", "-w", "-t", "60", "-l"], Some(&log))
+                .ctl(
+                    &["restart", "-m", "fast", "-w", "-t", "60", "-l"],
+                    Some(&log),
+                )
                 .await?;
             w.end_ms = clock.now_ms();
             let back = dep.pg.wait_accepting(Duration::from_secs(30)).await?;
@@ -229,16 +241,22 @@ pub async fn inject(
         Fault::InstanceKill => {
             let pid = dep.instances.pid(1);
             dep.instances.kill(1).await;
-            step(&mut w, format!("instance #1 (pid {}) killed with SIGKILL", pid_text(pid)));
+            step(
+                &mut w,
+                format!("instance #1 (pid {}) killed with SIGKILL", pid_text(pid)),
+            );
             tokio::time::sleep(hold).await;
             w.end_ms = clock.now_ms();
             step(&mut w, "instance #1 starting again".into());
             let back = dep.instances.start(1).await?;
             w.returned_ms = clock.at_ms(back);
-            step(&mut w, format!(
+            step(
+                &mut w,
+                format!(
                     "instance #1 ready again (pid {})",
                     pid_text(dep.instances.pid(1))
-                ));
+                ),
+            );
         }
         Fault::LockHolderStall => {
             // Let the bursts' payments start, so the instance holds locks.

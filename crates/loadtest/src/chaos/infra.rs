@@ -85,11 +85,8 @@ impl Postgres {
     pub async fn start(run_dir: &Path) -> Result<Self> {
         let bin = pg_bin_dir()?;
         let port = procs::free_port()?;
-        let dir = std::env::temp_dir().join(format!(
-            "loadtest-chaos-pg-{}-{}",
-            std::process::id(),
-            port
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("loadtest-chaos-pg-{}-{}", std::process::id(), port));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let pg = Self {
             bin,
@@ -155,7 +152,12 @@ impl Postgres {
         if let Some(l) = log {
             cmd.arg(l);
         }
-        run_tool(cmd, &format!("pg_ctl {}", args.join(" ")), Duration::from_secs(90)).await
+        run_tool(
+            cmd,
+            &format!("pg_ctl {}", args.join(" ")),
+            Duration::from_secs(90),
+        )
+        .await
     }
 
     /// Waits until a new connection answers `SELECT 1`; when it did.
@@ -170,9 +172,10 @@ impl Postgres {
             .await
             {
                 let task = tokio::spawn(conn);
-                let ok = tokio::time::timeout(Duration::from_secs(2), client.simple_query("SELECT 1"))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
+                let ok =
+                    tokio::time::timeout(Duration::from_secs(2), client.simple_query("SELECT 1"))
+                        .await
+                        .is_ok_and(|r| r.is_ok());
                 drop(client);
                 task.abort();
                 if ok {
@@ -180,7 +183,10 @@ impl Postgres {
                 }
             }
             if Instant::now() > deadline {
-                bail!("PostgreSQL on port {} did not accept connections within {limit:?}", self.port);
+                bail!(
+                    "PostgreSQL on port {} did not accept connections within {limit:?}",
+                    self.port
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -227,7 +233,9 @@ impl Redis {
     pub async fn start(run_dir: &Path) -> Result<Self> {
         let bin = crate::k6::which("redis-server")
             .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file()))
-            .ok_or_else(|| anyhow!("redis-server is not installed (apt-get install redis-server)"))?;
+            .ok_or_else(|| {
+                anyhow!("redis-server is not installed (apt-get install redis-server)")
+            })?;
         let mut r = Self {
             port: procs::free_port()?,
             bin,
@@ -260,7 +268,12 @@ impl Redis {
             "--maxclients",
             "10000",
         ]);
-        self.process = Some(Managed::spawn("redis-server", &mut cmd, &log, libc::SIGTERM)?);
+        self.process = Some(Managed::spawn(
+            "redis-server",
+            &mut cmd,
+            &log,
+            libc::SIGTERM,
+        )?);
         self.wait_ping(Duration::from_secs(20)).await
     }
 
@@ -291,7 +304,10 @@ impl Redis {
                 return Ok(Instant::now());
             }
             if Instant::now() > deadline {
-                bail!("Redis on port {} did not answer PING within {limit:?}", self.port);
+                bail!(
+                    "Redis on port {} did not answer PING within {limit:?}",
+                    self.port
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -205,7 +205,10 @@ impl Instances {
     }
 
     pub fn pid(&self, i: usize) -> Option<u32> {
-        self.procs.get(i).and_then(Option::as_ref).and_then(Managed::pid)
+        self.procs
+            .get(i)
+            .and_then(Option::as_ref)
+            .and_then(Managed::pid)
     }
 
     /// Starts instance `i` (again) on its port; when it was ready.
@@ -233,7 +236,11 @@ impl Instances {
         )?;
         let api = Api::new(vec![], String::new())?;
         let ready = api
-            .wait_ready(&format!("http://{addr}"), Duration::from_secs(60), Some(&mut m))
+            .wait_ready(
+                &format!("http://{addr}"),
+                Duration::from_secs(60),
+                Some(&mut m),
+            )
             .await;
         self.procs[i] = Some(m);
         ready.with_context(|| {
@@ -436,7 +443,12 @@ async fn deploy(
     users: usize,
 ) -> Result<Deployment> {
     let pg = Postgres::start(run_dir).await?;
-    log(format!("{} on 127.0.0.1:{} ({})", pg.version, pg.port, pg.data().display()));
+    log(format!(
+        "{} on 127.0.0.1:{} ({})",
+        pg.version,
+        pg.port,
+        pg.data().display()
+    ));
     let redis = Redis::start(run_dir).await?;
     log(format!("Redis on 127.0.0.1:{}", redis.port));
     let webhook = Receiver::start(clock.t0).await?;
@@ -462,10 +474,7 @@ async fn deploy(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let mut settings = vec![(
-        "data_platform.url".to_owned(),
-        platform.url("/events"),
-    )];
+    let mut settings = vec![("data_platform.url".to_owned(), platform.url("/events"))];
     settings.extend(opts.settings.iter().cloned());
     let env = ServerEnv {
         db_url: service_db_url,
@@ -482,7 +491,12 @@ async fn deploy(
     let mut migrate = Command::new(&binary.path);
     migrate.arg("migrate");
     env.apply(&mut migrate, "127.0.0.1:0");
-    let mut m = Managed::spawn("commerce-server migrate", &mut migrate, &migrate_log, libc::SIGTERM)?;
+    let mut m = Managed::spawn(
+        "commerce-server migrate",
+        &mut migrate,
+        &migrate_log,
+        libc::SIGTERM,
+    )?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(s) = m.exited() {
@@ -495,7 +509,10 @@ async fn deploy(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     if !status.success() {
-        bail!("commerce-server migrate failed:\n{}", procs::tail(&migrate_log, 20));
+        bail!(
+            "commerce-server migrate failed:\n{}",
+            procs::tail(&migrate_log, 20)
+        );
     }
     let db = setup::connect(&db_url).await?;
     setup::seed_users(&db, users, 1_000_000).await?;
@@ -512,7 +529,10 @@ async fn deploy(
     };
     for i in 0..2 {
         instances.start(i).await?;
-        log(format!("commerce-server #{i} ready on 127.0.0.1:{}", instances.ports[i]));
+        log(format!(
+            "commerce-server #{i} ready on 127.0.0.1:{}",
+            instances.ports[i]
+        ));
     }
     let (nginx, front) = start_nginx(run_dir, &instances.ports).await?;
     log(format!("nginx on {front}"));
@@ -542,7 +562,10 @@ async fn wait_first_answer<T>(
     let deadline = Instant::now() + limit;
     loop {
         if k6.is_finished() {
-            bail!("k6 stopped before its first answer:\n{}", procs::tail(k6_log, 20));
+            bail!(
+                "k6 stopped before its first answer:\n{}",
+                procs::tail(k6_log, 20)
+            );
         }
         if let Ok(text) = std::fs::read_to_string(console) {
             if let Some(a) = timeline::parse(&text, clock).first() {
@@ -550,7 +573,10 @@ async fn wait_first_answer<T>(
             }
         }
         if Instant::now() > deadline {
-            bail!("k6 logged no answer within {limit:?} (see {})", console.display());
+            bail!(
+                "k6 logged no answer within {limit:?} (see {})",
+                console.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -586,7 +612,10 @@ async fn run_one(
 
     // Data: tokens, products, the burst's coupon and the sale's product.
     let api = Api::new(dep.instances.bases(), dep.instances.env.admin_key.clone())?;
-    let tokens = api.mint_tokens(timing.users).await.context("minting tokens")?;
+    let tokens = api
+        .mint_tokens(timing.users)
+        .await
+        .context("minting tokens")?;
     let tokens_file = run_dir.join("tokens.json");
     run::write_json(&tokens_file, &tokens)?;
     let products = api
@@ -699,7 +728,9 @@ async fn run_one(
         .map_err(|e| anyhow!("k6 task: {e}"))
         .and_then(|r| r)?;
     let load_end_ms = clock.now_ms();
-    log(format!("k6 finished (exit {k6_code:?}); waiting for the backlog and the breakers"));
+    log(format!(
+        "k6 finished (exit {k6_code:?}); waiting for the backlog and the breakers"
+    ));
 
     // Settle: the backlog drained and every breaker closed, bounded.
     let deadline = Instant::now() + Duration::from_secs_f64(timing.settle_s);

@@ -36,7 +36,7 @@ impl Clock {
         i.saturating_duration_since(self.t0).as_secs_f64() * 1000.0
     }
 
-    pub fn from_unix_ms(&self, unix_ms: f64) -> f64 {
+    pub fn unix_to_run_ms(&self, unix_ms: f64) -> f64 {
         unix_ms - self.unix0_ms
     }
 }
@@ -114,9 +114,11 @@ impl Monitor {
                         .send()
                         .await
                     {
-                        Ok(r) if r.status().is_success() => {
-                            r.json::<Value>().await.ok().and_then(|v| parse_breakers(&v))
-                        }
+                        Ok(r) if r.status().is_success() => r
+                            .json::<Value>()
+                            .await
+                            .ok()
+                            .and_then(|v| parse_breakers(&v)),
                         _ => None,
                     };
                     if let Ok(mut d) = data.lock() {
@@ -172,7 +174,10 @@ impl Monitor {
 
     /// The latest backlog sample.
     pub fn last_backlog(&self) -> Option<BacklogSample> {
-        self.data.lock().ok().and_then(|d| d.backlog.last().copied())
+        self.data
+            .lock()
+            .ok()
+            .and_then(|d| d.backlog.last().copied())
     }
 
     /// Whether every instance's latest answer shows every breaker closed.

@@ -388,7 +388,8 @@ impl Input {
 }
 
 fn secs(v: Option<f64>) -> String {
-    v.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "–".to_owned())
+    v.map(|s| format!("{s:.2} s"))
+        .unwrap_or_else(|| "–".to_owned())
 }
 
 fn to_open_text(s: &Summary) -> String {
@@ -488,7 +489,14 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
         if input.short { "short (CI)" } else { "full" }
     );
     let _ = writeln!(o, "| run files | `{}` |", input.run_dir);
-    let _ = writeln!(o, "| took | {:.1} min (k6 exit {}) |\n", input.minutes, input.k6_exit.map_or_else(|| "killed".to_owned(), |c| c.to_string()));
+    let _ = writeln!(
+        o,
+        "| took | {:.1} min (k6 exit {}) |\n",
+        input.minutes,
+        input
+            .k6_exit
+            .map_or_else(|| "killed".to_owned(), |c| c.to_string())
+    );
 
     let _ = writeln!(o, "## Timeline (seconds since the load's first request)\n");
     let _ = writeln!(o, "| t | what |\n|---|---|");
@@ -580,7 +588,11 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
             ""
         }
     );
-    let _ = writeln!(o, "| no answer (client timeout or reset) | {} |", s.no_answer);
+    let _ = writeln!(
+        o,
+        "| no answer (client timeout or reset) | {} |",
+        s.no_answer
+    );
     let _ = writeln!(
         o,
         "| event backlog (unpublished + data platform) | {} before the fault at most, peak {} after it; back to that level {} after the dependency returned |",

@@ -181,7 +181,8 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
             let ms = shared.slow_ms.load(Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        let answer =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
         if write.write_all(answer.as_bytes()).await.is_err() {
             return;
         }

@@ -27,7 +27,8 @@ pub struct Answer {
 
 fn int(v: Option<&Value>) -> Option<i64> {
     let v = v?;
-    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
 /// The console lines of k6 that are answers; others are ignored.
@@ -37,7 +38,7 @@ pub fn parse(text: &str, clock: &Clock) -> Vec<Answer> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|v| {
             Some(Answer {
-                at_ms: clock.from_unix_ms(v.get("t")?.as_f64()?),
+                at_ms: clock.unix_to_run_ms(v.get("t")?.as_f64()?),
                 status: u16::try_from(v.get("s")?.as_u64()?).ok()?,
                 duration_ms: v.get("d").and_then(Value::as_f64).unwrap_or(0.0),
                 step: v.get("n")?.as_str()?.to_owned(),
@@ -133,15 +134,13 @@ impl Chart<'_> {
             }
             durations[i].push(a.duration_ms);
         }
-        let p99 = durations
-            .iter_mut()
-            .map(|d| percentile(d, 99.0))
-            .collect();
+        let p99 = durations.iter_mut().map(|d| percentile(d, 99.0)).collect();
         (counts, p99)
     }
 
     pub fn draw(&self, path: &Path) -> Result<()> {
-        self.draw_inner(path).map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+        self.draw_inner(path)
+            .map_err(|e| anyhow!("drawing {}: {e}", path.display()))
     }
 
     fn draw_inner(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -175,7 +174,10 @@ impl Chart<'_> {
             .flat_map(|v| v.iter().copied())
             .fold(1.0f64, f64::max);
         let mut chart = ChartBuilder::on(&top)
-            .caption("answers per second by status (fault window shaded)", ("sans-serif", 16))
+            .caption(
+                "answers per second by status (fault window shaded)",
+                ("sans-serif", 16),
+            )
             .margin(8)
             .x_label_area_size(28)
             .y_label_area_size(56)
@@ -207,7 +209,9 @@ impl Chart<'_> {
                     color.stroke_width(2),
                 ))?
                 .label(c)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -219,7 +223,10 @@ impl Chart<'_> {
         // p99 per second.
         let max_p99 = p99.iter().flatten().copied().fold(10.0f64, f64::max);
         let mut chart = ChartBuilder::on(&middle)
-            .caption("p99 of the answers ending in each second (ms)", ("sans-serif", 16))
+            .caption(
+                "p99 of the answers ending in each second (ms)",
+                ("sans-serif", 16),
+            )
             .margin(8)
             .x_label_area_size(28)
             .y_label_area_size(56)
