@@ -94,6 +94,9 @@ pub struct Chart<'a> {
     pub instances: usize,
 }
 
+/// The same left margin on every panel, so their time axes line up.
+const LABEL_AREA: u32 = 150;
+
 const STATE_COLORS: [(&str, RGBColor); 4] = [
     ("closed", RGBColor(46, 160, 67)),
     ("half_open", RGBColor(230, 160, 0)),
@@ -180,7 +183,7 @@ impl Chart<'_> {
             )
             .margin(8)
             .x_label_area_size(28)
-            .y_label_area_size(56)
+            .y_label_area_size(LABEL_AREA)
             .build_cartesian_2d(0f64..end, 0f64..max_rps * 1.1)?;
         chart
             .configure_mesh()
@@ -229,7 +232,7 @@ impl Chart<'_> {
             )
             .margin(8)
             .x_label_area_size(28)
-            .y_label_area_size(56)
+            .y_label_area_size(LABEL_AREA)
             .build_cartesian_2d(0f64..end, 0f64..max_p99 * 1.1)?;
         chart
             .configure_mesh()
@@ -257,17 +260,18 @@ impl Chart<'_> {
             )
             .margin(8)
             .x_label_area_size(28)
-            .y_label_area_size(150)
-            .build_cartesian_2d(0f64..end, 0f64..n_rows as f64)?;
+            .y_label_area_size(LABEL_AREA)
+            .build_cartesian_2d(0f64..end, -0.5f64..n_rows as f64 - 0.5)?;
         chart
             .configure_mesh()
             .disable_y_mesh()
-            .y_labels(n_rows + 1)
+            .y_labels(n_rows)
             .y_label_formatter(&|y| {
-                let i = y.floor() as usize;
-                if (*y - y.floor()).abs() > 1e-6 {
+                let i = y.round();
+                if (*y - i).abs() > 1e-6 || i < 0.0 {
                     return String::new();
                 }
+                let i = i as usize;
                 labels
                     .get(i)
                     .map(|(inst, name)| format!("#{inst} {name}"))
@@ -307,19 +311,19 @@ impl Chart<'_> {
                     .unwrap_or(RGBColor(150, 150, 150));
                 let y = row as f64;
                 rects.push(Rectangle::new(
-                    [(x0, y + 0.15), (x1, y + 0.85)],
+                    [(x0, y - 0.35), (x1, y + 0.35)],
                     color.filled(),
                 ));
             }
             chart.draw_series(rects)?;
         }
         chart.draw_series(std::iter::once(Rectangle::new(
-            [(fs, 0.0), (fe, n_rows as f64)],
+            [(fs, -0.5), (fe, n_rows as f64 - 0.5)],
             RGBAColor(220, 40, 40, 0.10).filled(),
         )))?;
         if let Some(r) = self.returned_s {
             chart.draw_series(std::iter::once(PathElement::new(
-                vec![(r, 0.0), (r, n_rows as f64)],
+                vec![(r, -0.5), (r, n_rows as f64 - 0.5)],
                 BLACK.stroke_width(2),
             )))?;
         }
@@ -357,5 +361,59 @@ mod tests {
         let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&mut v, 99.0), Some(99.0));
         assert_eq!(percentile(&mut [], 99.0), None);
+    }
+
+    #[test]
+    fn draws_a_timeline_with_a_row_per_instance_and_breaker() {
+        let answers: Vec<Answer> = (0..400)
+            .map(|i| Answer {
+                at_ms: f64::from(i) * 50.0,
+                status: if (100..140).contains(&i) { 503 } else { 200 },
+                duration_ms: f64::from(i % 17),
+                step: "product".to_owned(),
+                code: None,
+                retry_after: true,
+                id: None,
+                user: None,
+            })
+            .collect();
+        let breakers: Vec<BreakerSample> = (0..200)
+            .flat_map(|i| {
+                (0..2).map(move |instance| BreakerSample {
+                    at_ms: f64::from(i) * 100.0,
+                    instance,
+                    states: (i != 50).then(|| {
+                        let redis = if (50..80).contains(&i) {
+                            "open"
+                        } else {
+                            "closed"
+                        };
+                        vec![
+                            ("redis".to_owned(), redis.to_owned()),
+                            ("kafka".to_owned(), "closed".to_owned()),
+                        ]
+                    }),
+                })
+            })
+            .collect();
+        let chart = Chart {
+            title: "test".to_owned(),
+            answers: &answers,
+            breakers: &breakers,
+            origin_ms: 0.0,
+            end_s: 20.0,
+            fault_s: (5.0, 8.0),
+            returned_s: Some(8.1),
+            instances: 2,
+        };
+        let path = std::env::temp_dir().join(format!("chaos-timeline-{}.svg", std::process::id()));
+        chart.draw(&path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for label in ["#0 redis", "#1 kafka", "2xx", "503"] {
+            assert!(svg.contains(label), "{label} missing");
+        }
+        let (counts, p99) = chart.per_second();
+        assert_eq!(counts["503"].iter().sum::<f64>(), 40.0);
+        assert_eq!(p99.len(), 20);
     }
 }
