@@ -65,7 +65,7 @@ impl Fault {
         match self {
             Fault::RedisKill => "Redis SIGKILLed, then started again, empty, on the same port",
             Fault::InstanceKill => {
-                "instance #1 SIGKILLed while payments are in flight, then started again"
+                "instance #1 SIGKILLed 0.6 s into the flash sale's payments, then started again"
             }
             Fault::RedisStall => "Redis frozen with SIGSTOP, then resumed with SIGCONT",
             Fault::RedisFlush => "every Redis key wiped (FLUSHALL) in the middle of the bursts",
@@ -239,8 +239,17 @@ pub async fn inject(
             step(&mut w, "data platform receiver back to 200 at once".into());
         }
         Fault::InstanceKill => {
+            // Into the flash sale's payments (the bursts start 0.3 s after
+            // the fault time), so the kill lands mid-payment.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let locks = count_keys(dep, "chaos:lock:*").await;
             let pid = dep.instances.pid(1);
+            w.start_ms = clock.now_ms();
             dep.instances.kill(1).await;
+            step(
+                &mut w,
+                format!("{locks} lock keys in Redis just before the kill"),
+            );
             step(
                 &mut w,
                 format!("instance #1 (pid {}) killed with SIGKILL", pid_text(pid)),
