@@ -8,6 +8,7 @@ pub const USAGE: &str = "\
 usage: cargo run -p loadtest --release -- <scenario> [options]
        cargo run -p loadtest --release -- all [options] [--only a,b] [--skip a,b]
        cargo run -p loadtest --release -- list
+       cargo run -p loadtest --release -- chaos <fault>|all [--short]   (chaos --help)
 
 Builds commerce-server (release), starts N instances behind nginx against a fresh
 database, seeds 10 000 users (and what the scenario needs), runs the scenario's k6
@@ -180,6 +181,9 @@ pub enum Command {
     Run(Box<RunOptions>),
     /// Every scenario in turn; `scenario` is "all".
     All(Box<RunOptions>),
+    /// `chaos <fault>|all`: see `crate::chaos`.
+    Chaos(Box<crate::chaos::ChaosOptions>),
+    ChaosHelp,
 }
 
 /// The environment variable a server setting travels in: the server reads
@@ -256,6 +260,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     match first {
         "-h" | "--help" | "help" => return Ok(Command::Help),
         "list" => return Ok(Command::List),
+        "chaos" => {
+            let rest: Vec<String> = it.cloned().collect();
+            if rest.first().is_some_and(|a| a == "-h" || a == "--help") {
+                return Ok(Command::ChaosHelp);
+            }
+            return crate::chaos::parse(&rest).map(|o| Command::Chaos(Box::new(o)));
+        }
         s if s.starts_with('-') => return Err(format!("the scenario comes first, got `{s}`")),
         _ => {}
     }

@@ -203,6 +203,8 @@ pub struct RunSpec<'a> {
     pub stderr: &'a Path,
     /// After this k6 gets SIGINT (it still writes its summary), 30 s later SIGKILL.
     pub limit: Duration,
+    /// Environment variables for k6 itself (`K6_CONSOLE_OUTPUT`, …).
+    pub env: Vec<(String, String)>,
 }
 
 /// The system tags k6 attaches to every sample: what the scripts,
@@ -278,6 +280,7 @@ pub async fn run(k6: &Path, spec: &RunSpec<'_>) -> Result<Option<i32>> {
         .env("K6_NO_USAGE_REPORT", "true")
         .env("K6_SYSTEM_TAGS", SYSTEM_TAGS)
         .envs(gc_env())
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::fs::File::create(spec.stdout)?))
         .stderr(Stdio::from(std::fs::File::create(spec.stderr)?))
@@ -450,6 +453,7 @@ mod tests {
                 stdout: &out,
                 stderr: &dir.join("err"),
                 limit: Duration::from_secs(30),
+                env: Vec::new(),
             },
         )
         .await

@@ -2,6 +2,7 @@
 //! release instances of commerce-server and writes its report beside the
 //! seed's figures. See `loadtests/README.md`.
 
+mod chaos;
 mod cli;
 mod k6;
 mod nginx;
@@ -212,6 +213,39 @@ async fn run_all(base: cli::RunOptions, argv: Vec<String>) -> u8 {
     exit
 }
 
+/// `loadtest chaos …`: k6 on half the CPUs at a raised priority, as for
+/// the scenarios; Ctrl-C stops the run (its processes and cluster go with it).
+fn chaos_main(opts: chaos::ChaosOptions, argv: Vec<String>) -> ExitCode {
+    if let Err(e) = k6::pin(&cli::K6Cpus::Half).and_then(|()| k6::prioritise(-10)) {
+        eprintln!("loadtest: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: cannot start the async runtime: {e}");
+            return ExitCode::from(run::EXIT_ERROR);
+        }
+    };
+    let code = runtime.block_on(async move {
+        tokio::select! {
+            code = chaos::main(opts, argv) => code,
+            sig = stop_signal() => {
+                run::log(format!("{sig}: stopping"));
+                130
+            }
+        }
+    });
+    // Dropping the runtime drops the run: its children are killed and its
+    // PostgreSQL cluster stopped.
+    drop(runtime);
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let (opts, all) = match cli::parse(&argv) {
@@ -221,6 +255,11 @@ fn main() -> ExitCode {
         }
         Ok(Command::List) => {
             list();
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Chaos(opts)) => return chaos_main(*opts, argv),
+        Ok(Command::ChaosHelp) => {
+            println!("{}", chaos::USAGE);
             return ExitCode::SUCCESS;
         }
         Ok(Command::Run(opts)) => (*opts, false),

@@ -16,7 +16,7 @@ pub struct Managed {
     stop_signal: i32,
 }
 
-fn signal(pid: u32, sig: i32) {
+pub fn signal(pid: u32, sig: i32) {
     if let Ok(pid) = i32::try_from(pid) {
         // SAFETY: kill(2) with the pid of a child we spawned and still own
         // (not yet reaped, so the pid cannot have been reused).

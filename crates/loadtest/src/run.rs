@@ -112,7 +112,7 @@ pub struct ServerBinary {
     pub text: String,
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     let ok = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
@@ -203,19 +203,19 @@ async fn build_server(root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-struct ServerEnv {
-    db_url: String,
-    redis_url: String,
-    prefix: String,
-    admin_key: String,
-    token_secret: String,
-    workers: usize,
+pub(crate) struct ServerEnv {
+    pub(crate) db_url: String,
+    pub(crate) redis_url: String,
+    pub(crate) prefix: String,
+    pub(crate) admin_key: String,
+    pub(crate) token_secret: String,
+    pub(crate) workers: usize,
     /// `--set` overrides, applied last so they win over the runner's own.
-    settings: Vec<(String, String)>,
+    pub(crate) settings: Vec<(String, String)>,
 }
 
 impl ServerEnv {
-    fn apply(&self, cmd: &mut Command, addr: &str) {
+    pub(crate) fn apply(&self, cmd: &mut Command, addr: &str) {
         cmd.env("COMMERCE__DATABASE__URL", &self.db_url)
             .env("COMMERCE__HTTP__ADDR", addr)
             .env("COMMERCE__HTTP__WORKERS", self.workers.to_string())
@@ -231,12 +231,12 @@ impl ServerEnv {
     }
 }
 
-fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string(v)?;
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn rel(root: &Path, p: &Path) -> String {
+pub(crate) fn rel(root: &Path, p: &Path) -> String {
     p.strip_prefix(root).unwrap_or(p).display().to_string()
 }
 
@@ -256,7 +256,12 @@ pub fn unavailable_message(s: &Scenario, missing: &[scenarios::Endpoint]) -> Str
 
 /// `--server-bin`, else `cargo build --release -p commerce-server`.
 pub async fn server_binary(opts: &RunOptions, root: &Path) -> Result<ServerBinary> {
-    Ok(match &opts.server_bin {
+    resolve_server(opts.server_bin.as_deref(), root).await
+}
+
+/// `server_bin`, else `cargo build --release -p commerce-server`.
+pub async fn resolve_server(server_bin: Option<&Path>, root: &Path) -> Result<ServerBinary> {
+    Ok(match server_bin {
         Some(p) => {
             let path = p
                 .canonicalize()
@@ -1116,6 +1121,7 @@ impl ScenarioRun<'_> {
                 stdout: &out,
                 stderr: &err,
                 limit: self.limit,
+                env: Vec::new(),
             },
         )
         .await?;
@@ -1200,7 +1206,7 @@ async fn create_sale_product(api: &Api, units: u64, sells_out: bool) -> Result<V
 }
 
 /// `commit abc1234` or `commit abc1234 + uncommitted changes` of the workspace.
-async fn git_revision(root: &Path) -> String {
+pub(crate) async fn git_revision(root: &Path) -> String {
     async fn git(root: &Path, args: &[&str]) -> Option<String> {
         let mut cmd = Command::new("git");
         cmd.args(args)
@@ -1263,6 +1269,7 @@ async fn run_live(
             stdout: &run_dir.join(format!("{stem}.out")),
             stderr: &run_dir.join(format!("{stem}.log")),
             limit,
+            env: Vec::new(),
         },
     )
     .await

@@ -1,0 +1,861 @@
+//! `loadtest chaos <fault>` and `loadtest chaos all`: one real fault under a
+//! mixed load, against a deployment of the run's own (a disposable
+//! PostgreSQL cluster and Redis on free loopback ports, two instances, nginx),
+//! then every rule checked and an incident timeline written. See
+//! `loadtests/README.md`, section "Chaos".
+
+mod faults;
+mod infra;
+mod monitor;
+mod report;
+mod stub;
+mod timeline;
+
+// The test kit's TCP fault proxy (latency for redis-slow and pg-slow).
+#[path = "../../../testkit/src/chaos.rs"]
+#[allow(dead_code)]
+mod proxy;
+
+use crate::procs::{self, Managed};
+use crate::run::{self, Paths, ServerBinary, ServerEnv};
+use crate::setup::{self, Api};
+use crate::{k6, nginx, rules};
+use anyhow::{anyhow, bail, Context, Result};
+pub use faults::Fault;
+use infra::{Postgres, Redis};
+use monitor::{Clock, Monitor};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use stub::Receiver;
+use tokio::process::Command;
+
+/// The runner's own PostgreSQL connections carry this application name;
+/// the `pg-connections` fault terminates every other one.
+pub const RUNNER_APP_NAME: &str = "loadtest-chaos";
+
+pub const USAGE: &str = "\
+usage: cargo run -p loadtest --release -- chaos <fault>|all [options]
+
+Starts a deployment of its own (a disposable PostgreSQL cluster and Redis on free
+loopback ports, two commerce-server instances, nginx, a local alert webhook and
+data-platform receiver), drives a mixed load (product reads and order + payment at
+a constant rate; a coupon burst and a flash sale when the fault lands), injects one
+real fault, lets it heal, checks every rule and writes
+loadtests/reports/chaos-<fault>-<date>.md with a timeline (.svg). `all` runs every
+fault in turn and ends with loadtests/reports/chaos-all-<date>.md.
+
+faults:
+  redis-kill          Redis SIGKILLed, restarted empty on the same port
+  instance-kill       one instance SIGKILLed mid-payment, started again
+  redis-stall         Redis frozen (SIGSTOP), then resumed (SIGCONT)
+  redis-flush         every Redis key wiped (FLUSHALL)
+  pg-restart          pg_ctl restart -m fast
+  pg-connections      the service's PostgreSQL connections terminated, again and again
+  data-platform-down  the data platform's receiver stops listening
+  data-platform-slow  the data platform answers after 3 s (the service waits 2 s)
+  redis-slow          250 ms added to every Redis read and write (TCP proxy)
+  pg-slow             100 ms added to every PostgreSQL read and write (TCP proxy)
+  lock-holder-stall   an instance holding payment locks frozen past the lease (13 s)
+  broker-down         Kafka mode only: not run by this runner (no broker here)
+
+options:
+  --short             the CI form: 22 s of load, a 5 s fault, fewer users
+  --server-bin PATH   use this commerce-server binary instead of building one
+  --set KEY=VALUE     server setting for every instance (as for scenarios)
+  --label TEXT        report name: chaos-<fault>-<label>-<date>.md
+
+exit codes: 0 every rule held, no 500, every acknowledged write in PostgreSQL and
+every breaker closed at the end; 1 run error; 2 usage; 5 any of those broke.";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChaosOptions {
+    pub faults: Vec<Fault>,
+    pub all: bool,
+    pub short: bool,
+    pub server_bin: Option<PathBuf>,
+    pub settings: Vec<(String, String)>,
+    pub label: Option<String>,
+}
+
+/// `chaos <fault>|all [options]` (the words after `chaos`).
+pub fn parse(args: &[String]) -> Result<ChaosOptions, String> {
+    let mut it = args.iter();
+    let first = it
+        .next()
+        .ok_or_else(|| format!("chaos needs a fault or `all`\n\n{USAGE}"))?;
+    let (faults, all) = if first == "all" {
+        (Fault::ALL.to_vec(), true)
+    } else {
+        let f = Fault::from_name(first).ok_or_else(|| {
+            let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown fault `{first}`; one of: {}, all", names.join(", "))
+        })?;
+        (vec![f], false)
+    };
+    let mut o = ChaosOptions {
+        faults,
+        all,
+        short: false,
+        server_bin: None,
+        settings: Vec::new(),
+        label: None,
+    };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--short" => o.short = true,
+            "--server-bin" => o.server_bin = Some(PathBuf::from(value()?)),
+            "--set" => {
+                let raw = value()?;
+                let (k, v) = raw
+                    .split_once('=')
+                    .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                    .ok_or_else(|| format!("--set takes KEY=VALUE, got `{raw}`"))?;
+                o.settings.push((k.to_owned(), v.to_owned()));
+            }
+            "--label" => {
+                let l = value()?;
+                if l.is_empty()
+                    || !l
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(format!("--label takes letters, digits, - and _, got `{l}`"));
+                }
+                o.label = Some(l.clone());
+            }
+            other => return Err(format!("chaos: unknown option `{other}`\n\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+/// How long and how hard one run is.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub total_s: f64,
+    pub fault_at_s: f64,
+    pub fault_for_s: f64,
+    /// After the load: how long to wait for the backlog and the breakers.
+    pub settle_s: f64,
+    pub users: usize,
+    pub products: usize,
+    pub burst_vus: u64,
+    pub sale_vus: u64,
+    pub read_rate: u64,
+    pub order_rate: u64,
+}
+
+impl Timing {
+    pub fn new(short: bool, fault: Fault) -> Self {
+        let mut t = if short {
+            Self {
+                total_s: 22.0,
+                fault_at_s: 5.0,
+                fault_for_s: 5.0,
+                settle_s: 15.0,
+                users: 1_000,
+                products: 100,
+                burst_vus: 200,
+                sale_vus: 200,
+                read_rate: 40,
+                order_rate: 20,
+            }
+        } else {
+            Self {
+                total_s: 40.0,
+                fault_at_s: 10.0,
+                fault_for_s: 8.0,
+                settle_s: 30.0,
+                users: 2_000,
+                products: 200,
+                burst_vus: 300,
+                sale_vus: 300,
+                read_rate: 60,
+                order_rate: 25,
+            }
+        };
+        if fault == Fault::LockHolderStall {
+            // Past the payment lock's 10 s lease.
+            t.fault_for_s = 13.0;
+            t.total_s = t.total_s.max(t.fault_at_s + t.fault_for_s + 12.0);
+        }
+        t
+    }
+}
+
+/// The instances of a run: ports, processes, and how to start one again.
+pub struct Instances {
+    pub ports: Vec<u16>,
+    pub procs: Vec<Option<Managed>>,
+    starts: Vec<usize>,
+    bin: PathBuf,
+    env: ServerEnv,
+    webhook: String,
+    run_dir: PathBuf,
+}
+
+impl Instances {
+    pub fn bases(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs
+            .get(i)
+            .and_then(Option::as_ref)
+            .and_then(Managed::pid)
+    }
+
+    /// Starts instance `i` (again) on its port; when it was ready.
+    pub async fn start(&mut self, i: usize) -> Result<Instant> {
+        let port = self.ports[i];
+        let addr = format!("127.0.0.1:{port}");
+        self.starts[i] += 1;
+        let log_path = self.run_dir.join(if self.starts[i] == 1 {
+            format!("server-{i}.log")
+        } else {
+            format!("server-{i}-start{}.log", self.starts[i])
+        });
+        let mut cmd = Command::new(&self.bin);
+        self.env.apply(&mut cmd, &addr);
+        // Alerts carry the instance in their path: /alerts/<i>.
+        cmd.env(
+            "COMMERCE__ALERTS__WEBHOOK_URL",
+            format!("{}/{i}", self.webhook),
+        );
+        let mut m = Managed::spawn(
+            &format!("commerce-server #{i}"),
+            &mut cmd,
+            &log_path,
+            libc::SIGTERM,
+        )?;
+        let api = Api::new(vec![], String::new())?;
+        let ready = api
+            .wait_ready(
+                &format!("http://{addr}"),
+                Duration::from_secs(60),
+                Some(&mut m),
+            )
+            .await;
+        self.procs[i] = Some(m);
+        ready.with_context(|| {
+            format!(
+                "commerce-server #{i} on {addr} is not ready:\n{}",
+                procs::tail(&log_path, 30)
+            )
+        })?;
+        Ok(Instant::now())
+    }
+
+    /// SIGKILL instance `i` and reap it.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut m) = self.procs.get_mut(i).and_then(Option::take) {
+            if let Some(pid) = m.pid() {
+                procs::signal(pid, libc::SIGKILL);
+            }
+            m.stop(Duration::from_secs(5)).await;
+        }
+    }
+
+    pub async fn stop_all(&mut self) {
+        for i in 0..self.procs.len() {
+            if let Some(pid) = self.pid(i) {
+                procs::signal(pid, libc::SIGCONT);
+            }
+            if let Some(mut m) = self.procs[i].take() {
+                m.stop(Duration::from_secs(10)).await;
+            }
+        }
+    }
+}
+
+/// When the fault was in force and when its dependency came back.
+#[derive(Debug, Clone, Default)]
+pub struct FaultWindow {
+    /// Run clock, ms.
+    pub start_ms: f64,
+    pub end_ms: f64,
+    /// When the dependency accepted connections again (ms).
+    pub returned_ms: f64,
+    /// What was done, in order, for the report.
+    pub steps: Vec<(f64, String)>,
+}
+
+/// One finished run, for `chaos all`'s table.
+pub struct Outcome {
+    pub fault: Fault,
+    pub summary: report::Summary,
+    pub report: PathBuf,
+    pub passed: bool,
+}
+
+fn log(msg: impl AsRef<str>) {
+    run::log(format!("chaos: {}", msg.as_ref()));
+}
+
+/// `chaos <fault>` or `chaos all`: the exit code.
+pub async fn main(opts: ChaosOptions, argv: Vec<String>) -> u8 {
+    match main_inner(&opts, &argv).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("[loadtest] error: {e:#}");
+            run::EXIT_ERROR
+        }
+    }
+}
+
+async fn main_inner(opts: &ChaosOptions, argv: &[String]) -> Result<u8> {
+    let started = chrono::Utc::now();
+    let paths = Paths::locate()?;
+    procs::raise_nofile_limit();
+    let binary = run::resolve_server(opts.server_bin.as_deref(), &paths.root).await?;
+    let binary = if opts.all && opts.server_bin.is_none() {
+        let dir = paths
+            .results
+            .join(format!("chaos-all-{}", started.format("%Y%m%d-%H%M%S")));
+        run::pin_binary(binary, &dir, &paths.root)
+    } else {
+        binary
+    };
+    let mut outcomes = Vec::new();
+    let mut errors = Vec::new();
+    for fault in &opts.faults {
+        if !fault.runnable() {
+            log(format!("{}: {}", fault.name(), fault.why_not_run()));
+            errors.push((*fault, fault.why_not_run().to_owned()));
+            continue;
+        }
+        log(format!("=== {} ===", fault.name()));
+        match run_one(*fault, opts, argv, &binary, &paths).await {
+            Ok(o) => {
+                log(format!(
+                    "{}: {} ({})",
+                    fault.name(),
+                    if o.passed { "PASS" } else { "FAIL" },
+                    run::rel(&paths.root, &o.report)
+                ));
+                outcomes.push(o);
+            }
+            Err(e) => {
+                eprintln!("[loadtest] chaos {}: error: {e:#}", fault.name());
+                errors.push((*fault, format!("{e:#}")));
+            }
+        }
+    }
+    let failed = outcomes.iter().any(|o| !o.passed);
+    let run_errors = errors.iter().any(|(f, _)| f.runnable());
+    if opts.all {
+        let date = started.format("%Y-%m-%d").to_string();
+        let name = match &opts.label {
+            Some(l) => format!("chaos-all-{l}-{date}.md"),
+            None => format!("chaos-all-{date}.md"),
+        };
+        let path = paths.reports.join(name);
+        let text = report::render_all(
+            &outcomes,
+            &errors,
+            &format!("cargo run -p loadtest --release -- {}", argv.join(" ")),
+            &started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            &binary.text,
+            &paths.root,
+        );
+        std::fs::create_dir_all(&paths.reports)?;
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        println!("\n{}", report::table(&outcomes, &errors, &paths.root));
+        log(format!("summary {}", run::rel(&paths.root, &path)));
+    }
+    Ok(if failed {
+        run::EXIT_RULES
+    } else if run_errors {
+        run::EXIT_ERROR
+    } else {
+        run::EXIT_OK
+    })
+}
+
+/// Everything one run starts, torn down in order at the end (and by drop on
+/// an error or Ctrl-C: processes are killed, the cluster stopped).
+struct Deployment {
+    pg: Postgres,
+    redis: Redis,
+    instances: Instances,
+    nginx: Option<Managed>,
+    front: String,
+    webhook: Receiver,
+    platform: Receiver,
+    redis_proxy: Option<proxy::ChaosProxy>,
+    pg_proxy: Option<proxy::ChaosProxy>,
+    /// The runner's own URL of the run's database (not through a proxy).
+    db_url: String,
+}
+
+impl Deployment {
+    async fn stop(mut self) {
+        if let Some(mut n) = self.nginx.take() {
+            n.stop(Duration::from_secs(5)).await;
+        }
+        self.instances.stop_all().await;
+        self.redis.stop().await;
+        // The cluster stops and its folder goes when `pg` drops.
+    }
+}
+
+async fn start_nginx(run_dir: &Path, ports: &[u16]) -> Result<(Managed, String)> {
+    let bin = nginx::find()
+        .ok_or_else(|| anyhow!("nginx is not installed (apt-get install -y nginx-light)"))?;
+    let dir = run_dir.join("nginx");
+    std::fs::create_dir_all(&dir)?;
+    let port = procs::free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx::config(&dir, port, ports))?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"));
+    let m = Managed::spawn("nginx", &mut cmd, &dir.join("nginx.out"), libc::SIGQUIT)?;
+    let front = format!("http://127.0.0.1:{port}");
+    Api::new(vec![front.clone()], String::new())?
+        .wait_ready(&front, Duration::from_secs(15), None)
+        .await
+        .with_context(|| {
+            format!(
+                "nginx did not answer:\n{}",
+                procs::tail(&dir.join("nginx-error.log"), 20)
+            )
+        })?;
+    Ok((m, front))
+}
+
+async fn deploy(
+    fault: Fault,
+    opts: &ChaosOptions,
+    binary: &ServerBinary,
+    run_dir: &Path,
+    clock: Clock,
+    users: usize,
+) -> Result<Deployment> {
+    let pg = Postgres::start(run_dir).await?;
+    log(format!(
+        "{} on 127.0.0.1:{} ({})",
+        pg.version,
+        pg.port,
+        pg.data().display()
+    ));
+    let redis = Redis::start(run_dir).await?;
+    log(format!("Redis on 127.0.0.1:{}", redis.port));
+    let webhook = Receiver::start(clock.t0).await?;
+    let platform = Receiver::start(clock.t0).await?;
+    let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let redis_proxy = match fault {
+        Fault::RedisSlow => Some(proxy::ChaosProxy::start(loopback(redis.port)).await?),
+        _ => None,
+    };
+    let pg_proxy = match fault {
+        Fault::PgSlow => Some(proxy::ChaosProxy::start(loopback(pg.port)).await?),
+        _ => None,
+    };
+    let redis_url = match &redis_proxy {
+        Some(p) => format!("redis://{}", p.addr()),
+        None => redis.url(),
+    };
+    let db_url = pg.url("commerce");
+    let service_db_url = match &pg_proxy {
+        Some(p) => format!("postgres://postgres@{}/commerce", p.addr()),
+        None => db_url.clone(),
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let mut settings = vec![("data_platform.url".to_owned(), platform.url("/events"))];
+    settings.extend(opts.settings.iter().cloned());
+    let env = ServerEnv {
+        db_url: service_db_url,
+        redis_url,
+        prefix: "chaos:".to_owned(),
+        admin_key: format!("chaos-admin-{}", run::random_hex(16)),
+        token_secret: run::random_hex(32),
+        workers: (cores / 2).max(1),
+        settings,
+    };
+
+    // The schema, by the server itself.
+    let migrate_log = run_dir.join("migrate.log");
+    let mut migrate = Command::new(&binary.path);
+    migrate.arg("migrate");
+    env.apply(&mut migrate, "127.0.0.1:0");
+    let mut m = Managed::spawn(
+        "commerce-server migrate",
+        &mut migrate,
+        &migrate_log,
+        libc::SIGTERM,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = m.exited() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            m.stop(Duration::from_secs(5)).await;
+            bail!("commerce-server migrate did not finish within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if !status.success() {
+        bail!(
+            "commerce-server migrate failed:\n{}",
+            procs::tail(&migrate_log, 20)
+        );
+    }
+    let db = setup::connect(&db_url).await?;
+    setup::seed_users(&db, users, 1_000_000).await?;
+    drop(db);
+
+    let mut instances = Instances {
+        ports: vec![procs::free_port()?, procs::free_port()?],
+        procs: vec![None, None],
+        starts: vec![0, 0],
+        bin: binary.path.clone(),
+        env,
+        webhook: webhook.url("/alerts"),
+        run_dir: run_dir.to_owned(),
+    };
+    for i in 0..2 {
+        instances.start(i).await?;
+        log(format!(
+            "commerce-server #{i} ready on 127.0.0.1:{}",
+            instances.ports[i]
+        ));
+    }
+    let (nginx, front) = start_nginx(run_dir, &instances.ports).await?;
+    log(format!("nginx on {front}"));
+    Ok(Deployment {
+        pg,
+        redis,
+        instances,
+        nginx: Some(nginx),
+        front,
+        webhook,
+        platform,
+        redis_proxy,
+        pg_proxy,
+        db_url,
+    })
+}
+
+/// The load's first answer on the run's clock, read from k6's console file
+/// (k6 initialises its VUs before the first request).
+async fn wait_first_answer<T>(
+    console: &Path,
+    clock: &Clock,
+    limit: Duration,
+    k6: &tokio::task::JoinHandle<T>,
+    k6_log: &Path,
+) -> Result<f64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if k6.is_finished() {
+            bail!(
+                "k6 stopped before its first answer:\n{}",
+                procs::tail(k6_log, 20)
+            );
+        }
+        if let Ok(text) = std::fs::read_to_string(console) {
+            if let Some(a) = timeline::parse(&text, clock).first() {
+                return Ok(a.at_ms - a.duration_ms);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "k6 logged no answer within {limit:?} (see {})",
+                console.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn sleep_until(clock: &Clock, at_ms: f64) {
+    let now = clock.now_ms();
+    if at_ms > now {
+        tokio::time::sleep(Duration::from_secs_f64((at_ms - now) / 1000.0)).await;
+    }
+}
+
+async fn run_one(
+    fault: Fault,
+    opts: &ChaosOptions,
+    argv: &[String],
+    binary: &ServerBinary,
+    paths: &Paths,
+) -> Result<Outcome> {
+    let started_at = chrono::Utc::now();
+    let wall = Instant::now();
+    let timing = Timing::new(opts.short, fault);
+    let run_dir = paths.results.join(format!(
+        "chaos-{}-{}",
+        fault.name(),
+        started_at.format("%Y%m%d-%H%M%S")
+    ));
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    log(format!("run folder {}", run::rel(&paths.root, &run_dir)));
+    let k6 = k6::ensure().await?;
+    let clock = Clock::start();
+    let mut dep = deploy(fault, opts, binary, &run_dir, clock, timing.users).await?;
+
+    // Data: tokens, products, the burst's coupon and the sale's product.
+    let api = Api::new(dep.instances.bases(), dep.instances.env.admin_key.clone())?;
+    let tokens = api
+        .mint_tokens(timing.users)
+        .await
+        .context("minting tokens")?;
+    let tokens_file = run_dir.join("tokens.json");
+    run::write_json(&tokens_file, &tokens)?;
+    let products = api
+        .create_products(timing.products, 50, "load product")
+        .await
+        .context("creating products")?;
+    let coupon_qty = timing.burst_vus / 2;
+    let coupon = api.create_coupon(coupon_qty).await?;
+    let sale_units = (timing.sale_vus / 3).max(1);
+    let sale = api
+        .create_products(1, sale_units, rules::SOLD_OUT_PRODUCT_PREFIX)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no sale product"))?;
+    setup::snapshot_stock(&setup::connect(&dep.db_url).await?).await?;
+    let data_file = run_dir.join("data.json");
+    run::write_json(
+        &data_file,
+        &json!({
+            "products": products,
+            "coupon": {"id": coupon, "quantity": coupon_qty},
+            "sale_product": {"id": sale, "units": sale_units},
+        }),
+    )?;
+    log(format!(
+        "seeded {} users, {} products × 50, a coupon of {coupon_qty}, a sale product of {sale_units} units",
+        timing.users, timing.products
+    ));
+
+    // Watch, then load.
+    let mut monitor = Monitor::start(
+        clock,
+        dep.instances.bases(),
+        dep.instances.env.admin_key.clone(),
+        dep.db_url.clone(),
+    );
+    let console = run_dir.join("k6-console.log");
+    let spec_vars: Vec<(String, String)> = vec![
+        ("BASE_URLS".into(), dep.front.clone()),
+        ("TOKENS_FILE".into(), tokens_file.display().to_string()),
+        ("DATA_FILE".into(), data_file.display().to_string()),
+        ("TOTAL".into(), timing.total_s.to_string()),
+        ("FAULT_AT".into(), timing.fault_at_s.to_string()),
+        ("READ_RATE".into(), timing.read_rate.to_string()),
+        ("ORDER_RATE".into(), timing.order_rate.to_string()),
+        ("BURST_VUS".into(), timing.burst_vus.to_string()),
+        ("SALE_VUS".into(), timing.sale_vus.to_string()),
+    ];
+    let script = paths.k6_dir.join("chaos.js");
+    let k6_task = {
+        let (k6, script, run_dir, console) =
+            (k6.clone(), script.clone(), run_dir.clone(), console.clone());
+        let limit = Duration::from_secs_f64(timing.total_s + 90.0);
+        tokio::spawn(async move {
+            k6::run(
+                &k6,
+                &k6::RunSpec {
+                    script: &script,
+                    vars: spec_vars,
+                    summary: &run_dir.join("summary.json"),
+                    dashboard: None,
+                    dashboard_period: Duration::from_secs(1),
+                    stdout: &run_dir.join("k6.out"),
+                    stderr: &run_dir.join("k6.log"),
+                    limit,
+                    env: vec![
+                        ("K6_CONSOLE_OUTPUT".into(), console.display().to_string()),
+                        ("K6_LOG_FORMAT".into(), "raw".into()),
+                    ],
+                },
+            )
+            .await
+        })
+    };
+    log(format!(
+        "k6 chaos.js: {} s of load, the fault at {} s for {} s",
+        timing.total_s, timing.fault_at_s, timing.fault_for_s
+    ));
+    let origin_ms = match wait_first_answer(
+        &console,
+        &clock,
+        Duration::from_secs(120),
+        &k6_task,
+        &run_dir.join("k6.log"),
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            k6_task.abort();
+            dep.stop().await;
+            return Err(e);
+        }
+    };
+    sleep_until(&clock, origin_ms + timing.fault_at_s * 1000.0).await;
+    let window = match faults::inject(fault, &mut dep, &clock, &timing).await {
+        Ok(w) => w,
+        Err(e) => {
+            k6_task.abort();
+            dep.stop().await;
+            return Err(e.context(format!("injecting {}", fault.name())));
+        }
+    };
+    for (at, step) in &window.steps {
+        log(format!("t+{:.2}s {step}", (at - origin_ms) / 1000.0));
+    }
+    let k6_code = k6_task
+        .await
+        .map_err(|e| anyhow!("k6 task: {e}"))
+        .and_then(|r| r)?;
+    let load_end_ms = clock.now_ms();
+    log(format!(
+        "k6 finished (exit {k6_code:?}); waiting for the backlog and the breakers"
+    ));
+
+    // Settle: the backlog drained and every breaker closed, bounded.
+    let deadline = Instant::now() + Duration::from_secs_f64(timing.settle_s);
+    loop {
+        let drained = monitor
+            .last_backlog()
+            .is_some_and(|b| b.unpublished == 0 && b.data_platform == 0);
+        if drained && monitor.all_closed(2) {
+            break;
+        }
+        if Instant::now() > deadline {
+            log("settle time over: the backlog or a breaker had not settled");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A last look at both, then stop watching.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    monitor.stop();
+    let recorded = std::mem::take(
+        &mut *monitor
+            .data
+            .lock()
+            .map_err(|_| anyhow!("monitor data poisoned"))?,
+    );
+
+    // Checks.
+    let answers = timeline::parse(
+        &std::fs::read_to_string(&console).unwrap_or_default(),
+        &clock,
+    );
+    let db = setup::connect(&dep.db_url).await?;
+    let rule_results = rules::check_all(&db).await;
+    let acks = report::check_acks(&db, &answers).await;
+    // Unpublished rows still leased by a relay (a killed instance's claim
+    // waits for its lease to run out before another instance takes it).
+    let leased = db
+        .query_one(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM max(claimed_until) - now())::float8, 0)
+             FROM outbox WHERE published_at IS NULL AND claimed_until > now()",
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|r| Some((r.try_get::<_, i64>(0).ok()?, r.try_get::<_, f64>(1).ok()?)));
+    drop(db);
+    let alerts = dep.webhook.received();
+    let platform_received = dep.platform.received().len();
+
+    let input = report::Input {
+        fault,
+        timing,
+        short: opts.short,
+        started: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        command: format!("cargo run -p loadtest --release -- {}", argv.join(" ")),
+        server: binary.text.clone(),
+        pg_version: dep.pg.version.clone(),
+        origin_ms,
+        load_end_ms,
+        window,
+        answers,
+        recorded,
+        rules: rule_results,
+        acks,
+        leased,
+        alerts,
+        platform_received,
+        k6_exit: k6_code,
+        run_dir: run::rel(&paths.root, &run_dir),
+        minutes: 0.0,
+    };
+    dep.stop().await;
+    let mut input = input;
+    input.minutes = wall.elapsed().as_secs_f64() / 60.0;
+
+    let date = started_at.format("%Y-%m-%d").to_string();
+    let stem = match &opts.label {
+        Some(l) => format!("chaos-{}-{l}-{date}", fault.name()),
+        None => format!("chaos-{}-{date}", fault.name()),
+    };
+    std::fs::create_dir_all(&paths.reports)?;
+    let svg = paths.reports.join(format!("{stem}.svg"));
+    let md = paths.reports.join(format!("{stem}.md"));
+    let summary = report::summarise(&input);
+    input.chart(&summary).draw(&svg)?;
+    let text = report::render(&input, &summary, &format!("{stem}.svg"));
+    std::fs::write(&md, text).with_context(|| format!("writing {}", md.display()))?;
+    for line in report::verdict_lines(&summary) {
+        log(line);
+    }
+    Ok(Outcome {
+        fault,
+        passed: summary.passed(),
+        summary,
+        report: md,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_faults_and_options() {
+        let o = parse(&args("redis-kill --short --set a.b=c --label ci")).unwrap();
+        assert_eq!(o.faults, vec![Fault::RedisKill]);
+        assert!(o.short && !o.all);
+        assert_eq!(o.settings, vec![("a.b".to_owned(), "c".to_owned())]);
+        assert_eq!(o.label.as_deref(), Some("ci"));
+        let all = parse(&args("all")).unwrap();
+        assert!(all.all);
+        assert_eq!(all.faults.len(), Fault::ALL.len());
+        assert!(parse(&args("nope")).is_err());
+        assert!(parse(&args("redis-kill --bogus")).is_err());
+        assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn a_lock_holder_is_frozen_past_its_lease() {
+        let t = Timing::new(true, Fault::LockHolderStall);
+        assert!(t.fault_for_s > 10.0);
+        assert!(t.total_s >= t.fault_at_s + t.fault_for_s + 10.0);
+    }
+}
