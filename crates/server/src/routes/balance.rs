@@ -3,6 +3,7 @@
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency;
+use crate::ratelimit::Class;
 use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -68,6 +69,7 @@ pub async fn charge(
             ApiError::unprocessable("invalid_amount", "amount must be a positive integer")
         })
         .and_then(|raw| ChargeAmount::parse(raw).map_err(ApiError::from))?;
+    state.limits.check(Class::Money, user.0).await?;
     let canonical = serde_json::json!({ "amount": amount.get() });
     idempotency::run(
         &state.db,

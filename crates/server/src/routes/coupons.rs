@@ -2,6 +2,7 @@
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
+use crate::ratelimit::Class;
 use crate::state::{AppState, WorkerCoupons};
 use actix_web::{web, HttpResponse};
 use commerce_domain::CouponId;
@@ -38,6 +39,7 @@ pub async fn issue(
 ) -> Result<HttpResponse, ApiError> {
     let id = CouponId::parse(path.into_inner())
         .map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
+    state.limits.check(Class::Stock, user.0).await?;
     state
         .queue
         .require_admitted(user.0, commerce_queue::Protected::CouponIssue(id))

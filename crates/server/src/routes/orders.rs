@@ -3,6 +3,7 @@
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency;
+use crate::ratelimit::Class;
 use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -101,6 +102,7 @@ pub async fn create(
     req: HttpRequest,
     body: web::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limits.check(Class::Stock, user.0).await?;
     state
         .queue
         .require_admitted(user.0, commerce_queue::Protected::OrderCreate)
@@ -179,10 +181,9 @@ pub async fn cancel(
     state: web::Data<AppState>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = state
-        .orders
-        .cancel(user.0, order_id(path.into_inner())?)
-        .await?;
+    let id = order_id(path.into_inner())?;
+    state.limits.check(Class::Stock, user.0).await?;
+    let order = state.orders.cancel(user.0, id).await?;
     Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
 }
 
@@ -199,6 +200,7 @@ pub async fn pay(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = order_id(path.into_inner())?;
+    state.limits.check(Class::Money, user.0).await?;
     idempotency::run(
         &state.db,
         &req,

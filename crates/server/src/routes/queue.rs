@@ -2,9 +2,11 @@
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
+use crate::ratelimit::Class;
 use crate::state::AppState;
 use actix_web::http::header::RETRY_AFTER;
 use actix_web::{web, HttpResponse};
+use commerce_domain::{CouponId, ProductId};
 use commerce_queue::{Target, Ticket};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -58,19 +60,30 @@ fn respond(mut res: actix_web::HttpResponseBuilder, t: Ticket) -> HttpResponse {
 }
 
 /// The room asked for, by body or query (they must agree), else the store.
+/// The body is optional: empty, `null`, or an object; anything else is a
+/// 422 `invalid_body`.
 fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiError> {
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        serde_json::from_slice::<EnterRequest>(body)
-            .map_err(|e| {
-                if e.is_data() {
-                    ApiError::unprocessable("invalid_body", format!("invalid body: {e}"))
-                } else {
-                    ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
-                }
-            })?
-            .target
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
+        match value {
+            serde_json::Value::Null => None,
+            serde_json::Value::Object(_) => {
+                serde_json::from_value::<EnterRequest>(value)
+                    .map_err(|e| {
+                        ApiError::unprocessable("invalid_body", format!("invalid body: {e}"))
+                    })?
+                    .target
+            }
+            _ => {
+                return Err(ApiError::unprocessable(
+                    "invalid_body",
+                    "invalid body: expected an object or null",
+                ))
+            }
+        }
     };
     let raw = match (from_body, query) {
         (Some(b), Some(q)) if b != q => {
@@ -83,6 +96,35 @@ fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiErr
         (None, None) => return Ok(Target::Store),
     };
     Ok(Target::parse(&raw)?)
+}
+
+/// A coupon's or sale's room opens only for a coupon or product (a sale is
+/// a product on sale) that exists: made-up ids would use up room slots
+/// that real sales need. Both lookups are cached in process.
+async fn ensure_exists(state: &AppState, target: Target) -> Result<(), ApiError> {
+    match target {
+        Target::Store => Ok(()),
+        Target::Coupon(id) => {
+            let id = CouponId::parse(id)?;
+            state
+                .coupons
+                .get(id)
+                .await
+                .map(|_| ())
+                .map_err(ApiError::from)
+        }
+        Target::Sale(id) => {
+            let id = ProductId::parse(id)?;
+            match state.catalog.detail(id).await {
+                Ok(_) => Ok(()),
+                Err(commerce_catalog::CatalogError::NotFound) => Err(ApiError::not_found(
+                    "sale_not_found",
+                    "no sale (product) with this id",
+                )),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
 }
 
 /// Enter a waiting room. The same caller gets the same token back while it
@@ -101,6 +143,8 @@ pub async fn enter(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let target = requested_target(query.into_inner().target, &body)?;
+    state.limits.check(Class::Queue, user.0).await?;
+    ensure_exists(&state, target).await?;
     let ticket = state.queue.enter(user.0, target).await?;
     let res = if ticket.created {
         HttpResponse::Created()
@@ -156,6 +200,11 @@ mod tests {
         );
         assert_eq!(
             requested_target(None, br#"{"x":1}"#).unwrap_err().code,
+            "invalid_body"
+        );
+        assert_eq!(requested_target(None, b"null").unwrap(), Target::Store);
+        assert_eq!(
+            requested_target(None, b"[null]").unwrap_err().code,
             "invalid_body"
         );
         let e = requested_target(Some("nope".into()), b"").unwrap_err();

@@ -35,6 +35,7 @@ pub async fn sign_up(
 ) -> Result<HttpResponse, ApiError> {
     let name = UserName::parse(&body.name)?;
     let user = commerce_accounts::create_user(&state.db, &name).await?;
+    state.known_users.remember(user.id).await;
     let token = state
         .tokens
         .issue(user.id)
@@ -70,6 +71,7 @@ pub async fn mint_token(
     if !commerce_accounts::user_exists(&state.db, user).await? {
         return Err(ApiError::not_found("user_not_found", "user not found"));
     }
+    state.known_users.remember(user).await;
     let token = state.tokens.issue(user).map_err(|_| ApiError::internal())?;
     Ok(HttpResponse::Ok().json(TokenResponse { token }))
 }
