@@ -19,6 +19,7 @@ pub struct IssuedBody {
     user_coupon_id: i64,
     coupon_id: i64,
     user_id: i64,
+    #[schema(value_type = super::schemas::IssuedStatus)]
     status: &'static str,
     discount_amount: i64,
     issued_at: chrono::DateTime<chrono::Utc>,
@@ -27,9 +28,11 @@ pub struct IssuedBody {
 
 /// Issue a first-come coupon to the caller.
 #[utoipa::path(post, path = "/api/v1/coupons/{id}/issue", tag = "coupons", security(("bearer" = [])),
-    params(("id" = i64, Path)),
-    responses((status = 201, body = IssuedBody), (status = 403, body = ErrorBody, description = "not_open"),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "sold_out or already_issued"),
+    params(("id" = i64, Path, minimum = 1)), operation_id = "issueCoupon",
+    responses((status = 201, body = IssuedBody),
+        (status = 403, body = ErrorBody, description = "not_open (with opens_at); not_admitted when the waiting room guards issuing (with Retry-After)",
+            headers(("Retry-After" = u64, description = "seconds, on not_admitted"))),
+        (status = 404, body = ErrorBody, description = "coupon_not_found"), (status = 409, body = ErrorBody, description = "sold_out or already_issued"),
         (status = 410, body = ErrorBody, description = "expired"), (status = 503, body = ErrorBody)))]
 pub async fn issue(
     user: AuthUser,
@@ -58,13 +61,13 @@ pub async fn issue(
 
 #[derive(Serialize, ToSchema)]
 pub struct MyCouponsBody {
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<super::schemas::MyCouponBody>)]
     items: Vec<commerce_coupons::MyCoupon>,
 }
 
 /// The caller's coupons, newest first.
 #[utoipa::path(get, path = "/api/v1/me/coupons", tag = "coupons", security(("bearer" = [])),
-    responses((status = 200, body = MyCouponsBody)))]
+    operation_id = "myCoupons", responses((status = 200, body = MyCouponsBody)))]
 pub async fn mine(
     user: AuthUser,
     coupons: web::Data<WorkerCoupons>,

@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod orders;
 pub mod products;
 pub mod queue;
+pub mod schemas;
 pub mod users;
 
 use actix_web::web;

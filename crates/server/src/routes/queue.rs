@@ -20,7 +20,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnterRequest {
-    /// `store` (default), `coupon:<id>` or `sale:<id>`.
+    /// `store` (default), `coupon:<id>` or `sale:<id>` (a sale is a product on sale).
+    #[schema(pattern = r"^(store|coupon:[1-9][0-9]{0,18}|sale:[1-9][0-9]{0,18})$")]
     target: Option<String>,
 }
 
@@ -33,7 +34,7 @@ pub struct TargetQuery {
 #[derive(Serialize, ToSchema)]
 pub struct TicketBody {
     token: String,
-    /// `waiting` or `active`.
+    #[schema(value_type = super::schemas::TicketStatus)]
     status: &'static str,
     /// 1 = next in line, 0 once active; null while degraded and waiting.
     position: Option<u64>,
@@ -95,7 +96,25 @@ fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiErr
         (Some(t), _) | (None, Some(t)) => t,
         (None, None) => return Ok(Target::Store),
     };
-    Ok(Target::parse(&raw)?)
+    Target::parse(&raw).map_err(|e| {
+        // A well-formed id past i64 names no coupon or sale: not found, as
+        // any other id that names nothing.
+        let past_i64 = |d: &str| {
+            !d.is_empty()
+                && d.len() <= 19
+                && !d.starts_with('0')
+                && d.bytes().all(|b| b.is_ascii_digit())
+        };
+        match raw.split_once(':') {
+            Some(("coupon", d)) if past_i64(d) => {
+                ApiError::not_found("coupon_not_found", "coupon not found")
+            }
+            Some(("sale", d)) if past_i64(d) => {
+                ApiError::not_found("sale_not_found", "no sale (product) with this id")
+            }
+            _ => e.into(),
+        }
+    })
 }
 
 /// A coupon's or sale's room opens only for a coupon or product (a sale is
@@ -130,11 +149,16 @@ async fn ensure_exists(state: &AppState, target: Target) -> Result<(), ApiError>
 /// Enter a waiting room. The same caller gets the same token back while it
 /// is alive: 201 for a new token, 200 for the existing one.
 #[utoipa::path(post, path = "/api/v1/queue/tokens", tag = "queue", security(("bearer" = [])),
-    params(("target" = Option<String>, Query, description = "store (default), coupon:<id> or sale:<id>")),
-    request_body(content = Option<EnterRequest>, description = "optional; `target` as in the query"),
-    responses((status = 201, body = TicketBody, description = "new token; Retry-After says when to poll"),
-        (status = 200, body = TicketBody, description = "the caller's existing token"),
-        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody, description = "invalid_queue_target"),
+    operation_id = "enterQueue",
+    params(("target" = Option<String>, Query, description = "store (default), coupon:<id> or sale:<id>",
+        pattern = r"^(store|coupon:[1-9][0-9]{0,18}|sale:[1-9][0-9]{0,18})$")),
+    request_body(content = Option<EnterRequest>, description = "optional (empty or null: the store); `target` as in the query"),
+    responses((status = 201, body = TicketBody, description = "new token; Retry-After says when to poll",
+            headers(("Retry-After" = u64, description = "seconds before the next poll"))),
+        (status = 200, body = TicketBody, description = "the caller's existing token",
+            headers(("Retry-After" = u64, description = "seconds before the next poll"))),
+        (status = 404, body = ErrorBody, description = "coupon_not_found, sale_not_found"),
+        (status = 422, body = ErrorBody, description = "invalid_queue_target"),
         (status = 503, body = ErrorBody, description = "queue_rooms_full")))]
 pub async fn enter(
     user: AuthUser,
@@ -157,9 +181,10 @@ pub async fn enter(
 /// Poll a token (only its owner can; anyone else gets 404). One Redis round
 /// trip; it also keeps the token alive.
 #[utoipa::path(get, path = "/api/v1/queue/tokens/{token}", tag = "queue", security(("bearer" = [])),
-    params(("token" = String, Path)),
-    responses((status = 200, body = TicketBody), (status = 400, body = ErrorBody, description = "invalid_queue_token"),
-        (status = 401, body = ErrorBody),
+    operation_id = "pollQueueToken",
+    params(("token" = String, Path, pattern = r"^(store|coupon-[1-9][0-9]{0,17}|sale-[1-9][0-9]{0,17})\.[0-9a-f]{32}$")),
+    responses((status = 200, body = TicketBody, headers(("Retry-After" = u64, description = "seconds before the next poll"))),
+        (status = 400, body = ErrorBody, description = "invalid_queue_token"),
         (status = 404, body = ErrorBody, description = "queue_token_not_found: unknown, expired or not yours")))]
 pub async fn poll(
     user: AuthUser,
