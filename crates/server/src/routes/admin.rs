@@ -37,8 +37,10 @@ pub struct CreateCoupon {
     name: String,
     /// Minor units.
     #[schema(minimum = 1, maximum = 100_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::json::int")]
     discount_amount: i64,
     #[schema(minimum = 1, maximum = 10_000_000)]
+    #[serde(deserialize_with = "crate::json::int")]
     quantity: i64,
     opens_at: chrono::DateTime<chrono::Utc>,
     /// After `opens_at` (else 422 `invalid_expiry`).

@@ -63,13 +63,12 @@ pub async fn charge(
     req: HttpRequest,
     body: web::Json<ChargeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let amount = body
-        .amount
-        .as_i64()
-        .ok_or_else(|| {
-            ApiError::unprocessable("invalid_amount", "amount must be a positive integer")
-        })
-        .and_then(|raw| ChargeAmount::parse(raw).map_err(ApiError::from))?;
+    let amount = match &body.amount {
+        serde_json::Value::Number(n) => crate::json::to_i64(n),
+        _ => None,
+    }
+    .ok_or_else(|| ApiError::unprocessable("invalid_amount", "amount must be a positive integer"))
+    .and_then(|raw| ChargeAmount::parse(raw).map_err(ApiError::from))?;
     state.limits.check(Class::Money, user.0).await?;
     let canonical = serde_json::json!({ "amount": amount.get() });
     idempotency::run(

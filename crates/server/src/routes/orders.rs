@@ -22,9 +22,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemRequest {
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(deserialize_with = "crate::json::int")]
     product_id: i64,
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "crate::json::int")]
     quantity: i64,
 }
 
@@ -34,7 +36,8 @@ pub struct CreateOrder {
     /// 1 to 20 lines, each product at most once (else 422 `duplicate_product`).
     #[schema(min_items = 1, max_items = 20)]
     items: Vec<ItemRequest>,
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(default, deserialize_with = "crate::json::opt_int")]
     user_coupon_id: Option<i64>,
 }
 

@@ -118,8 +118,10 @@ pub struct CreateProduct {
     name: String,
     /// Minor units, 0 or more.
     #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::json::int")]
     price: i64,
     #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::json::int")]
     stock: i64,
     /// Line breaks and tabs allowed, other control characters not.
     #[schema(max_length = 5000, pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$")]
@@ -159,12 +161,16 @@ pub struct ChangeProduct {
         max_length = 200,
         pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
     )]
+    #[serde(default, deserialize_with = "crate::json::present_str")]
     name: Option<String>,
     #[schema(max_length = 5000, pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$")]
+    #[serde(default, deserialize_with = "crate::json::present_str")]
     description: Option<String>,
     #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
+    #[serde(default, deserialize_with = "crate::json::present_int")]
     price: Option<i64>,
     #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(default, deserialize_with = "crate::json::present_int")]
     stock: Option<i64>,
 }
 
