@@ -49,6 +49,10 @@ pub struct RateLimitSettings {
     pub stock: u32,
     /// Waiting-room entries per user per window.
     pub queue: u32,
+    /// Entries into coupon or sale rooms per user per `rooms_window_secs`:
+    /// one user cannot open the room slots (`queue.max_rooms`) others need.
+    pub rooms: u32,
+    pub rooms_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +339,8 @@ window_secs = 1
 money = 20
 stock = 20
 queue = 10
+rooms = 20
+rooms_window_secs = 600
 
 [data_platform]
 
@@ -591,6 +597,8 @@ impl Settings {
                 ("rate_limit.money", u64::from(r.money)),
                 ("rate_limit.stock", u64::from(r.stock)),
                 ("rate_limit.queue", u64::from(r.queue)),
+                ("rate_limit.rooms", u64::from(r.rooms)),
+                ("rate_limit.rooms_window_secs", r.rooms_window_secs),
             ] {
                 if v == 0 {
                     return bad(

@@ -2,7 +2,6 @@
 //! `5.0` are the same integer (an integral number), so both are accepted;
 //! `5.5`, strings and out-of-range numbers are refused (422 `invalid_body`).
 
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Number;
 

@@ -22,6 +22,9 @@ pub enum Class {
     Stock,
     /// Waiting-room entry.
     Queue,
+    /// Entries into a coupon's or sale's room (rooms are a shared, capped
+    /// resource): counted over `rate_limit.rooms_window_secs`.
+    Room,
 }
 
 impl Class {
@@ -30,6 +33,7 @@ impl Class {
             Self::Money => "money",
             Self::Stock => "stock",
             Self::Queue => "queue",
+            Self::Room => "room",
         }
     }
 }
@@ -68,7 +72,16 @@ impl RateLimiter {
             Class::Money => self.settings.money,
             Class::Stock => self.settings.stock,
             Class::Queue => self.settings.queue,
+            Class::Room => self.settings.rooms,
         }
+    }
+
+    fn window(&self, class: Class) -> u64 {
+        match class {
+            Class::Room => self.settings.rooms_window_secs,
+            _ => self.settings.window_secs,
+        }
+        .max(1)
     }
 
     /// Ok while `user` is within its `class` limit; counts this request.
@@ -76,7 +89,7 @@ impl RateLimiter {
         if !self.settings.enabled {
             return Ok(());
         }
-        let window = self.settings.window_secs.max(1);
+        let window = self.window(class);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

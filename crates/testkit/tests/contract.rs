@@ -296,7 +296,12 @@ async fn payment_of_an_order_not_yours_takes_no_lock_and_leaves_no_key() {
         .await;
     assert_eq!(s, 200, "{b}");
     let mut c = app.redis().await;
-    for key in redis_keys(&app, "*order-pay*").await {
+    let kept = redis_keys(&app, "*order-pay*").await;
+    assert!(
+        !kept.is_empty(),
+        "the paying owner's lock left its fence counter"
+    );
+    for key in kept {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(&mut c)
@@ -354,6 +359,45 @@ async fn per_user_rate_limits_answer_429_with_retry_after() {
         let (s, _) = app.post_empty("/api/v1/queue/tokens", &a.token).await;
         assert_eq!(s, expect);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_open_every_room() {
+    let app = TestApp::spawn_with(|s| {
+        s.rate_limit.enabled = true;
+        s.rate_limit.rooms = 3;
+        s.queue.max_rooms = 10;
+    })
+    .await;
+    let hog = app.create_user("hog").await;
+    let mut products = Vec::new();
+    for _ in 0..5 {
+        products.push(product(&app, 5).await);
+    }
+    let mut got = Vec::new();
+    for p in &products {
+        let (s, _) = app
+            .post_json(
+                "/api/v1/queue/tokens",
+                Some(&hog.token),
+                None,
+                &json!({"target": format!("sale:{p}")}),
+            )
+            .await;
+        got.push(s);
+    }
+    assert_eq!(got, [201, 201, 201, 429, 429]);
+    // Another user still gets a room of their own.
+    let other = app.create_user("other").await;
+    let (s, b) = app
+        .post_json(
+            "/api/v1/queue/tokens",
+            Some(&other.token),
+            None,
+            &json!({"target": format!("sale:{}", products[4])}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -169,6 +169,9 @@ pub async fn enter(
     let target = requested_target(query.into_inner().target, &body)?;
     state.limits.check(Class::Queue, user.0).await?;
     ensure_exists(&state, target).await?;
+    if target != Target::Store {
+        state.limits.check(Class::Room, user.0).await?;
+    }
     let ticket = state.queue.enter(user.0, target).await?;
     let res = if ticket.created {
         HttpResponse::Created()
