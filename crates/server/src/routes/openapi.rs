@@ -265,7 +265,9 @@ fn complete_operation(path: &str, op: &mut Value) {
 /// Links for the stateful phase of API fuzzers and for readers: what a
 /// created resource's id feeds.
 fn add_links(spec: &mut Value) {
-    let links: &[(&str, &str, &str, &[(&str, &str, &str)])] = &[
+    /// Link name, target operation, the response field that feeds it.
+    type Targets = &'static [(&'static str, &'static str, &'static str)];
+    let links: &[(&str, &str, &str, Targets)] = &[
         (
             "/api/v1/orders",
             "post",
