@@ -357,4 +357,46 @@ mod tests {
         assert_eq!(params.len(), 2);
         assert!(params.iter().all(|p| p["in"] == "query"));
     }
+
+    #[test]
+    fn every_operation_lists_what_it_can_answer() {
+        let spec = spec();
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let id = op["operationId"].as_str().unwrap_or_default();
+                let responses = &op["responses"];
+                let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+                if secured {
+                    assert!(responses["401"].is_object(), "{method} {path}: 401");
+                }
+                if op.get("requestBody").is_some() {
+                    for status in ["400", "413", "415", "422"] {
+                        assert!(responses[status].is_object(), "{method} {path}: {status}");
+                    }
+                }
+                if !NO_DEPENDENCY.contains(&id) {
+                    assert!(
+                        responses["503"]["headers"]["Retry-After"].is_object(),
+                        "{method} {path}: 503 with Retry-After"
+                    );
+                }
+                if RATE_LIMITED.contains(&id) {
+                    assert!(
+                        responses["429"]["headers"]["Retry-After"].is_object(),
+                        "{method} {path}: 429 with Retry-After"
+                    );
+                }
+                for (status, r) in responses.as_object().into_iter().flatten() {
+                    assert!(
+                        r["content"].is_object(),
+                        "{method} {path} {status}: declares its content"
+                    );
+                }
+            }
+        }
+        // The admin key is a security scheme, not a parameter.
+        let mint = &spec["paths"]["/api/v1/auth/token"]["post"];
+        assert!(mint.get("parameters").is_none(), "{mint}");
+        assert_eq!(mint["security"][0]["admin"], json!([]));
+    }
 }
