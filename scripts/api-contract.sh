@@ -71,19 +71,22 @@ requests() {
 before=$(requests)
 rc=0
 echo "== schemathesis, authenticated (all checks, stateful phase; ${fuzz_secs}s)"
+# schemathesis keeps a cache in its working directory: the run's own.
+cd "$work"
 COMMERCE_FUZZ_TOKEN="$token" COMMERCE_FUZZ_ADMIN_KEY="$admin_key" \
-  st --config-file scripts/contract/schemathesis.toml run "$base/openapi.json" \
+  st --config-file "$here/scripts/contract/schemathesis.toml" run "$base/openapi.json" \
   --checks all --phases examples,coverage,fuzzing,stateful --max-time "$fuzz_secs" \
   --report junit --report-dir "$work/auth" >"$work/auth.txt" 2>&1 || rc=1
 tail -n 25 "$work/auth.txt"
 echo "== schemathesis, no credentials (${anon_secs}s)"
-sed '/^\[auth/,/^$/d' scripts/contract/schemathesis.toml >"$work/anon.toml"
+sed '/^\[auth/,/^$/d' "$here/scripts/contract/schemathesis.toml" >"$work/anon.toml"
 st --config-file "$work/anon.toml" run "$base/openapi.json" \
   --checks all --phases examples,coverage,fuzzing,stateful --max-time "$anon_secs" \
   --report junit --report-dir "$work/anon" >"$work/anon.txt" 2>&1 || rc=1
 tail -n 12 "$work/anon.txt"
 after=$(requests)
 ops=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sum(len(v) for v in d["paths"].values()))' <(curl -sf "$base/openapi.json"))
+cd "$here"
 echo "== schemathesis: $((after - before)) requests to the server, $ops operations described"
 if [ "$rc" -ne 0 ]; then
   echo "schemathesis found failures (full output above and in the junit reports)"
