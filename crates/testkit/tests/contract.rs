@@ -496,3 +496,36 @@ async fn the_previous_token_secret_is_accepted_during_its_window_only() {
         .unwrap();
     assert_eq!(split(res).await.0, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_description_is_valid_openapi_3_1() {
+    let have_validator = std::process::Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_validator {
+        // CI installs it (scripts/api-contract.sh runs before the tests).
+        eprintln!("SKIPPED: pip install openapi-spec-validator to run this test");
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/contract/validate_spec.py");
+    let url = app.url("/openapi.json");
+    let run = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(&url)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the validator finishes within a minute")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("0 errors"), "{text}");
+}
