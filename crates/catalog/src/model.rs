@@ -46,7 +46,7 @@ impl Description {
 
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         let trimmed = raw.trim();
-        if trimmed.chars().count() > Self::MAX_CHARS {
+        if raw.chars().count() > Self::MAX_CHARS {
             return Err(ParseError::new(
                 "invalid_description",
                 format!("description must be at most {} characters", Self::MAX_CHARS),

@@ -81,13 +81,9 @@ impl NewCoupon {
         opens_at: DateTime<Utc>,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<Self, ParseError> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > 100 {
-            return Err(ParseError::new(
-                "invalid_name",
-                "name must be 1 to 100 characters",
-            ));
-        }
+        // Trimmed, 1..=100 characters, no control characters (NUL would
+        // reach PostgreSQL, which refuses it).
+        let name = commerce_domain::parse_name(name, 100)?;
         if !(1..=MAX_DISCOUNT).contains(&discount_amount) {
             return Err(ParseError::new(
                 "invalid_discount",
@@ -107,7 +103,7 @@ impl NewCoupon {
             ));
         }
         Ok(Self {
-            name: name.to_owned(),
+            name,
             discount_amount,
             quantity: i32::try_from(quantity)
                 .map_err(|_| ParseError::new("invalid_quantity", "quantity too large"))?,

@@ -103,7 +103,9 @@ pub fn parse_name(raw: &str, max_chars: usize) -> Result<String, ParseError> {
     if trimmed.is_empty() {
         return Err(ParseError::new("invalid_name", "name must not be empty"));
     }
-    if trimmed.chars().count() > max_chars {
+    // The limit applies to what was sent (as the API description says),
+    // surrounding spaces included.
+    if raw.chars().count() > max_chars {
         return Err(ParseError::new(
             "invalid_name",
             format!("name must be at most {max_chars} characters"),

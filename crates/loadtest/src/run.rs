@@ -224,7 +224,9 @@ impl ServerEnv {
             .env("COMMERCE__REDIS__KEY_PREFIX", &self.prefix)
             .env("COMMERCE__AUTH__ADMIN_KEY", &self.admin_key)
             .env("COMMERCE__AUTH__TOKEN_SECRET", &self.token_secret)
-            .env("COMMERCE__LOG__LEVEL", "warn");
+            .env("COMMERCE__LOG__LEVEL", "warn")
+            // Few users driven hard: per-user limits would throttle the run.
+            .env("COMMERCE__RATE_LIMIT__ENABLED", "false");
         for (key, value) in &self.settings {
             cmd.env(cli::env_name(key), value);
         }

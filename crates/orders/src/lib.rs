@@ -844,6 +844,21 @@ impl Orders {
         id: OrderId,
         answer: Option<SaveAnswer<Payment>>,
     ) -> Result<Payment, OrderError> {
+        // The caller's order, or nothing is taken: no lock (and no Redis
+        // key) for an order that does not exist or is someone else's.
+        let owned: Option<i64> = {
+            let mut c = conn(&self.db).await?;
+            orders::table
+                .filter(orders::id.eq(id.get()))
+                .filter(orders::user_id.eq(user.get()))
+                .select(orders::id)
+                .first(&mut c)
+                .await
+                .optional()?
+        };
+        if owned.is_none() {
+            return Err(OrderError::NotFound);
+        }
         let lock = self
             .locks
             .acquire(

@@ -67,9 +67,10 @@ return 0
 pub const FENCING_TABLE_SQL: &str =
     "CREATE TABLE IF NOT EXISTS lock_fencing (name text PRIMARY KEY, token bigint NOT NULL)";
 
-/// Fence counters outlive any lease by far; the clock floor keeps tokens
-/// increasing even after one expires.
-const FENCE_COUNTER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A fence counter outlives its lock's lease by this much, no more: the
+/// clock floor (`now` in µs) keeps tokens increasing after it expires, so
+/// keeping it longer protects nothing and lets made-up lock names grow Redis.
+const FENCE_COUNTER_MARGIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -265,7 +266,7 @@ impl LockManager {
                     .arg(&holder)
                     .arg(millis(ttl))
                     .arg(now_micros())
-                    .arg(millis(FENCE_COUNTER_TTL)),
+                    .arg(millis(ttl + FENCE_COUNTER_MARGIN)),
             )
             .await
             .map_err(|e| e.to_string())?;

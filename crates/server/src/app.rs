@@ -80,9 +80,29 @@ impl Application {
             );
             SecretString::from(DEV_TOKEN_SECRET)
         });
-        let tokens = TokenSigner::new(
-            token_secret.expose_secret().as_bytes(),
-            settings.auth.token_ttl_secs,
+        let tokens = crate::auth::Tokens {
+            current: TokenSigner::new(
+                token_secret.expose_secret().as_bytes(),
+                settings.auth.token_ttl_secs,
+            ),
+            previous: settings
+                .auth
+                .previous_token_secret
+                .as_ref()
+                .zip(settings.previous_secret_until())
+                .map(|(old, until)| {
+                    (
+                        TokenSigner::new(
+                            old.expose_secret().as_bytes(),
+                            settings.auth.token_ttl_secs,
+                        ),
+                        until,
+                    )
+                }),
+        };
+        let known_users = crate::auth::KnownUsers::new(
+            Duration::from_secs(settings.auth.user_cache_secs),
+            200_000,
         );
         let breakers =
             BreakerRegistry::new(AlertSink::from_url(settings.alerts.webhook_url.as_deref()));
@@ -162,7 +182,10 @@ impl Application {
                 timeout: Duration::from_millis(settings.database.pool_wait_ms.saturating_mul(2)),
             },
         );
+        let limits = crate::ratelimit::RateLimiter::new(settings.rate_limit.clone(), redis.clone());
         let state = web::Data::new(AppState {
+            known_users,
+            limits,
             refusals,
             events: dispatcher,
             relay,
@@ -190,21 +213,24 @@ impl Application {
             n => n,
         };
         let shared = state.clone();
+        let body_limit = state.settings.http.body_limit_bytes;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(WorkerCoupons(worker_coupons(&shared))))
                 .app_data(shared.clone())
                 .app_data(
                     web::JsonConfig::default()
-                        .limit(64 * 1024)
+                        .limit(body_limit)
                         .error_handler(error::json_error),
                 )
+                .app_data(web::PayloadConfig::default().limit(body_limit))
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
+                .wrap(from_fn(error::json_errors))
                 .wrap(from_fn(telemetry::observe))
                 .wrap(TracingLogger::default())
                 .configure(routes::configure)
-                .default_service(web::to(not_found))
+                .default_service(web::to(no_route))
         })
         .workers(workers)
         .backlog(4096)
@@ -258,8 +284,24 @@ impl Application {
     }
 }
 
-async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::not_found("not_found", "no such route"))
+/// No route took the request: 405 with `Allow` when the path is known (for
+/// other methods), else 404.
+async fn no_route(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    let allowed = routes::allowed_methods(req.path());
+    if allowed.is_empty() {
+        return Err(ApiError::not_found("not_found", "no such route"));
+    }
+    let allow = allowed.join(", ");
+    let mut res = actix_web::HttpResponse::MethodNotAllowed();
+    res.insert_header((actix_web::http::header::ALLOW, allow.clone()));
+    Ok(res.json(
+        ApiError::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not served here; allowed: {allow}", req.method()),
+        )
+        .body(),
+    ))
 }
 
 /// Periodic upkeep. Each task ends when the server stops.

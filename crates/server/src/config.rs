@@ -29,6 +29,30 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub orders: OrderSettings,
     pub queue: QueueSettings,
+    pub rate_limit: RateLimitSettings,
+}
+
+/// Per-user request limits (`[rate_limit]`) on the routes that move money
+/// (charge, payment), stock (order create and cancel, coupon issue) and on
+/// waiting-room entry. Counted in Redis (one window per user and class,
+/// shared by every instance); while Redis is out, by this instance alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Off: no limit at all (load tests that drive few users hard).
+    pub enabled: bool,
+    /// The window the counts below are per.
+    pub window_secs: u64,
+    /// Charges and payments per user per window.
+    pub money: u32,
+    /// Order creations and cancellations and coupon issues per user per window.
+    pub stock: u32,
+    /// Waiting-room entries per user per window.
+    pub queue: u32,
+    /// Entries into coupon or sale rooms per user per `rooms_window_secs`:
+    /// one user cannot open the room slots (`queue.max_rooms`) others need.
+    pub rooms: u32,
+    pub rooms_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +200,8 @@ pub struct HttpSettings {
     /// connections accepted in one second, read in turn) into 408s for
     /// clients that did nothing wrong; nginx allows 60 s.
     pub client_request_timeout_ms: u64,
+    /// Largest request body accepted; beyond it a 413 `payload_too_large`.
+    pub body_limit_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -238,6 +264,16 @@ pub struct AuthSettings {
     pub admin_key: Option<SecretString>,
     pub token_secret: Option<SecretString>,
     pub token_ttl_secs: i64,
+    /// Production: refuse to start without an admin key and token secret of
+    /// one's own (the development ones are public).
+    pub production: bool,
+    /// The secret tokens were signed with before the current one; accepted
+    /// (verification only) until `previous_token_secret_until`.
+    pub previous_token_secret: Option<SecretString>,
+    /// RFC 3339 end of the rotation window; required with the previous secret.
+    pub previous_token_secret_until: Option<String>,
+    /// How long an instance remembers that a token's user exists.
+    pub user_cache_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,6 +304,7 @@ workers = 0
 shutdown_timeout_secs = 30
 keep_alive_secs = 75
 client_request_timeout_ms = 30000
+body_limit_bytes = 65536
 
 [database]
 url = "postgres://postgres@127.0.0.1:5432/commerce"
@@ -304,6 +341,17 @@ outbox_degraded_age_secs = 30
 
 [auth]
 token_ttl_secs = 86400
+production = false
+user_cache_secs = 300
+
+[rate_limit]
+enabled = true
+window_secs = 1
+money = 20
+stock = 20
+queue = 10
+rooms = 20
+rooms_window_secs = 600
 
 [data_platform]
 
@@ -557,10 +605,95 @@ impl Settings {
         if self.auth.token_ttl_secs <= 0 {
             return bad("auth.token_ttl_secs", "must be positive".into());
         }
+        self.validate_auth()?;
+        let r = &self.rate_limit;
+        if r.enabled {
+            for (key, v) in [
+                ("rate_limit.window_secs", r.window_secs),
+                ("rate_limit.money", u64::from(r.money)),
+                ("rate_limit.stock", u64::from(r.stock)),
+                ("rate_limit.queue", u64::from(r.queue)),
+                ("rate_limit.rooms", u64::from(r.rooms)),
+                ("rate_limit.rooms_window_secs", r.rooms_window_secs),
+            ] {
+                if v == 0 {
+                    return bad(
+                        key,
+                        "must be at least 1 (or rate_limit.enabled = false)".into(),
+                    );
+                }
+            }
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.http.body_limit_bytes) {
+            return bad(
+                "http.body_limit_bytes",
+                "must be between 1024 and 16777216".into(),
+            );
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be `text` or `json`".into());
         }
         Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        use secrecy::ExposeSecret;
+        let bad = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        let a = &self.auth;
+        if a.production {
+            match &a.admin_key {
+                Some(k) if k.expose_secret() != DEV_ADMIN_KEY && k.expose_secret().len() >= 16 => {}
+                _ => return bad(
+                    "auth.admin_key",
+                    "auth.production is set: give an admin key of your own, 16 characters or more",
+                ),
+            }
+            match &a.token_secret {
+                Some(k)
+                    if k.expose_secret() != DEV_TOKEN_SECRET && k.expose_secret().len() >= 32 => {}
+                _ => {
+                    return bad(
+                        "auth.token_secret",
+                        "auth.production is set: give a token secret of your own, 32 characters or more",
+                    )
+                }
+            }
+        }
+        match (&a.previous_token_secret, &a.previous_token_secret_until) {
+            (None, None) => {}
+            (Some(_), Some(until)) => {
+                if chrono::DateTime::parse_from_rfc3339(until).is_err() {
+                    return bad(
+                        "auth.previous_token_secret_until",
+                        "must be an RFC 3339 time",
+                    );
+                }
+            }
+            _ => {
+                return bad(
+                    "auth.previous_token_secret_until",
+                    "set together with auth.previous_token_secret",
+                )
+            }
+        }
+        if a.user_cache_secs == 0 {
+            return bad("auth.user_cache_secs", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The end of the previous token secret's rotation window, if any.
+    pub fn previous_secret_until(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.auth
+            .previous_token_secret_until
+            .as_deref()
+            .and_then(|u| chrono::DateTime::parse_from_rfc3339(u).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
     }
 
     pub fn breaker_config(&self, name: &str) -> commerce_resilience::BreakerConfig {
@@ -833,6 +966,44 @@ mod tests {
                 .to_string();
             assert!(err.contains(named), "{err}");
         }
+    }
+
+    #[test]
+    fn production_refuses_development_secrets() {
+        let err = Settings::load_from(None, env(&[("COMMERCE__AUTH__PRODUCTION", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.admin_key"), "{err}");
+        let err = Settings::load_from(
+            None,
+            env(&[
+                ("COMMERCE__AUTH__PRODUCTION", "true"),
+                ("COMMERCE__AUTH__ADMIN_KEY", "a-real-admin-key-of-ours"),
+                ("COMMERCE__AUTH__TOKEN_SECRET", DEV_TOKEN_SECRET),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("auth.token_secret"), "{err}");
+        let ok = Settings::load_from(
+            None,
+            env(&[
+                ("COMMERCE__AUTH__PRODUCTION", "true"),
+                ("COMMERCE__AUTH__ADMIN_KEY", "a-real-admin-key-of-ours"),
+                (
+                    "COMMERCE__AUTH__TOKEN_SECRET",
+                    "0123456789abcdef0123456789abcdef",
+                ),
+            ]),
+        );
+        assert!(ok.is_ok());
+        let err = Settings::load_from(
+            None,
+            env(&[("COMMERCE__AUTH__PREVIOUS_TOKEN_SECRET", "old")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("previous_token_secret_until"), "{err}");
     }
 
     #[test]

@@ -311,3 +311,50 @@ impl From<CatalogError> for ApiError {
         }
     }
 }
+
+/// Gives every error answer a JSON body with a stable code, also those that
+/// actix builds itself (a body over the limit on a raw-bytes route, a bad
+/// header, …). Headers such as `Allow` and `Retry-After` are kept.
+pub async fn json_errors(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<
+        actix_web::body::EitherBody<impl actix_web::body::MessageBody, actix_web::body::BoxBody>,
+    >,
+    actix_web::Error,
+> {
+    use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let res = next.call(req).await?;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return Ok(res.map_into_left_body());
+    }
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        431 => "headers_too_large",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    };
+    let message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let (req, old) = res.into_parts();
+    let mut new =
+        HttpResponse::build(status).json(serde_json::json!({ "code": code, "message": message }));
+    for (name, value) in old.headers() {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            new.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok(actix_web::dev::ServiceResponse::new(req, new).map_into_right_body())
+}

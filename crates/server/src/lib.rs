@@ -6,6 +6,8 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod idempotency;
+pub mod json;
+pub mod ratelimit;
 pub mod routes;
 pub mod seams;
 pub mod state;

@@ -1,7 +1,6 @@
 //! Application state, built once per process and shared by every worker.
 
 use crate::config::Settings;
-use commerce_accounts::token::TokenSigner;
 use commerce_coupons::Coupons;
 use commerce_resilience::{BreakerRegistry, LockManager, RedisClient};
 use commerce_storage::DbPool;
@@ -12,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 pub struct AppState {
     pub settings: Settings,
     pub db: DbPool,
-    pub tokens: TokenSigner,
+    pub tokens: crate::auth::Tokens,
+    /// Users known to exist (a token of a missing user is a 401).
+    pub known_users: crate::auth::KnownUsers,
+    pub limits: crate::ratelimit::RateLimiter,
     pub admin_key: SecretString,
     pub metrics: PrometheusHandle,
     pub breakers: BreakerRegistry,

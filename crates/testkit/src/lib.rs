@@ -39,6 +39,8 @@ pub fn test_settings(db_url: &str, redis_prefix: &str) -> Settings {
         ("COMMERCE__AUTH__ADMIN_KEY", ADMIN_KEY),
         ("COMMERCE__AUTH__TOKEN_SECRET", TOKEN_SECRET),
         ("COMMERCE__LOG__LEVEL", "warn"),
+        // Tests drive single users hard; the limit's own test turns it on.
+        ("COMMERCE__RATE_LIMIT__ENABLED", "false"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()));

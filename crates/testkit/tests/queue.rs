@@ -475,7 +475,17 @@ async fn tokens_are_private_rooms_are_separate_and_bad_input_is_refused() {
     let res = a.client.post(a.url(TOKENS)).send().await.unwrap();
     assert_eq!(res.status(), 401);
 
-    // Rooms.
+    // Rooms (a coupon's room opens only for a coupon that exists).
+    let (s, coupon) = a
+        .admin_post(
+            "/admin/coupons",
+            &json!({"name": "room", "discount_amount": 1, "quantity": 10,
+                    "opens_at": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{coupon}");
+    let cid = coupon["id"].as_i64().unwrap();
+    let room = format!("coupon:{cid}");
     let (s, body) = a
         .post_empty(&format!("{TOKENS}?target=nope"), &alice.token)
         .await;
@@ -490,16 +500,19 @@ async fn tokens_are_private_rooms_are_separate_and_bad_input_is_refused() {
         (422, Some("invalid_queue_target")),
         "{body}"
     );
-    let (s, body, _) = enter(http, &a, &alice.token, Some("coupon:42")).await;
+    let (s, body, _) = enter(http, &a, &alice.token, Some(room.as_str())).await;
     assert_eq!(s, 201, "{body}");
-    assert_eq!(body["target"], "coupon:42");
+    assert_eq!(body["target"], room);
     assert_eq!(body["position"], 1, "a coupon's room has its own line");
     let coupon_token = body["token"].as_str().unwrap().to_owned();
-    assert!(coupon_token.starts_with("coupon-42."), "{coupon_token}");
-    let (s, body, _) = enter(http, &a, &bob.token, Some("coupon:42")).await;
+    assert!(
+        coupon_token.starts_with(&format!("coupon-{cid}.")),
+        "{coupon_token}"
+    );
+    let (s, body, _) = enter(http, &a, &bob.token, Some(room.as_str())).await;
     assert_eq!((s, body["position"].as_u64()), (201, Some(2)), "{body}");
     let (s, body) = a
-        .post_empty(&format!("{TOKENS}?target=coupon:42"), &bob.token)
+        .post_empty(&format!("{TOKENS}?target={room}"), &bob.token)
         .await;
     assert_eq!(
         (s, body["position"].as_u64()),
@@ -509,7 +522,7 @@ async fn tokens_are_private_rooms_are_separate_and_bad_input_is_refused() {
     let (s, body) = poll(http, &a, &alice.token, &coupon_token).await;
     assert_eq!(
         (s, body["target"].as_str()),
-        (200, Some("coupon:42")),
+        (200, Some(room.as_str())),
         "{body}"
     );
     // An admission tick serves every room.

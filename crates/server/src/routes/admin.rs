@@ -28,16 +28,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCoupon {
+    /// Trimmed; no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
+    /// Minor units.
+    #[schema(minimum = 1, maximum = 100_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::json::int")]
     discount_amount: i64,
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    #[serde(deserialize_with = "crate::json::int")]
     quantity: i64,
     opens_at: chrono::DateTime<chrono::Utc>,
+    /// After `opens_at` (else 422 `invalid_expiry`).
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Create a first-come coupon.
-#[utoipa::path(post, path = "/admin/coupons", tag = "admin", security(("admin" = [])), request_body = CreateCoupon,
-    responses((status = 201, body = Object), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/admin/coupons", tag = "admin", security(("admin" = [])), request_body = CreateCoupon, operation_id = "createCoupon",
+    responses((status = 201, body = super::schemas::CouponBody),
+        (status = 422, body = ErrorBody, description = "invalid_name, invalid_discount, invalid_quantity, invalid_expiry")))]
 pub async fn create_coupon(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -56,7 +69,9 @@ pub async fn create_coupon(
 
 /// Repair drift between the coupon's Redis gate and PostgreSQL.
 #[utoipa::path(post, path = "/admin/coupons/{id}/reconcile", tag = "admin", security(("admin" = [])),
-    params(("id" = i64, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    operation_id = "reconcileCoupon",
+    params(("id" = i64, Path, minimum = 1)), responses((status = 200, body = super::schemas::ReconcileBody),
+        (status = 404, body = ErrorBody, description = "coupon_not_found")))]
 pub async fn reconcile_coupon(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -69,7 +84,8 @@ pub async fn reconcile_coupon(
 }
 
 /// Every circuit breaker's state and counts.
-#[utoipa::path(get, path = "/admin/breakers", tag = "admin", security(("admin" = [])), responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/admin/breakers", tag = "admin", security(("admin" = [])), operation_id = "listBreakers",
+    responses((status = 200, body = super::schemas::BreakersBody)))]
 pub async fn breakers(_admin: Admin, state: web::Data<AppState>) -> HttpResponse {
     let mut report = serde_json::to_value(state.breakers.report()).unwrap_or_default();
     // The `kafka` breaker says why its calls failed: counts per kind of
@@ -90,8 +106,10 @@ pub async fn breakers(_admin: Admin, state: web::Data<AppState>) -> HttpResponse
 
 /// Force a breaker open or closed, or reset it.
 #[utoipa::path(post, path = "/admin/breakers/{name}/{action}", tag = "admin", security(("admin" = [])),
-    params(("name" = String, Path), ("action" = String, Path, description = "force-open, force-close or reset")),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    operation_id = "controlBreaker",
+    params(("name" = super::schemas::BreakerName, Path), ("action" = super::schemas::BreakerAction, Path)),
+    responses((status = 200, body = super::schemas::BreakerBody),
+        (status = 404, body = ErrorBody, description = "unknown_breaker, unknown_action")))]
 pub async fn control_breaker(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -111,7 +129,8 @@ pub async fn control_breaker(
 }
 
 /// Events parked by a consumer after its retries, oldest first.
-#[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", security(("admin" = [])), responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", security(("admin" = [])), operation_id = "listDeadLetters",
+    responses((status = 200, body = super::schemas::DeadLettersBody)))]
 pub async fn dead_letters(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -126,7 +145,10 @@ pub async fn dead_letters(
 
 /// Deliver a parked event to its consumer again.
 #[utoipa::path(post, path = "/admin/dead-letters/{id}/redrive", tag = "admin", security(("admin" = [])),
-    params(("id" = i64, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    operation_id = "redriveDeadLetter",
+    params(("id" = i64, Path, minimum = 1)), responses((status = 200, body = super::schemas::RedriveBody),
+        (status = 404, body = ErrorBody, description = "dead_letter_not_found"),
+        (status = 422, body = ErrorBody, description = "unknown_consumer")))]
 pub async fn redrive(
     _admin: Admin,
     state: web::Data<AppState>,

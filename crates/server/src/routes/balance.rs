@@ -3,6 +3,7 @@
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency;
+use crate::ratelimit::Class;
 use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -33,7 +34,7 @@ impl From<&Balance> for BalanceBody {
 
 /// The caller's balance.
 #[utoipa::path(get, path = "/api/v1/me/balance", tag = "balance", security(("bearer" = [])),
-    responses((status = 200, body = BalanceBody), (status = 401, body = ErrorBody)))]
+    operation_id = "getBalance", responses((status = 200, body = BalanceBody)))]
 pub async fn get_balance(
     user: AuthUser,
     state: web::Data<AppState>,
@@ -47,27 +48,28 @@ pub async fn get_balance(
 pub struct ChargeRequest {
     /// Minor units, a positive integer. Kept raw so that a fraction, a string
     /// or an out-of-range number is a 422 `invalid_amount`, not a parse error.
-    #[schema(value_type = i64)]
+    #[schema(value_type = i64, minimum = 1, maximum = 100_000_000_000_i64)]
     amount: serde_json::Value,
 }
 
 /// Add money to the caller's balance. Send an `Idempotency-Key` to make retries safe.
 #[utoipa::path(post, path = "/api/v1/me/balance/charge", tag = "balance", security(("bearer" = [])),
-    request_body = ChargeRequest, params(("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = BalanceBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    request_body = ChargeRequest, params(("Idempotency-Key" = Option<String>, Header)), operation_id = "charge",
+    responses((status = 200, body = BalanceBody),
+        (status = 422, body = ErrorBody, description = "invalid_amount, balance_limit_exceeded")))]
 pub async fn charge(
     user: AuthUser,
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Json<ChargeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let amount = body
-        .amount
-        .as_i64()
-        .ok_or_else(|| {
-            ApiError::unprocessable("invalid_amount", "amount must be a positive integer")
-        })
-        .and_then(|raw| ChargeAmount::parse(raw).map_err(ApiError::from))?;
+    let amount = match &body.amount {
+        serde_json::Value::Number(n) => crate::json::to_i64(n),
+        _ => None,
+    }
+    .ok_or_else(|| ApiError::unprocessable("invalid_amount", "amount must be a positive integer"))
+    .and_then(|raw| ChargeAmount::parse(raw).map_err(ApiError::from))?;
+    state.limits.check(Class::Money, user.0).await?;
     let canonical = serde_json::json!({ "amount": amount.get() });
     idempotency::run(
         &state.db,

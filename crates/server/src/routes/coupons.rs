@@ -2,6 +2,7 @@
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
+use crate::ratelimit::Class;
 use crate::state::{AppState, WorkerCoupons};
 use actix_web::{web, HttpResponse};
 use commerce_domain::CouponId;
@@ -18,6 +19,7 @@ pub struct IssuedBody {
     user_coupon_id: i64,
     coupon_id: i64,
     user_id: i64,
+    #[schema(value_type = super::schemas::IssuedStatus)]
     status: &'static str,
     discount_amount: i64,
     issued_at: chrono::DateTime<chrono::Utc>,
@@ -26,9 +28,11 @@ pub struct IssuedBody {
 
 /// Issue a first-come coupon to the caller.
 #[utoipa::path(post, path = "/api/v1/coupons/{id}/issue", tag = "coupons", security(("bearer" = [])),
-    params(("id" = i64, Path)),
-    responses((status = 201, body = IssuedBody), (status = 403, body = ErrorBody, description = "not_open"),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "sold_out or already_issued"),
+    params(("id" = i64, Path, minimum = 1)), operation_id = "issueCoupon",
+    responses((status = 201, body = IssuedBody),
+        (status = 403, body = ErrorBody, description = "not_open (with opens_at); not_admitted when the waiting room guards issuing (with Retry-After)",
+            headers(("Retry-After" = u64, description = "seconds, on not_admitted"))),
+        (status = 404, body = ErrorBody, description = "coupon_not_found"), (status = 409, body = ErrorBody, description = "sold_out or already_issued"),
         (status = 410, body = ErrorBody, description = "expired"), (status = 503, body = ErrorBody)))]
 pub async fn issue(
     user: AuthUser,
@@ -38,6 +42,7 @@ pub async fn issue(
 ) -> Result<HttpResponse, ApiError> {
     let id = CouponId::parse(path.into_inner())
         .map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
+    state.limits.check(Class::Stock, user.0).await?;
     state
         .queue
         .require_admitted(user.0, commerce_queue::Protected::CouponIssue(id))
@@ -56,13 +61,13 @@ pub async fn issue(
 
 #[derive(Serialize, ToSchema)]
 pub struct MyCouponsBody {
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<super::schemas::MyCouponBody>)]
     items: Vec<commerce_coupons::MyCoupon>,
 }
 
 /// The caller's coupons, newest first.
 #[utoipa::path(get, path = "/api/v1/me/coupons", tag = "coupons", security(("bearer" = [])),
-    responses((status = 200, body = MyCouponsBody)))]
+    operation_id = "myCoupons", responses((status = 200, body = MyCouponsBody)))]
 pub async fn mine(
     user: AuthUser,
     coupons: web::Data<WorkerCoupons>,

@@ -12,14 +12,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The process answers.
-#[utoipa::path(get, path = "/health/live", tag = "ops", responses((status = 200)))]
+#[utoipa::path(get, path = "/health/live", tag = "ops", operation_id = "live",
+    responses((status = 200, body = super::schemas::LiveBody)))]
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 /// Ready when PostgreSQL answers; optional dependencies that are down make
 /// it `degraded`, still 200.
-#[utoipa::path(get, path = "/health/ready", tag = "ops", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/health/ready", tag = "ops", operation_id = "ready",
+    responses((status = 200, body = super::schemas::ReadyBody, description = "ready or degraded"),
+        (status = 503, body = super::schemas::ReadyBody, description = "not_ready: the database is down",
+            headers(("Retry-After" = u64, description = "seconds")))))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let db = match tokio::time::timeout(Duration::from_secs(2), commerce_storage::ping(&state.db))
         .await
@@ -98,7 +102,8 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "ops", operation_id = "metrics",
+    responses((status = 200, body = String, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let (size, available, waiting) = commerce_storage::pool_status(&state.db);
     metrics::gauge!("db_pool_connections", "state" => "open").set(size as f64);

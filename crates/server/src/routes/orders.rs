@@ -3,6 +3,7 @@
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency;
+use crate::ratelimit::Class;
 use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -21,26 +22,35 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemRequest {
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(deserialize_with = "crate::json::int")]
     product_id: i64,
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "crate::json::int")]
     quantity: i64,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
+    /// 1 to 20 lines, each product at most once (else 422 `duplicate_product`).
+    #[schema(min_items = 1, max_items = 20)]
     items: Vec<ItemRequest>,
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(default, deserialize_with = "crate::json::opt_int")]
     user_coupon_id: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct OrderBody {
     id: i64,
+    #[schema(value_type = super::schemas::OrderStatus)]
     status: String,
     total: i64,
     discount: i64,
     pay_amount: i64,
     user_coupon_id: Option<i64>,
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<super::schemas::OrderItemBody>)]
     items: Vec<commerce_orders::OrderItem>,
     expires_at: chrono::DateTime<chrono::Utc>,
     created_at: chrono::DateTime<chrono::Utc>,
@@ -67,6 +77,7 @@ impl From<&Order> for OrderBody {
 #[derive(Serialize, ToSchema)]
 pub struct PaymentBody {
     order_id: i64,
+    #[schema(value_type = super::schemas::PaidStatus)]
     status: &'static str,
     paid_amount: i64,
     balance: i64,
@@ -91,9 +102,12 @@ fn order_id(raw: i64) -> Result<OrderId, ApiError> {
 
 /// Create an order: reserves stock until it is paid, cancelled or expires.
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), request_body = CreateOrder,
-    params(("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 201, body = OrderBody), (status = 409, body = ErrorBody, description = "out_of_stock"),
-        (status = 422, body = ErrorBody),
+    params(("Idempotency-Key" = Option<String>, Header)), operation_id = "createOrder",
+    responses((status = 201, body = OrderBody),
+        (status = 403, body = ErrorBody, description = "not_admitted when the waiting room guards ordering (with Retry-After)",
+            headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 409, body = ErrorBody, description = "out_of_stock, coupon_already_used, coupon_expired"),
+        (status = 422, body = ErrorBody, description = "invalid_items, invalid_quantity, duplicate_product, invalid_id, unknown_product, invalid_coupon"),
         (status = 503, body = ErrorBody, description = "order_busy (Redis out and the database path full), db_busy, db_unavailable; with Retry-After")))]
 pub async fn create(
     user: AuthUser,
@@ -101,6 +115,7 @@ pub async fn create(
     req: HttpRequest,
     body: web::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
+    state.limits.check(Class::Stock, user.0).await?;
     state
         .queue
         .require_admitted(user.0, commerce_queue::Protected::OrderCreate)
@@ -157,7 +172,8 @@ pub async fn create(
 
 /// One of the caller's orders (another user's order is 404).
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
-    params(("id" = i64, Path)), responses((status = 200, body = OrderBody), (status = 404, body = ErrorBody)))]
+    params(("id" = i64, Path, minimum = 1)), operation_id = "getOrder",
+    responses((status = 200, body = OrderBody), (status = 404, body = ErrorBody, description = "order_not_found")))]
 pub async fn get(
     user: AuthUser,
     state: web::Data<AppState>,
@@ -172,26 +188,26 @@ pub async fn get(
 
 /// Cancel a pending order; its stock is returned.
 #[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
-    params(("id" = i64, Path)),
-    responses((status = 200, body = OrderBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("id" = i64, Path, minimum = 1)), operation_id = "cancelOrder",
+    responses((status = 200, body = OrderBody), (status = 404, body = ErrorBody, description = "order_not_found"),
+        (status = 409, body = ErrorBody, description = "already_paid, expired")))]
 pub async fn cancel(
     user: AuthUser,
     state: web::Data<AppState>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = state
-        .orders
-        .cancel(user.0, order_id(path.into_inner())?)
-        .await?;
+    let id = order_id(path.into_inner())?;
+    state.limits.check(Class::Stock, user.0).await?;
+    let order = state.orders.cancel(user.0, id).await?;
     Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
 }
 
 /// Pay an order from the balance, at most once.
 #[utoipa::path(post, path = "/api/v1/orders/{id}/payment", tag = "orders", security(("bearer" = [])),
-    params(("id" = i64, Path), ("Idempotency-Key" = Option<String>, Header)),
+    params(("id" = i64, Path, minimum = 1), ("Idempotency-Key" = Option<String>, Header)), operation_id = "payOrder",
     responses((status = 200, body = PaymentBody),
-        (status = 409, body = ErrorBody, description = "insufficient_balance, already_paid, expired"),
-        (status = 404, body = ErrorBody)))]
+        (status = 409, body = ErrorBody, description = "insufficient_balance, already_paid, expired, order_cancelled"),
+        (status = 404, body = ErrorBody, description = "order_not_found")))]
 pub async fn pay(
     user: AuthUser,
     state: web::Data<AppState>,
@@ -199,6 +215,7 @@ pub async fn pay(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = order_id(path.into_inner())?;
+    state.limits.check(Class::Money, user.0).await?;
     idempotency::run(
         &state.db,
         &req,

@@ -45,17 +45,20 @@ fn with_provenance<T>(mut res: HttpResponseBuilder, served: &Served<T>) -> HttpR
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page number, from 1 (default 1).
+    #[param(minimum = 1, maximum = 10_000)]
     page: Option<i64>,
-    /// Products per page (default 20, capped at 100).
+    /// Products per page (default 20); more than 100 is served as 100.
+    #[param(minimum = 1)]
     size: Option<i64>,
 }
 
 /// Products in id order, a page at a time.
-#[utoipa::path(get, path = "/api/v1/products", tag = "products", params(ListQuery),
-    responses((status = 200, body = ProductPage), (status = 400, body = ErrorBody, description = "not a number"),
-        (status = 422, body = ErrorBody, description = "invalid_page or invalid_size"), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/products", tag = "products", params(ListQuery), operation_id = "listProducts",
+    responses((status = 200, body = ProductPage),
+        (status = 422, body = ErrorBody, description = "invalid_page, invalid_size")))]
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
@@ -67,11 +70,11 @@ pub async fn list(
 
 /// A product page, served from cache (`X-Cache: l1|l2|db`). Changes show
 /// within `catalog.l1_ttl_ms` on every instance; stock is at most that stale.
-#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "products", params(("id" = i64, Path)),
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "products", params(("id" = i64, Path, minimum = 1)), operation_id = "getProduct",
     responses((status = 200, body = ProductDetail,
         headers(("x-cache" = String, description = "l1, l2 or db"),
             ("x-cache-stale" = String, description = "age=<seconds>, only on a stale copy"))),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody, description = "product_not_found"),
+        (status = 404, body = ErrorBody, description = "product_not_found"),
         (status = 503, body = ErrorBody, description = "catalog_busy")))]
 pub async fn detail(
     state: web::Data<AppState>,
@@ -89,7 +92,7 @@ pub struct PopularBody {
 
 /// Top 5 products by units sold over the last three days (UTC), ties by
 /// product id. Computed from Redis, or from PostgreSQL while Redis is out.
-#[utoipa::path(get, path = "/api/v1/products/popular", tag = "products",
+#[utoipa::path(get, path = "/api/v1/products/popular", tag = "products", operation_id = "popularProducts",
     responses((status = 200, body = PopularBody,
         headers(("x-popular-source" = String, description = "redis or database"),
             ("x-cache-stale" = String, description = "age=<seconds>, only on a stale board"))),
@@ -106,16 +109,29 @@ pub async fn popular(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
+    /// Trimmed; no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
     /// Minor units, 0 or more.
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::json::int")]
     price: i64,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::json::int")]
     stock: i64,
+    /// Line breaks and tabs allowed, other control characters not.
+    #[schema(max_length = 5000, pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$")]
     description: Option<String>,
 }
 
 /// Create a product.
-#[utoipa::path(post, path = "/admin/products", tag = "admin", security(("admin" = [])), request_body = CreateProduct,
-    responses((status = 201, body = Product), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/admin/products", tag = "admin", security(("admin" = [])), request_body = CreateProduct, operation_id = "createProduct",
+    responses((status = 201, body = Product),
+        (status = 422, body = ErrorBody, description = "invalid_name, invalid_description, invalid_price, invalid_stock")))]
 pub async fn create(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -140,18 +156,30 @@ pub async fn create(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeProduct {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    #[serde(default, deserialize_with = "crate::json::present_str")]
     name: Option<String>,
+    #[schema(max_length = 5000, pattern = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$")]
+    #[serde(default, deserialize_with = "crate::json::present_str")]
     description: Option<String>,
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
+    #[serde(default, deserialize_with = "crate::json::present_int")]
     price: Option<i64>,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(default, deserialize_with = "crate::json::present_int")]
     stock: Option<i64>,
 }
 
 /// Change some of a product's fields; the change reaches every instance's
 /// cache within `catalog.l1_ttl_ms`.
 #[utoipa::path(patch, path = "/admin/products/{id}", tag = "admin", security(("admin" = [])),
-    params(("id" = i64, Path)), request_body = ChangeProduct,
-    responses((status = 200, body = Product), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody, description = "invalid field or empty_patch")))]
+    params(("id" = i64, Path, minimum = 1)), request_body = ChangeProduct, operation_id = "updateProduct",
+    responses((status = 200, body = Product), (status = 404, body = ErrorBody, description = "product_not_found"),
+        (status = 422, body = ErrorBody, description = "invalid_name, invalid_description, invalid_price, invalid_stock, empty_patch")))]
 pub async fn update(
     _admin: Admin,
     state: web::Data<AppState>,

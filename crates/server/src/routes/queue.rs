@@ -2,9 +2,11 @@
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
+use crate::ratelimit::Class;
 use crate::state::AppState;
 use actix_web::http::header::RETRY_AFTER;
 use actix_web::{web, HttpResponse};
+use commerce_domain::{CouponId, ProductId};
 use commerce_queue::{Target, Ticket};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -18,7 +20,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnterRequest {
-    /// `store` (default), `coupon:<id>` or `sale:<id>`.
+    /// `store` (default), `coupon:<id>` or `sale:<id>` (a sale is a product on sale).
+    #[schema(pattern = r"^(store|coupon:[1-9][0-9]{0,18}|sale:[1-9][0-9]{0,18})$")]
     target: Option<String>,
 }
 
@@ -31,7 +34,7 @@ pub struct TargetQuery {
 #[derive(Serialize, ToSchema)]
 pub struct TicketBody {
     token: String,
-    /// `waiting` or `active`.
+    #[schema(value_type = super::schemas::TicketStatus)]
     status: &'static str,
     /// 1 = next in line, 0 once active; null while degraded and waiting.
     position: Option<u64>,
@@ -58,19 +61,30 @@ fn respond(mut res: actix_web::HttpResponseBuilder, t: Ticket) -> HttpResponse {
 }
 
 /// The room asked for, by body or query (they must agree), else the store.
+/// The body is optional: empty, `null`, or an object; anything else is a
+/// 422 `invalid_body`.
 fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiError> {
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        serde_json::from_slice::<EnterRequest>(body)
-            .map_err(|e| {
-                if e.is_data() {
-                    ApiError::unprocessable("invalid_body", format!("invalid body: {e}"))
-                } else {
-                    ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
-                }
-            })?
-            .target
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
+        match value {
+            serde_json::Value::Null => None,
+            serde_json::Value::Object(_) => {
+                serde_json::from_value::<EnterRequest>(value)
+                    .map_err(|e| {
+                        ApiError::unprocessable("invalid_body", format!("invalid body: {e}"))
+                    })?
+                    .target
+            }
+            _ => {
+                return Err(ApiError::unprocessable(
+                    "invalid_body",
+                    "invalid body: expected an object or null",
+                ))
+            }
+        }
     };
     let raw = match (from_body, query) {
         (Some(b), Some(q)) if b != q => {
@@ -82,17 +96,69 @@ fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiErr
         (Some(t), _) | (None, Some(t)) => t,
         (None, None) => return Ok(Target::Store),
     };
-    Ok(Target::parse(&raw)?)
+    Target::parse(&raw).map_err(|e| {
+        // A well-formed id past i64 names no coupon or sale: not found, as
+        // any other id that names nothing.
+        let past_i64 = |d: &str| {
+            !d.is_empty()
+                && d.len() <= 19
+                && !d.starts_with('0')
+                && d.bytes().all(|b| b.is_ascii_digit())
+        };
+        match raw.split_once(':') {
+            Some(("coupon", d)) if past_i64(d) => {
+                ApiError::not_found("coupon_not_found", "coupon not found")
+            }
+            Some(("sale", d)) if past_i64(d) => {
+                ApiError::not_found("sale_not_found", "no sale (product) with this id")
+            }
+            _ => e.into(),
+        }
+    })
+}
+
+/// A coupon's or sale's room opens only for a coupon or product (a sale is
+/// a product on sale) that exists: made-up ids would use up room slots
+/// that real sales need. Both lookups are cached in process.
+async fn ensure_exists(state: &AppState, target: Target) -> Result<(), ApiError> {
+    match target {
+        Target::Store => Ok(()),
+        Target::Coupon(id) => {
+            let id = CouponId::parse(id)?;
+            state
+                .coupons
+                .get(id)
+                .await
+                .map(|_| ())
+                .map_err(ApiError::from)
+        }
+        Target::Sale(id) => {
+            let id = ProductId::parse(id)?;
+            match state.catalog.detail(id).await {
+                Ok(_) => Ok(()),
+                Err(commerce_catalog::CatalogError::NotFound) => Err(ApiError::not_found(
+                    "sale_not_found",
+                    "no sale (product) with this id",
+                )),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
 }
 
 /// Enter a waiting room. The same caller gets the same token back while it
 /// is alive: 201 for a new token, 200 for the existing one.
 #[utoipa::path(post, path = "/api/v1/queue/tokens", tag = "queue", security(("bearer" = [])),
-    params(("target" = Option<String>, Query, description = "store (default), coupon:<id> or sale:<id>")),
-    request_body(content = Option<EnterRequest>, description = "optional; `target` as in the query"),
-    responses((status = 201, body = TicketBody, description = "new token; Retry-After says when to poll"),
-        (status = 200, body = TicketBody, description = "the caller's existing token"),
-        (status = 401, body = ErrorBody), (status = 422, body = ErrorBody, description = "invalid_queue_target"),
+    operation_id = "enterQueue",
+    params(("target" = Option<String>, Query, description = "store (default), coupon:<id> or sale:<id>",
+        pattern = r"^(store|coupon:[1-9][0-9]{0,18}|sale:[1-9][0-9]{0,18})$")),
+    request_body(content = Option<EnterRequest>, description = "optional (empty or null: the store); `target` as in the query"),
+    responses((status = 201, body = TicketBody, description = "new token; Retry-After says when to poll",
+            headers(("Retry-After" = u64, description = "seconds before the next poll"))),
+        (status = 200, body = TicketBody, description = "the caller's existing token",
+            headers(("Retry-After" = u64, description = "seconds before the next poll"))),
+        (status = 404, body = ErrorBody, description = "coupon_not_found, sale_not_found"),
+        (status = 422, body = ErrorBody, description = "invalid_queue_target"),
         (status = 503, body = ErrorBody, description = "queue_rooms_full")))]
 pub async fn enter(
     user: AuthUser,
@@ -101,6 +167,11 @@ pub async fn enter(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let target = requested_target(query.into_inner().target, &body)?;
+    state.limits.check(Class::Queue, user.0).await?;
+    ensure_exists(&state, target).await?;
+    if target != Target::Store {
+        state.limits.check(Class::Room, user.0).await?;
+    }
     let ticket = state.queue.enter(user.0, target).await?;
     let res = if ticket.created {
         HttpResponse::Created()
@@ -113,9 +184,10 @@ pub async fn enter(
 /// Poll a token (only its owner can; anyone else gets 404). One Redis round
 /// trip; it also keeps the token alive.
 #[utoipa::path(get, path = "/api/v1/queue/tokens/{token}", tag = "queue", security(("bearer" = [])),
-    params(("token" = String, Path)),
-    responses((status = 200, body = TicketBody), (status = 400, body = ErrorBody, description = "invalid_queue_token"),
-        (status = 401, body = ErrorBody),
+    operation_id = "pollQueueToken",
+    params(("token" = String, Path, pattern = r"^(store|coupon-[1-9][0-9]{0,17}|sale-[1-9][0-9]{0,17})\.[0-9a-f]{32}$")),
+    responses((status = 200, body = TicketBody, headers(("Retry-After" = u64, description = "seconds before the next poll"))),
+        (status = 400, body = ErrorBody, description = "invalid_queue_token"),
         (status = 404, body = ErrorBody, description = "queue_token_not_found: unknown, expired or not yours")))]
 pub async fn poll(
     user: AuthUser,
@@ -156,6 +228,11 @@ mod tests {
         );
         assert_eq!(
             requested_target(None, br#"{"x":1}"#).unwrap_err().code,
+            "invalid_body"
+        );
+        assert_eq!(requested_target(None, b"null").unwrap(), Target::Store);
+        assert_eq!(
+            requested_target(None, b"[null]").unwrap_err().code,
             "invalid_body"
         );
         let e = requested_target(Some("nope".into()), b"").unwrap_err();

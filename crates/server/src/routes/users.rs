@@ -16,6 +16,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
+    /// Trimmed; no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
 }
 
@@ -27,14 +33,15 @@ pub struct SignedUp {
 }
 
 /// Sign up; the answer carries a bearer token.
-#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = SignUp,
-    responses((status = 201, body = SignedUp), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = SignUp, operation_id = "signUp",
+    responses((status = 201, body = SignedUp), (status = 422, body = ErrorBody, description = "invalid_name")))]
 pub async fn sign_up(
     state: web::Data<AppState>,
     body: web::Json<SignUp>,
 ) -> Result<HttpResponse, ApiError> {
     let name = UserName::parse(&body.name)?;
     let user = commerce_accounts::create_user(&state.db, &name).await?;
+    state.known_users.remember(user.id).await;
     let token = state
         .tokens
         .issue(user.id)
@@ -49,6 +56,8 @@ pub async fn sign_up(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(deserialize_with = "crate::json::int")]
     user_id: i64,
 }
 
@@ -59,8 +68,8 @@ pub struct TokenResponse {
 
 /// Mint a token for an existing user (admin; seeding and load tests).
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "users", request_body = TokenRequest,
-    params(("X-Admin-Key" = String, Header)),
-    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    security(("admin" = [])), operation_id = "mintToken",
+    responses((status = 200, body = TokenResponse), (status = 404, body = ErrorBody, description = "user_not_found")))]
 pub async fn mint_token(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -70,6 +79,7 @@ pub async fn mint_token(
     if !commerce_accounts::user_exists(&state.db, user).await? {
         return Err(ApiError::not_found("user_not_found", "user not found"));
     }
+    state.known_users.remember(user).await;
     let token = state.tokens.issue(user).map_err(|_| ApiError::internal())?;
     Ok(HttpResponse::Ok().json(TokenResponse { token }))
 }
