@@ -666,7 +666,7 @@ pub async fn run(
     let t0 = Instant::now();
     setup::settle(&setup::connect(&db_url).await?).await?;
     log(format!(
-        "VACUUM (ANALYZE) and CHECKPOINT after the load in {:.1}s",
+        "VACUUM (ANALYZE) of the loaded tables and CHECKPOINT after the load in {:.1}s",
         t0.elapsed().as_secs_f64()
     ));
 
