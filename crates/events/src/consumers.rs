@@ -80,11 +80,14 @@ impl HttpConsumer {
                 Err(PeerError::Status(res.status()))
             }
         };
-        match self
+        let result = self
             .breaker
             .call_classified(Some(self.timeout), request, PeerError::is_failure)
-            .await
-        {
+            .await;
+        if self.breaker.is_recovering() {
+            self.watch_recovery(url);
+        }
+        match result {
             Ok(()) => Ok(()),
             Err(CallError::Rejected { retry_after }) => Err(HandleError::Unavailable(retry_after)),
             Err(CallError::Timeout { after }) => {
@@ -95,6 +98,43 @@ impl HttpConsumer {
             }
             Err(CallError::Inner(e)) => Err(HandleError::Permanent(e.to_string())),
         }
+    }
+}
+
+/// How often an open breaker's endpoint is asked whether it answers again.
+const RECOVERY_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+impl HttpConsumer {
+    /// While the breaker is open, asks the endpoint (HEAD, bounded by the
+    /// call timeout) every 250 ms and closes the breaker at its first
+    /// answer that is not a 5xx: the events waiting behind it flow within a
+    /// fraction of a second of the endpoint's return, not after an open
+    /// period that doubled with each failed probe. A peer that accepts
+    /// connections but answers too slowly stays open. One watch per
+    /// breaker; it ends once the breaker is closed (or forced) by any means.
+    fn watch_recovery(&self, url: &str) {
+        let Some(watch) = self.breaker.claim_recovery_watch() else {
+            return;
+        };
+        let breaker = self.breaker.clone();
+        let client = self.client.clone();
+        let url = url.to_owned();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let _watch = watch;
+            while breaker.is_recovering() {
+                tokio::time::sleep(RECOVERY_CHECK_EVERY).await;
+                let asked = tokio::time::timeout(timeout, client.head(&url).send()).await;
+                if let Ok(Ok(res)) = asked {
+                    if !res.status().is_server_error() {
+                        if breaker.close_after_health_check() {
+                            tracing::info!(breaker = breaker.name(), "endpoint answers again");
+                        }
+                        return;
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -56,6 +56,8 @@ async fn receive(req: HttpRequest, shared: web::Data<Mutex<Shared>>) -> HttpResp
                 .or_default() += 1;
             HttpResponse::Ok().finish()
         }
+        // A health check (HEAD) is answered as the mode says, not recorded.
+        Mode::Ok if req.method() == actix_web::http::Method::HEAD => HttpResponse::Ok().finish(),
         Mode::Ok => {
             *shared
                 .lock()

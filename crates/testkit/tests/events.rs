@@ -991,3 +991,58 @@ async fn a_repeat_inside_one_ranking_transaction_counts_once() {
     );
     assert_eq!(count(&app, &units).await, 5);
 }
+
+/// The data platform's breaker closes within a few hundred milliseconds of
+/// the endpoint answering again (a HEAD every 250 ms while open), not after
+/// an open period that doubled with each failed probe: here the open period
+/// is 20 s, so only the health check can close it in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_platform_breaker_closes_soon_after_the_endpoint_returns() {
+    let peer = FakePeer::start().await;
+    peer.set_mode(Mode::Fail(503));
+    let url = peer.url.clone();
+    let app = TestApp::spawn_with(|s| {
+        s.data_platform.url = Some(url);
+        s.events.max_attempts = 100;
+        s.breaker.failure_threshold = 3;
+        s.breaker.open_ms = 20_000;
+        s.breaker.max_open_ms = 60_000;
+    })
+    .await;
+    let users = app.seed_users(5).await;
+    fund(&app, 1_000).await;
+    let p = product(&app, 100).await;
+    pay_orders(&[&app], &users, p, 5, &AtomicUsize::new(0)).await;
+    let breaker = app.state.breakers.data_platform();
+    eventually(
+        "data platform breaker open",
+        Duration::from_secs(20),
+        async || breaker.state() == BreakerState::Open,
+    )
+    .await;
+    // Still failing: the health check must not close it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(breaker.state(), BreakerState::Open, "a 503 keeps it open");
+
+    peer.set_mode(Mode::Ok);
+    let back = Instant::now();
+    eventually(
+        "data platform breaker closed",
+        Duration::from_secs(10),
+        async || breaker.state() == BreakerState::Closed,
+    )
+    .await;
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "closed {took:?} after the endpoint returned (open period 20 s)"
+    );
+    // The events the open breaker held back then flow (the relay retries
+    // a deferred batch within 5 s).
+    eventually(
+        "every event delivered",
+        Duration::from_secs(20),
+        async || peer.distinct() == 5,
+    )
+    .await;
+}

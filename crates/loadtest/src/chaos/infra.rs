@@ -38,6 +38,9 @@ fn pg_command(bin: &Path, tool: &str) -> Command {
     if is_root() {
         let mut cmd = Command::new("runuser");
         cmd.arg("-u").arg("postgres").arg("--").arg(path);
+        // The caller's folder may be closed to the postgres user (a clone
+        // in a private temporary folder).
+        cmd.current_dir("/");
         cmd
     } else {
         Command::new(path)
@@ -68,8 +71,11 @@ pub struct Postgres {
     dir: PathBuf,
     pub port: u16,
     pub version: String,
-    /// The server's log (pg_ctl start and restart send it there).
+    /// The server's log (pg_ctl start and restart send it there), in the
+    /// cluster's own folder: the postgres user may not write the run's.
     pub log: PathBuf,
+    /// Where the log is copied when the cluster goes (the run's folder).
+    keep_log: PathBuf,
 }
 
 impl Postgres {
@@ -90,10 +96,11 @@ impl Postgres {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let pg = Self {
             bin,
-            dir,
             port,
             version: String::new(),
-            log: run_dir.join("postgres.log"),
+            log: dir.join("postgres.log"),
+            keep_log: run_dir.join("postgres.log"),
+            dir,
         };
         if is_root() {
             let mut chown = Command::new("chown");
@@ -210,7 +217,9 @@ impl Drop for Postgres {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .current_dir("/")
             .status();
+        let _ = std::fs::copy(&self.log, &self.keep_log);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
