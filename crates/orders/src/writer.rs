@@ -50,16 +50,6 @@ impl Batch for OrderBatch {
         job.queued
     }
 
-    const SHARDED: bool = true;
-
-    /// By the order's first product (lines are sorted by product).
-    fn shard(job: &Job) -> u64 {
-        match job.order.lines.as_slice() {
-            [first, ..] => first.product.get().unsigned_abs(),
-            [] => 0,
-        }
-    }
-
     fn fail(job: Job, error: StorageError) {
         let _ = job.reply.send(Err(OrderError::Storage(error)));
     }

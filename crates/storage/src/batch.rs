@@ -18,16 +18,6 @@ pub trait Batch: Send + Sync + 'static {
     /// Metric label (`order`, `payment`, `refusal`).
     const NAME: &'static str;
     fn queued(job: &Self::Job) -> Instant;
-    /// With `SHARDED`, each writer task has a queue of its own and a job
-    /// goes to writer `shard(job) % writers`; without, any free writer
-    /// takes any job. Orders shard by product: the buyers of one product
-    /// then wait in one writer's queue and form one large batch at a time,
-    /// instead of several writers' batches queueing for the same row lock
-    /// one commit after another.
-    const SHARDED: bool = false;
-    fn shard(_job: &Self::Job) -> u64 {
-        0
-    }
     /// Answers a job that could not be written (no connection).
     fn fail(job: Self::Job, error: StorageError);
     /// Writes the jobs and answers each of them.
@@ -50,15 +40,14 @@ pub struct BatchConfig {
 /// The queue in front of the writer tasks. Cheap to clone; the tasks stop
 /// when the last handle is dropped.
 pub struct Batcher<B: Batch> {
-    /// One shared queue, or one per writer when `B::SHARDED`.
-    queues: Arc<[mpsc::Sender<B::Job>]>,
+    tx: mpsc::Sender<B::Job>,
     timeout: Duration,
 }
 
 impl<B: Batch> Clone for Batcher<B> {
     fn clone(&self) -> Self {
         Self {
-            queues: self.queues.clone(),
+            tx: self.tx.clone(),
             timeout: self.timeout,
         }
     }
@@ -68,27 +57,14 @@ impl<B: Batch> Batcher<B> {
     /// Spawns the writer tasks on the current Tokio runtime.
     pub fn start(db: DbPool, work: B, config: BatchConfig) -> Self {
         let max_batch = config.max_batch.max(1);
-        let depth = max_batch.saturating_mul(64).max(1024);
-        let writers = config.writers.max(1);
+        let (tx, rx) = mpsc::channel(max_batch.saturating_mul(64).max(1024));
+        let rx = Arc::new(Mutex::new(rx));
         let work = Arc::new(work);
-        let mut queues = Vec::new();
-        if B::SHARDED {
-            for _ in 0..writers {
-                let (tx, rx) = mpsc::channel(depth);
-                queues.push(tx);
-                let rx = Arc::new(Mutex::new(rx));
-                tokio::spawn(run(db.clone(), work.clone(), rx, max_batch));
-            }
-        } else {
-            let (tx, rx) = mpsc::channel(depth);
-            queues.push(tx);
-            let rx = Arc::new(Mutex::new(rx));
-            for _ in 0..writers {
-                tokio::spawn(run(db.clone(), work.clone(), rx.clone(), max_batch));
-            }
+        for _ in 0..config.writers.max(1) {
+            tokio::spawn(run(db.clone(), work.clone(), rx.clone(), max_batch));
         }
         Self {
-            queues: queues.into(),
+            tx,
             timeout: config.timeout,
         }
     }
@@ -101,13 +77,8 @@ impl<B: Batch> Batcher<B> {
         job: B::Job,
         answer: oneshot::Receiver<Result<T, E>>,
     ) -> Result<T, E> {
-        let n = self.queues.len().max(1) as u64;
-        let i = usize::try_from(B::shard(&job) % n).unwrap_or(0);
-        let Some(queue) = self.queues.get(i) else {
-            return Err(StorageError::Unavailable("no writer".into()).into());
-        };
         let waited = tokio::time::timeout(self.timeout, async {
-            queue
+            self.tx
                 .send(job)
                 .await
                 .map_err(|_| StorageError::Unavailable("writers stopped".into()))?;
