@@ -14,16 +14,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-/// What [`reserve_in`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reserved {
-    /// The units were taken, at this unit price.
-    Taken { price: i64 },
-    /// Fewer units are left than asked for; nothing was taken.
-    Short,
-    /// No such product.
-    Unknown,
-}
+pub use commerce_domain::StockReserved as Reserved;
 
 /// Takes `units` of `product`, guarded (stock never below zero): the
 /// conditional update is both the reservation and the guard, and it holds

@@ -10,25 +10,7 @@ use commerce_storage::StorageError;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-/// Why a user coupon cannot be used now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unusable {
-    NotFound,
-    NotYours,
-    AlreadyUsed,
-    Expired,
-}
-
-impl Unusable {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NotFound => "no such coupon",
-            Self::NotYours => "not your coupon",
-            Self::AlreadyUsed => "coupon already used",
-            Self::Expired => "coupon expired",
-        }
-    }
-}
+pub use commerce_domain::CouponUnusable as Unusable;
 
 /// The discount `uc` gives `user` if they may use it now (no lock: the
 /// redemption at payment is the guard).

@@ -158,6 +158,38 @@ impl IdempotencyKey {
     }
 }
 
+/// What reserving stock did (the catalog's answer to an order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockReserved {
+    /// The units were taken, at this unit price.
+    Taken { price: i64 },
+    /// Fewer units are left than asked for; nothing was taken.
+    Short,
+    /// No such product.
+    Unknown,
+}
+
+/// Why an issued coupon cannot be used now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CouponUnusable {
+    NotFound,
+    NotYours,
+    AlreadyUsed,
+    Expired,
+}
+
+impl CouponUnusable {
+    /// What a client is told.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "no such coupon",
+            Self::NotYours => "not your coupon",
+            Self::AlreadyUsed => "coupon already used",
+            Self::Expired => "coupon expired",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -348,12 +348,7 @@ async fn return_stock(
 
 /// Why a coupon cannot price an order, as the client is told.
 fn unusable(why: Unusable) -> OrderError {
-    OrderError::InvalidCoupon(match why {
-        Unusable::NotFound => "no such coupon",
-        Unusable::NotYours => "not your coupon",
-        Unusable::AlreadyUsed => "coupon already used",
-        Unusable::Expired => "coupon expired",
-    })
+    OrderError::InvalidCoupon(why.as_str())
 }
 
 /// Writes one order's items; arrays keep the statement's text the same

@@ -17,13 +17,7 @@ use std::sync::Arc;
 
 type Answer<'a, T> = BoxFuture<'a, Result<T, StorageError>>;
 
-/// What [`Stock::reserve`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reserved {
-    Taken { price: i64 },
-    Short,
-    Unknown,
-}
+pub use commerce_domain::{CouponUnusable as Unusable, StockReserved as Reserved};
 
 /// Product stock (owned by the catalog).
 pub trait Stock: Send + Sync {
@@ -78,15 +72,6 @@ pub trait Wallet: Send + Sync {
         user: UserId,
         payments: &'a [Debit],
     ) -> Answer<'a, Option<i64>>;
-}
-
-/// Why a coupon cannot be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unusable {
-    NotFound,
-    NotYours,
-    AlreadyUsed,
-    Expired,
 }
 
 /// Issued coupons (owned by coupons).

@@ -34,15 +34,7 @@ impl Stock for CatalogStock {
         product: ProductId,
         units: i32,
     ) -> Answer<'a, Reserved> {
-        stock::reserve_in(c, product, units)
-            .map(|r| {
-                r.map(|r| match r {
-                    stock::Reserved::Taken { price } => Reserved::Taken { price },
-                    stock::Reserved::Short => Reserved::Short,
-                    stock::Reserved::Unknown => Reserved::Unknown,
-                })
-            })
-            .boxed()
+        stock::reserve_in(c, product, units).boxed()
     }
 
     fn prices<'a>(
@@ -102,15 +94,6 @@ impl Wallet for AccountsWallet {
 
 struct IssuedCoupons;
 
-fn unusable(why: redeem::Unusable) -> Unusable {
-    match why {
-        redeem::Unusable::NotFound => Unusable::NotFound,
-        redeem::Unusable::NotYours => Unusable::NotYours,
-        redeem::Unusable::AlreadyUsed => Unusable::AlreadyUsed,
-        redeem::Unusable::Expired => Unusable::Expired,
-    }
-}
-
 impl CouponBook for IssuedCoupons {
     fn discount<'a>(
         &'a self,
@@ -118,9 +101,7 @@ impl CouponBook for IssuedCoupons {
         user: UserId,
         uc: UserCouponId,
     ) -> Answer<'a, Result<i64, Unusable>> {
-        redeem::discount_in(c, user, uc)
-            .map(|r| r.map(|d| d.map_err(unusable)))
-            .boxed()
+        redeem::discount_in(c, user, uc).boxed()
     }
 
     fn redeem<'a>(
@@ -130,8 +111,6 @@ impl CouponBook for IssuedCoupons {
         uc: UserCouponId,
         order: OrderId,
     ) -> Answer<'a, Result<(), Unusable>> {
-        redeem::redeem_in(c, user, uc, order)
-            .map(|r| r.map(|d| d.map_err(unusable)))
-            .boxed()
+        redeem::redeem_in(c, user, uc, order).boxed()
     }
 }
