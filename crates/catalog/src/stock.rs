@@ -67,30 +67,34 @@ pub async fn prices_in(
 
 /// Takes `units` of `product` if that many are left **and** its price is
 /// still `price` (a batch priced its orders before taking the stock: a
-/// price changed meanwhile must not be sold at the old one). `false`:
-/// nothing was taken.
+/// price changed meanwhile must not be sold at the old one). Otherwise the
+/// statement fails with [`StorageError::CheckViolation`] on
+/// [`STOCK_CHECK`] (a changed price sets the stock to -1, which the same
+/// check refuses), so the caller's transaction is aborted by PostgreSQL
+/// itself: a batch can send its `COMMIT` right behind this statement, in
+/// the same round trip, and hold the product's row lock for no longer than
+/// the commit.
 pub async fn take_in(
     c: &AsyncPgConnection,
     product: i64,
     units: i32,
     price: i64,
-) -> Result<bool, StorageError> {
-    let taken: Option<i64> = diesel::update(
-        products::table
-            .filter(products::id.eq(product))
-            .filter(products::stock.ge(units))
-            .filter(products::price.eq(price)),
+) -> Result<(), StorageError> {
+    commerce_storage::sql::cached(
+        "UPDATE products SET stock = CASE WHEN price = $3 THEN stock - $2 ELSE -1 END, \
+                             updated_at = now() \
+         WHERE id = $1",
     )
-    .set((
-        products::stock.eq(products::stock - units),
-        products::updated_at.eq(diesel::dsl::now),
-    ))
-    .returning(products::id)
-    .get_result(&mut &*c)
-    .await
-    .optional()?;
-    Ok(taken.is_some())
+    .bind::<BigInt, _>(product)
+    .bind::<Integer, _>(units)
+    .bind::<BigInt, _>(price)
+    .execute(&mut &*c)
+    .await?;
+    Ok(())
 }
+
+/// The constraint that keeps stock at zero or above (`stock >= 0`).
+pub const STOCK_CHECK: &str = "products_stock_check";
 
 /// Gives `units` (product, units) back to the stock. The caller makes this
 /// exactly once (it moved the orders out of `pending` in the same

@@ -15,10 +15,10 @@ use commerce_storage::batch::{Batch, BatchError, Batcher};
 use commerce_storage::idempotency::{self, SaveAnswer};
 use commerce_storage::outbox::{self, event};
 use commerce_storage::schema::order_items;
-use commerce_storage::StorageError;
+use commerce_storage::{tx, StorageError};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
@@ -134,7 +134,9 @@ struct Claimed {
 }
 
 /// Pays what it can of `wants` in one transaction; `None` for an order it
-/// did not claim. Three round trips of pipelined statements, one commit.
+/// did not claim. Three round trips of pipelined statements, the `BEGIN`
+/// sent with the first and the `COMMIT` with the last (see
+/// `commerce_storage::tx`).
 async fn pay_batch(
     conn: &mut AsyncPgConnection,
     seams: &Seams,
@@ -143,136 +145,179 @@ async fn pay_batch(
 ) -> Result<Vec<Option<Payment>>, BatchError> {
     let ids: Vec<i64> = wants.iter().map(|(_, o)| o.get()).collect();
     let owners: Vec<i64> = wants.iter().map(|(u, _)| u.get()).collect();
-    conn.transaction(async move |tx| {
-        // 1. pending -> paid for every order still payable by its owner.
-        //    Orders with a coupon are left to the lone path, which redeems it.
-        //    `o.id = ANY($1)` lets the planner find the rows by primary key
-        //    (joined only to the unnested pairs, it scanned the table).
-        let claimed: Vec<Claimed> = commerce_storage::sql::cached(
-            "UPDATE orders o SET status = 'paid', paid_at = now() \
-             FROM unnest($1::bigint[], $2::bigint[]) AS v(id, u) \
-             WHERE o.id = ANY($1) AND o.id = v.id AND o.user_id = v.u AND o.status = 'pending' \
-               AND o.expires_at > now() AND o.user_coupon_id IS NULL \
-             RETURNING o.id, o.user_id, o.pay_amount, o.paid_at",
-        )
-        .bind::<Array<BigInt>, _>(&ids)
-        .bind::<Array<BigInt>, _>(&owners)
-        .load(tx)
-        .await?;
-        if claimed.is_empty() {
+    let db: &AsyncPgConnection = conn;
+    // 1. pending -> paid for every order still payable by its owner.
+    //    Orders with a coupon are left to the lone path, which redeems it.
+    //    `o.id = ANY($1)` lets the planner find the rows by primary key
+    //    (joined only to the unnested pairs, it scanned the table).
+    let claim = commerce_storage::sql::cached(
+        "UPDATE orders o SET status = 'paid', paid_at = now() \
+         FROM unnest($1::bigint[], $2::bigint[]) AS v(id, u) \
+         WHERE o.id = ANY($1) AND o.id = v.id AND o.user_id = v.u AND o.status = 'pending' \
+           AND o.expires_at > now() AND o.user_coupon_id IS NULL \
+         RETURNING o.id, o.user_id, o.pay_amount, o.paid_at",
+    )
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&owners)
+    .load::<Claimed>(&mut &*db);
+    let (begun, claimed) = futures::join!(tx::begin(db), claim);
+    begun?;
+    let claimed = match claimed {
+        Ok(claimed) if !claimed.is_empty() => claimed,
+        Ok(_) => {
+            tx::roll_back(db).await;
             return Ok(vec![None; wants.len()]);
         }
-        let by_order: HashMap<i64, &Claimed> = claimed.iter().map(|c| (c.id, c)).collect();
-        // Each payer's payments in the batch, payers in id order (row
-        // locks taken in one order by every batch: no deadlock between
-        // them), each payer debited once with a ledger row per payment.
-        let mut per_payer: BTreeMap<i64, Vec<Debit>> = BTreeMap::new();
-        for (_, order) in wants {
-            if let Some(c) = by_order.get(&order.get()) {
-                per_payer.entry(c.user_id).or_default().push(Debit {
-                    amount: c.pay_amount,
-                    order: *order,
-                });
-            }
+        Err(e) => {
+            tx::roll_back(db).await;
+            return Err(e.into());
         }
-        let claimed_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
-        // 2. The debits (guarded) with their ledger rows, the payment rows
-        //    (UNIQUE per order: the last guard of rule 4) and the events'
-        //    items, in one round trip.
-        let db: &AsyncPgConnection = tx;
-        let debits =
-            futures::future::join_all(per_payer.iter().map(|(&user, payments)| async move {
-                let balance = seams
-                    .wallet
-                    .debit(db, UserId::from_db(user), payments)
-                    .await;
-                balance.map(|b| b.map(|b| (user, b)))
-            }));
-        let amounts: Vec<i64> = claimed.iter().map(|c| c.pay_amount).collect();
-        let payers: Vec<i64> = claimed.iter().map(|c| c.user_id).collect();
-        // Arrays: one statement text whatever the batch size (prepared once).
-        let inserted = commerce_storage::sql::cached(
-            "INSERT INTO payments (order_id, user_id, amount) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])",
-        )
-        .bind::<Array<BigInt>, _>(&claimed_ids)
-        .bind::<Array<BigInt>, _>(&payers)
-        .bind::<Array<BigInt>, _>(&amounts)
-        .execute(&mut &*db);
-        let items = order_items::table
-            .filter(order_items::order_id.eq_any(&claimed_ids))
-            .select((
-                order_items::order_id,
-                order_items::product_id,
-                order_items::quantity,
-                order_items::unit_price,
-            ))
-            .order((order_items::order_id, order_items::product_id))
-            .load::<(i64, i64, i32, i64)>(&mut &*db);
-        let (debits, inserted, items) = futures::join!(debits, inserted, items);
-        let mut balances: HashMap<i64, i64> = HashMap::new();
-        for debit in debits {
-            let Some((user, balance)) = debit? else {
-                return Err(BatchError::Short);
-            };
-            balances.insert(user, balance);
+    };
+    match finish(db, seams, wants, answers, &claimed).await {
+        Ok(committed) => committed,
+        Err(Unsent(e)) => {
+            tx::roll_back(db).await;
+            Err(e)
         }
-        inserted?;
-        let mut items_of: HashMap<i64, Vec<OrderItem>> = HashMap::new();
-        for (order, product, quantity, unit_price) in items? {
-            items_of.entry(order).or_default().push(OrderItem {
-                product_id: ProductId::from_db(product),
-                quantity,
-                unit_price,
+    }
+}
+
+/// A failure found before the `COMMIT` was sent: the caller rolls back.
+struct Unsent(BatchError);
+
+impl From<StorageError> for Unsent {
+    fn from(e: StorageError) -> Self {
+        Self(BatchError::Failed(e))
+    }
+}
+
+impl From<diesel::result::Error> for Unsent {
+    fn from(e: diesel::result::Error) -> Self {
+        Self(e.into())
+    }
+}
+
+/// Steps 2 and 3 of [`pay_batch`], inside its transaction; the `COMMIT`
+/// goes with step 3 (`Ok`: it was sent, and says how the batch ended).
+async fn finish(
+    db: &AsyncPgConnection,
+    seams: &Seams,
+    wants: &[(UserId, OrderId)],
+    answers: &mut [Option<SaveAnswer<Payment>>],
+    claimed: &[Claimed],
+) -> Result<Result<Vec<Option<Payment>>, BatchError>, Unsent> {
+    let by_order: HashMap<i64, &Claimed> = claimed.iter().map(|c| (c.id, c)).collect();
+    // Each payer's payments in the batch, payers in id order (row
+    // locks taken in one order by every batch: no deadlock between
+    // them), each payer debited once with a ledger row per payment.
+    let mut per_payer: BTreeMap<i64, Vec<Debit>> = BTreeMap::new();
+    for (_, order) in wants {
+        if let Some(c) = by_order.get(&order.get()) {
+            per_payer.entry(c.user_id).or_default().push(Debit {
+                amount: c.pay_amount,
+                order: *order,
             });
         }
-        // 3. Events and stored answers. A payer with several payments in
-        //    the batch sees the balance after each in turn, as the ledger
-        //    does: as if they were paid one after another.
-        let mut remaining_after: HashMap<i64, i64> = HashMap::new();
-        let mut result: Vec<Option<Payment>> = vec![None; wants.len()];
-        let mut events = Vec::new();
-        for (slot, (_, order)) in result.iter_mut().zip(wants).rev() {
-            let Some(c) = by_order.get(&order.get()) else {
-                continue;
-            };
-            // Walking backwards: the final balance belongs to the last.
-            let after = *remaining_after
-                .entry(c.user_id)
-                .or_insert_with(|| balances.get(&c.user_id).copied().unwrap_or(0));
-            remaining_after.insert(c.user_id, after.saturating_add(c.pay_amount));
-            *slot = Some(Payment {
-                order_id: *order,
-                status: "paid",
-                paid_amount: c.pay_amount,
-                balance: after,
-                paid_at: c.paid_at,
-            });
-        }
-        for (payment, (user, order)) in result.iter().zip(wants) {
-            let Some(p) = payment else { continue };
-            let items = items_of.remove(&order.get()).unwrap_or_default();
-            events.push((
-                event::ORDER_PAID,
-                order.to_string(),
-                serde_json::json!({
-                    "order_id": order, "user_id": user, "amount": p.paid_amount,
-                    "paid_at": p.paid_at, "items": items,
-                }),
-            ));
-        }
-        let rendered: Vec<_> = answers
-            .iter_mut()
-            .zip(&result)
-            .filter_map(|(a, p)| p.as_ref().and_then(|p| a.take().map(|a| a.render(p))))
-            .collect();
-        let (events_written, saved) = futures::join!(
-            outbox::enqueue_many(db, &events),
-            idempotency::complete_many(db, &rendered),
-        );
-        events_written?;
-        saved?;
-        Ok(result)
-    })
-    .await
+    }
+    let claimed_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    // 2. The debits (guarded) with their ledger rows, the payment rows
+    //    (UNIQUE per order: the last guard of rule 4) and the events'
+    //    items, in one round trip.
+    let debits = futures::future::join_all(per_payer.iter().map(|(&user, payments)| async move {
+        let balance = seams
+            .wallet
+            .debit(db, UserId::from_db(user), payments)
+            .await;
+        balance.map(|b| b.map(|b| (user, b)))
+    }));
+    let amounts: Vec<i64> = claimed.iter().map(|c| c.pay_amount).collect();
+    let payers: Vec<i64> = claimed.iter().map(|c| c.user_id).collect();
+    // Arrays: one statement text whatever the batch size (prepared once).
+    let inserted = commerce_storage::sql::cached(
+        "INSERT INTO payments (order_id, user_id, amount) \
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])",
+    )
+    .bind::<Array<BigInt>, _>(&claimed_ids)
+    .bind::<Array<BigInt>, _>(&payers)
+    .bind::<Array<BigInt>, _>(&amounts)
+    .execute(&mut &*db);
+    let items = order_items::table
+        .filter(order_items::order_id.eq_any(&claimed_ids))
+        .select((
+            order_items::order_id,
+            order_items::product_id,
+            order_items::quantity,
+            order_items::unit_price,
+        ))
+        .order((order_items::order_id, order_items::product_id))
+        .load::<(i64, i64, i32, i64)>(&mut &*db);
+    let (debits, inserted, items) = futures::join!(debits, inserted, items);
+    let mut balances: HashMap<i64, i64> = HashMap::new();
+    for debit in debits {
+        let Some((user, balance)) = debit? else {
+            return Err(Unsent(BatchError::Short));
+        };
+        balances.insert(user, balance);
+    }
+    inserted?;
+    let mut items_of: HashMap<i64, Vec<OrderItem>> = HashMap::new();
+    for (order, product, quantity, unit_price) in items? {
+        items_of.entry(order).or_default().push(OrderItem {
+            product_id: ProductId::from_db(product),
+            quantity,
+            unit_price,
+        });
+    }
+    // 3. Events and stored answers, then the commit. A payer with several
+    //    payments in the batch sees the balance after each in turn, as the
+    //    ledger does: as if they were paid one after another.
+    let mut remaining_after: HashMap<i64, i64> = HashMap::new();
+    let mut result: Vec<Option<Payment>> = vec![None; wants.len()];
+    let mut events = Vec::new();
+    for (slot, (_, order)) in result.iter_mut().zip(wants).rev() {
+        let Some(c) = by_order.get(&order.get()) else {
+            continue;
+        };
+        // Walking backwards: the final balance belongs to the last.
+        let after = *remaining_after
+            .entry(c.user_id)
+            .or_insert_with(|| balances.get(&c.user_id).copied().unwrap_or(0));
+        remaining_after.insert(c.user_id, after.saturating_add(c.pay_amount));
+        *slot = Some(Payment {
+            order_id: *order,
+            status: "paid",
+            paid_amount: c.pay_amount,
+            balance: after,
+            paid_at: c.paid_at,
+        });
+    }
+    for (payment, (user, order)) in result.iter().zip(wants) {
+        let Some(p) = payment else { continue };
+        let items = items_of.remove(&order.get()).unwrap_or_default();
+        events.push((
+            event::ORDER_PAID,
+            order.to_string(),
+            serde_json::json!({
+                "order_id": order, "user_id": user, "amount": p.paid_amount,
+                "paid_at": p.paid_at, "items": items,
+            }),
+        ));
+    }
+    let rendered: Vec<_> = answers
+        .iter_mut()
+        .zip(&result)
+        .filter_map(|(a, p)| p.as_ref().and_then(|p| a.take().map(|a| a.render(p))))
+        .collect();
+    // A failure of either aborts the transaction, and the COMMIT sent
+    // behind them rolls it back.
+    let (events_written, saved, committed) = futures::join!(
+        outbox::enqueue_many(db, &events),
+        idempotency::complete_many(db, &rendered),
+        tx::commit(db),
+    );
+    Ok(events_written
+        .and(saved)
+        .and(committed)
+        .map(|()| result)
+        .map_err(BatchError::Failed))
 }

@@ -35,14 +35,16 @@ pub trait Stock: Send + Sync {
         c: &'a AsyncPgConnection,
         ids: &'a [i64],
     ) -> Answer<'a, Vec<(i64, i64)>>;
-    /// Takes `units` if that many are left and the price is still `price`.
+    /// Takes `units` if that many are left and the price is still `price`;
+    /// otherwise fails with [`StorageError::CheckViolation`], which aborts
+    /// the transaction (so a `COMMIT` may follow it in the same round trip).
     fn take<'a>(
         &'a self,
         c: &'a AsyncPgConnection,
         product: i64,
         units: i32,
         price: i64,
-    ) -> Answer<'a, bool>;
+    ) -> Answer<'a, ()>;
     /// Gives (product, units) back; the caller makes this exactly once.
     fn give_back<'a>(&'a self, c: &'a AsyncPgConnection, units: &'a [(i64, i32)])
         -> Answer<'a, ()>;

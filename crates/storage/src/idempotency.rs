@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 pub const KEY_TTL_SECS: i64 = 24 * 3600;
 /// A claim with no answer after this long belongs to a crashed holder.
 pub const ABANDONED_AFTER_SECS: i64 = 60;
+/// The constraint a key claimed twice violates.
+pub const KEYS_PKEY: &str = "idempotency_keys_pkey";
 
 /// Digest of what a key promises to mean: the route and the canonical body.
 pub fn request_hash(route: &str, canonical_body: &[u8]) -> String {
@@ -206,6 +208,69 @@ pub async fn claim_many(
     .bind::<Array<BigInt>, _>(&users)
     .bind::<Array<Text>, _>(&keys)
     .bind::<Array<Text>, _>(&hashes)
+    .load(&mut &*conn)
+    .await?;
+    Ok(rows.into_iter().map(|t| (t.user_id, t.key)).collect())
+}
+
+/// Claims several keys and stores their answers in one row each, inside the
+/// caller's transaction: a batch that already knows its answers writes each
+/// key once instead of claiming it and then updating it. A key already
+/// taken (by another request, or twice in `answers`) fails the statement
+/// with [`StorageError::UniqueViolation`] on `idempotency_keys_pkey`, which
+/// aborts the caller's transaction: nothing of the batch is written.
+pub async fn insert_answered(
+    conn: &AsyncPgConnection,
+    answers: &[(Claim, u16, serde_json::Value)],
+) -> Result<(), StorageError> {
+    use diesel::sql_types::{Array, BigInt, Jsonb, SmallInt, Text};
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<i64> = answers.iter().map(|(c, _, _)| c.user_id.get()).collect();
+    let keys: Vec<&str> = answers.iter().map(|(c, _, _)| c.key.as_str()).collect();
+    let hashes: Vec<&str> = answers
+        .iter()
+        .map(|(c, _, _)| c.request_hash.as_str())
+        .collect();
+    let statuses: Vec<i16> = answers
+        .iter()
+        .map(|(_, s, _)| i16::try_from(*s).unwrap_or(500))
+        .collect();
+    let bodies: Vec<&serde_json::Value> = answers.iter().map(|(_, _, b)| b).collect();
+    crate::sql::cached(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash, response_status, response_body) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::jsonb[])",
+    )
+    .bind::<Array<BigInt>, _>(&users)
+    .bind::<Array<Text>, _>(&keys)
+    .bind::<Array<Text>, _>(&hashes)
+    .bind::<Array<SmallInt>, _>(&statuses)
+    .bind::<Array<Jsonb>, _>(&bodies)
+    .execute(&mut &*conn)
+    .await?;
+    Ok(())
+}
+
+/// The (user, key) pairs of `claims` that are already taken.
+pub async fn taken(
+    conn: &AsyncPgConnection,
+    claims: &[&Claim],
+) -> Result<std::collections::HashSet<(i64, String)>, StorageError> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    if claims.is_empty() {
+        return Ok(Default::default());
+    }
+    let users: Vec<i64> = claims.iter().map(|c| c.user_id.get()).collect();
+    let keys: Vec<&str> = claims.iter().map(|c| c.key.as_str()).collect();
+    let rows: Vec<Taken> = crate::sql::cached(
+        "SELECT k.user_id, k.key FROM idempotency_keys k \
+         JOIN unnest($1::bigint[], $2::text[]) AS v(user_id, key) \
+           ON k.user_id = v.user_id AND k.key = v.key \
+         WHERE k.user_id = ANY($1)",
+    )
+    .bind::<Array<BigInt>, _>(&users)
+    .bind::<Array<Text>, _>(&keys)
     .load(&mut &*conn)
     .await?;
     Ok(rows.into_iter().map(|t| (t.user_id, t.key)).collect())

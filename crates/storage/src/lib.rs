@@ -6,6 +6,7 @@ pub mod idempotency;
 pub mod outbox;
 pub mod schema;
 pub mod sql;
+pub mod tx;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::ConnectionError;

@@ -397,3 +397,46 @@ async fn a_product_created_by_the_admin_api_has_its_gate_loaded() {
     assert_eq!(count(&results, 201), 7);
     assert_eq!(stock(&a, p).await, 0);
 }
+
+/// A batch claims its orders' keys with their answers in one statement, so
+/// a key already taken fails the whole batch: the taken keys go back to
+/// their requests (which replay), the rest of the batch is written anyway,
+/// and a key sent twice at once (a double click) makes one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_double_clicks_inside_a_crowd_write_each_order_once() {
+    let a = TestApp::spawn().await;
+    let b = a.sibling(|_| {}).await;
+    let users = a.seed_users(60).await;
+    let p = product(&a, 200).await;
+    let body = json!({ "items": [{ "product_id": p, "quantity": 1 }] });
+    let send = |i: usize, key: String| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let token = users[i].token.clone();
+        let body = body.clone();
+        async move {
+            app.post_json("/api/v1/orders", Some(&token), Some(&key), &body)
+                .await
+        }
+    };
+    let first = join_all((0..20).map(|i| send(i, format!("k-{i}")))).await;
+    assert_eq!(count(&first, 201), 20, "{first:?}");
+    // Retries of the first 20, ten double clicks and thirty new orders, at
+    // once, so they share batches.
+    let crowd = (0..20)
+        .map(|i| (i, format!("k-{i}")))
+        .chain((20..30).flat_map(|i| [(i, format!("d-{i}")), (i, format!("d-{i}"))]))
+        .chain((30..60).map(|i| (i, format!("n-{i}"))));
+    let second = join_all(crowd.map(|(i, key)| send(i, key))).await;
+    assert!(other(&second).is_none(), "{:?}", other(&second));
+    for (i, (r1, r2)) in first.iter().zip(&second).enumerate() {
+        assert_eq!(r1, r2, "retry {i} got another answer");
+    }
+    for pair in second[20..40].chunks(2) {
+        assert_eq!(pair[0].0, 201, "{pair:?}");
+        assert_eq!(pair[0], pair[1], "a double click made two orders");
+    }
+    assert_eq!(count(&second[40..], 201), 30);
+    assert_eq!(live_orders(&a, p).await, 60, "each order written once");
+    assert_eq!(stock(&a, p).await, 140);
+    assert_eq!(accounted(&a, p).await, 200);
+}
