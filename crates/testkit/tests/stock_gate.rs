@@ -410,7 +410,7 @@ async fn retries_and_double_clicks_inside_a_crowd_write_each_order_once() {
     let p = product(&a, 200).await;
     let body = json!({ "items": [{ "product_id": p, "quantity": 1 }] });
     let send = |i: usize, key: String| {
-        let app = if i % 2 == 0 { &a } else { &b };
+        let app = if i.is_multiple_of(2) { &a } else { &b };
         let token = users[i].token.clone();
         let body = body.clone();
         async move {
