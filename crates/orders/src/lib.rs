@@ -839,6 +839,38 @@ impl Orders {
         id: OrderId,
         answer: Option<SaveAnswer<Payment>>,
     ) -> Result<Payment, OrderError> {
+        self.pay_as(user, id, answer, false).await
+    }
+
+    /// [`Orders::pay`] for a request that has not claimed its
+    /// `Idempotency-Key` yet: the payment's batch claims it with the
+    /// payment and its answer, in one transaction (no claim statement and
+    /// no answer update of its own). Anything but a payment made here (a
+    /// key used before, an order not payable, someone else's order)
+    /// answers `NotClaimed` with nothing written, and the request goes the
+    /// usual way, which says exactly why.
+    pub async fn pay_claiming(
+        &self,
+        user: UserId,
+        id: OrderId,
+        answer: SaveAnswer<Payment>,
+    ) -> Result<Payment, OrderError> {
+        if self.payer.is_none() {
+            return Err(OrderError::NotClaimed);
+        }
+        match self.pay_as(user, id, Some(answer), true).await {
+            Err(OrderError::NotFound) => Err(OrderError::NotClaimed),
+            other => other,
+        }
+    }
+
+    async fn pay_as(
+        &self,
+        user: UserId,
+        id: OrderId,
+        answer: Option<SaveAnswer<Payment>>,
+        claims: bool,
+    ) -> Result<Payment, OrderError> {
         // The caller's order, or nothing is taken: no lock (and no Redis
         // key) for an order that does not exist or is someone else's.
         let owned: Option<i64> = {
@@ -866,11 +898,13 @@ impl Orders {
                 commerce_resilience::LockError::Busy { .. } => OrderError::Busy,
                 other => OrderError::Storage(StorageError::Unavailable(other.to_string())),
             })?;
-        let result = self.pay_locked(user, id, answer).await;
+        let result = self.pay_locked(user, id, answer, claims).await;
         if let Err(e) = lock.release().await {
             tracing::debug!(order = %id, error = %e, "payment lock release failed (lease will expire)");
         }
         let outcome = match &result {
+            // Counted when the request pays the usual way.
+            Err(OrderError::NotClaimed) => return result,
             Ok(_) => "paid",
             Err(OrderError::AlreadyPaid) => "already_paid",
             Err(OrderError::InsufficientBalance) => "insufficient_balance",
@@ -890,9 +924,10 @@ impl Orders {
         user: UserId,
         id: OrderId,
         answer: Option<SaveAnswer<Payment>>,
+        claims: bool,
     ) -> Result<Payment, OrderError> {
         match &self.payer {
-            Some(p) => pay_writer::pay(p, user, id, answer).await,
+            Some(p) => pay_writer::pay(p, user, id, answer, claims).await,
             None => {
                 let mut c = conn(&self.db).await?;
                 pay_in(&mut c, &self.seams, user, id, answer).await

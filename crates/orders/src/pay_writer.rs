@@ -28,6 +28,10 @@ pub(crate) struct PayJob {
     user: UserId,
     order: OrderId,
     answer: Option<SaveAnswer<Payment>>,
+    /// The batch claims `answer`'s key itself, storing the answer with the
+    /// payment (the request did not claim it): a payment it cannot make
+    /// answers `NotClaimed`, and the request goes the usual way.
+    claims: bool,
     reply: oneshot::Sender<Result<Payment, OrderError>>,
     queued: Instant,
 }
@@ -65,11 +69,13 @@ pub(crate) async fn pay(
     user: UserId,
     order: OrderId,
     answer: Option<SaveAnswer<Payment>>,
+    claims: bool,
 ) -> Result<Payment, OrderError> {
     let (reply, answered) = oneshot::channel();
     let job = PayJob {
         user,
         order,
+        claims: claims && answer.is_some(),
         answer,
         reply,
         queued: Instant::now(),
@@ -83,26 +89,31 @@ async fn write_batch(conn: &mut AsyncPgConnection, seams: &Seams, jobs: Vec<PayJ
     let mut seen = HashSet::new();
     let (mut batch, mut alone): (Vec<PayJob>, Vec<PayJob>) =
         jobs.into_iter().partition(|j| seen.insert(j.order));
-    if batch.len() > 1 {
+    // A lone payment is cheaper alone, unless the batch is to claim its key.
+    if batch.len() > 1 || batch.iter().any(|j| j.claims) {
         let wants: Vec<(UserId, OrderId)> = batch.iter().map(|j| (j.user, j.order)).collect();
-        let mut answers: Vec<Option<SaveAnswer<Payment>>> =
+        let claims: Vec<bool> = batch.iter().map(|j| j.claims).collect();
+        let answers: Vec<Option<SaveAnswer<Payment>>> =
             batch.iter_mut().map(|j| j.answer.take()).collect();
-        match pay_batch(conn, seams, &wants, &mut answers).await {
+        let outcome = pay_batch(conn, seams, &wants, &claims, &answers).await;
+        for (job, answer) in batch.iter_mut().zip(answers) {
+            job.answer = answer;
+        }
+        match outcome {
             Ok(paid) => {
-                for ((job, answer), payment) in batch.into_iter().zip(answers).zip(paid) {
+                for (job, payment) in batch.into_iter().zip(paid) {
                     match payment {
                         Some(p) => {
                             let _ = job.reply.send(Ok(p));
                         }
-                        // Not claimed: its answer was not used.
-                        None => alone.push(PayJob { answer, ..job }),
+                        // Not paid here: alone, it learns exactly why.
+                        None => alone.push(job),
                     }
                 }
             }
-            Err(BatchError::Short) => {
-                for (job, answer) in batch.iter_mut().zip(answers) {
-                    job.answer = answer;
-                }
+            // A balance short, or a key the batch was to claim already
+            // taken: nothing was written, each goes alone.
+            Err(BatchError::Short | BatchError::Failed(StorageError::UniqueViolation(_))) => {
                 alone.append(&mut batch);
             }
             Err(BatchError::Failed(e)) => {
@@ -116,7 +127,13 @@ async fn write_batch(conn: &mut AsyncPgConnection, seams: &Seams, jobs: Vec<PayJ
         alone.append(&mut batch);
     }
     for job in alone {
-        let result = pay_in(conn, seams, job.user, job.order, job.answer).await;
+        // A key nobody claimed yet goes back to its request, which claims
+        // it (and replays it, if it was used before).
+        let result = if job.claims {
+            Err(OrderError::NotClaimed)
+        } else {
+            pay_in(conn, seams, job.user, job.order, job.answer).await
+        };
         let _ = job.reply.send(result);
     }
 }
@@ -141,7 +158,8 @@ async fn pay_batch(
     conn: &mut AsyncPgConnection,
     seams: &Seams,
     wants: &[(UserId, OrderId)],
-    answers: &mut [Option<SaveAnswer<Payment>>],
+    claims: &[bool],
+    answers: &[Option<SaveAnswer<Payment>>],
 ) -> Result<Vec<Option<Payment>>, BatchError> {
     let ids: Vec<i64> = wants.iter().map(|(_, o)| o.get()).collect();
     let owners: Vec<i64> = wants.iter().map(|(u, _)| u.get()).collect();
@@ -173,7 +191,7 @@ async fn pay_batch(
             return Err(e.into());
         }
     };
-    match finish(db, seams, wants, answers, &claimed).await {
+    match finish(db, seams, wants, claims, answers, &claimed).await {
         Ok(committed) => committed,
         Err(Unsent(e)) => {
             tx::roll_back(db).await;
@@ -203,7 +221,8 @@ async fn finish(
     db: &AsyncPgConnection,
     seams: &Seams,
     wants: &[(UserId, OrderId)],
-    answers: &mut [Option<SaveAnswer<Payment>>],
+    claims: &[bool],
+    answers: &[Option<SaveAnswer<Payment>>],
     claimed: &[Claimed],
 ) -> Result<Result<Vec<Option<Payment>>, BatchError>, Unsent> {
     let by_order: HashMap<i64, &Claimed> = claimed.iter().map(|c| (c.id, c)).collect();
@@ -303,19 +322,28 @@ async fn finish(
             }),
         ));
     }
-    let rendered: Vec<_> = answers
-        .iter_mut()
+    // Keys the batch claims are inserted with their answers (a key taken
+    // fails the insert); keys their requests claimed get their answers.
+    // (Rendered, not taken: a batch rolled back here leaves every job its
+    // answer for the lone path.)
+    let (new_keys, claimed_keys): (Vec<_>, Vec<_>) = answers
+        .iter()
         .zip(&result)
-        .filter_map(|(a, p)| p.as_ref().and_then(|p| a.take().map(|a| a.render(p))))
-        .collect();
-    // A failure of either aborts the transaction, and the COMMIT sent
-    // behind them rolls it back.
-    let (events_written, saved, committed) = futures::join!(
+        .zip(claims)
+        .filter_map(|((a, p), c)| Some((*c, a.as_ref()?.render(p.as_ref()?))))
+        .partition(|(c, _)| *c);
+    let new_keys: Vec<_> = new_keys.into_iter().map(|(_, a)| a).collect();
+    let claimed_keys: Vec<_> = claimed_keys.into_iter().map(|(_, a)| a).collect();
+    // A failure of any aborts the transaction, and the COMMIT sent behind
+    // them rolls it back.
+    let (keys_written, events_written, saved, committed) = futures::join!(
+        idempotency::insert_answered(db, &new_keys),
         outbox::enqueue_many(db, &events),
-        idempotency::complete_many(db, &rendered),
+        idempotency::complete_many(db, &claimed_keys),
         tx::commit(db),
     );
-    Ok(events_written
+    Ok(keys_written
+        .and(events_written)
         .and(saved)
         .and(committed)
         .map(|()| result)

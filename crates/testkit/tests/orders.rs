@@ -606,3 +606,50 @@ async fn batched_payments_debit_each_payer_once_and_never_below_zero() {
         "one event per paid order"
     );
 }
+
+/// A keyed payment's batch claims the key with the payment (one row with
+/// its answer): a retry replays it, the stored answer is the 200, and a
+/// payment the batch cannot make (someone else's order, a short balance)
+/// still gets its own refusal under its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_payment_stores_its_answer_with_the_payment() {
+    let a = TestApp::spawn().await;
+    let b = a.sibling(|_| {}).await;
+    let user = a.create_user("payer").await;
+    let other = a.create_user("other").await;
+    charge(&a, &user, 5_000).await;
+    let p = products(&a, &[(1_000, 10)]).await[0];
+    let (_, o) = order(&a, &user, &[(p, 1)], None).await;
+    let id = o["id"].as_i64().unwrap();
+    let first = pay(&a, &user, id, Some("pay-1")).await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert_eq!(first.1["balance"], 4_000);
+    let again = pay(&b, &user, id, Some("pay-1")).await;
+    assert_eq!(first, again, "the retry replays the first answer");
+    let stored =
+        a.db.scalar(&format!(
+            "SELECT COUNT(*) AS n FROM idempotency_keys WHERE user_id = {} AND key = 'pay-1' \
+             AND response_status = 200 AND (response_body->>'order_id')::bigint = {id}",
+            user.id
+        ))
+        .await;
+    assert_eq!(stored, 1, "the answer is stored with the payment");
+    // Someone else's order: 404 under the key, and its retry too.
+    let theirs = pay(&a, &other, id, Some("pay-2")).await;
+    assert_eq!(theirs.0, 404, "{}", theirs.1);
+    assert_eq!(pay(&b, &other, id, Some("pay-2")).await, theirs);
+    // A short balance: 409, recorded; charging in between changes nothing
+    // for the same key.
+    let (_, o2) = order(&a, &user, &[(p, 5)], None).await;
+    let id2 = o2["id"].as_i64().unwrap();
+    let short = pay(&a, &user, id2, Some("pay-3")).await;
+    assert_eq!(
+        (short.0, short.1["code"].as_str()),
+        (409, Some("insufficient_balance"))
+    );
+    charge(&a, &user, 5_000).await;
+    assert_eq!(pay(&b, &user, id2, Some("pay-3")).await, short);
+    let (_, bal) = a.get_json("/api/v1/me/balance", Some(&user.token)).await;
+    assert_eq!(bal["balance"], 9_000, "one debit in all");
+    check_invariants(&a, &HashMap::from([(p, 10)])).await;
+}

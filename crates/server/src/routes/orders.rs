@@ -216,13 +216,26 @@ pub async fn pay(
 ) -> Result<HttpResponse, ApiError> {
     let id = order_id(path.into_inner())?;
     state.limits.check(Class::Money, user.0).await?;
+    let canonical = serde_json::json!({ "order_id": id.get() });
+    let present = |p: &Payment| PaymentBody::from(p);
+    // The payment's batch claims the key with the payment in one
+    // transaction; a key used before, or a payment the batch does not
+    // make, goes the usual way (claim, then pay; a used key replays).
+    if let Some(claim) = idempotency::claim_of(&req, user.0, &canonical)? {
+        let answer = idempotency::answer_for(claim, StatusCode::OK, present);
+        match state.orders.pay_claiming(user.0, id, answer).await {
+            Ok(payment) => return Ok(HttpResponse::Ok().json(present(&payment))),
+            Err(OrderError::NotClaimed) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     idempotency::run(
         &state.db,
         &req,
         user.0,
-        &serde_json::json!({ "order_id": id.get() }),
+        &canonical,
         StatusCode::OK,
-        |p: &Payment| PaymentBody::from(p),
+        present,
         |save| async { Ok(state.orders.pay(user.0, id, save).await?) },
     )
     .await
