@@ -203,6 +203,8 @@ impl Relay {
                             ..Pass::default()
                         });
                     }
+                    // Back from an outage: its topics may be gone.
+                    publisher.forget_topics();
                 }
                 BreakerState::Closed => {}
             }
