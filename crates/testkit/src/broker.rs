@@ -105,15 +105,6 @@ impl Broker {
         }
     }
 
-    /// Deletes the broker's storage (stop it first): the next `resume`
-    /// starts empty, without topics, messages or group offsets, as a broker
-    /// that lost its disk.
-    pub fn wipe(&self) {
-        for name in ["tansu.db", "tansu.db-wal", "tansu.db-shm"] {
-            let _ = std::fs::remove_file(self.dir.join(name));
-        }
-    }
-
     /// Kills the broker (as a crash would).
     pub fn stop(&mut self) {
         // A stalled broker is thawed first, so it can be reaped.
