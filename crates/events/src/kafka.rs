@@ -59,9 +59,6 @@ pub struct Publisher {
     /// Event types whose topic is known to exist (made by this process or
     /// found existing).
     topics: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
-    /// One topic creation at a time: after an outage a whole batch of
-    /// publishes finds its topic unknown at once.
-    topic_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The producer's librdkafka context: client errors (connection lost, all
@@ -148,7 +145,6 @@ impl Publisher {
             last_ok_ms: Arc::new(AtomicU64::new(0)),
             born: Instant::now(),
             topics: Arc::default(),
-            topic_gate: Arc::default(),
         })
     }
 
@@ -164,17 +160,6 @@ impl Publisher {
             Err(e) => self.errors.record_error(Op::Client, e),
         }
         result
-    }
-
-    /// After an outage: a broker may come back without its disk (no
-    /// topics, and it creates none on its own), so each topic is made again
-    /// (an existing one is fine) before its next publish. Without this every
-    /// publish to a lost topic timed out, for good.
-    pub fn forget_topics(&self) {
-        self.topics
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
     }
 
     fn topic_known(&self, event_type: &str) -> bool {
@@ -258,11 +243,8 @@ impl Publisher {
     /// broker.
     pub async fn publish(&self, event: &Event) -> Result<(), String> {
         if !self.topic_known(&event.event_type) {
-            let _one = self.topic_gate.lock().await;
-            if !self.topic_known(&event.event_type) {
-                if let Err(e) = self.ensure_topics(&[event.event_type.as_str()]).await {
-                    return Err(format!("{}: topic not created: {e}", kind_of(&e)));
-                }
+            if let Err(e) = self.ensure_topics(&[event.event_type.as_str()]).await {
+                return Err(format!("{}: topic not created: {e}", kind_of(&e)));
             }
         }
         let topic = self.config.topic(&event.event_type);
@@ -367,8 +349,7 @@ impl Publisher {
                 _ = tokio::time::sleep(pause) => {}
             }
             pause = every;
-            let state = self.breaker.state_for_call();
-            let due = match state {
+            let due = match self.breaker.state_for_call() {
                 BreakerState::Open => {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -383,15 +364,11 @@ impl Publisher {
             if due {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    r = self.ping() => match r {
-                        Err(e) => {
+                    r = self.ping() => {
+                        if let Err(e) = r {
                             tracing::debug!(error = %e, "kafka probe failed");
                             pause = every / 4;
                         }
-                        // A half-open breaker's probe answered: the broker
-                        // is back from an outage.
-                        Ok(()) if state == BreakerState::HalfOpen => self.forget_topics(),
-                        Ok(()) => {}
                     }
                 }
             }
@@ -419,7 +396,6 @@ impl Publisher {
         );
         if answered && self.breaker.close_after_health_check() {
             self.note_ok();
-            self.forget_topics();
             tracing::info!(breaker = self.breaker.name(), "kafka broker answers again");
         }
     }

@@ -203,8 +203,6 @@ impl Relay {
                             ..Pass::default()
                         });
                     }
-                    // Back from an outage: its topics may be gone.
-                    publisher.forget_topics();
                 }
                 BreakerState::Closed => {}
             }
