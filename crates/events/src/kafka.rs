@@ -336,7 +336,10 @@ impl Publisher {
     /// failed probe, four times as often). A broker that does not answer
     /// (down, stalled, never there) opens the breaker after
     /// `failure_threshold` probes, a few seconds; a half-open breaker
-    /// closes on the first answer. Ends on `shutdown`.
+    /// closes on the first answer. While the breaker is open, the broker is
+    /// asked every [`RECOVERY_CHECK_EVERY`] outside the breaker, and its
+    /// first answer closes it (see [`Publisher::recovered`]). Ends on
+    /// `shutdown`.
     pub async fn watch(&self, shutdown: CancellationToken) {
         let every = self.config.probe_interval.max(Duration::from_millis(100));
         let mut pause = every;
@@ -347,7 +350,14 @@ impl Publisher {
             }
             pause = every;
             let due = match self.breaker.state_for_call() {
-                BreakerState::Open => false,
+                BreakerState::Open => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = self.recovered() => {}
+                    }
+                    pause = RECOVERY_CHECK_EVERY;
+                    false
+                }
                 BreakerState::HalfOpen => true,
                 BreakerState::Closed => self.since_ok() >= every,
             };
@@ -362,6 +372,31 @@ impl Publisher {
                     }
                 }
             }
+        }
+    }
+
+    /// One recovery check of an open breaker: the broker's metadata, asked
+    /// outside the breaker (an open breaker would refuse the call, and its
+    /// open period doubles with each failed half-open probe: 2, 4, 8, 16 s,
+    /// so a broker back after a crash of several seconds was used again
+    /// only up to 16 s later). The first answer closes the breaker, and the
+    /// backoff starts afresh. The producer's own connection is asked, the
+    /// one publishes use: it reconnects within `reconnect.backoff.max.ms`
+    /// of the broker's return, so an answer means publishing works again.
+    async fn recovered(&self) {
+        use rdkafka::producer::Producer as _;
+        let producer = self.current();
+        let wait = self.probe_timeout();
+        let asked = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, wait).map(|_| ())
+        });
+        let answered = matches!(
+            tokio::time::timeout(wait + Duration::from_millis(500), asked).await,
+            Ok(Ok(Ok(())))
+        );
+        if answered && self.breaker.close_after_health_check() {
+            self.note_ok();
+            tracing::info!(breaker = self.breaker.name(), "kafka broker answers again");
         }
     }
 
@@ -386,6 +421,10 @@ impl Publisher {
         }
     }
 }
+
+/// How often an open `kafka` breaker's broker is asked whether it answers
+/// again (each ask waits at most the probe timeout).
+const RECOVERY_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Creates the topics if missing (the test broker does not auto-create).
 pub async fn ensure_topics(config: &KafkaConfig, event_types: &[&str]) -> Result<(), KafkaError> {

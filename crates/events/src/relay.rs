@@ -176,12 +176,15 @@ impl Relay {
         if let Sink::Kafka(publisher) = &self.sink {
             match self.kafka_breaker.state_for_call() {
                 BreakerState::Open => {
-                    // Broker down: rows wait in PostgreSQL; probe again when allowed.
+                    // Broker down: rows wait in PostgreSQL; probe again when
+                    // allowed. At most 250 ms: the broker watch may close
+                    // the breaker well before its open period ends (the
+                    // broker answered), and the backlog should flow then.
                     let until = self.kafka_breaker.snapshot().open_until;
                     let wait = until
                         .and_then(|u| (u - Utc::now()).to_std().ok())
-                        .unwrap_or(Duration::from_millis(500))
-                        .max(Duration::from_millis(50));
+                        .unwrap_or(Duration::from_millis(250))
+                        .clamp(Duration::from_millis(50), Duration::from_millis(250));
                     return Ok(Pass {
                         pause: Some(wait),
                         ..Pass::default()

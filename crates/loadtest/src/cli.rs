@@ -8,7 +8,7 @@ pub const USAGE: &str = "\
 usage: cargo run -p loadtest --release -- <scenario> [options]
        cargo run -p loadtest --release -- all [options] [--only a,b] [--skip a,b]
        cargo run -p loadtest --release -- list
-       cargo run -p loadtest --release -- chaos <fault>|all [--short]   (chaos --help)
+       cargo run -p loadtest --release -- chaos <fault>|all [--short] [--kafka]   (chaos --help)
 
 Builds commerce-server (release), starts N instances behind nginx against a fresh
 database, seeds 10 000 users (and what the scenario needs), runs the scenario's k6

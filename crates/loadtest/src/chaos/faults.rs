@@ -21,11 +21,12 @@ pub enum Fault {
     PgSlow,
     LockHolderStall,
     BrokerDown,
+    BrokerStall,
 }
 
 impl Fault {
     /// `chaos all`'s order.
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::RedisKill,
         Fault::InstanceKill,
         Fault::RedisStall,
@@ -38,6 +39,7 @@ impl Fault {
         Fault::PgSlow,
         Fault::LockHolderStall,
         Fault::BrokerDown,
+        Fault::BrokerStall,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Fault {
             Fault::PgSlow => "pg-slow",
             Fault::LockHolderStall => "lock-holder-stall",
             Fault::BrokerDown => "broker-down",
+            Fault::BrokerStall => "broker-stall",
         }
     }
 
@@ -84,7 +87,12 @@ impl Fault {
             Fault::LockHolderStall => {
                 "instance #1 frozen (SIGSTOP) while it holds payment locks, 13 s: past the 10 s lease"
             }
-            Fault::BrokerDown => "the Kafka broker stopped (Kafka mode)",
+            Fault::BrokerDown => {
+                "the Kafka broker (tansu) SIGKILLed, then started again on the same port and storage (Kafka mode)"
+            }
+            Fault::BrokerStall => {
+                "the Kafka broker (tansu) frozen with SIGSTOP, then resumed with SIGCONT (Kafka mode)"
+            }
         }
     }
 
@@ -93,7 +101,7 @@ impl Fault {
         match self {
             Fault::RedisKill | Fault::RedisStall | Fault::RedisSlow => Some("redis"),
             Fault::DataPlatformDown | Fault::DataPlatformSlow => Some("data_platform"),
-            Fault::BrokerDown => Some("kafka"),
+            Fault::BrokerDown | Fault::BrokerStall => Some("kafka"),
             _ => None,
         }
     }
@@ -104,12 +112,11 @@ impl Fault {
         matches!(self, Fault::InstanceKill | Fault::LockHolderStall)
     }
 
-    pub fn runnable(self) -> bool {
-        self != Fault::BrokerDown
-    }
-
-    pub fn why_not_run(self) -> &'static str {
-        "not run: needs Kafka mode (a broker of the run's own), which this runner does not start yet"
+    /// Faults of the broker: the run is in Kafka mode whatever `--kafka`
+    /// says, and every event must have reached every consumer group by the
+    /// end (rule 6 after a broker outage).
+    pub fn needs_broker(self) -> bool {
+        matches!(self, Fault::BrokerDown | Fault::BrokerStall)
     }
 }
 
@@ -291,7 +298,44 @@ pub async fn inject(
             w.returned_ms = w.end_ms;
             step(&mut w, "instance #1 resumed (SIGCONT)".into());
         }
-        Fault::BrokerDown => return Err(anyhow!(Fault::BrokerDown.why_not_run())),
+        Fault::BrokerDown => {
+            let broker = dep
+                .broker
+                .as_mut()
+                .ok_or_else(|| anyhow!("no broker in this run"))?;
+            let pid = broker.pid();
+            broker.kill().await;
+            step(
+                &mut w,
+                format!("Kafka broker (pid {}) killed with SIGKILL", pid_text(pid)),
+            );
+            tokio::time::sleep(hold).await;
+            w.end_ms = clock.now_ms();
+            let back = broker.spawn().await?;
+            w.returned_ms = clock.at_ms(back);
+            step(
+                &mut w,
+                format!(
+                    "Kafka broker started again on the same port and storage, pid {}, accepting connections",
+                    pid_text(broker.pid())
+                ),
+            );
+        }
+        Fault::BrokerStall => {
+            let broker = dep
+                .broker
+                .as_mut()
+                .ok_or_else(|| anyhow!("no broker in this run"))?;
+            broker.signal(libc::SIGSTOP);
+            step(&mut w, "Kafka broker frozen (SIGSTOP)".into());
+            tokio::time::sleep(hold).await;
+            w.end_ms = clock.now_ms();
+            broker.signal(libc::SIGCONT);
+            // A frozen process's port still accepts (the kernel does): the
+            // broker is back when it runs again.
+            w.returned_ms = clock.now_ms();
+            step(&mut w, "Kafka broker resumed (SIGCONT)".into());
+        }
     }
     Ok(w)
 }

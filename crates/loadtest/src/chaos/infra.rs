@@ -1,7 +1,9 @@
 //! The disposable dependencies of a chaos run: a PostgreSQL cluster of its
-//! own (initdb + pg_ctl in a temporary folder, on a free loopback port) and a
-//! Redis of its own (redis-server on a free port, no persistence), so a fault
-//! never touches the machine's shared services. Both go away with the run.
+//! own (initdb + pg_ctl in a temporary folder, on a free loopback port), a
+//! Redis of its own (redis-server on a free port, no persistence) and, in
+//! Kafka mode, a Kafka-compatible broker of its own (tansu on a free port,
+//! SQLite storage in the run's folder), so a fault never touches the
+//! machine's shared services. All go away with the run.
 
 use crate::procs::{self, Managed};
 use anyhow::{anyhow, bail, Context, Result};
@@ -344,6 +346,126 @@ impl Redis {
 
     pub async fn stop(&mut self) {
         // A stopped (SIGSTOP) Redis would ignore SIGTERM.
+        self.signal(libc::SIGCONT);
+        if let Some(mut p) = self.process.take() {
+            p.stop(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// `TANSU_BIN`, else `tansu` on PATH, else `~/.cargo/bin/tansu` (where
+/// `scripts/test.sh` installs it).
+fn tansu_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(p) = crate::k6::which("tansu") {
+        return Ok(p);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    let p = home.join(".cargo/bin/tansu");
+    if p.is_file() {
+        return Ok(p);
+    }
+    bail!(
+        "Kafka mode needs the tansu broker: cargo install --locked tansu --version 0.6.0 \
+         --no-default-features --features libsql (or set TANSU_BIN)"
+    )
+}
+
+/// A Kafka-compatible broker of the run's own: `tansu broker` on a free
+/// loopback port, its SQLite storage in the run's folder, so a restart on
+/// the same port comes back with its topics, messages and committed
+/// offsets, as a real broker restarted on its disk would. tansu creates no
+/// topic on its own: the instances create theirs at start-up.
+pub struct Broker {
+    pub port: u16,
+    bin: PathBuf,
+    dir: PathBuf,
+    pub process: Option<Managed>,
+    starts: usize,
+}
+
+impl Broker {
+    /// `127.0.0.1:PORT`, as `kafka.brokers` takes it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn start(run_dir: &Path) -> Result<Self> {
+        let dir = run_dir.join("tansu");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut b = Self {
+            port: procs::free_port()?,
+            bin: tansu_bin()?,
+            dir,
+            process: None,
+            starts: 0,
+        };
+        b.spawn().await?;
+        Ok(b)
+    }
+
+    /// Starts the broker (again) on the same port and storage; when it
+    /// accepted a connection.
+    pub async fn spawn(&mut self) -> Result<Instant> {
+        self.starts += 1;
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut cmd = Command::new(&self.bin);
+        cmd.current_dir(&self.dir)
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"]);
+        let log = self.dir.join(format!("tansu-{}.log", self.starts));
+        self.process = Some(Managed::spawn("tansu", &mut cmd, &log, libc::SIGTERM)?);
+        self.wait_accepting(Duration::from_secs(30))
+            .await
+            .with_context(|| format!("tansu did not start:\n{}", procs::tail(&log, 20)))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Managed::pid)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            procs::signal(pid, sig);
+        }
+    }
+
+    /// SIGKILL, and waits until the process is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            if let Some(pid) = p.pid() {
+                procs::signal(pid, libc::SIGKILL);
+            }
+            p.stop(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Waits until a TCP connection to the broker's port is accepted.
+    pub async fn wait_accepting(&mut self, limit: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.process.as_mut().and_then(Managed::exited) {
+                bail!("tansu exited ({status})");
+            }
+            let connect = tokio::net::TcpStream::connect(("127.0.0.1", self.port));
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), connect).await {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "tansu on port {} did not accept connections within {limit:?}",
+                    self.port
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        // A stopped (SIGSTOP) broker would ignore SIGTERM.
         self.signal(libc::SIGCONT);
         if let Some(mut p) = self.process.take() {
             p.stop(Duration::from_secs(5)).await;

@@ -1,7 +1,8 @@
 //! `loadtest chaos <fault>` and `loadtest chaos all`: one real fault under a
 //! mixed load, against a deployment of the run's own (a disposable
-//! PostgreSQL cluster and Redis on free loopback ports, two instances, nginx),
-//! then every rule checked and an incident timeline written. See
+//! PostgreSQL cluster and Redis on free loopback ports, in Kafka mode a
+//! broker too, two instances, nginx), then every rule checked and an
+//! incident timeline written. See
 //! `loadtests/README.md`, section "Chaos".
 
 mod faults;
@@ -22,7 +23,7 @@ use crate::setup::{self, Api};
 use crate::{k6, nginx, rules};
 use anyhow::{anyhow, bail, Context, Result};
 pub use faults::Fault;
-use infra::{Postgres, Redis};
+use infra::{Broker, Postgres, Redis};
 use monitor::{Clock, Monitor};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -38,12 +39,12 @@ pub const USAGE: &str = "\
 usage: cargo run -p loadtest --release -- chaos <fault>|all [options]
 
 Starts a deployment of its own (a disposable PostgreSQL cluster and Redis on free
-loopback ports, two commerce-server instances, nginx, a local alert webhook and
-data-platform receiver), drives a mixed load (product reads and order + payment at
-a constant rate; a coupon burst and a flash sale when the fault lands), injects one
-real fault, lets it heal, checks every rule and writes
-loadtests/reports/chaos-<fault>-<date>.md with a timeline (.svg). `all` runs every
-fault in turn and ends with loadtests/reports/chaos-all-<date>.md.
+loopback ports, in Kafka mode a tansu broker too, two commerce-server instances,
+nginx, a local alert webhook and data-platform receiver), drives a mixed load
+(product reads and order + payment at a constant rate; a coupon burst and a flash
+sale when the fault lands), injects one real fault, lets it heal, checks every rule
+and writes loadtests/reports/chaos-<fault>-<date>.md with a timeline (.svg). `all`
+runs every fault in turn and ends with loadtests/reports/chaos-all-<date>.md.
 
 faults:
   redis-kill          Redis SIGKILLed, restarted empty on the same port
@@ -57,22 +58,30 @@ faults:
   redis-slow          250 ms added to every Redis read and write (TCP proxy)
   pg-slow             100 ms added to every PostgreSQL read and write (TCP proxy)
   lock-holder-stall   an instance holding payment locks frozen past the lease (13 s)
-  broker-down         Kafka mode only: not run by this runner (no broker here)
+  broker-down         Kafka mode: the broker SIGKILLed, restarted on the same port and storage
+  broker-stall        Kafka mode: the broker frozen (SIGSTOP), then resumed (SIGCONT)
 
 options:
   --short             the CI form: 22 s of load, a 5 s fault, fewer users
+  --kafka             Kafka mode for every fault: a broker of the run's own (tansu, from
+                      TANSU_BIN, PATH or ~/.cargo/bin), events relayed through it; the
+                      broker-* faults are always in Kafka mode (report: chaos-<fault>-kafka-…)
   --server-bin PATH   use this commerce-server binary instead of building one
   --set KEY=VALUE     server setting for every instance (as for scenarios)
   --label TEXT        report name: chaos-<fault>-<label>-<date>.md
 
-exit codes: 0 every rule held, no 500, every acknowledged write in PostgreSQL and
-every breaker closed at the end; 1 run error; 2 usage; 5 any of those broke.";
+exit codes: 0 every rule held, no 500, every acknowledged write in PostgreSQL, every
+breaker closed at the end and within 3 s of its dependency's return (and, after a
+broker fault, every event published and applied by every consumer group); 1 run
+error; 2 usage; 5 any of those broke.";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChaosOptions {
     pub faults: Vec<Fault>,
     pub all: bool,
     pub short: bool,
+    /// A broker for every fault (the broker faults always have one).
+    pub kafka: bool,
     pub server_bin: Option<PathBuf>,
     pub settings: Vec<(String, String)>,
     pub label: Option<String>,
@@ -97,6 +106,7 @@ pub fn parse(args: &[String]) -> Result<ChaosOptions, String> {
         faults,
         all,
         short: false,
+        kafka: false,
         server_bin: None,
         settings: Vec::new(),
         label: None,
@@ -105,6 +115,7 @@ pub fn parse(args: &[String]) -> Result<ChaosOptions, String> {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--short" => o.short = true,
+            "--kafka" => o.kafka = true,
             "--server-bin" => o.server_bin = Some(PathBuf::from(value()?)),
             "--set" => {
                 let raw = value()?;
@@ -294,6 +305,25 @@ pub struct Outcome {
     pub passed: bool,
 }
 
+/// Whether a run of `fault` has a broker (Kafka mode).
+fn kafka_mode(fault: Fault, opts: &ChaosOptions) -> bool {
+    opts.kafka || fault.needs_broker()
+}
+
+/// The report's name: `chaos-<fault>[-kafka][-<label>]-<date>`; `-kafka`
+/// marks a fault that is not the broker's run in Kafka mode.
+fn report_stem(fault: Fault, opts: &ChaosOptions, date: &str) -> String {
+    let mut stem = format!("chaos-{}", fault.name());
+    if opts.kafka && !fault.needs_broker() {
+        stem.push_str("-kafka");
+    }
+    if let Some(l) = &opts.label {
+        stem.push('-');
+        stem.push_str(l);
+    }
+    format!("{stem}-{date}")
+}
+
 fn log(msg: impl AsRef<str>) {
     run::log(format!("chaos: {}", msg.as_ref()));
 }
@@ -325,11 +355,6 @@ async fn main_inner(opts: &ChaosOptions, argv: &[String]) -> Result<u8> {
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();
     for fault in &opts.faults {
-        if !fault.runnable() {
-            log(format!("{}: {}", fault.name(), fault.why_not_run()));
-            errors.push((*fault, fault.why_not_run().to_owned()));
-            continue;
-        }
         log(format!("=== {} ===", fault.name()));
         match run_one(*fault, opts, argv, &binary, &paths).await {
             Ok(o) => {
@@ -348,7 +373,7 @@ async fn main_inner(opts: &ChaosOptions, argv: &[String]) -> Result<u8> {
         }
     }
     let failed = outcomes.iter().any(|o| !o.passed);
-    let run_errors = errors.iter().any(|(f, _)| f.runnable());
+    let run_errors = !errors.is_empty();
     if opts.all {
         let date = started.format("%Y-%m-%d").to_string();
         let name = match &opts.label {
@@ -383,6 +408,8 @@ async fn main_inner(opts: &ChaosOptions, argv: &[String]) -> Result<u8> {
 struct Deployment {
     pg: Postgres,
     redis: Redis,
+    /// Kafka mode's broker.
+    broker: Option<Broker>,
     instances: Instances,
     nginx: Option<Managed>,
     front: String,
@@ -401,6 +428,9 @@ impl Deployment {
         }
         self.instances.stop_all().await;
         self.redis.stop().await;
+        if let Some(b) = self.broker.as_mut() {
+            b.stop().await;
+        }
         // The cluster stops and its folder goes when `pg` drops.
     }
 }
@@ -451,6 +481,17 @@ async fn deploy(
     ));
     let redis = Redis::start(run_dir).await?;
     log(format!("Redis on 127.0.0.1:{}", redis.port));
+    let broker = if kafka_mode(fault, opts) {
+        let b = Broker::start(run_dir).await?;
+        log(format!(
+            "Kafka broker (tansu) on {} (storage {})",
+            b.address(),
+            run_dir.join("tansu").display()
+        ));
+        Some(b)
+    } else {
+        None
+    };
     let webhook = Receiver::start(clock.t0).await?;
     let platform = Receiver::start(clock.t0).await?;
     let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -475,6 +516,11 @@ async fn deploy(
         .map(|n| n.get())
         .unwrap_or(2);
     let mut settings = vec![("data_platform.url".to_owned(), platform.url("/events"))];
+    if let Some(b) = &broker {
+        // Kafka mode: the relay publishes to the broker, each consumer
+        // group reads from it (topics made by the instances at start-up).
+        settings.push(("kafka.brokers".to_owned(), b.address()));
+    }
     settings.extend(opts.settings.iter().cloned());
     let env = ServerEnv {
         db_url: service_db_url,
@@ -539,6 +585,7 @@ async fn deploy(
     Ok(Deployment {
         pg,
         redis,
+        broker,
         instances,
         nginx: Some(nginx),
         front,
@@ -732,13 +779,30 @@ async fn run_one(
         "k6 finished (exit {k6_code:?}); waiting for the backlog and the breakers"
     ));
 
-    // Settle: the backlog drained and every breaker closed, bounded.
+    // Settle: the backlog drained and every breaker closed, bounded. After
+    // a broker fault, also every event applied by every consumer group.
     let deadline = Instant::now() + Duration::from_secs_f64(timing.settle_s);
+    let checker = if fault.needs_broker() {
+        monitor::connect(&dep.db_url).await
+    } else {
+        None
+    };
+    let mut delivered_after_s = None;
     loop {
         let drained = monitor
             .last_backlog()
             .is_some_and(|b| b.unpublished == 0 && b.data_platform == 0);
-        if drained && monitor.all_closed(2) {
+        let delivered = match &checker {
+            Some(db) if delivered_after_s.is_none() => {
+                let done = report::check_delivery(db).await.iter().all(|d| !d.failed());
+                if done {
+                    delivered_after_s = Some((clock.now_ms() - load_end_ms) / 1000.0);
+                }
+                done
+            }
+            _ => true,
+        };
+        if drained && delivered && monitor.all_closed(2) {
             break;
         }
         if Instant::now() > deadline {
@@ -765,6 +829,11 @@ async fn run_one(
     let db = setup::connect(&dep.db_url).await?;
     let rule_results = rules::check_all(&db).await;
     let acks = report::check_acks(&db, &answers).await;
+    let delivery = if fault.needs_broker() {
+        report::check_delivery(&db).await
+    } else {
+        Vec::new()
+    };
     // Unpublished rows still leased by a relay (a killed instance's claim
     // waits for its lease to run out before another instance takes it).
     let leased = db
@@ -796,6 +865,14 @@ async fn run_one(
         rules: rule_results,
         acks,
         leased,
+        broker: dep.broker.as_ref().map(|b| {
+            format!(
+                "a Kafka-compatible broker of the run's own (tansu, SQLite storage) on {}",
+                b.address()
+            )
+        }),
+        delivery,
+        delivered_after_s,
         alerts,
         platform_received,
         k6_exit: k6_code,
@@ -807,10 +884,7 @@ async fn run_one(
     input.minutes = wall.elapsed().as_secs_f64() / 60.0;
 
     let date = started_at.format("%Y-%m-%d").to_string();
-    let stem = match &opts.label {
-        Some(l) => format!("chaos-{}-{l}-{date}", fault.name()),
-        None => format!("chaos-{}-{date}", fault.name()),
-    };
+    let stem = report_stem(fault, opts, &date);
     std::fs::create_dir_all(&paths.reports)?;
     let svg = paths.reports.join(format!("{stem}.svg"));
     let md = paths.reports.join(format!("{stem}.md"));
@@ -850,6 +924,23 @@ mod tests {
         assert!(parse(&args("nope")).is_err());
         assert!(parse(&args("redis-kill --bogus")).is_err());
         assert!(parse(&[]).is_err());
+    }
+
+    #[test]
+    fn kafka_mode_for_broker_faults_and_on_request() {
+        let o = parse(&args("redis-kill --kafka")).unwrap();
+        assert!(o.kafka && kafka_mode(Fault::RedisKill, &o));
+        assert_eq!(
+            report_stem(Fault::RedisKill, &o, "d"),
+            "chaos-redis-kill-kafka-d"
+        );
+        let o = parse(&args("broker-down --label x")).unwrap();
+        assert!(!o.kafka && kafka_mode(Fault::BrokerDown, &o));
+        assert!(!kafka_mode(Fault::RedisKill, &o));
+        assert_eq!(
+            report_stem(Fault::BrokerDown, &o, "d"),
+            "chaos-broker-down-x-d"
+        );
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub struct Input {
     /// Unpublished outbox rows still under a relay's lease at the end, and
     /// the longest lease left (s).
     pub leased: Option<(i64, f64)>,
+    /// Kafka mode: the broker, as the report's setup names it.
+    pub broker: Option<String>,
+    /// After a broker fault: rule 6, per consumer group (empty otherwise).
+    pub delivery: Vec<DeliveryCheck>,
+    /// When every event was published and applied by every group, in
+    /// seconds after the load ended (broker faults; while the load runs new
+    /// events keep coming).
+    pub delivered_after_s: Option<f64>,
     pub alerts: Vec<Received>,
     pub platform_received: usize,
     pub k6_exit: Option<i32>,
@@ -51,6 +59,71 @@ impl AckCheck {
     pub fn failed(&self) -> bool {
         !matches!(self.missing, Ok(0))
     }
+}
+
+/// Issue 26's bar: every breaker closes this soon after its dependency
+/// accepts connections again, on every instance.
+pub const HEAL_BAR_S: f64 = 3.0;
+
+/// Rule 6 after a broker fault, one row per step: the outbox published,
+/// then each consumer group's events applied (its inbox) or parked (an
+/// open dead letter, which an operator re-drives).
+#[derive(Debug, Clone)]
+pub struct DeliveryCheck {
+    pub what: String,
+    /// Events not there yet.
+    pub missing: Result<i64, String>,
+}
+
+impl DeliveryCheck {
+    pub fn failed(&self) -> bool {
+        !matches!(self.missing, Ok(0))
+    }
+}
+
+/// The consumer groups and the event types each takes (the server's
+/// `crates/server/src/events.rs`).
+const GROUPS: [(&str, &str); 3] = [
+    ("ranking", "'order_paid'"),
+    (
+        "notification",
+        "'order_paid', 'coupon_issued', 'order_cancelled', 'order_expired'",
+    ),
+    ("data_platform", "'order_paid'"),
+];
+
+/// Rule 6 now: the outbox published, every group's events applied.
+pub async fn check_delivery(db: &Client) -> Vec<DeliveryCheck> {
+    let mut queries = vec![(
+        "every outbox event published to the broker".to_owned(),
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL".to_owned(),
+    )];
+    for (group, types) in GROUPS {
+        queries.push((
+            format!("every event applied once by the `{group}` group (inbox) or parked"),
+            format!(
+                "SELECT count(*) FROM outbox o WHERE o.event_type IN ({types})
+                   AND NOT EXISTS (SELECT 1 FROM inbox_{group} i WHERE i.event_id = o.id)
+                   AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.consumer = '{group}'
+                                   AND d.event_id = o.id AND d.redriven_at IS NULL)"
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for (what, sql) in queries {
+        let missing = match tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            db.query_one(sql.as_str(), &[]),
+        )
+        .await
+        {
+            Ok(Ok(row)) => row.try_get::<_, i64>(0).map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("query timed out".to_owned()),
+        };
+        out.push(DeliveryCheck { what, missing });
+    }
+    out
 }
 
 /// Every 2xx a client was told, in PostgreSQL: the user coupons (with their
@@ -150,6 +223,12 @@ pub struct Summary {
     pub time_to_close_s: Option<f64>,
     pub breaker_never_closed: bool,
     pub breakers_open_at_end: Vec<String>,
+    /// The slowest close after the dependency returned was over
+    /// [`HEAL_BAR_S`].
+    pub slow_heal: bool,
+    /// Rule 6 steps not complete at the end (broker faults).
+    pub delivery_failed: usize,
+    pub delivery_checked: bool,
     pub backlog_peak: i64,
     pub backlog_before: i64,
     pub drain_s: Option<f64>,
@@ -168,6 +247,8 @@ impl Summary {
             && self.unavailable_without_retry_after == 0
             && (self.proxy_errors == 0 || self.proxy_errors_expected)
             && self.breakers_open_at_end.is_empty()
+            && !self.slow_heal
+            && self.delivery_failed == 0
     }
 
     /// Why it failed, if it did.
@@ -195,6 +276,18 @@ impl Summary {
             out.push(format!(
                 "breaker(s) not closed at the end: {}",
                 self.breakers_open_at_end.join(", ")
+            ));
+        }
+        if self.slow_heal {
+            out.push(format!(
+                "a breaker closed {} after its dependency returned (bar {HEAL_BAR_S} s)",
+                secs(self.time_to_close_s)
+            ));
+        }
+        if self.delivery_failed > 0 {
+            out.push(format!(
+                "{} step(s) of event delivery not complete at the end (rule 6)",
+                self.delivery_failed
             ));
         }
         out
@@ -327,6 +420,7 @@ pub fn summarise(input: &Input) -> Summary {
         .iter()
         .filter_map(|t| t.closed_after_return_s)
         .max_by(f64::total_cmp);
+    s.slow_heal = s.time_to_close_s.is_some_and(|t| t > HEAL_BAR_S);
 
     // Backlog.
     let total = |b: &super::monitor::BacklogSample| b.unpublished.max(0) + b.data_platform.max(0);
@@ -357,6 +451,8 @@ pub fn summarise(input: &Input) -> Summary {
         .filter(|r| r.outcome == RuleOutcome::Held)
         .count();
     s.acks_failed = input.acks.iter().filter(|a| a.failed()).count();
+    s.delivery_checked = !input.delivery.is_empty();
+    s.delivery_failed = input.delivery.iter().filter(|d| d.failed()).count();
     s
 }
 
@@ -410,11 +506,18 @@ fn to_close_text(s: &Summary) -> String {
 }
 
 fn rules_text(s: &Summary) -> String {
+    let events = if !s.delivery_checked {
+        ""
+    } else if s.delivery_failed == 0 {
+        ", every event delivered"
+    } else {
+        ", **events undelivered**"
+    };
     if s.rules_failed == 0 && s.acks_failed == 0 {
-        format!("{} held, acks in PG", s.rules_held)
+        format!("{} held, acks in PG{events}", s.rules_held)
     } else {
         format!(
-            "{} broke, {} ack check(s) failed",
+            "{} broke, {} ack check(s) failed{events}",
             s.rules_failed, s.acks_failed
         )
     }
@@ -450,7 +553,19 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
         "**{}.** {}\n",
         if s.passed() { "PASS" } else { "FAIL" },
         if s.passed() {
-            "Every rule held, every acknowledged write is in PostgreSQL, no answer was a 500, and every breaker was closed at the end.".to_owned()
+            format!(
+                "Every rule held, every acknowledged write is in PostgreSQL, no answer was a 500, and every breaker was closed at the end{}{}.",
+                if s.time_to_close_s.is_some() {
+                    format!(", within {HEAL_BAR_S} s of its dependency's return")
+                } else {
+                    String::new()
+                },
+                if s.delivery_checked {
+                    "; every event was published and applied by every consumer group"
+                } else {
+                    ""
+                }
+            )
         } else {
             s.why().join("; ")
         }
@@ -463,8 +578,13 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
     let _ = writeln!(o, "| server | {} |", input.server);
     let _ = writeln!(
         o,
-        "| deployment | two instances behind nginx; {} and Redis of the run's own on free loopback ports; local alert webhook and data-platform receiver |",
-        input.pg_version
+        "| deployment | two instances behind nginx; {} and Redis of the run's own on free loopback ports; {}local alert webhook and data-platform receiver |",
+        input.pg_version,
+        input
+            .broker
+            .as_ref()
+            .map(|b| format!("Kafka mode: {b}, events relayed through it to three consumer groups; "))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         o,
@@ -600,6 +720,15 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
         s.backlog_peak,
         secs(s.drain_s)
     );
+    if s.delivery_checked {
+        let _ = writeln!(
+            o,
+            "| every event published and applied by every consumer group (checked once the load ended) | {} after the load ended |",
+            input
+                .delivered_after_s
+                .map_or_else(|| "**not by the end**".to_owned(), |t| format!("{t:.2} s"))
+        );
+    }
     if let Some((u, d)) = s.backlog_end {
         let _ = writeln!(
             o,
@@ -706,6 +835,25 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
             o,
             "| every 2xx a client was told is in PostgreSQL: {} {} | 5 | {result} |",
             a.acknowledged, a.what
+        );
+    }
+    for d in &input.delivery {
+        let result = match &d.missing {
+            Ok(0) => "held".to_owned(),
+            Ok(n) => format!("**{n} events not there**"),
+            Err(e) => format!("**ERROR**: {}", e.replace('|', "\\|")),
+        };
+        let _ = writeln!(o, "| {} | 6 | {result} |", d.what);
+    }
+    if let Some(t) = s.time_to_close_s {
+        let _ = writeln!(
+            o,
+            "| every breaker closed within {HEAL_BAR_S} s of its dependency's return, on every instance | issue 26 | {} |",
+            if s.slow_heal {
+                format!("**{t:.2} s**")
+            } else {
+                format!("held ({t:.2} s)")
+            }
         );
     }
     let _ = writeln!(
