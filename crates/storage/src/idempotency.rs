@@ -185,34 +185,6 @@ struct Taken {
     key: String,
 }
 
-/// Claims several keys inside the caller's transaction (a batch of writes
-/// that stores their answers before it commits); answers the (user, key)
-/// pairs it claimed. A key already taken is left out: its request settles
-/// it with [`begin`].
-pub async fn claim_many(
-    conn: &AsyncPgConnection,
-    claims: &[&Claim],
-) -> Result<std::collections::HashSet<(i64, String)>, StorageError> {
-    use diesel::sql_types::{Array, BigInt, Text};
-    if claims.is_empty() {
-        return Ok(Default::default());
-    }
-    let users: Vec<i64> = claims.iter().map(|c| c.user_id.get()).collect();
-    let keys: Vec<&str> = claims.iter().map(|c| c.key.as_str()).collect();
-    let hashes: Vec<&str> = claims.iter().map(|c| c.request_hash.as_str()).collect();
-    let rows: Vec<Taken> = crate::sql::cached(
-        "INSERT INTO idempotency_keys (user_id, key, request_hash) \
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) \
-         ON CONFLICT DO NOTHING RETURNING user_id, key",
-    )
-    .bind::<Array<BigInt>, _>(&users)
-    .bind::<Array<Text>, _>(&keys)
-    .bind::<Array<Text>, _>(&hashes)
-    .load(&mut &*conn)
-    .await?;
-    Ok(rows.into_iter().map(|t| (t.user_id, t.key)).collect())
-}
-
 /// Claims several keys and stores their answers in one row each, inside the
 /// caller's transaction: a batch that already knows its answers writes each
 /// key once instead of claiming it and then updating it. A key already
@@ -223,33 +195,57 @@ pub async fn insert_answered(
     conn: &AsyncPgConnection,
     answers: &[(Claim, u16, serde_json::Value)],
 ) -> Result<(), StorageError> {
-    use diesel::sql_types::{Array, BigInt, Jsonb, SmallInt, Text};
     if answers.is_empty() {
         return Ok(());
     }
-    let users: Vec<i64> = answers.iter().map(|(c, _, _)| c.user_id.get()).collect();
-    let keys: Vec<&str> = answers.iter().map(|(c, _, _)| c.key.as_str()).collect();
-    let hashes: Vec<&str> = answers
-        .iter()
-        .map(|(c, _, _)| c.request_hash.as_str())
-        .collect();
-    let statuses: Vec<i16> = answers
-        .iter()
-        .map(|(_, s, _)| i16::try_from(*s).unwrap_or(500))
-        .collect();
-    let bodies: Vec<&serde_json::Value> = answers.iter().map(|(_, _, b)| b).collect();
-    crate::sql::cached(
+    let rows = AnswerRows::of(answers.iter().map(|(c, s, b)| (c, *s, b)));
+    rows.bind(crate::sql::cached(
         "INSERT INTO idempotency_keys (user_id, key, request_hash, response_status, response_body) \
          SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::jsonb[])",
-    )
-    .bind::<Array<BigInt>, _>(&users)
-    .bind::<Array<Text>, _>(&keys)
-    .bind::<Array<Text>, _>(&hashes)
-    .bind::<Array<SmallInt>, _>(&statuses)
-    .bind::<Array<Jsonb>, _>(&bodies)
+    ))
     .execute(&mut &*conn)
     .await?;
     Ok(())
+}
+
+/// Keys with their answers, column by column, for the statements that
+/// insert many at once (`$1` to `$5`).
+struct AnswerRows<'a> {
+    users: Vec<i64>,
+    keys: Vec<&'a str>,
+    hashes: Vec<&'a str>,
+    statuses: Vec<i16>,
+    bodies: Vec<&'a serde_json::Value>,
+}
+
+impl<'a> AnswerRows<'a> {
+    fn of(answers: impl Iterator<Item = (&'a Claim, u16, &'a serde_json::Value)>) -> Self {
+        let mut rows = Self {
+            users: Vec::new(),
+            keys: Vec::new(),
+            hashes: Vec::new(),
+            statuses: Vec::new(),
+            bodies: Vec::new(),
+        };
+        for (claim, status, body) in answers {
+            rows.users.push(claim.user_id.get());
+            rows.keys.push(claim.key.as_str());
+            rows.hashes.push(&claim.request_hash);
+            rows.statuses.push(i16::try_from(status).unwrap_or(500));
+            rows.bodies.push(body);
+        }
+        rows
+    }
+
+    fn bind<'q>(&'q self, query: crate::sql::Cached<'q>) -> crate::sql::Cached<'q> {
+        use diesel::sql_types::{Array, BigInt, Jsonb, SmallInt, Text};
+        query
+            .bind::<Array<BigInt>, _>(&self.users)
+            .bind::<Array<Text>, _>(&self.keys)
+            .bind::<Array<Text>, _>(&self.hashes)
+            .bind::<Array<SmallInt>, _>(&self.statuses)
+            .bind::<Array<Jsonb>, _>(&self.bodies)
+    }
 }
 
 /// The (user, key) pairs of `claims` that are already taken.
@@ -428,27 +424,15 @@ pub async fn refuse_batched(
 }
 
 async fn record_refusals(conn: &mut AsyncPgConnection, jobs: Vec<RefusalJob>) {
-    use diesel::sql_types::{Array, BigInt, Jsonb, SmallInt, Text};
-    let users: Vec<i64> = jobs.iter().map(|j| j.claim.user_id.get()).collect();
-    let keys: Vec<&str> = jobs.iter().map(|j| j.claim.key.as_str()).collect();
-    let hashes: Vec<&str> = jobs.iter().map(|j| j.claim.request_hash.as_str()).collect();
-    let statuses: Vec<i16> = jobs
-        .iter()
-        .map(|j| i16::try_from(j.status).unwrap_or(500))
-        .collect();
-    let bodies: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.body).collect();
-    let inserted = crate::sql::cached(
-        "INSERT INTO idempotency_keys (user_id, key, request_hash, response_status, response_body) \
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::jsonb[]) \
-         ON CONFLICT DO NOTHING RETURNING user_id, key",
-    )
-    .bind::<Array<BigInt>, _>(&users)
-    .bind::<Array<Text>, _>(&keys)
-    .bind::<Array<Text>, _>(&hashes)
-    .bind::<Array<SmallInt>, _>(&statuses)
-    .bind::<Array<Jsonb>, _>(&bodies)
-    .load::<Taken>(conn)
-    .await;
+    let rows = AnswerRows::of(jobs.iter().map(|j| (&j.claim, j.status, &j.body)));
+    let inserted = rows
+        .bind(crate::sql::cached(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, response_status, response_body) \
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::jsonb[]) \
+             ON CONFLICT DO NOTHING RETURNING user_id, key",
+        ))
+        .load::<Taken>(conn)
+        .await;
     let mut inserted: std::collections::HashSet<(i64, String)> = match inserted {
         Ok(rows) => rows.into_iter().map(|t| (t.user_id, t.key)).collect(),
         Err(e) => {

@@ -7,7 +7,7 @@
 
 use commerce_accounts::ledger::{move_in, Entry, Kind};
 use commerce_domain::{IdempotencyKey, UserId};
-use commerce_storage::idempotency::{claim_many, Claim};
+use commerce_storage::idempotency::{insert_answered, Claim};
 use commerce_storage::outbox::enqueue_many;
 use commerce_testkit::TestApp;
 use diesel::sql_types::{BigInt, Text};
@@ -37,21 +37,21 @@ async fn batch_statements_are_prepared_once_whatever_the_batch_size() {
     let user = UserId::parse(users[0].id).unwrap();
     let mut conn = commerce_storage::conn(&app.state.db).await.unwrap();
 
-    // Keys claimed in batches of 1, 2 and 3.
+    // Keys claimed with their answers in batches of 1, 2 and 3.
     let mut n = 0;
     for size in 1..=3 {
-        let claims: Vec<Claim> = (0..size)
+        let answers: Vec<(Claim, u16, serde_json::Value)> = (0..size)
             .map(|_| {
                 n += 1;
-                Claim {
+                let claim = Claim {
                     user_id: user,
                     key: IdempotencyKey::parse(&format!("prepared-{n}")).unwrap(),
                     request_hash: "h".into(),
-                }
+                };
+                (claim, 201, serde_json::json!({ "n": n }))
             })
             .collect();
-        let refs: Vec<&Claim> = claims.iter().collect();
-        assert_eq!(claim_many(&conn, &refs).await.unwrap().len(), size);
+        insert_answered(&conn, &answers).await.unwrap();
     }
     // Events enqueued in batches of 1 and 3.
     for size in [1usize, 3] {
@@ -77,11 +77,11 @@ async fn batch_statements_are_prepared_once_whatever_the_batch_size() {
     assert_eq!(
         prepared_like(
             &mut conn,
-            "INSERT INTO idempotency_keys (user_id, key, request_hash) SELECT"
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, response_status, response_body) SELECT"
         )
         .await,
         1,
-        "three claim batches, one prepared statement"
+        "three key batches, one prepared statement"
     );
     assert_eq!(
         prepared_like(
