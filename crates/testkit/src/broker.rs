@@ -30,6 +30,20 @@ pub fn tansu_bin() -> PathBuf {
     PathBuf::from(home).join(".cargo/bin/tansu")
 }
 
+/// A prefix of a test's own for topics and consumer groups, so tests that
+/// share a broker never read each other's events.
+pub fn kafka_prefix() -> String {
+    format!("t{}.", uuid::Uuid::new_v4().simple())
+}
+
+/// Points an instance at the broker at `address`, its topics and consumer
+/// groups under `prefix` (the same for every instance of one test).
+pub fn kafka_mode_with(s: &mut commerce_server::Settings, address: &str, prefix: &str) {
+    s.kafka.brokers = Some(address.to_owned());
+    s.kafka.topic_prefix = prefix.to_owned();
+    s.kafka.group_prefix = prefix.to_owned();
+}
+
 impl Broker {
     pub fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")

@@ -5,7 +5,7 @@
 use commerce_events::consumers::DATA_PLATFORM;
 use commerce_events::{Delivery, Event};
 use commerce_resilience::BreakerState;
-use commerce_testkit::broker::Broker;
+use commerce_testkit::broker::{kafka_mode_with, kafka_prefix, Broker};
 use commerce_testkit::fake_http::{FakePeer, Mode};
 use commerce_testkit::{TestApp, TestUser};
 use diesel_async::RunQueryDsl;
@@ -521,12 +521,10 @@ enum Fault {
 async fn kafka_run(fault: Fault, orders: usize) {
     let mut broker = Broker::start();
     let peer = FakePeer::start().await;
-    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let prefix = kafka_prefix();
     let address = broker.address();
     let configure = |s: &mut commerce_server::Settings| {
-        s.kafka.brokers = Some(address.clone());
-        s.kafka.topic_prefix = prefix.clone();
-        s.kafka.group_prefix = prefix.clone();
+        kafka_mode_with(s, &address, &prefix);
         s.kafka.delivery_timeout_ms = 2000;
         s.data_platform.url = Some(peer.url.clone());
         s.breaker.open_ms = 500;
@@ -672,12 +670,10 @@ async fn through_kafka_every_effect_happens_once_when_a_consumer_dies_mid_batch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_backlog_of_ten_thousand_drains_after_the_broker_returns() {
     let mut broker = Broker::start();
-    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let prefix = kafka_prefix();
     let address = broker.address();
     let app = TestApp::spawn_with(|s| {
-        s.kafka.brokers = Some(address.clone());
-        s.kafka.topic_prefix = prefix.clone();
-        s.kafka.group_prefix = prefix.clone();
+        kafka_mode_with(s, &address, &prefix);
         s.kafka.delivery_timeout_ms = 2000;
         s.breaker.open_ms = 500;
         s.breaker.max_open_ms = 1000;
@@ -919,12 +915,10 @@ async fn a_relay_pass_with_repeats_seen_events_and_poison_counts_each_sale_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_kafka_a_batch_with_repeats_and_poison_counts_each_sale_once() {
     let broker = Broker::start();
-    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let prefix = kafka_prefix();
     let address = broker.address();
     let app = TestApp::spawn_with(|s| {
-        s.kafka.brokers = Some(address.clone());
-        s.kafka.topic_prefix = prefix.clone();
-        s.kafka.group_prefix = prefix.clone();
+        kafka_mode_with(s, &address, &prefix);
         s.kafka.delivery_timeout_ms = 5000;
     })
     .await;

@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use commerce_resilience::BreakerState;
-use commerce_testkit::broker::Broker;
+use commerce_testkit::broker::{kafka_mode_with, kafka_prefix, Broker};
 use commerce_testkit::fake_http::FakePeer;
 use commerce_testkit::{TestApp, TestUser};
 use serde_json::json;
@@ -131,14 +131,12 @@ async fn stream(
 async fn kafka_broker_killed_and_restarted_heals_every_instance_within_seconds() {
     let mut broker = Broker::start();
     let data_platform = FakePeer::start().await;
-    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let prefix = kafka_prefix();
     let address = broker.address();
     // The production breaker policy and delivery timeout: the heal bar is
     // the one an operator gets, not a test's shortened one.
     let configure = |s: &mut commerce_server::Settings| {
-        s.kafka.brokers = Some(address.clone());
-        s.kafka.topic_prefix = prefix.clone();
-        s.kafka.group_prefix = prefix.clone();
+        kafka_mode_with(s, &address, &prefix);
         s.data_platform.url = Some(data_platform.url.clone());
     };
     let a = TestApp::spawn_with(configure).await;

@@ -14,7 +14,7 @@
 
 use commerce_resilience::BreakerState;
 use commerce_storage::outbox::event;
-use commerce_testkit::broker::Broker;
+use commerce_testkit::broker::{kafka_mode_with, kafka_prefix, Broker};
 use commerce_testkit::fake_http::FakePeer;
 use commerce_testkit::TestApp;
 use diesel_async::RunQueryDsl;
@@ -58,12 +58,10 @@ async fn kafka_steady_load_reaches_every_group_from_two_instances() {
     let broker = Broker::start();
     let data_platform = FakePeer::start().await;
     let notification = FakePeer::start().await;
-    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let prefix = kafka_prefix();
     let address = broker.address();
     let configure = |s: &mut commerce_server::Settings| {
-        s.kafka.brokers = Some(address.clone());
-        s.kafka.topic_prefix = prefix.clone();
-        s.kafka.group_prefix = prefix.clone();
+        kafka_mode_with(s, &address, &prefix);
         s.data_platform.url = Some(data_platform.url.clone());
         s.notification.url = Some(notification.url.clone());
         s.kafka.idempotence = idempotence;
@@ -227,11 +225,9 @@ async fn kafka_never_reachable_shows_in_breaker_readiness_and_metrics_within_sec
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap();
-    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let prefix = kafka_prefix();
     let app = TestApp::spawn_with(|s| {
-        s.kafka.brokers = Some(format!("127.0.0.1:{port}"));
-        s.kafka.topic_prefix = prefix.clone();
-        s.kafka.group_prefix = prefix.clone();
+        kafka_mode_with(s, &format!("127.0.0.1:{port}"), &prefix);
         s.events.outbox_degraded_age_secs = 3;
     })
     .await;
@@ -299,12 +295,10 @@ async fn kafka_never_reachable_shows_in_breaker_readiness_and_metrics_within_sec
 async fn kafka_a_stall_longer_than_the_delivery_timeout_loses_no_event() {
     let idempotence = env_or("STEADY_IDEMPOTENCE", 0) == 1;
     let broker = Broker::start();
-    let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    let prefix = kafka_prefix();
     let address = broker.address();
     let app = TestApp::spawn_with(|s| {
-        s.kafka.brokers = Some(address.clone());
-        s.kafka.topic_prefix = prefix.clone();
-        s.kafka.group_prefix = prefix.clone();
+        kafka_mode_with(s, &address, &prefix);
         s.kafka.delivery_timeout_ms = 2000;
         s.kafka.idempotence = idempotence;
         s.breaker.open_ms = 500;
