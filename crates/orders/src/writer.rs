@@ -34,6 +34,16 @@ pub(crate) struct Job {
     pub queued: Instant,
 }
 
+impl Job {
+    /// The key this job's batch is to claim, if it claims one.
+    fn to_claim(&self) -> Option<&Claim> {
+        self.answer
+            .as_ref()
+            .filter(|_| self.claims)
+            .map(|a| &a.claim)
+    }
+}
+
 /// Gated orders, written in batches.
 pub(crate) struct OrderBatch {
     /// How long a pending order holds its stock.
@@ -89,12 +99,9 @@ async fn write_batch(conn: &mut AsyncPgConnection, seams: &Seams, jobs: Vec<Job>
     // A key sent twice in one batch (a double click) is claimed by its
     // first job; the other's request settles it the usual way.
     let mut seen = HashSet::new();
-    let (mut jobs, twice): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
-        !j.claims
-            || j.answer.as_ref().is_none_or(|a| {
-                seen.insert((a.claim.user_id.get(), a.claim.key.as_str().to_owned()))
-            })
-    });
+    let (mut jobs, twice): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|j| j.to_claim().is_none_or(|c| seen.insert(c.id())));
     for job in twice {
         let _ = job.reply.send(Err(OrderError::NotClaimed));
     }
@@ -127,11 +134,7 @@ async fn write_batch(conn: &mut AsyncPgConnection, seams: &Seams, jobs: Vec<Job>
                 if !retried && c == idempotency::KEYS_PKEY =>
             {
                 retried = true;
-                let claims: Vec<&Claim> = jobs
-                    .iter()
-                    .filter(|j| j.claims)
-                    .filter_map(|j| j.answer.as_ref().map(|a| &a.claim))
-                    .collect();
+                let claims: Vec<&Claim> = jobs.iter().filter_map(Job::to_claim).collect();
                 let taken = match idempotency::taken(conn, &claims).await {
                     Ok(taken) => taken,
                     Err(e) => {
@@ -141,13 +144,9 @@ async fn write_batch(conn: &mut AsyncPgConnection, seams: &Seams, jobs: Vec<Job>
                         return;
                     }
                 };
-                let (rest, settled): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
-                    !j.claims
-                        || j.answer.as_ref().is_none_or(|a| {
-                            !taken
-                                .contains(&(a.claim.user_id.get(), a.claim.key.as_str().to_owned()))
-                        })
-                });
+                let (rest, settled): (Vec<Job>, Vec<Job>) = jobs
+                    .into_iter()
+                    .partition(|j| j.to_claim().is_none_or(|c| !taken.contains(&c.id())));
                 for job in settled {
                     let _ = job.reply.send(Err(OrderError::NotClaimed));
                 }

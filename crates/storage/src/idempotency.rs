@@ -32,6 +32,13 @@ pub struct Claim {
     pub request_hash: String,
 }
 
+impl Claim {
+    /// The (user, key) pair that names the key, as [`taken`] answers it.
+    pub fn id(&self) -> (i64, String) {
+        (self.user_id.get(), self.key.as_str().to_owned())
+    }
+}
+
 /// What claiming a key found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Begin {
@@ -445,7 +452,7 @@ async fn record_refusals(conn: &mut AsyncPgConnection, jobs: Vec<RefusalJob>) {
     };
     for job in jobs {
         // `remove`: a key twice in one batch was inserted once, for the first.
-        let mine = inserted.remove(&(job.claim.user_id.get(), job.claim.key.as_str().to_owned()));
+        let mine = inserted.remove(&job.claim.id());
         let answer = if mine {
             Ok(Begin::Started)
         } else {
