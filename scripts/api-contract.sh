@@ -62,7 +62,7 @@ for i in 1 2 3; do
 done
 curl -sf -X POST "$base/admin/coupons" -H "X-Admin-Key: $admin_key" -H 'Content-Type: application/json' \
   -d '{"name":"seed","discount_amount":10,"quantity":100000,"opens_at":"2020-01-01T00:00:00Z"}' >/dev/null
-curl -sf -X POST "$base/api/v1/me/balance/charge" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+curl -sf -X POST "$base/api/v1/me/balance/charge" -H "Authorization: Bearer $token" -H "Idempotency-Key: seed-charge-$$" -H 'Content-Type: application/json' \
   -d '{"amount":100000000}' >/dev/null
 
 requests() {

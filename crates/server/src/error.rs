@@ -186,9 +186,22 @@ pub fn json_error(
 
 pub fn path_error(
     err: actix_web::error::PathError,
-    _req: &actix_web::HttpRequest,
+    req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
-    ApiError::bad_request("invalid_path", format!("invalid path parameter: {err}")).into()
+    ApiError::bad_request("invalid_path", path_message(&err.to_string(), req.match_info()))
+        .into()
+}
+
+/// Names the path segment that did not parse: the extracted path
+/// parameters are all ids (string segments cannot fail to extract).
+fn path_message(err: &str, segments: &actix_web::dev::Path<actix_web::dev::Url>) -> String {
+    segments
+        .iter()
+        .find(|(_, value)| value.parse::<i64>().is_err())
+        .map_or_else(
+            || format!("invalid path parameter: {err}"),
+            |(name, value)| format!("{name}: expected a positive integer, got {value:?}"),
+        )
 }
 
 pub fn query_error(

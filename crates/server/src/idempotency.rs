@@ -106,6 +106,25 @@ pub async fn refuse(
     }
 }
 
+/// The request's claim on a route where a naive retry would move money or
+/// stock twice: the key is required (400 `idempotency_key_required`,
+/// before anything is done).
+pub fn required_claim(
+    req: &HttpRequest,
+    user: UserId,
+    canonical_body: &serde_json::Value,
+) -> Result<Claim, ApiError> {
+    claim_of(req, user, canonical_body)?.ok_or_else(missing_key)
+}
+
+fn missing_key() -> ApiError {
+    ApiError::bad_request(
+        "idempotency_key_required",
+        "the Idempotency-Key header is required on this route: send a new unique value \
+         (a UUID, say) per intended request, and the same value when retrying it",
+    )
+}
+
 /// The request's claim, if it sent an `Idempotency-Key`.
 pub fn claim_of(
     req: &HttpRequest,

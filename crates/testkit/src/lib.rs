@@ -15,12 +15,17 @@ use commerce_server::state::AppState;
 use commerce_server::{Application, Settings};
 use serde_json::Value;
 use std::sync::Arc;
+use uuid::Uuid;
 
 pub use db::TestDb;
 
 pub const ADMIN_KEY: &str = "test-admin-key";
 pub const TOKEN_SECRET: &str = "test-token-secret";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Routes that refuse a request without an `Idempotency-Key` (400
+/// `idempotency_key_required`): a naive retry there would move money or
+/// stock twice.
+pub const KEY_REQUIRED: &[&str] = &["/api/v1/orders", "/api/v1/me/balance/charge"];
 
 /// Base settings for a test instance: port 0, the given database, a unique
 /// Redis prefix, two workers, quiet logs.
@@ -144,7 +149,10 @@ impl TestApp {
         split(res).await
     }
 
-    /// POST JSON with optional bearer token and idempotency key.
+    /// POST JSON with optional bearer token and idempotency key. On the
+    /// routes that require a key ([`KEY_REQUIRED`]) `None` sends a fresh
+    /// one, as a client following the docs does; tests of the missing key
+    /// build their request by hand.
     pub async fn post_json(
         &self,
         path: &str,
@@ -156,6 +164,9 @@ impl TestApp {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
+        let key = key
+            .map(str::to_owned)
+            .or_else(|| KEY_REQUIRED.contains(&path).then(|| Uuid::new_v4().to_string()));
         if let Some(k) = key {
             req = req.header("Idempotency-Key", k);
         }

@@ -202,6 +202,26 @@ async fn bad_charges_are_4xx_and_change_nothing() {
         assert_eq!(json["code"], code, "{body}: {json}");
         assert!(json["message"].is_string());
     }
+    // No key: a naive retry would charge twice, so the charge is refused
+    // and the balance stays.
+    for _ in 0..2 {
+        let res = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&user.token)
+            .json(&json!({"amount": 5}))
+            .send()
+            .await
+            .unwrap();
+        let (status, json) = commerce_testkit::split(res).await;
+        assert_eq!(
+            (status, json["code"].as_str()),
+            (400, Some("idempotency_key_required")),
+            "{json}"
+        );
+        assert!(json["message"].as_str().unwrap().contains("Idempotency-Key"));
+    }
+    assert_eq!(balance_of(&app, &user.token).await, 100);
     // Bad idempotency keys.
     let long = "k".repeat(300);
     for key in ["has space", long.as_str()] {

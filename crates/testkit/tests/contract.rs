@@ -329,6 +329,7 @@ async fn per_user_rate_limits_answer_429_with_retry_after() {
                 .client
                 .post(app.url("/api/v1/me/balance/charge"))
                 .bearer_auth(t)
+                .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
                 .json(&json!({"amount": 10}))
                 .send()
                 .await

@@ -440,3 +440,37 @@ async fn retries_and_double_clicks_inside_a_crowd_write_each_order_once() {
     assert_eq!(stock(&a, p).await, 140);
     assert_eq!(accounted(&a, p).await, 200);
 }
+
+/// An order without an `Idempotency-Key` is refused before the gate: a
+/// naive retry of it would reserve twice. Nothing is reserved, in the gate
+/// or in PostgreSQL, so the one unit is still there for a keyed order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_without_a_key_is_refused_and_reserves_nothing() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("naive").await;
+    let p = product(&app, 1).await;
+    // Load the gate first, so a unit taken from it would show.
+    let (s, _) = order(&app, &user, p, 2).await;
+    assert_eq!(s, 409);
+    assert_eq!(gate_value(&app, p).await, Some(1));
+    for _ in 0..3 {
+        let res = app
+            .client
+            .post(app.url("/api/v1/orders"))
+            .bearer_auth(&user.token)
+            .json(&json!({ "items": [{ "product_id": p, "quantity": 1 }] }))
+            .send()
+            .await
+            .unwrap();
+        let (s, body) = commerce_testkit::split(res).await;
+        assert_eq!(
+            (s, body["code"].as_str()),
+            (400, Some("idempotency_key_required")),
+            "{body}"
+        );
+    }
+    assert_eq!(gate_value(&app, p).await, Some(1));
+    assert_eq!((stock(&app, p).await, live_orders(&app, p).await), (1, 0));
+    let (s, body) = order(&app, &user, p, 1).await;
+    assert_eq!(s, 201, "{body}");
+}

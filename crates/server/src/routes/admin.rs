@@ -42,8 +42,11 @@ pub struct CreateCoupon {
     #[schema(minimum = 1, maximum = 10_000_000)]
     #[serde(deserialize_with = "crate::json::int")]
     quantity: i64,
+    /// RFC 3339, e.g. `2026-12-24T10:00:00Z`.
+    #[serde(deserialize_with = "crate::json::time")]
     opens_at: chrono::DateTime<chrono::Utc>,
     /// After `opens_at` (else 422 `invalid_expiry`).
+    #[serde(default, deserialize_with = "crate::json::opt_time")]
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -54,7 +57,7 @@ pub struct CreateCoupon {
 pub async fn create_coupon(
     _admin: Admin,
     state: web::Data<AppState>,
-    body: web::Json<CreateCoupon>,
+    body: crate::json::Json<CreateCoupon>,
 ) -> Result<HttpResponse, ApiError> {
     let new = NewCoupon::parse(
         &body.name,

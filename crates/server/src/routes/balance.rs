@@ -52,16 +52,17 @@ pub struct ChargeRequest {
     amount: serde_json::Value,
 }
 
-/// Add money to the caller's balance. Send an `Idempotency-Key` to make retries safe.
+/// Add money to the caller's balance. The `Idempotency-Key` is required: a
+/// retry with the same key replays the first answer instead of charging again.
 #[utoipa::path(post, path = "/api/v1/me/balance/charge", tag = "balance", security(("bearer" = [])),
-    request_body = ChargeRequest, params(("Idempotency-Key" = Option<String>, Header)), operation_id = "charge",
+    request_body = ChargeRequest, params(("Idempotency-Key" = String, Header)), operation_id = "charge",
     responses((status = 200, body = BalanceBody),
         (status = 422, body = ErrorBody, description = "invalid_amount, balance_limit_exceeded")))]
 pub async fn charge(
     user: AuthUser,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<ChargeRequest>,
+    body: crate::json::Json<ChargeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let amount = match &body.amount {
         serde_json::Value::Number(n) => crate::json::to_i64(n),
@@ -69,8 +70,9 @@ pub async fn charge(
     }
     .ok_or_else(|| ApiError::unprocessable("invalid_amount", "amount must be a positive integer"))
     .and_then(|raw| ChargeAmount::parse(raw).map_err(ApiError::from))?;
-    state.limits.check(Class::Money, user.0).await?;
     let canonical = serde_json::json!({ "amount": amount.get() });
+    idempotency::required_claim(&req, user.0, &canonical)?;
+    state.limits.check(Class::Money, user.0).await?;
     idempotency::run(
         &state.db,
         &req,

@@ -181,13 +181,17 @@ fn complete_operation(path: &str, op: &mut Value) {
         .iter()
         .any(|p| p["in"] == "path" && p["schema"]["type"] == "integer");
     let has_query = params.iter().any(|p| p["in"] == "query");
-    let idempotent = params.iter().any(|p| p["name"] == "Idempotency-Key");
+    let key = params.iter().find(|p| p["name"] == "Idempotency-Key");
+    let idempotent = key.is_some();
+    let key_required = key.is_some_and(|p| p["required"] == true);
     if let Some(list) = op.get_mut("parameters").and_then(Value::as_array_mut) {
         for p in list.iter_mut() {
             if p["name"] == "Idempotency-Key" {
-                p["description"] = json!(
+                p["description"] = json!(if p["required"] == true {
+                    "Required: a new unique value (a UUID, say) per intended request, the same one on its retries, which replay the first answer; the same key with another body is 422."
+                } else {
                     "Makes retries safe: the same key replays the first answer; with another body, 422."
-                );
+                });
                 p["schema"] = json!({ "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]{1,255}$" });
             }
         }
@@ -219,6 +223,9 @@ fn complete_operation(path: &str, op: &mut Value) {
     }
     if idempotent {
         add(responses, "400", "invalid_idempotency_key");
+        if key_required {
+            add(responses, "400", "idempotency_key_required");
+        }
         add(
             responses,
             "409",

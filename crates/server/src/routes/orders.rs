@@ -102,7 +102,7 @@ fn order_id(raw: i64) -> Result<OrderId, ApiError> {
 
 /// Create an order: reserves stock until it is paid, cancelled or expires.
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), request_body = CreateOrder,
-    params(("Idempotency-Key" = Option<String>, Header)), operation_id = "createOrder",
+    params(("Idempotency-Key" = String, Header)), operation_id = "createOrder",
     responses((status = 201, body = OrderBody),
         (status = 403, body = ErrorBody, description = "not_admitted when the waiting room guards ordering (with Retry-After)",
             headers(("Retry-After" = u64, description = "seconds"))),
@@ -113,7 +113,7 @@ pub async fn create(
     user: AuthUser,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<CreateOrder>,
+    body: crate::json::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
     state.limits.check(Class::Stock, user.0).await?;
     state
@@ -130,6 +130,8 @@ pub async fn create(
         "items": new.lines.iter().map(|l| (l.product.get(), l.quantity)).collect::<Vec<_>>(),
         "user_coupon_id": new.user_coupon.map(|c| c.get()),
     });
+    // Required, and checked before the gate takes any unit.
+    let claim = idempotency::required_claim(&req, user.0, &canonical)?;
     // The stock gate first: a sold-out answer is recorded under the key in
     // a batch of refusals, and nothing else touches the database.
     let hold = match state.orders.hold(&new).await {
@@ -139,10 +141,6 @@ pub async fn create(
         }
     };
     let present = |o: &Order| OrderBody::from(o);
-    let Some(claim) = idempotency::claim_of(&req, user.0, &canonical)? else {
-        let order = state.orders.create_held(user.0, &new, hold, None).await?;
-        return Ok(HttpResponse::Created().json(present(&order)));
-    };
     // The order's batch claims the key with the order in one transaction.
     let answer = idempotency::answer_for(claim, StatusCode::CREATED, present);
     match state

@@ -135,7 +135,7 @@ pub struct CreateProduct {
 pub async fn create(
     _admin: Admin,
     state: web::Data<AppState>,
-    body: web::Json<CreateProduct>,
+    body: crate::json::Json<CreateProduct>,
 ) -> Result<HttpResponse, ApiError> {
     let new = NewProduct::parse(
         &body.name,
@@ -184,7 +184,7 @@ pub async fn update(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<i64>,
-    body: web::Json<ChangeProduct>,
+    body: crate::json::Json<ChangeProduct>,
 ) -> Result<HttpResponse, ApiError> {
     let id = product_id(path.into_inner())?;
     let patch = ProductPatch::parse(

@@ -72,11 +72,8 @@ fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiErr
         match value {
             serde_json::Value::Null => None,
             serde_json::Value::Object(_) => {
-                serde_json::from_value::<EnterRequest>(value)
-                    .map_err(|e| {
-                        ApiError::unprocessable("invalid_body", format!("invalid body: {e}"))
-                    })?
-                    .target
+                // Re-read for a refusal that names the field.
+                crate::json::parse::<EnterRequest>(&value.to_string())?.target
             }
             _ => {
                 return Err(ApiError::unprocessable(

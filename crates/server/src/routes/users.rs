@@ -37,7 +37,7 @@ pub struct SignedUp {
     responses((status = 201, body = SignedUp), (status = 422, body = ErrorBody, description = "invalid_name")))]
 pub async fn sign_up(
     state: web::Data<AppState>,
-    body: web::Json<SignUp>,
+    body: crate::json::Json<SignUp>,
 ) -> Result<HttpResponse, ApiError> {
     let name = UserName::parse(&body.name)?;
     let user = commerce_accounts::create_user(&state.db, &name).await?;
@@ -73,7 +73,7 @@ pub struct TokenResponse {
 pub async fn mint_token(
     _admin: Admin,
     state: web::Data<AppState>,
-    body: web::Json<TokenRequest>,
+    body: crate::json::Json<TokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let user = UserId::parse(body.user_id)?;
     if !commerce_accounts::user_exists(&state.db, user).await? {
