@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod balance;
 pub mod coupons;
+pub mod docs;
 pub mod health;
 pub mod openapi;
 pub mod orders;
@@ -16,6 +17,7 @@ use actix_web::web;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     openapi::configure(cfg);
+    docs::configure(cfg);
     users::configure(cfg);
     balance::configure(cfg);
     coupons::configure(cfg);
@@ -26,13 +28,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The methods served on `path`, from the API description (every route is
-/// in it, `/openapi.json` aside): empty when no route has this path.
+/// in it, `/openapi.json` and the `/docs` page aside): empty when no route
+/// has this path.
 pub fn allowed_methods(path: &str) -> Vec<&'static str> {
     use actix_web::dev::ResourceDef;
     use std::sync::LazyLock;
     use utoipa::OpenApi;
     static ROUTES: LazyLock<Vec<(ResourceDef, Vec<&'static str>)>> = LazyLock::new(|| {
         let mut routes = vec![(ResourceDef::new("/openapi.json"), vec!["GET"])];
+        routes.extend(docs::paths().map(|p| (ResourceDef::new(p), vec!["GET"])));
         for (path, item) in openapi::ApiDoc::openapi().paths.paths {
             let methods: Vec<&'static str> = [
                 ("GET", item.get.is_some()),
