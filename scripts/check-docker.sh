@@ -19,6 +19,15 @@ for key in env:
     assert key in readme, f"compose sets {key}, which README.md does not document"
 for key in ["COMMERCE__DATABASE__URL", "COMMERCE__REDIS__URL", "COMMERCE__KAFKA__BROKERS"]:
     assert key in env, f"compose: {key} not set"
+# Every variable compose reads is in .env.example, and the secrets have no
+# default a user could start with unawares.
+example = open("docker/.env.example").read()
+text = open("docker/compose.yaml").read()
+for var in set(re.findall(r"\$\{([A-Z_]+)", text)):
+    assert re.search(rf"^{var}=", example, re.M), f"compose reads {var}, which docker/.env.example lacks"
+for secret in ["COMMERCE_ADMIN_KEY", "COMMERCE_TOKEN_SECRET"]:
+    assert "${" + secret + ":?" in text, f"compose: {secret} must be required (${{{secret}:?...}})"
+assert env.get("COMMERCE__AUTH__PRODUCTION") == "true", "compose: instances must run in production mode"
 df = open("docker/Dockerfile").read()
 assert "commerce-server" in df and "ENTRYPOINT" in df
 print("compose and Dockerfile: ok")

@@ -3,6 +3,10 @@
 # PostgreSQL and Redis on 127.0.0.1, the Rust components. Idempotent; safe to
 # run on a machine that already has everything.
 set -euo pipefail
+# --for-service: only what one service instance needs (no max_connections
+# raise: that is for the test suite's many instances).
+for_service=false
+[ "${1:-}" = "--for-service" ] && for_service=true
 
 log() { echo "[deps] $*"; }
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -31,7 +35,7 @@ psql -h 127.0.0.1 -U postgres -d postgres -tAc 'SELECT 1' >/dev/null || {
 
 # Integration tests run many server instances at once, each with a pool.
 max_conn=$(psql -h 127.0.0.1 -U postgres -d postgres -tAc 'SHOW max_connections')
-if [ "${max_conn:-0}" -lt 500 ]; then
+if ! $for_service && [ "${max_conn:-0}" -lt 500 ]; then
   log "raising PostgreSQL max_connections from $max_conn to 500 (restart)"
   psql -h 127.0.0.1 -U postgres -d postgres -qc 'ALTER SYSTEM SET max_connections = 500'
   ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
@@ -53,7 +57,7 @@ fi
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis is not reachable on 127.0.0.1:6379"; exit 1; }
 
 # Rust components used by CI.
-if have rustup; then
+if ! $for_service && have rustup; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 fi

@@ -1,4 +1,4 @@
-//! The seed reports' figures (transcribed from `shared/seeds/00N_*.txt`), so a
+//! The seed reports' figures (transcribed from the seed reports, the k6 write-ups of the Spring Boot services we compare against), so a
 //! report can put ours beside theirs. Times in milliseconds; `None` where the
 //! seed did not say.
 

@@ -71,12 +71,16 @@ impl Application {
         let warm = commerce_storage::warm_up(&db, settings.database.pool_size / 2).await;
         tracing::debug!(connections = warm, "database pool warmed up");
         let admin_key = settings.auth.admin_key.clone().unwrap_or_else(|| {
-            tracing::warn!("COMMERCE__AUTH__ADMIN_KEY not set: using the development admin key");
+            tracing::warn!(
+                "COMMERCE__AUTH__ADMIN_KEY not set: admin routes take the public development key \
+                 `X-Admin-Key: {DEV_ADMIN_KEY}` (set your own; COMMERCE__AUTH__PRODUCTION=true refuses this one)"
+            );
             SecretString::from(DEV_ADMIN_KEY)
         });
         let token_secret = settings.auth.token_secret.clone().unwrap_or_else(|| {
             tracing::warn!(
-                "COMMERCE__AUTH__TOKEN_SECRET not set: using the development token secret"
+                "COMMERCE__AUTH__TOKEN_SECRET not set: bearer tokens are signed with the public \
+                 development secret, so anyone can forge them (set your own, 32+ characters)"
             );
             SecretString::from(DEV_TOKEN_SECRET)
         });

@@ -83,20 +83,28 @@ fn number<E: serde::de::Error>(n: Number) -> Result<i64, E> {
     to_i64(&n).ok_or_else(|| E::custom(format!("invalid type: {n}, expected an integer")))
 }
 
+/// Says "integer" where serde_json says "JSON number" (`"5"` for a count).
+fn integer_wanted<E: serde::de::Error>(e: E) -> E {
+    E::custom(e.to_string().replace("a JSON number", "an integer"))
+}
+
 /// A required integer.
 pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    number(Number::deserialize(d)?)
+    number(Number::deserialize(d).map_err(integer_wanted)?)
 }
 
 /// An optional integer (`null` or absent: none); use with `#[serde(default)]`.
 pub fn opt_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    Option::<Number>::deserialize(d)?.map(number).transpose()
+    Option::<Number>::deserialize(d)
+        .map_err(integer_wanted)?
+        .map(number)
+        .transpose()
 }
 
 /// An integer that may be left out but, when given, is not `null`; use
 /// with `#[serde(default)]`.
 pub fn present_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    number(Number::deserialize(d)?).map(Some)
+    number(Number::deserialize(d).map_err(integer_wanted)?).map(Some)
 }
 
 /// A string that may be left out but, when given, is not `null`; use with
@@ -179,6 +187,7 @@ mod tests {
         assert!(!m.contains("line"), "{m}");
         let m = refusal(r#"{"items": [{"a": 1}, {"a": "x"}], "at": "2026-12-24T10:00:00Z"}"#);
         assert!(m.starts_with("invalid body: items[1].a: "), "{m}");
+        assert!(m.contains("expected an integer"), "{m}");
         let m = refusal(r#"{"items": [], "at": "2026-12-24T10:00:00Z", "until": "soon"}"#);
         assert!(m.starts_with("invalid body: until: expected an RFC 3339 time"), "{m}");
         let m = refusal(r#"{"items": []}"#);

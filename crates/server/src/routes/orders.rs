@@ -106,7 +106,7 @@ fn order_id(raw: i64) -> Result<OrderId, ApiError> {
     responses((status = 201, body = OrderBody),
         (status = 403, body = ErrorBody, description = "not_admitted when the waiting room guards ordering (with Retry-After)",
             headers(("Retry-After" = u64, description = "seconds"))),
-        (status = 409, body = ErrorBody, description = "out_of_stock, coupon_already_used, coupon_expired"),
+        (status = 409, body = ErrorBody, description = "out_of_stock"),
         (status = 422, body = ErrorBody, description = "invalid_items, invalid_quantity, duplicate_product, invalid_id, unknown_product, invalid_coupon"),
         (status = 503, body = ErrorBody, description = "order_busy (Redis out and the database path full), db_busy, db_unavailable; with Retry-After")))]
 pub async fn create(
@@ -204,7 +204,7 @@ pub async fn cancel(
 #[utoipa::path(post, path = "/api/v1/orders/{id}/payment", tag = "orders", security(("bearer" = [])),
     params(("id" = i64, Path, minimum = 1), ("Idempotency-Key" = Option<String>, Header)), operation_id = "payOrder",
     responses((status = 200, body = PaymentBody),
-        (status = 409, body = ErrorBody, description = "insufficient_balance, already_paid, expired, order_cancelled"),
+        (status = 409, body = ErrorBody, description = "insufficient_balance, already_paid, expired, order_cancelled, coupon_already_used, coupon_expired"),
         (status = 404, body = ErrorBody, description = "order_not_found")))]
 pub async fn pay(
     user: AuthUser,
