@@ -13,42 +13,19 @@ anon_secs="${CONTRACT_ANON_SECS:-20}"
 for tool in openapi-spec-validator schemathesis openapi-python-client; do
   python3 -m pip show -q "$tool" >/dev/null 2>&1 || python3 -m pip install -q "$tool"
 done
-bin="${COMMERCE_SERVER_BIN:-}"
-if [ -z "$bin" ]; then
-  cargo build -q --release --locked -p commerce-server
-  bin="$CARGO_TARGET_DIR/release/commerce-server"
-fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-db="contract_$$"
-prefix="contract:$$:"
-work=$(mktemp -d)
 reports="${CONTRACT_REPORT_DIR:-$CARGO_TARGET_DIR/contract-report}"
 rm -rf "$reports"
 admin_key="contract-admin-$$-$RANDOM"
-base="http://127.0.0.1:$port"
-cleanup() {
-  if [ -n "${server:-}" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
-  redis-cli -h 127.0.0.1 --scan --pattern "$prefix*" 2>/dev/null | xargs -r redis-cli -h 127.0.0.1 del >/dev/null 2>&1 || true
-  # Kept for a look after the run: outputs, junit reports, the server log.
-  mkdir -p "$reports" && cp -r "$work"/*.txt "$work"/*.log "$work"/auth "$work"/anon "$reports"/ 2>/dev/null || true
-  rm -rf "$work"
+# Kept for a look after the run: outputs, junit reports, the server log.
+instance_keep() {
+  mkdir -p "$reports" && cp -r "$work"/*.txt "$work"/*.log "$work"/auth "$work"/anon "$reports"/ 2>/dev/null
 }
-trap cleanup EXIT
-COMMERCE__HTTP__ADDR="127.0.0.1:$port" \
-COMMERCE__HTTP__WORKERS=2 \
-COMMERCE__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$db" \
-COMMERCE__REDIS__KEY_PREFIX="$prefix" \
-COMMERCE__AUTH__ADMIN_KEY="$admin_key" \
-COMMERCE__AUTH__TOKEN_SECRET="contract-token-secret-$$-$RANDOM" \
-COMMERCE__LOG__LEVEL=error \
-  "$bin" >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 1 120); do
-  curl -sf "$base/health/ready" >/dev/null 2>&1 && break
-  sleep 0.5
-done
-curl -sf "$base/health/ready" >/dev/null || { echo "server did not become ready"; cat "$work/server.log"; exit 1; }
+# shellcheck source=scripts/lib/instance.sh
+. scripts/lib/instance.sh
+instance_start contract \
+  COMMERCE__AUTH__ADMIN_KEY="$admin_key" \
+  COMMERCE__AUTH__TOKEN_SECRET="contract-token-secret-$$-$RANDOM" \
+  COMMERCE__LOG__LEVEL=error
 
 echo "== openapi-spec-validator"
 python3 scripts/contract/validate_spec.py "$base/openapi.json"

@@ -8,36 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/commerce-target}"
 command -v jq >/dev/null 2>&1 || { $( [ "$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq jq >/dev/null; }
-bin="${COMMERCE_SERVER_BIN:-}"
-if [ -z "$bin" ]; then
-  cargo build -q --release --locked -p commerce-server
-  bin="$CARGO_TARGET_DIR/release/commerce-server"
-fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-db="quickstart_$$"
-prefix="quickstart:$$:"
-work=$(mktemp -d)
-base="http://127.0.0.1:$port"
-cleanup() {
-  if [ -n "${server:-}" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
-  redis-cli -h 127.0.0.1 --scan --pattern "$prefix*" 2>/dev/null | xargs -r redis-cli -h 127.0.0.1 del >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 fail() { echo "quickstart: $*"; echo "--- output"; cat "$work/out.txt" 2>/dev/null || true; echo "--- server log (tail)"; tail -20 "$work/server.log"; exit 1; }
-
-COMMERCE__HTTP__ADDR="127.0.0.1:$port" \
-COMMERCE__HTTP__WORKERS=2 \
-COMMERCE__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$db" \
-COMMERCE__REDIS__KEY_PREFIX="$prefix" \
-  env -u COMMERCE__AUTH__ADMIN_KEY -u COMMERCE__AUTH__TOKEN_SECRET "$bin" >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 1 120); do
-  curl -sf "$base/health/ready" >/dev/null 2>&1 && break
-  sleep 0.5
-done
-curl -sf "$base/health/ready" >/dev/null || fail "server did not become ready"
+# shellcheck source=scripts/lib/instance.sh
+. scripts/lib/instance.sh
+# No credentials of its own: the development key the README names.
+instance_start quickstart -u COMMERCE__AUTH__ADMIN_KEY -u COMMERCE__AUTH__TOKEN_SECRET
 grep -q 'X-Admin-Key: dev-admin-key' "$work/server.log" || fail "the start-up warning does not print the development admin key"
 
 # The block between the markers, pointed at this instance.
