@@ -209,9 +209,28 @@ fn path_message(err: &str, segments: &actix_web::dev::Path<actix_web::dev::Url>)
 
 pub fn query_error(
     err: actix_web::error::QueryPayloadError,
-    _req: &actix_web::HttpRequest,
+    req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
-    ApiError::bad_request("invalid_query", format!("invalid query: {err}")).into()
+    ApiError::bad_request(
+        "invalid_query",
+        query_message(&err.to_string(), req.query_string()),
+    )
+    .into()
+}
+
+/// The query parameters that are integers (the product list's paging).
+const INTEGER_PARAMS: &[&str] = &["page", "size"];
+
+/// Names the integer query parameter that did not parse; other failures
+/// keep the parser's words.
+fn query_message(err: &str, query: &str) -> String {
+    let bad = url::form_urlencoded::parse(query.as_bytes()).find(|(name, value)| {
+        INTEGER_PARAMS.contains(&name.as_ref()) && value.parse::<i64>().is_err()
+    });
+    match bad {
+        Some((name, value)) => format!("{name}: expected an integer, got {value:?}"),
+        None => format!("invalid query: {err}"),
+    }
 }
 
 impl From<CouponError> for ApiError {

@@ -683,6 +683,20 @@ async fn products_list_detail_and_bad_input() {
             a.body
         );
     }
+    // A refusal names the parameter and what it expects.
+    for (path, message) in [
+        (
+            "/api/v1/products/abc",
+            "id: expected a positive integer, got \"abc\"",
+        ),
+        (
+            "/api/v1/products?utm=x&size=ten",
+            "size: expected an integer, got \"ten\"",
+        ),
+    ] {
+        let a = get(&app, path).await;
+        assert_eq!(a.body["message"], message, "{path}");
+    }
 
     // Admin input.
     for (body, code) in [

@@ -459,6 +459,23 @@ async fn bad_order_input_is_4xx_and_reserves_nothing() {
             .await;
         assert_eq!((s, b["code"].as_str()), (status, Some(code)), "{body}");
     }
+    // A body refusal names the field by its path and what it expects.
+    let (s, b) = a
+        .post_json(
+            "/api/v1/orders",
+            Some(&user.token),
+            None,
+            &json!({"items": [{"product_id": p, "quantity": 1}, {"product_id": p, "quantity": "2"}]}),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    let message = b["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("invalid body: items[1].quantity: ")
+            && message.contains("expected an integer")
+            && !message.contains("line"),
+        "{message}"
+    );
     // Someone else's order: not found for reads, cancel and payment.
     let (s, _) = a
         .get_json(&format!("/api/v1/orders/{theirs}"), Some(&user.token))
