@@ -188,8 +188,11 @@ pub fn path_error(
     err: actix_web::error::PathError,
     req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
-    ApiError::bad_request("invalid_path", path_message(&err.to_string(), req.match_info()))
-        .into()
+    ApiError::bad_request(
+        "invalid_path",
+        path_message(&err.to_string(), req.match_info()),
+    )
+    .into()
 }
 
 /// Names the path segment that did not parse: the extracted path

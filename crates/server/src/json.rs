@@ -183,13 +183,19 @@ mod tests {
         let parsed = parse::<Outer>(ok).unwrap();
         assert_eq!(parsed.until, None);
         let m = refusal(r#"{"items": [{"a": 1}], "at": "2026-12-24"}"#);
-        assert!(m.starts_with("invalid body: at: expected an RFC 3339 time"), "{m}");
+        assert!(
+            m.starts_with("invalid body: at: expected an RFC 3339 time"),
+            "{m}"
+        );
         assert!(!m.contains("line"), "{m}");
         let m = refusal(r#"{"items": [{"a": 1}, {"a": "x"}], "at": "2026-12-24T10:00:00Z"}"#);
         assert!(m.starts_with("invalid body: items[1].a: "), "{m}");
         assert!(m.contains("expected an integer"), "{m}");
         let m = refusal(r#"{"items": [], "at": "2026-12-24T10:00:00Z", "until": "soon"}"#);
-        assert!(m.starts_with("invalid body: until: expected an RFC 3339 time"), "{m}");
+        assert!(
+            m.starts_with("invalid body: until: expected an RFC 3339 time"),
+            "{m}"
+        );
         let m = refusal(r#"{"items": []}"#);
         assert!(m.contains("missing field `at`"), "{m}");
         let m = refusal(r#"{"items": [], "at": "2026-12-24T10:00:00Z", "x": 1}"#);

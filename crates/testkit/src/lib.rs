@@ -164,9 +164,11 @@ impl TestApp {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        let key = key
-            .map(str::to_owned)
-            .or_else(|| KEY_REQUIRED.contains(&path).then(|| Uuid::new_v4().to_string()));
+        let key = key.map(str::to_owned).or_else(|| {
+            KEY_REQUIRED
+                .contains(&path)
+                .then(|| Uuid::new_v4().to_string())
+        });
         if let Some(k) = key {
             req = req.header("Idempotency-Key", k);
         }

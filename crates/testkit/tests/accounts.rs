@@ -219,7 +219,10 @@ async fn bad_charges_are_4xx_and_change_nothing() {
             (400, Some("idempotency_key_required")),
             "{json}"
         );
-        assert!(json["message"].as_str().unwrap().contains("Idempotency-Key"));
+        assert!(json["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"));
     }
     assert_eq!(balance_of(&app, &user.token).await, 100);
     // Bad idempotency keys.
