@@ -824,3 +824,25 @@ impl Catalog {
             .map_err(|e| CatalogError::from_shared(&e))
     }
 }
+
+/// Help text of this crate's metrics, for `/metrics` (call once, after
+/// the recorder is installed).
+pub fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "catalog_detail_total",
+        "Product pages served by layer (l1, l2, db, stale)."
+    );
+    describe_counter!(
+        "catalog_db_loads_total",
+        "PostgreSQL reads of the catalog by what (detail, count, popular)."
+    );
+    describe_counter!(
+        "catalog_invalidations_total",
+        "Product copies dropped, by how the change arrived (write, channel)."
+    );
+    describe_counter!(
+        "catalog_sales_recorded_total",
+        "Sales added to the popular-products ranking."
+    );
+}

@@ -228,6 +228,60 @@ struct Inner {
     drift: Mutex<HashMap<CouponId, (i64, i64)>>,
 }
 
+/// Help text of this crate's metrics, for `/metrics` (call once, after
+/// the recorder is installed).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "coupon_issue_total",
+        "Coupon issue answers by path (gate, fallback) and outcome."
+    );
+    describe_histogram!(
+        "coupon_gate_seconds",
+        Unit::Seconds,
+        "Time of the Redis gate step of an issue."
+    );
+    describe_histogram!(
+        "coupon_write_seconds",
+        Unit::Seconds,
+        "Time from a gate winner to its row written."
+    );
+    describe_histogram!(
+        "coupon_write_batch_size",
+        "Winners written per batched statement."
+    );
+    describe_histogram!(
+        "coupon_write_queue_seconds",
+        Unit::Seconds,
+        "Time a winner waited for a writer."
+    );
+    describe_histogram!(
+        "coupon_write_batch_seconds",
+        Unit::Seconds,
+        "Time of one batched write."
+    );
+    describe_counter!(
+        "coupon_gate_rebuilds_total",
+        "Coupon gates loaded from PostgreSQL (missing, dirty or repaired)."
+    );
+    describe_counter!(
+        "coupon_gate_repairs_total",
+        "Gates found to disagree with PostgreSQL and rebuilt, by trigger (periodic, admin)."
+    );
+    // Created at 0 so that the first repair is an increase Prometheus sees.
+    for trigger in ["periodic", "admin"] {
+        metrics::counter!("coupon_gate_repairs_total", "trigger" => trigger).increment(0);
+    }
+    describe_gauge!(
+        "coupon_issued",
+        "Coupons issued per open coupon, from PostgreSQL (set by the periodic check)."
+    );
+    describe_gauge!(
+        "coupon_quantity",
+        "Coupons that exist per open coupon (set by the periodic check)."
+    );
+}
+
 /// Which path served an issue, for metrics.
 fn count(path: &'static str, outcome: &'static str) {
     metrics::counter!("coupon_issue_total", "path" => path, "outcome" => outcome).increment(1);
@@ -604,6 +658,14 @@ impl Coupons {
 
     /// Repairs drift between the gate and PostgreSQL (admin route).
     pub async fn reconcile(&self, id: CouponId) -> Result<ReconcileReport, CouponError> {
+        let report = self.rebuild_checked(id).await?;
+        if report.repaired {
+            metrics::counter!("coupon_gate_repairs_total", "trigger" => "admin").increment(1);
+        }
+        Ok(report)
+    }
+
+    async fn rebuild_checked(&self, id: CouponId) -> Result<ReconcileReport, CouponError> {
         let coupon = self.get(id).await?;
         let name = format!("coupon-gate:{id}");
         let guard = self
@@ -641,6 +703,11 @@ impl Coupons {
                 return Ok(repaired);
             };
             let rows = store::issued_count(&self.io.db, coupon.id).await?;
+            // Already at hand here, every RECONCILE_INTERVAL: the dashboard's
+            // issued-vs-quantity costs nothing more.
+            let label = coupon.id.to_string();
+            metrics::gauge!("coupon_issued", "coupon" => label.clone()).set(rows as f64);
+            metrics::gauge!("coupon_quantity", "coupon" => label).set(coupon.quantity as f64);
             let seen = (state.users, rows);
             let previous = self
                 .inner
@@ -649,8 +716,14 @@ impl Coupons {
                 .map_err(lock_poisoned)?
                 .insert(coupon.id, seen);
             let drifted = !state.loaded || (state.users != rows && previous == Some(seen));
-            if drifted && self.reconcile(coupon.id).await.is_ok() {
-                repaired.push(coupon.id);
+            if drifted {
+                if let Ok(report) = self.rebuild_checked(coupon.id).await {
+                    if report.repaired {
+                        metrics::counter!("coupon_gate_repairs_total", "trigger" => "periodic")
+                            .increment(1);
+                    }
+                    repaired.push(coupon.id);
+                }
             }
         }
         Ok(repaired)

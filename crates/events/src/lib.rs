@@ -167,6 +167,51 @@ pub struct Dispatcher {
 }
 
 /// Commit-to-effect lag of an event whose inbox row just committed.
+/// Help text of this crate's metrics, for `/metrics` (call once, after
+/// the recorder is installed).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        "events_lag_seconds",
+        Unit::Seconds,
+        "Time from an event's commit to a consumer's effect, per consumer."
+    );
+    describe_counter!(
+        "events_consumed_total",
+        "Deliveries to a consumer by outcome (processed, duplicate, deferred, retry, permanent)."
+    );
+    describe_counter!(
+        "events_dead_lettered_total",
+        "Events parked in dead_letters after the last attempt, per consumer."
+    );
+    describe_gauge!(
+        "events_dead_letters",
+        "Parked events not yet re-driven, per consumer (counted at scrape)."
+    );
+    describe_counter!(
+        "outbox_published_total",
+        "Outbox rows published by this instance's relay."
+    );
+    describe_gauge!(
+        "outbox_backlog",
+        "Unpublished outbox rows (all instances; counted at scrape)."
+    );
+    describe_gauge!(
+        "outbox_oldest_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest unpublished outbox row (counted at scrape)."
+    );
+    describe_counter!(
+        "kafka_publish_errors_total",
+        "Failed Kafka publishes by kind."
+    );
+    describe_counter!(
+        "kafka_consume_errors_total",
+        "Failed Kafka consumes by kind."
+    );
+    describe_counter!("kafka_client_errors_total", "Kafka client errors by kind.");
+}
+
 fn record_lag(consumer: &dyn Consumer, event: &Event) {
     metrics::histogram!("events_lag_seconds", "consumer" => consumer.name())
         .record((Utc::now() - event.created_at).num_milliseconds().max(0) as f64 / 1000.0);
@@ -730,6 +775,33 @@ pub enum DeadLetterError {
 }
 
 impl Dispatcher {
+    /// Sets `events_dead_letters{consumer}` to the parked events not yet
+    /// re-driven, 0 for a consumer with none (so an alert resolves after a
+    /// redrive). Read at scrape time: one indexed count, not on a hot path.
+    pub async fn publish_dead_letter_gauge(&self) -> Result<(), StorageError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            consumer: String,
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut c = conn(&self.db).await?;
+        let rows: Vec<Row> = commerce_storage::sql::cached(
+            "SELECT consumer, COUNT(*) AS n FROM dead_letters WHERE redriven_at IS NULL GROUP BY consumer",
+        )
+        .load(&mut c)
+        .await?;
+        for consumer in self.consumers.iter() {
+            let n = rows
+                .iter()
+                .find(|r| r.consumer == consumer.name())
+                .map_or(0, |r| r.n);
+            metrics::gauge!("events_dead_letters", "consumer" => consumer.name()).set(n as f64);
+        }
+        Ok(())
+    }
+
     /// Parked events not yet re-driven, oldest first.
     pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>, DeadLetterError> {
         let mut c = conn(&self.db).await?;

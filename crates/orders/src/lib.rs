@@ -200,6 +200,28 @@ impl Default for OrderConfig {
     }
 }
 
+/// Help text of this crate's metrics, for `/metrics` (call once, after
+/// the recorder is installed).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "stock_gate_total",
+        "Stock gate steps by outcome (taken, out_of_stock, refused_by_database, bypassed)."
+    );
+    // Created at 0 so that the first refusal is an increase Prometheus sees.
+    metrics::counter!("stock_gate_total", "outcome" => "refused_by_database").increment(0);
+    describe_counter!(
+        "stock_gate_loads_total",
+        "Stock gates loaded from PostgreSQL's committed stock."
+    );
+    describe_gauge!(
+        "stock_gate_dirty_products",
+        "Products whose gate missed a give-back and waits to be reloaded."
+    );
+    describe_counter!("orders_created_total", "Order creations by outcome.");
+    describe_counter!("payments_total", "Payments by outcome.");
+}
+
 #[derive(Clone)]
 pub struct Orders {
     db: DbPool,
@@ -755,6 +777,9 @@ impl Orders {
                 set.remove(&p);
             }
         }
+        // Runs every sweep: a gate left unreloaded for minutes shows as drift.
+        let left = self.lock_dirty().len();
+        metrics::gauge!("stock_gate_dirty_products").set(left as f64);
     }
 
     fn lock_dirty(&self) -> std::sync::MutexGuard<'_, HashSet<ProductId>> {

@@ -38,3 +38,33 @@ pub use limiter::TokenBucket;
 pub use policy::{AdmitRate, RetryPolicy};
 pub use room::{Protected, Status, TickOutcome, TickReport, Ticket, WaitingRoom};
 pub use target::{token_target, Target};
+
+/// Help text of this crate's metrics, for `/metrics` (call once, after
+/// the recorder is installed).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "queue_admitted_total",
+        "Users moved from waiting to active by this instance's admission ticks."
+    );
+    describe_counter!(
+        "queue_not_admitted_total",
+        "Protected calls refused for want of an active waiting-room token."
+    );
+    describe_gauge!(
+        "queue_waiting",
+        "Users waiting in the rooms at the last admission tick this instance ran."
+    );
+    describe_gauge!(
+        "queue_active",
+        "Active users in the rooms at the last admission tick this instance ran."
+    );
+    describe_gauge!(
+        "queue_admit_rate",
+        "Users admitted per room per tick now (lowered while the service is unhealthy)."
+    );
+    describe_counter!(
+        "queue_degraded_total",
+        "Waiting-room operations answered by the local limiter because Redis failed, by operation."
+    );
+}

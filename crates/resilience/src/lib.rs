@@ -25,3 +25,21 @@ pub use breaker::{
 };
 pub use lock::{LockBackend, LockConfig, LockError, LockGuard, LockManager};
 pub use redis_client::{RedisClient, RedisConfig, RedisResult};
+
+/// Help text of this crate's metrics, for `/metrics` (call once, after
+/// the recorder is installed).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "breaker_state",
+        "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        "breaker_calls_total",
+        "Calls through a breaker by outcome (success, failure, rejected, ...)."
+    );
+    describe_counter!(
+        "breaker_transitions_total",
+        "Breaker state changes by breaker and state entered."
+    );
+}

@@ -57,9 +57,40 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder was set first; then ours renders empty.
             let _ = metrics::set_global_recorder(recorder);
+            describe_metrics();
             handle
         })
         .clone()
+}
+
+/// Help text (`# HELP`) of every metric, so `/metrics` passes `promtool
+/// check metrics`; each crate describes its own.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests by method, route pattern and status."
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by method and route pattern."
+    );
+    describe_gauge!(
+        "db_pool_connections",
+        "PostgreSQL pool connections by state (open, idle, in_use), read at scrape."
+    );
+    describe_gauge!(
+        "db_pool_waiting",
+        "Requests waiting for a PostgreSQL pool connection, read at scrape."
+    );
+    commerce_catalog::describe_metrics();
+    commerce_coupons::describe_metrics();
+    commerce_events::describe_metrics();
+    commerce_orders::describe_metrics();
+    commerce_queue::describe_metrics();
+    commerce_resilience::describe_metrics();
+    commerce_storage::describe_metrics();
 }
 
 /// Adds `x-request-id` to every response and records request metrics by

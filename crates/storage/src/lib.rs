@@ -304,6 +304,23 @@ pub async fn run_migrations(cfg: &DbConfig) -> Result<Vec<String>, StorageError>
         .map_err(|_| StorageError::Other("migration thread panicked".into()))?
 }
 
+/// Help text of this crate's metrics, for `/metrics` (call once, after
+/// the recorder is installed).
+pub fn describe_metrics() {
+    use metrics::{describe_histogram, Unit};
+    describe_histogram!("write_batch_size", "Jobs per batched write, by kind.");
+    describe_histogram!(
+        "write_batch_queue_seconds",
+        Unit::Seconds,
+        "Time a job waited for a batch writer, by kind."
+    );
+    describe_histogram!(
+        "write_batch_seconds",
+        Unit::Seconds,
+        "Time of one batched write, by kind."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

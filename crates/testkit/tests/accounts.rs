@@ -436,6 +436,11 @@ async fn ops_endpoints_and_request_ids() {
     let text = app.metrics_text().await;
     assert!(text.contains("http_requests_total"), "{text}");
     assert!(text.contains("db_pool_connections"));
+    // Help text (promtool check metrics wants it) and the scrape-time gauges
+    // the alert rules read (docker/prometheus/alerts.yml).
+    assert!(text.contains("# HELP http_requests_total "), "{text}");
+    assert!(text.contains("outbox_oldest_age_seconds "), "{text}");
+    assert!(text.contains("events_dead_letters{"), "{text}");
 }
 
 /// Sends `GET /health/live` on `stream` and reads one whole response; None

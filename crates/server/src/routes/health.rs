@@ -112,6 +112,14 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .set(size.saturating_sub(available) as f64);
     metrics::gauge!("db_pool_waiting").set(waiting as f64);
     state.breakers.publish_gauges();
+    // Shared-table gauges are counted here, at scrape, so they are fresh for
+    // Prometheus whoever else asks; bounded so a slow database cannot stall
+    // the scrape (the gauges then keep their last value).
+    let refresh = async {
+        let _ = state.relay.backlog().await;
+        let _ = state.events.publish_dead_letter_gauge().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), refresh).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
