@@ -166,7 +166,6 @@ pub struct Dispatcher {
     policy: RetryPolicy,
 }
 
-/// Commit-to-effect lag of an event whose inbox row just committed.
 /// Help text of this crate's metrics, for `/metrics` (call once, after
 /// the recorder is installed).
 pub fn describe_metrics() {
@@ -212,6 +211,7 @@ pub fn describe_metrics() {
     describe_counter!("kafka_client_errors_total", "Kafka client errors by kind.");
 }
 
+/// Commit-to-effect lag of an event whose inbox row just committed.
 fn record_lag(consumer: &dyn Consumer, event: &Event) {
     metrics::histogram!("events_lag_seconds", "consumer" => consumer.name())
         .record((Utc::now() - event.created_at).num_milliseconds().max(0) as f64 / 1000.0);
