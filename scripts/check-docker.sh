@@ -62,7 +62,7 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1;
   if command -v apt-get >/dev/null 2>&1; then
     echo "installing prometheus and prometheus-alertmanager (for promtool and amtool)"
     $SUDO apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
   fi
 fi
 if command -v promtool >/dev/null 2>&1; then
