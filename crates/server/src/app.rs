@@ -232,7 +232,7 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .wrap(from_fn(error::json_errors))
                 .wrap(from_fn(telemetry::observe))
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<telemetry::RootSpan>::new())
                 .configure(routes::configure)
                 .default_service(web::to(no_route))
         })

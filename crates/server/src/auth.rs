@@ -124,6 +124,7 @@ impl FromRequest for AuthUser {
             let user = verified?;
             let state = state?;
             state.known_users.check(&state.db, user).await?;
+            crate::telemetry::record_on_request("user_id", user.get());
             Ok(AuthUser(user))
         })
     }

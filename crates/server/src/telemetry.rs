@@ -14,6 +14,34 @@ use tracing_subscriber::EnvFilter;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// The request's root span: tracing-actix-web's fields plus the caller
+/// (`user_id`, recorded once the bearer token is checked) and the order a
+/// money route acts on (`order_id`), so every line logged while serving it
+/// can be tied to a user and an order when a timeline is rebuilt from logs.
+pub struct RootSpan;
+
+impl tracing_actix_web::RootSpanBuilder for RootSpan {
+    fn on_request_start(request: &ServiceRequest) -> tracing::Span {
+        tracing_actix_web::root_span!(
+            request,
+            user_id = tracing::field::Empty,
+            order_id = tracing::field::Empty
+        )
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        tracing_actix_web::DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
+}
+
+/// Records `field` (`user_id` or `order_id`) on the request's root span.
+pub fn record_on_request(field: &'static str, value: i64) {
+    tracing::Span::current().record(field, value);
+}
+
 /// Installs the global tracing subscriber (once; later calls are no-ops).
 pub fn init_tracing(format: &str, level: &str) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -125,4 +153,57 @@ pub async fn observe(
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), id);
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use actix_web::{test, web, App};
+    use std::sync::{Arc, Mutex};
+    use tracing_actix_web::TracingLogger;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[actix_web::test]
+    async fn lines_logged_while_serving_carry_the_user_and_the_order() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app = test::init_service(App::new().wrap(TracingLogger::<RootSpan>::new()).route(
+            "/pay",
+            web::post().to(|| async {
+                record_on_request("user_id", 7);
+                record_on_request("order_id", 42);
+                tracing::warn!("payment refused");
+                "ok"
+            }),
+        ))
+        .await;
+        test::call_service(&app, test::TestRequest::post().uri("/pay").to_request()).await;
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.contains("payment refused"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("\"user_id\":7"), "{line}");
+        assert!(line.contains("\"order_id\":42"), "{line}");
+        assert!(line.contains("request_id"), "{line}");
+    }
 }

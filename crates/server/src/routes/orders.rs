@@ -97,6 +97,7 @@ impl From<&Payment> for PaymentBody {
 }
 
 fn order_id(raw: i64) -> Result<OrderId, ApiError> {
+    crate::telemetry::record_on_request("order_id", raw);
     OrderId::parse(raw).map_err(|_| ApiError::not_found("order_not_found", "order not found"))
 }
 
@@ -140,7 +141,12 @@ pub async fn create(
             return idempotency::refuse(&state.refusals, &req, user.0, &canonical, e.into()).await
         }
     };
-    let present = |o: &Order| OrderBody::from(o);
+    // Also stamps the new order's id on the request's log lines (a no-op
+    // where a batch writer renders a stored answer, outside the request).
+    let present = |o: &Order| {
+        crate::telemetry::record_on_request("order_id", o.id.get());
+        OrderBody::from(o)
+    };
     // The order's batch claims the key with the order in one transaction.
     let answer = idempotency::answer_for(claim, StatusCode::CREATED, present);
     match state
