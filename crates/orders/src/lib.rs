@@ -455,41 +455,53 @@ pub(crate) async fn create_in(
     .await
 }
 
+/// The batch writers of one handle (none outside a Tokio runtime, or where
+/// the config writes each order or payment alone).
+#[allow(clippy::type_complexity)]
+fn start_writers(
+    db: &DbPool,
+    config: &OrderConfig,
+    seams: &Seams,
+) -> (
+    Option<commerce_storage::batch::Batcher<writer::OrderBatch>>,
+    Option<commerce_storage::batch::Batcher<pay_writer::PayBatch>>,
+) {
+    let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+    let writer = (config.stock_gate && config.writers > 0 && in_runtime).then(|| {
+        commerce_storage::batch::Batcher::start(
+            db.clone(),
+            writer::OrderBatch {
+                ttl: config.ttl,
+                seams: seams.clone(),
+            },
+            commerce_storage::batch::BatchConfig {
+                writers: config.writers,
+                max_batch: config.write_batch,
+                timeout: config.write_timeout,
+            },
+        )
+    });
+    let payer = (config.pay_writers > 0 && in_runtime).then(|| {
+        commerce_storage::batch::Batcher::start(
+            db.clone(),
+            pay_writer::PayBatch {
+                seams: seams.clone(),
+            },
+            commerce_storage::batch::BatchConfig {
+                writers: config.pay_writers,
+                max_batch: config.write_batch,
+                timeout: config.write_timeout,
+            },
+        )
+    });
+    (writer, payer)
+}
+
 impl Orders {
     /// Call from within a Tokio runtime to get batched writes (the writer
     /// tasks are spawned here); outside one, each order writes alone.
     pub fn new(db: DbPool, locks: LockManager, config: OrderConfig, seams: Seams) -> Self {
-        let writer = (config.stock_gate
-            && config.writers > 0
-            && tokio::runtime::Handle::try_current().is_ok())
-        .then(|| {
-            commerce_storage::batch::Batcher::start(
-                db.clone(),
-                writer::OrderBatch {
-                    ttl: config.ttl,
-                    seams: seams.clone(),
-                },
-                commerce_storage::batch::BatchConfig {
-                    writers: config.writers,
-                    max_batch: config.write_batch,
-                    timeout: config.write_timeout,
-                },
-            )
-        });
-        let payer =
-            (config.pay_writers > 0 && tokio::runtime::Handle::try_current().is_ok()).then(|| {
-                commerce_storage::batch::Batcher::start(
-                    db.clone(),
-                    pay_writer::PayBatch {
-                        seams: seams.clone(),
-                    },
-                    commerce_storage::batch::BatchConfig {
-                        writers: config.pay_writers,
-                        max_batch: config.write_batch,
-                        timeout: config.write_timeout,
-                    },
-                )
-            });
+        let (writer, payer) = start_writers(&db, &config, &seams);
         Self {
             payer,
             redis: locks.redis().clone(),
@@ -501,6 +513,27 @@ impl Orders {
             locks,
             config,
             seams,
+            writer,
+        }
+    }
+
+    /// A handle whose calls go through `db` and `locks` (an HTTP worker's
+    /// own pool and Redis connection), with batch writers of its own
+    /// spawned on the current runtime. Called on a worker's thread, its
+    /// connections' tasks run on the thread serving the request: an order
+    /// or a payment then wakes no other thread (each wake-up is a scheduler
+    /// round trip on a machine a sale keeps busy). The gate, the fallback
+    /// limit and the products to reload stay shared with every handle.
+    pub fn on_this_thread(&self, db: DbPool, locks: LockManager) -> Self {
+        let (writer, payer) = start_writers(&db, &self.config, &self.seams);
+        Self {
+            payer,
+            redis: locks.redis().clone(),
+            shared: self.shared.clone(),
+            db,
+            locks,
+            config: self.config.clone(),
+            seams: self.seams.clone(),
             writer,
         }
     }

@@ -165,6 +165,12 @@ impl LockManager {
         }
     }
 
+    /// The same locks, taken through `redis` and `pool` (an HTTP worker's
+    /// own connections, so no other thread is woken per lock).
+    pub fn through(&self, redis: RedisClient, pool: DbPool) -> Self {
+        Self::new(redis, pool, self.inner.config.clone())
+    }
+
     /// The Redis client (and through it the `redis` breaker) locks go through.
     pub fn redis(&self) -> &RedisClient {
         &self.inner.redis

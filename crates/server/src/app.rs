@@ -3,7 +3,7 @@
 
 use crate::config::{Settings, DEV_ADMIN_KEY, DEV_TOKEN_SECRET};
 use crate::error::{self, ApiError};
-use crate::state::{AppState, WorkerCoupons};
+use crate::state::{AppState, WorkerIo};
 use crate::{routes, telemetry};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
@@ -34,30 +34,75 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
     Ok(applied)
 }
 
-/// The coupons an HTTP worker issues through. Called on the worker's thread
-/// (the app factory): the clients made here connect from this worker (its
-/// Redis connection right away, warming up), so their tasks run on its
-/// runtime.
-fn worker_coupons(state: &AppState) -> Coupons {
+/// What an HTTP worker issues coupons, takes orders and payments through.
+/// Called on the worker's thread (the app factory): the clients made here
+/// connect from this worker (its Redis connection right away, warming up),
+/// so their tasks and batch writers run on its runtime.
+fn worker_io(state: &AppState) -> WorkerIo {
     let settings = &state.settings;
-    if !settings.coupons.worker_io {
-        return state.coupons.clone();
+    let shared = || WorkerIo {
+        coupons: state.coupons.clone(),
+        orders: state.orders.clone(),
+        limits: state.limits.through(state.redis.clone()),
+        refusals: state.refusals.clone(),
+    };
+    if !settings.coupons.worker_io && !settings.orders.worker_io {
+        return shared();
     }
-    let redis = RedisClient::new(&settings.redis_config(), state.breakers.redis());
-    let db = commerce_storage::build_pool(&settings.worker_db_config());
-    match (db, redis) {
-        (Ok(db), Ok(redis)) => {
-            let coupons = state.coupons.on_this_thread(db, redis);
-            // On this worker's runtime, so the connection is driven here.
-            let warm = coupons.clone();
-            tokio::spawn(async move { warm.warm_up().await });
-            coupons
+    // One Redis connection per worker, shared by what this worker serves.
+    let redis = match RedisClient::new(&settings.redis_config(), state.breakers.redis()) {
+        Ok(redis) => redis,
+        Err(e) => {
+            tracing::warn!(error = %e, "worker Redis client not built: serving through the shared one");
+            return shared();
         }
-        (db, redis) => {
-            tracing::warn!(db = ?db.err(), redis = ?redis.err(), "worker clients not built: issuing through the shared ones");
-            state.coupons.clone()
+    };
+    let mut io = shared();
+    if settings.coupons.worker_io {
+        match commerce_storage::build_pool(&settings.worker_db_config()) {
+            Ok(db) => {
+                io.coupons = state.coupons.on_this_thread(db, redis.clone());
+                // On this worker's runtime, so the connection is driven here.
+                let warm = io.coupons.clone();
+                tokio::spawn(async move { warm.warm_up().await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "worker pool not built: issuing through the shared one")
+            }
         }
     }
+    if settings.orders.worker_io {
+        match commerce_storage::build_pool(&settings.worker_orders_db_config()) {
+            Ok(db) => {
+                let locks = state.locks.through(redis.clone(), db.clone());
+                io.orders = state.orders.on_this_thread(db.clone(), locks);
+                io.limits = state.limits.through(redis.clone());
+                io.refusals = refusal_writer(db, settings);
+                let warm = io.orders.clone();
+                tokio::spawn(async move { warm.warm_up().await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "worker order pool not built: ordering through the shared one")
+            }
+        }
+    }
+    io
+}
+
+/// Sold-out answers recorded under their keys, many to one insert.
+fn refusal_writer(
+    db: commerce_storage::DbPool,
+    settings: &Settings,
+) -> commerce_storage::batch::Batcher<commerce_storage::idempotency::RefusalBatch> {
+    commerce_storage::batch::Batcher::start(
+        db,
+        commerce_storage::idempotency::RefusalBatch,
+        commerce_storage::batch::BatchConfig {
+            writers: 2,
+            max_batch: 500,
+            timeout: Duration::from_millis(settings.database.pool_wait_ms.saturating_mul(2)),
+        },
+    )
 }
 
 impl Application {
@@ -177,15 +222,7 @@ impl Application {
                 ..Default::default()
             },
         );
-        let refusals = commerce_storage::batch::Batcher::start(
-            db.clone(),
-            commerce_storage::idempotency::RefusalBatch,
-            commerce_storage::batch::BatchConfig {
-                writers: 2,
-                max_batch: 500,
-                timeout: Duration::from_millis(settings.database.pool_wait_ms.saturating_mul(2)),
-            },
-        );
+        let refusals = refusal_writer(db.clone(), &settings);
         let limits = crate::ratelimit::RateLimiter::new(settings.rate_limit.clone(), redis.clone());
         let state = web::Data::new(AppState {
             known_users,
@@ -220,7 +257,7 @@ impl Application {
         let body_limit = state.settings.http.body_limit_bytes;
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(web::Data::new(WorkerCoupons(worker_coupons(&shared))))
+                .app_data(web::Data::new(worker_io(&shared)))
                 .app_data(shared.clone())
                 .app_data(
                     web::JsonConfig::default()

@@ -74,6 +74,14 @@ pub struct OrderSettings {
     pub fallback_concurrency: usize,
     /// Wait for one of those, then 503 `order_busy`.
     pub fallback_wait_ms: u64,
+    /// Each HTTP worker takes orders and payments through its own Redis
+    /// connection, PostgreSQL pool and batch writers, driven on its own
+    /// thread (no cross-thread wake-ups per order); false: through the
+    /// process's shared clients.
+    pub worker_io: bool,
+    /// Connections of each worker's order pool (opened on demand): its
+    /// order and payment writers, and the reads beside them.
+    pub worker_pool_size: usize,
 }
 
 /// The waiting room (`[queue]`): admission pace, token lifetimes, polling
@@ -376,6 +384,8 @@ write_batch = 64
 pay_writers = 4
 fallback_concurrency = 16
 fallback_wait_ms = 5000
+worker_io = true
+worker_pool_size = 12
 
 [queue]
 admit_per_tick = 100
@@ -558,6 +568,9 @@ impl Settings {
         }
         if self.coupons.worker_io && self.coupons.worker_pool_size == 0 {
             return bad("coupons.worker_pool_size", "must be at least 1".into());
+        }
+        if self.orders.worker_io && self.orders.worker_pool_size == 0 {
+            return bad("orders.worker_pool_size", "must be at least 1".into());
         }
         if !(1..=1000).contains(&self.orders.write_batch) {
             return bad("orders.write_batch", "must be between 1 and 1000".into());
@@ -860,6 +873,14 @@ impl Settings {
     pub fn worker_db_config(&self) -> commerce_storage::DbConfig {
         commerce_storage::DbConfig {
             pool_size: self.coupons.worker_pool_size,
+            ..self.db_config()
+        }
+    }
+
+    /// The pool of one HTTP worker's orders and payments (`orders.worker_io`).
+    pub fn worker_orders_db_config(&self) -> commerce_storage::DbConfig {
+        commerce_storage::DbConfig {
+            pool_size: self.orders.worker_pool_size,
             ..self.db_config()
         }
     }

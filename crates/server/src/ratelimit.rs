@@ -10,7 +10,7 @@ use actix_web::http::StatusCode;
 use commerce_domain::UserId;
 use commerce_resilience::RedisClient;
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What a route moves.
@@ -55,7 +55,8 @@ const LOCAL_MAX: usize = 100_000;
 pub struct RateLimiter {
     settings: RateLimitSettings,
     redis: RedisClient,
-    local: Mutex<HashMap<(Class, i64), (u64, u32)>>,
+    /// Shared by every worker's limiter of this instance.
+    local: Arc<Mutex<HashMap<(Class, i64), (u64, u32)>>>,
 }
 
 impl RateLimiter {
@@ -63,7 +64,17 @@ impl RateLimiter {
         Self {
             settings,
             redis,
-            local: Mutex::new(HashMap::new()),
+            local: Arc::default(),
+        }
+    }
+
+    /// The same limits counted through `redis` (an HTTP worker's own
+    /// connection); the fallback count stays the instance's.
+    pub fn through(&self, redis: RedisClient) -> Self {
+        Self {
+            settings: self.settings.clone(),
+            redis,
+            local: self.local.clone(),
         }
     }
 

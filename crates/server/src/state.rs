@@ -33,6 +33,15 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
-/// The coupons one HTTP worker issues through: its own clients on its own
-/// thread (`coupons.worker_io`), sharing the process's coupon state.
-pub struct WorkerCoupons(pub Coupons);
+/// What one HTTP worker issues coupons, takes orders and payments through:
+/// its own Redis connection, pool and batch writers on its own thread
+/// (`coupons.worker_io`, `orders.worker_io`), sharing the process's state
+/// (gates, fallback limits, caches). Where a setting is off, the process's
+/// shared clients.
+pub struct WorkerIo {
+    pub coupons: Coupons,
+    pub orders: commerce_orders::Orders,
+    pub limits: crate::ratelimit::RateLimiter,
+    /// Sold-out answers recorded under their Idempotency-Keys in batches.
+    pub refusals: commerce_storage::batch::Batcher<commerce_storage::idempotency::RefusalBatch>,
+}

@@ -659,6 +659,7 @@ async fn redis_connections(worker_io: bool) -> (usize, usize) {
     let app = TestApp::spawn_with(|s| {
         s.redis.url = url.clone();
         s.coupons.worker_io = worker_io;
+        s.orders.worker_io = worker_io;
     })
     .await;
     let users = app.seed_users(40).await;

@@ -124,6 +124,59 @@ async fn a_sale_sells_exactly_its_units_through_the_gate_and_batches() {
     );
 }
 
+/// The same sale through the process's shared clients (`orders.worker_io`
+/// off) and through each worker's own (on, the default), both instances
+/// alike and mixed: exact either way, and every winner can pay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_is_exact_through_shared_and_per_worker_clients() {
+    let a = TestApp::spawn_with(|s| s.orders.worker_io = false).await;
+    let b = a.sibling(|s| s.orders.worker_io = true).await;
+    let c = a.sibling(|s| s.orders.worker_io = false).await;
+    let users = a.seed_users(300).await;
+    for (apps, units) in [(vec![&a, &c], 50), (vec![&a, &b], 60)] {
+        let p = product(&a, units).await;
+        let results = rush(&apps, &users, p).await;
+        assert!(other(&results).is_none(), "{:?}", other(&results));
+        assert_eq!(count(&results, 201) as i64, i64::from(units));
+        assert_eq!(stock(&a, p).await, 0);
+        assert_eq!(accounted(&a, p).await, i64::from(units));
+        assert_eq!(gate_value(&a, p).await, Some(0));
+        // Each winner pays through the instance that took its order.
+        let paid = join_all(
+            results
+                .iter()
+                .enumerate()
+                .filter(|(_, (s, _))| *s == 201)
+                .map(|(i, (_, body))| {
+                    let app = apps[i % apps.len()];
+                    let user = &users[i];
+                    let id = body["id"].as_i64().unwrap();
+                    async move {
+                        let (s, _) = app
+                            .post_json(
+                                "/api/v1/me/balance/charge",
+                                Some(&user.token),
+                                None,
+                                &json!({ "amount": 100 }),
+                            )
+                            .await;
+                        assert_eq!(s, 200);
+                        app.post_json(
+                            &format!("/api/v1/orders/{id}/payment"),
+                            Some(&user.token),
+                            None,
+                            &json!({}),
+                        )
+                        .await
+                        .0
+                    }
+                }),
+        )
+        .await;
+        assert!(paid.iter().all(|s| *s == 200), "{paid:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_lost_mid_sale_is_reloaded_and_the_sale_stays_exact() {
     let a = TestApp::spawn().await;

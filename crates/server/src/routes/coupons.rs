@@ -3,7 +3,7 @@
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::ratelimit::Class;
-use crate::state::{AppState, WorkerCoupons};
+use crate::state::{AppState, WorkerIo};
 use actix_web::{web, HttpResponse};
 use commerce_domain::CouponId;
 use serde::Serialize;
@@ -37,17 +37,17 @@ pub struct IssuedBody {
 pub async fn issue(
     user: AuthUser,
     state: web::Data<AppState>,
-    coupons: web::Data<WorkerCoupons>,
+    io: web::Data<WorkerIo>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = CouponId::parse(path.into_inner())
         .map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
-    state.limits.check(Class::Stock, user.0).await?;
+    io.limits.check(Class::Stock, user.0).await?;
     state
         .queue
         .require_admitted(user.0, commerce_queue::Protected::CouponIssue(id))
         .await?;
-    let issued = coupons.0.issue(id, user.0).await?;
+    let issued = io.coupons.issue(id, user.0).await?;
     Ok(HttpResponse::Created().json(IssuedBody {
         user_coupon_id: issued.user_coupon_id.get(),
         coupon_id: issued.coupon_id.get(),
@@ -68,10 +68,7 @@ pub struct MyCouponsBody {
 /// The caller's coupons, newest first.
 #[utoipa::path(get, path = "/api/v1/me/coupons", tag = "coupons", security(("bearer" = [])),
     operation_id = "myCoupons", responses((status = 200, body = MyCouponsBody)))]
-pub async fn mine(
-    user: AuthUser,
-    coupons: web::Data<WorkerCoupons>,
-) -> Result<HttpResponse, ApiError> {
-    let items = coupons.0.mine(user.0).await?;
+pub async fn mine(user: AuthUser, io: web::Data<WorkerIo>) -> Result<HttpResponse, ApiError> {
+    let items = io.coupons.mine(user.0).await?;
     Ok(HttpResponse::Ok().json(MyCouponsBody { items }))
 }

@@ -4,7 +4,7 @@ use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency;
 use crate::ratelimit::Class;
-use crate::state::AppState;
+use crate::state::{AppState, WorkerIo};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use commerce_domain::OrderId;
@@ -113,10 +113,11 @@ fn order_id(raw: i64) -> Result<OrderId, ApiError> {
 pub async fn create(
     user: AuthUser,
     state: web::Data<AppState>,
+    io: web::Data<WorkerIo>,
     req: HttpRequest,
     body: crate::json::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
-    state.limits.check(Class::Stock, user.0).await?;
+    io.limits.check(Class::Stock, user.0).await?;
     state
         .queue
         .require_admitted(user.0, commerce_queue::Protected::OrderCreate)
@@ -135,10 +136,10 @@ pub async fn create(
     let claim = idempotency::required_claim(&req, user.0, &canonical)?;
     // The stock gate first: a sold-out answer is recorded under the key in
     // a batch of refusals, and nothing else touches the database.
-    let hold = match state.orders.hold(&new).await {
+    let hold = match io.orders.hold(&new).await {
         Ok(hold) => hold,
         Err(e) => {
-            return idempotency::refuse(&state.refusals, &req, user.0, &canonical, e.into()).await
+            return idempotency::refuse(&io.refusals, &req, user.0, &canonical, e.into()).await
         }
     };
     // Also stamps the new order's id on the request's log lines (a no-op
@@ -157,7 +158,7 @@ pub async fn create(
         Ok(order) => return Ok(HttpResponse::Created().json(present(&order))),
         Err(OrderError::NotClaimed) => {}
         Err(e) => {
-            return idempotency::refuse(&state.refusals, &req, user.0, &canonical, e.into()).await
+            return idempotency::refuse(&io.refusals, &req, user.0, &canonical, e.into()).await
         }
     }
     // The key was used before, or the order could not be batched: the
@@ -169,7 +170,7 @@ pub async fn create(
         &canonical,
         StatusCode::CREATED,
         present,
-        |save| async { Ok(state.orders.create(user.0, &new, save).await?) },
+        |save| async { Ok(io.orders.create(user.0, &new, save).await?) },
     )
     .await
 }
@@ -180,13 +181,10 @@ pub async fn create(
     responses((status = 200, body = OrderBody), (status = 404, body = ErrorBody, description = "order_not_found")))]
 pub async fn get(
     user: AuthUser,
-    state: web::Data<AppState>,
+    io: web::Data<WorkerIo>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = state
-        .orders
-        .get(user.0, order_id(path.into_inner())?)
-        .await?;
+    let order = io.orders.get(user.0, order_id(path.into_inner())?).await?;
     Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
 }
 
@@ -197,12 +195,12 @@ pub async fn get(
         (status = 409, body = ErrorBody, description = "already_paid, expired")))]
 pub async fn cancel(
     user: AuthUser,
-    state: web::Data<AppState>,
+    io: web::Data<WorkerIo>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = order_id(path.into_inner())?;
-    state.limits.check(Class::Stock, user.0).await?;
-    let order = state.orders.cancel(user.0, id).await?;
+    io.limits.check(Class::Stock, user.0).await?;
+    let order = io.orders.cancel(user.0, id).await?;
     Ok(HttpResponse::Ok().json(OrderBody::from(&order)))
 }
 
@@ -215,11 +213,12 @@ pub async fn cancel(
 pub async fn pay(
     user: AuthUser,
     state: web::Data<AppState>,
+    io: web::Data<WorkerIo>,
     req: HttpRequest,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = order_id(path.into_inner())?;
-    state.limits.check(Class::Money, user.0).await?;
+    io.limits.check(Class::Money, user.0).await?;
     let canonical = serde_json::json!({ "order_id": id.get() });
     let present = |p: &Payment| PaymentBody::from(p);
     // The payment's batch claims the key with the payment in one
@@ -227,7 +226,7 @@ pub async fn pay(
     // make, goes the usual way (claim, then pay; a used key replays).
     if let Some(claim) = idempotency::claim_of(&req, user.0, &canonical)? {
         let answer = idempotency::answer_for(claim, StatusCode::OK, present);
-        match state.orders.pay_claiming(user.0, id, answer).await {
+        match io.orders.pay_claiming(user.0, id, answer).await {
             Ok(payment) => return Ok(HttpResponse::Ok().json(present(&payment))),
             Err(OrderError::NotClaimed) => {}
             Err(e) => return Err(e.into()),
@@ -240,7 +239,7 @@ pub async fn pay(
         &canonical,
         StatusCode::OK,
         present,
-        |save| async { Ok(state.orders.pay(user.0, id, save).await?) },
+        |save| async { Ok(io.orders.pay(user.0, id, save).await?) },
     )
     .await
 }
