@@ -9,7 +9,7 @@ mod faults;
 mod infra;
 mod monitor;
 mod report;
-mod stub;
+pub(crate) mod stub;
 mod timeline;
 
 // The test kit's TCP fault proxy (latency for redis-slow and pg-slow).
