@@ -392,7 +392,13 @@ pub async fn run(
     let env = ServerEnv {
         db_url: db_url.clone(),
         redis_url: redis_url.clone(),
-        prefix: format!("loadtest:{}:", scenario.name),
+        // The database in the prefix too: two runs of one scenario on
+        // different databases (two people on one machine) keep their keys.
+        prefix: if opts.database == "commerce_load" {
+            format!("loadtest:{}:", scenario.name)
+        } else {
+            format!("loadtest:{}:{}:", opts.database, scenario.name)
+        },
         admin_key: format!("loadtest-admin-{}", random_hex(16)),
         token_secret: random_hex(32),
         workers,
