@@ -406,3 +406,124 @@ fn clock_text(unix: f64) -> String {
         .map(|d| d.format("%H:%M:%S").to_string())
         .unwrap_or_else(|| format!("{unix:.0}"))
 }
+
+/// A chaos run's view of its Prometheus: waits (bounded by `limit`) for
+/// the firing alerts to resolve and Alertmanager to say so, then returns
+/// the report's section and the timeline's events (run clock, ms).
+/// `unix0_ms` is the run clock's 0 in unix ms, `origin_ms` the timeline's 0
+/// on the run clock; `notifications` reads what Alertmanager posted (each
+/// with its run-clock time, ms, and body).
+pub async fn chaos_section(
+    stack: &Stack,
+    unix0_ms: f64,
+    origin_ms: f64,
+    limit: Duration,
+    notifications: &dyn Fn() -> Vec<(f64, String)>,
+) -> (String, Vec<(f64, String)>) {
+    // Resolution first: nothing firing, and as many resolved notifications
+    // as firing ones (Alertmanager groups by alert and instance).
+    let deadline = Instant::now() + limit;
+    loop {
+        let firing = stack
+            .client
+            .query("ALERTS{alertstate=\"firing\"}", unix_now())
+            .await
+            .map(|s| s.len())
+            .unwrap_or(0);
+        // Alertmanager's last word (if it said any) is "resolved".
+        let last = notifications()
+            .last()
+            .and_then(|(_, b)| render::notification_text(b, &|i| i.to_owned()))
+            .map(|(status, _)| status);
+        if firing == 0 && last.as_deref().is_none_or(|s| s == "resolved") {
+            break;
+        }
+        if Instant::now() > deadline {
+            crate::run::log(format!(
+                "Prometheus: {firing} alert(s) still firing after {limit:?}; reporting them as such"
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(SCRAPE_INTERVAL * 2).await;
+
+    let step = SCRAPE_INTERVAL.as_secs_f64();
+    let start = (unix0_ms + origin_ms) / 1000.0;
+    let end = unix_now();
+    let figures = render::collect(&stack.client, start, end, step).await;
+    let name = |i: &str| stack.instance_name(i);
+    let t = |u: f64| (u * 1000.0 - unix0_ms - origin_ms) / 1000.0;
+    let mut events = Vec::new();
+    if let Ok(spans) = &figures.alerts {
+        for a in spans.iter().filter(|a| a.state == "firing") {
+            let who = a
+                .labels
+                .get("instance")
+                .map(|i| format!(" {}", name(i)))
+                .unwrap_or_default();
+            let what = a
+                .labels
+                .get("name")
+                .or_else(|| a.labels.get("route_group"))
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            let run_ms = |u: f64| u * 1000.0 - unix0_ms;
+            events.push((
+                run_ms(a.from),
+                format!("Prometheus: **{}**{who}{what} firing", a.alertname),
+            ));
+            if !a.open {
+                events.push((
+                    run_ms(a.to + step),
+                    format!("Prometheus: {}{who}{what} resolved", a.alertname),
+                ));
+            }
+        }
+    }
+    let notes = notifications();
+    for (at_ms, body) in &notes {
+        if let Some((status, text)) = render::notification_text(body, &name) {
+            events.push((
+                *at_ms,
+                format!("Alertmanager → webhook: {} {text}", status.to_uppercase()),
+            ));
+        }
+    }
+
+    let mut o = String::from("\n## What Prometheus saw\n\n");
+    o.push_str(&format!("{}.\n\n", stack.setup));
+    o.push_str(&format!(
+        "Window: from the load's first request (t = 0) to {:.1} s, after the settle and the wait for alerts to resolve; times on the timeline's clock.\n\n",
+        t(end)
+    ));
+    o.push_str("### Alerts (scaled rules)\n\n");
+    o.push_str(&render::alerts_markdown(
+        &figures.alerts,
+        &figures.alerts_expr,
+        step,
+        &name,
+        &t,
+    ));
+    if stack.alertmanager_url.is_some() {
+        o.push_str(&format!(
+            "\n### Alertmanager's notifications to the webhook\n\n{}",
+            if notes.is_empty() {
+                "None.\n".to_owned()
+            } else {
+                "| t (s) | status | alerts |\n|---|---|---|\n".to_owned()
+            }
+        ));
+        for (at_ms, body) in &notes {
+            let (status, text) = render::notification_text(body, &name)
+                .unwrap_or_else(|| ("?".into(), body.replace('|', "\\|")));
+            o.push_str(&format!(
+                "| {:.2} | {status} | {text} |\n",
+                (at_ms - origin_ms) / 1000.0
+            ));
+        }
+    }
+    o.push_str("\n### Figures over the run\n\n");
+    o.push_str(&render::figures_markdown(&figures, &name));
+    (o, events)
+}
