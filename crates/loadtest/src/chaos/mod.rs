@@ -595,26 +595,22 @@ async fn deploy(
         .map(|p| format!("127.0.0.1:{p}"))
         .collect();
     let hook = webhook.url("/alertmanager");
-    let monitoring = match crate::prom::Stack::start(
-        root,
-        &run_dir.join("prometheus"),
-        &targets,
-        Some(&hook),
-    )
-    .await
-    {
-        Ok(m) => {
-            if let Err(e) = m.wait_targets_up(Duration::from_secs(15)).await {
-                log(format!("Prometheus: {e:#}"));
+    let monitoring =
+        match crate::prom::Stack::start(root, &run_dir.join("prometheus"), &targets, Some(&hook))
+            .await
+        {
+            Ok(m) => {
+                if let Err(e) = m.wait_targets_up(Duration::from_secs(15)).await {
+                    log(format!("Prometheus: {e:#}"));
+                }
+                log(format!("Prometheus on {}", m.prometheus_url));
+                Ok(m)
             }
-            log(format!("Prometheus on {}", m.prometheus_url));
-            Ok(m)
-        }
-        Err(e) => {
-            log(format!("no Prometheus for this run: {e:#}"));
-            Err(format!("{e:#}"))
-        }
-    };
+            Err(e) => {
+                log(format!("no Prometheus for this run: {e:#}"));
+                Err(format!("{e:#}"))
+            }
+        };
     Ok(Deployment {
         monitoring,
         pg,

@@ -60,7 +60,7 @@ pub fn queries(w: &str) -> (String, String, Vec<(&'static str, String)>) {
             format!("max(max_over_time(outbox_oldest_age_seconds[{w}]))"),
         ),
         (
-            "highest breaker state (0 closed, 1 half-open, 2 open)",
+            "breakers not closed at some scrape (highest state: 1 half-open, 2 open; no data: all closed)",
             format!("max by (instance, name) (max_over_time(breaker_state[{w}])) > 0"),
         ),
         (
@@ -179,7 +179,9 @@ pub fn figures_markdown(f: &Figures, name: &dyn Fn(&str) -> String) -> String {
     if counts.is_empty() {
         let _ = writeln!(o, "| (no data: {}) | | | |", answer_text(&f.requests, name));
     }
-    let mut rows = counts.clone();
+    // Routes with no request in the window (counters from before it) are
+    // left out.
+    let mut rows: Vec<(String, f64)> = counts.into_iter().filter(|(_, n)| *n > 0.0).collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     for (route, n) in rows {
         let p95 = p95s
@@ -268,7 +270,7 @@ pub fn alerts_markdown(
             }
             let _ = writeln!(
                 o,
-                "\nFrom `{expr}` (query_range, step {step} s): \"from\" is the first evaluation that had the alert in that state, \"to\" the first that no longer had it."
+                "\nFrom `{expr}` (query_range, step {step} s): \"from\" is the first evaluation that had the alert in that state, \"to\" the first that no longer had it (both to within one evaluation interval: a range query sees a sample up to a step late)."
             );
         }
     }
@@ -314,7 +316,9 @@ pub fn why_empty(promql: &str) -> &'static str {
         ("breaker_transitions_total", "no breaker changed state"),
         ("stock_gate_total", "no order in this scenario"),
         ("product_stock", "no product on sale (sold today) in this scenario"),
-        ("coupon_", "no open coupon checked in this run"),
+        ("coupon_issued", "set by the periodic coupon check (every `coupons.reconcile_interval_secs`, 30 s by default), which did not run while a coupon was open in this run"),
+        ("coupon_quantity", "set by the periodic coupon check (every `coupons.reconcile_interval_secs`, 30 s by default), which did not run while a coupon was open in this run"),
+        ("coupon_", "no coupon issued in this run"),
     ];
     WHY.iter()
         .find(|(m, _)| promql.contains(m))
