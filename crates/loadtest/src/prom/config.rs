@@ -43,7 +43,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 /// `d` as Prometheus writes it: whole seconds as `Ns`, else `Nms`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
