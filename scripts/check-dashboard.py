@@ -13,6 +13,12 @@ whose metric only exists after a rare event.
 
   python3 scripts/check-dashboard.py
   python3 scripts/check-dashboard.py --prometheus http://127.0.0.1:19090
+  python3 scripts/check-dashboard.py --prometheus URL --time 1700000000 --window 90s --json
+
+--time evaluates every query at that instant (unix seconds) instead of now,
+--window replaces Grafana's intervals with that window (a dashboard whose time
+range is the run: anything the run did shows), --json prints one JSON object
+(the load-test runner reads it for its report).
 """
 import argparse
 import json
@@ -89,15 +95,19 @@ def check_static(dash):
     return errors, queries
 
 
-def grafana_to_promql(expr):
+def grafana_to_promql(expr, window=None):
     # Fixed windows stand in for Grafana's variables: 1m covers 4 scrapes at 15 s.
-    for var, value in [("$__rate_interval", "1m"), ("$__interval", "1m"), ("$__range", "5m")]:
+    for var, value in [("$__rate_interval", window or "1m"), ("$__interval", window or "1m"),
+                       ("$__range", window or "5m")]:
         expr = expr.replace(var, value)
     return expr
 
 
-def run_query(base, expr):
-    url = base.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+def run_query(base, expr, at=None):
+    params = {"query": expr}
+    if at is not None:
+        params["time"] = at
+    url = base.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode(params)
     with urllib.request.urlopen(url, timeout=10) as r:
         body = json.load(r)
     if body.get("status") != "success":
@@ -108,6 +118,9 @@ def run_query(base, expr):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prometheus", help="base URL of a Prometheus scraping the service")
+    ap.add_argument("--time", help="evaluate at this unix time instead of now")
+    ap.add_argument("--window", help="replaces $__rate_interval, $__interval and $__range (e.g. 90s)")
+    ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = ap.parse_args()
     dash = json.loads(DASHBOARD.read_text())
     errors, queries = check_static(dash)
@@ -115,24 +128,44 @@ def main():
         for e in errors:
             print(f"dashboard: {e}")
         sys.exit(1)
-    print(f"dashboard: ok ({len(queries)} queries, datasource {provisioned_uid()})")
+    if not args.json:
+        print(f"dashboard: ok ({len(queries)} queries, datasource {provisioned_uid()})")
     if not args.prometheus:
         return
     failed = 0
+    rows = []
     for title, ref, expr in queries:
+        promql = grafana_to_promql(expr, args.window)
+        row = {"title": title, "ref": ref, "promql": promql, "series": 0, "why": ""}
+        rows.append(row)
         try:
-            result = run_query(args.prometheus, grafana_to_promql(expr))
+            result = run_query(args.prometheus, promql, args.time)
         except Exception as e:  # a refused query is a dashboard bug
-            print(f"FAIL  {title} [{ref}]: {e}")
+            row.update(status="error", why=str(e))
             failed += 1
             continue
+        row["series"] = len(result)
         if result:
-            print(f"ok    {title} [{ref}]: {len(result)} series")
+            row["status"] = "data"
         elif (title, ref) in ALLOWED_EMPTY:
-            print(f"empty {title} [{ref}]: allowed ({ALLOWED_EMPTY[(title, ref)]})")
+            row.update(status="allowed-empty", why=ALLOWED_EMPTY[(title, ref)])
         else:
-            print(f"FAIL  {title} [{ref}]: no data")
+            row.update(status="no-data")
             failed += 1
+    if args.json:
+        print(json.dumps({"prometheus": args.prometheus, "time": args.time, "window": args.window,
+                          "queries": rows, "failed": failed}))
+        sys.exit(1 if failed else 0)
+    for row in rows:
+        label = f"{row['title']} [{row['ref']}]"
+        if row["status"] == "data":
+            print(f"ok    {label}: {row['series']} series")
+        elif row["status"] == "allowed-empty":
+            print(f"empty {label}: allowed ({row['why']})")
+        elif row["status"] == "error":
+            print(f"FAIL  {label}: {row['why']}")
+        else:
+            print(f"FAIL  {label}: no data")
     if failed:
         sys.exit(f"dashboard: {failed} of {len(queries)} queries failed against {args.prometheus}")
     print(f"dashboard: every query answered by {args.prometheus}")

@@ -33,11 +33,24 @@ for key in ["COMMERCE__DATABASE__URL", "COMMERCE__REDIS__URL", "COMMERCE__KAFKA_
 # default a user could start with unawares.
 example = open("docker/.env.example").read()
 text = open("docker/compose.yaml").read()
-for var in set(re.findall(r"\$\{([A-Z_]+)", text)):
+for var in set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", text)):
     assert re.search(rf"^{var}=", example, re.M), f"compose reads {var}, which docker/.env.example lacks"
 for secret in ["COMMERCE_ADMIN_KEY", "COMMERCE_TOKEN_SECRET", "COMMERCE_GRAFANA_ADMIN_PASSWORD"]:
     assert "${" + secret + ":?" in text, f"compose: {secret} must be required (${{{secret}:?...}})"
 assert env.get("COMMERCE__AUTH__PRODUCTION") == "true", "compose: instances must run in production mode"
+# The k6 profile: only with --profile k6, against nginx, seeding first, and
+# its default scenario is a script loadtests/k6 has.
+import os
+k6 = services.get("k6")
+assert k6, "compose: service k6 missing"
+assert k6.get("profiles") == ["k6"], "compose: k6 must run only with --profile k6"
+k6env = k6["environment"]
+assert k6env["BASE_URLS"].startswith("http://nginx:"), "compose: k6 must go through nginx"
+default = re.match(r"\$\{K6_SCENARIO:-([a-z0-9-]+)\}", k6env["K6_SCENARIO"])
+assert default and os.path.isfile(f"loadtests/k6/{default.group(1)}.js"), "compose: K6_SCENARIO's default is no loadtests/k6 script"
+assert "compose-seed.js" in " ".join(k6["command"]) and os.path.isfile("loadtests/k6/compose-seed.js")
+for var in ["TOKENS_FILE", "DATA_FILE"]:
+    assert var in k6env, f"compose: k6 needs {var}"
 df = open("docker/Dockerfile").read()
 assert "commerce-server" in df and "ENTRYPOINT" in df
 print("compose and Dockerfile: ok")

@@ -8,6 +8,7 @@ mod k6;
 mod nginx;
 mod probe;
 mod procs;
+mod prom;
 mod report;
 mod rules;
 mod run;

@@ -50,6 +50,8 @@ pub struct ReportInput<'a> {
     pub artifacts: Vec<(String, String)>,
     /// The servers' own histograms (Markdown section, may be empty).
     pub inside: String,
+    /// What the run's Prometheus saw (Markdown section, may be empty).
+    pub prometheus: String,
     /// The p95 of every ceiling run (the `ceiling` summary is the median one).
     pub ceiling_p95s: Vec<f64>,
     /// The step whose p95 is the scenario's headline (`issue_duration`).
@@ -532,6 +534,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
         }
     }
     out.push_str(&input.inside);
+    out.push_str(&input.prometheus);
     let _ = writeln!(out);
 
     // Thresholds.
@@ -670,6 +673,7 @@ mod tests {
             k6_exit: Some(0),
             artifacts: vec![],
             inside: String::new(),
+            prometheus: String::new(),
             ceiling_p95s: vec![],
             headline,
             bursts: vec![],
@@ -717,6 +721,7 @@ mod tests {
             k6_exit: Some(99),
             artifacts: vec![("summary".into(), "loadtests/results/x/summary.json".into())],
             inside: String::new(),
+            prometheus: String::new(),
             ceiling_p95s: vec![1.0, 2.0, 3.0],
             headline: "charge_duration",
             bursts: vec![],

@@ -8,7 +8,7 @@ use crate::scenarios::{self, CouponQuantity, Scenario, Shape};
 use crate::seeds::SeedFigures;
 use crate::setup::{self, Api, OrderRef};
 use crate::summary::Summary;
-use crate::{k6, nginx, probe, rules, seeds, servermetrics};
+use crate::{k6, nginx, probe, prom, rules, seeds, servermetrics};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -392,7 +392,13 @@ pub async fn run(
     let env = ServerEnv {
         db_url: db_url.clone(),
         redis_url: redis_url.clone(),
-        prefix: format!("loadtest:{}:", scenario.name),
+        // The database in the prefix too: two runs of one scenario on
+        // different databases (two people on one machine) keep their keys.
+        prefix: if opts.database == "commerce_load" {
+            format!("loadtest:{}:", scenario.name)
+        } else {
+            format!("loadtest:{}:{}:", opts.database, scenario.name)
+        },
         admin_key: format!("loadtest-admin-{}", random_hex(16)),
         token_secret: random_hex(32),
         workers,
@@ -525,6 +531,10 @@ pub async fn run(
         ),
         None => (bases.clone(), "one instance, no proxy".to_owned()),
     };
+
+    // Prometheus (and Alertmanager) scraping every instance; a run
+    // without them says so in its report.
+    let monitor = prom::LoadMonitor::start(&paths.root, &run_dir, &ports, children).await;
 
     // Are the scenario's routes there?
     let api = Api::new(bases.clone(), env.admin_key.clone())?;
@@ -729,6 +739,7 @@ pub async fn run(
     // The servers' histograms before the scenario, so the report shows the
     // scenario's requests only (the ceilings' /health/live is left out of it).
     let (metrics_before, _) = servermetrics::scrape(&bases).await;
+    let window_start = prom::unix_now();
 
     let mut vars = scale_vars.clone();
     vars.push(("BASE_URLS".into(), front.join(",")));
@@ -875,6 +886,9 @@ pub async fn run(
         }
     }
 
+    let window_end = prom::unix_now();
+    let prometheus = monitor.section(&paths.root, window_start, window_end).await;
+
     let headline_p95 = |s: &Summary| {
         s.trend(scenario.headline)
             .or_else(|| s.trend("http_req_duration"))
@@ -955,6 +969,10 @@ pub async fn run(
             "server logs".to_owned(),
             rel(&paths.root, &run_dir.join("server-*.log")),
         ),
+        (
+            "Prometheus and Alertmanager (configs, scaled rules, logs, data)".to_owned(),
+            rel(&paths.root, &run_dir.join("prometheus")),
+        ),
     ];
     if dashboard.is_file() {
         artifacts.insert(
@@ -1006,6 +1024,7 @@ pub async fn run(
         k6_exit,
         artifacts,
         inside: servermetrics::render(&inside),
+        prometheus,
         ceiling_p95s,
         headline: scenario.headline,
         bursts: if burst_rows.len() > 1 {

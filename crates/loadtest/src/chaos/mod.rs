@@ -9,7 +9,7 @@ mod faults;
 mod infra;
 mod monitor;
 mod report;
-mod stub;
+pub(crate) mod stub;
 mod timeline;
 
 // The test kit's TCP fault proxy (latency for redis-slow and pg-slow).
@@ -419,10 +419,16 @@ struct Deployment {
     pg_proxy: Option<proxy::ChaosProxy>,
     /// The runner's own URL of the run's database (not through a proxy).
     db_url: String,
+    /// Prometheus and Alertmanager (posting to `webhook` at /alertmanager),
+    /// or why there are none.
+    monitoring: Result<crate::prom::Stack, String>,
 }
 
 impl Deployment {
     async fn stop(mut self) {
+        if let Ok(m) = self.monitoring.as_mut() {
+            m.stop().await;
+        }
         if let Some(mut n) = self.nginx.take() {
             n.stop(Duration::from_secs(5)).await;
         }
@@ -471,6 +477,7 @@ async fn deploy(
     run_dir: &Path,
     clock: Clock,
     users: usize,
+    root: &Path,
 ) -> Result<Deployment> {
     let pg = Postgres::start(run_dir).await?;
     log(format!(
@@ -582,7 +589,30 @@ async fn deploy(
     }
     let (nginx, front) = start_nginx(run_dir, &instances.ports).await?;
     log(format!("nginx on {front}"));
+    let targets: Vec<String> = instances
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let hook = webhook.url("/alertmanager");
+    let monitoring =
+        match crate::prom::Stack::start(root, &run_dir.join("prometheus"), &targets, Some(&hook))
+            .await
+        {
+            Ok(m) => {
+                if let Err(e) = m.wait_targets_up(Duration::from_secs(15)).await {
+                    log(format!("Prometheus: {e:#}"));
+                }
+                log(format!("Prometheus on {}", m.prometheus_url));
+                Ok(m)
+            }
+            Err(e) => {
+                log(format!("no Prometheus for this run: {e:#}"));
+                Err(format!("{e:#}"))
+            }
+        };
     Ok(Deployment {
+        monitoring,
         pg,
         redis,
         broker,
@@ -655,7 +685,16 @@ async fn run_one(
     log(format!("run folder {}", run::rel(&paths.root, &run_dir)));
     let k6 = k6::ensure().await?;
     let clock = Clock::start();
-    let mut dep = deploy(fault, opts, binary, &run_dir, clock, timing.users).await?;
+    let mut dep = deploy(
+        fault,
+        opts,
+        binary,
+        &run_dir,
+        clock,
+        timing.users,
+        &paths.root,
+    )
+    .await?;
 
     // Data: tokens, products, the burst's coupon and the sale's product.
     let api = Api::new(dep.instances.bases(), dep.instances.env.admin_key.clone())?;
@@ -821,6 +860,34 @@ async fn run_one(
             .map_err(|_| anyhow!("monitor data poisoned"))?,
     );
 
+    // What Prometheus saw, once its alerts resolved (bounded).
+    let (prometheus, prom_events) = match &dep.monitoring {
+        Ok(stack) => {
+            log("waiting for Prometheus's alerts to resolve (at most 25 s)");
+            let webhook = &dep.webhook;
+            let notes = || {
+                webhook
+                    .received()
+                    .into_iter()
+                    .filter(|r| r.path.starts_with("/alertmanager"))
+                    .map(|r| (r.at.as_secs_f64() * 1000.0, r.body))
+                    .collect()
+            };
+            crate::prom::chaos_section(
+                stack,
+                clock.unix0_ms,
+                origin_ms,
+                Duration::from_secs(25),
+                &notes,
+            )
+            .await
+        }
+        Err(e) => (
+            format!("\n## What Prometheus saw\n\nNo Prometheus in this run: {e}.\n"),
+            Vec::new(),
+        ),
+    };
+
     // Checks.
     let answers = timeline::parse(
         &std::fs::read_to_string(&console).unwrap_or_default(),
@@ -846,7 +913,13 @@ async fn run_one(
         .ok()
         .and_then(|r| Some((r.try_get::<_, i64>(0).ok()?, r.try_get::<_, f64>(1).ok()?)));
     drop(db);
-    let alerts = dep.webhook.received();
+    // The instances' own breaker alerts (Alertmanager's are quoted above).
+    let alerts: Vec<_> = dep
+        .webhook
+        .received()
+        .into_iter()
+        .filter(|r| !r.path.starts_with("/alertmanager"))
+        .collect();
     let platform_received = dep.platform.received().len();
 
     let input = report::Input {
@@ -874,6 +947,8 @@ async fn run_one(
         delivery,
         delivered_after_s,
         alerts,
+        prometheus,
+        prom_events,
         platform_received,
         k6_exit: k6_code,
         run_dir: run::rel(&paths.root, &run_dir),

@@ -41,6 +41,11 @@ pub struct Input {
     /// events keep coming).
     pub delivered_after_s: Option<f64>,
     pub alerts: Vec<Received>,
+    /// What the run's Prometheus saw (Markdown section).
+    pub prometheus: String,
+    /// Prometheus's alerts and Alertmanager's notifications for the
+    /// timeline (run clock, ms).
+    pub prom_events: Vec<(f64, String)>,
     pub platform_received: usize,
     pub k6_exit: Option<i32>,
     pub run_dir: String,
@@ -652,6 +657,9 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
             ));
         }
     }
+    for (at_ms, text) in &input.prom_events {
+        events.push((rel(*at_ms), text.clone()));
+    }
     events.push((rel(input.load_end_ms), "load over".to_owned()));
     events.sort_by(|a, b| a.0.total_cmp(&b.0));
     for (at, text) in events {
@@ -792,7 +800,10 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
         }
     }
 
-    let _ = writeln!(o, "\n## Alerts the webhook received, in order\n");
+    let _ = writeln!(
+        o,
+        "\n## Alerts the webhook received from the instances (breaker transitions), in order\n"
+    );
     if input.alerts.is_empty() {
         let _ = writeln!(o, "None.");
     } else {
@@ -811,6 +822,8 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
             );
         }
     }
+
+    o.push_str(&input.prometheus);
 
     let _ = writeln!(o, "\n## Rules\n");
     let _ = writeln!(o, "| rule | DESIGN | result |\n|---|---|---|");
