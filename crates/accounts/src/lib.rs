@@ -3,6 +3,7 @@
 //! the balance and the balance never goes below zero (rule 3).
 
 pub mod ledger;
+pub mod lookup;
 pub mod token;
 
 use commerce_domain::{ChargeAmount, UserId, UserName};

@@ -45,6 +45,7 @@ fn worker_io(state: &AppState) -> WorkerIo {
         orders: state.orders.clone(),
         limits: state.limits.through(state.redis.clone()),
         refusals: state.refusals.clone(),
+        users: state.users.clone(),
     };
     if !settings.coupons.worker_io && !settings.orders.worker_io {
         return shared();
@@ -77,7 +78,8 @@ fn worker_io(state: &AppState) -> WorkerIo {
                 let locks = state.locks.through(redis.clone(), db.clone());
                 io.orders = state.orders.on_this_thread(db.clone(), locks);
                 io.limits = state.limits.through(redis.clone());
-                io.refusals = refusal_writer(db, settings);
+                io.refusals = refusal_writer(db.clone(), settings);
+                io.users = user_lookups(db, settings);
                 let warm = io.orders.clone();
                 tokio::spawn(async move { warm.warm_up().await });
             }
@@ -87,6 +89,24 @@ fn worker_io(state: &AppState) -> WorkerIo {
         }
     }
     io
+}
+
+/// First-sight user checks (a token signed elsewhere), many to one query.
+fn user_lookups(
+    db: commerce_storage::DbPool,
+    settings: &Settings,
+) -> commerce_storage::batch::Batcher<commerce_accounts::lookup::UserLookups> {
+    commerce_storage::batch::Batcher::start(
+        db,
+        commerce_accounts::lookup::UserLookups,
+        commerce_storage::batch::BatchConfig {
+            writers: 2,
+            max_batch: 500,
+            timeout: Duration::from_millis(
+                settings.database.pool_wait_ms + settings.database.statement_timeout_ms,
+            ),
+        },
+    )
 }
 
 /// Sold-out answers recorded under their keys, many to one insert.
@@ -223,11 +243,13 @@ impl Application {
             },
         );
         let refusals = refusal_writer(db.clone(), &settings);
+        let users = user_lookups(db.clone(), &settings);
         let limits = crate::ratelimit::RateLimiter::new(settings.rate_limit.clone(), redis.clone());
         let state = web::Data::new(AppState {
             known_users,
             limits,
             refusals,
+            users,
             events: dispatcher,
             relay,
             orders,

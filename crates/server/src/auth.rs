@@ -8,12 +8,12 @@
 //! a 401 `unknown_user`, never a 5xx or a retry hint.
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, WorkerIo};
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
 use commerce_accounts::token::{TokenError, TokenSigner};
 use commerce_domain::UserId;
-use commerce_storage::DbPool;
+use commerce_storage::batch::Batcher;
 use futures::future::{ready, LocalBoxFuture, Ready};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
@@ -72,14 +72,19 @@ impl KnownUsers {
         self.cache.insert(user.get(), ()).await;
     }
 
-    /// Ok when the user exists; concurrent first looks share one query.
-    pub async fn check(&self, db: &DbPool, user: UserId) -> Result<(), ApiError> {
+    /// Ok when the user exists; concurrent first looks at one user share
+    /// one lookup, and lookups of many users share a query.
+    pub async fn check(
+        &self,
+        lookups: &Batcher<commerce_accounts::lookup::UserLookups>,
+        user: UserId,
+    ) -> Result<(), ApiError> {
         if self.cache.contains_key(&user.get()) {
             return Ok(());
         }
         self.cache
             .try_get_with(user.get(), async {
-                match commerce_accounts::user_exists(db, user).await {
+                match commerce_accounts::lookup::exists(lookups, user).await {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(ApiError::unauthorized(
                         "unknown_user",
@@ -120,10 +125,13 @@ impl FromRequest for AuthUser {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let verified = bearer(req);
         let state = state(req).cloned();
+        // The worker's own lookups where it has them (no other thread woken).
+        let io = req.app_data::<web::Data<WorkerIo>>().cloned();
         Box::pin(async move {
             let user = verified?;
             let state = state?;
-            state.known_users.check(&state.db, user).await?;
+            let lookups = io.as_ref().map_or(&state.users, |io| &io.users);
+            state.known_users.check(lookups, user).await?;
             crate::telemetry::record_on_request("user_id", user.get());
             Ok(AuthUser(user))
         })

@@ -29,6 +29,8 @@ pub struct AppState {
     pub relay: commerce_events::relay::Relay,
     /// Sold-out answers recorded under their Idempotency-Keys in batches.
     pub refusals: commerce_storage::batch::Batcher<commerce_storage::idempotency::RefusalBatch>,
+    /// First-sight checks that a token's user exists, in batches.
+    pub users: commerce_storage::batch::Batcher<commerce_accounts::lookup::UserLookups>,
     /// Cancelled when the server stops, ending background tasks.
     pub shutdown: CancellationToken,
 }
@@ -44,4 +46,6 @@ pub struct WorkerIo {
     pub limits: crate::ratelimit::RateLimiter,
     /// Sold-out answers recorded under their Idempotency-Keys in batches.
     pub refusals: commerce_storage::batch::Batcher<commerce_storage::idempotency::RefusalBatch>,
+    /// First-sight checks that a token's user exists, in batches.
+    pub users: commerce_storage::batch::Batcher<commerce_accounts::lookup::UserLookups>,
 }
