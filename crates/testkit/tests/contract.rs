@@ -190,6 +190,42 @@ async fn a_token_of_a_user_that_does_not_exist_is_401() {
     assert_eq!(s, 200);
 }
 
+/// First-sight lookups go in batches: a crowd of users the instance has
+/// never seen, mixed with tokens of users that do not exist, each gets its
+/// own answer (a batch's answer is per user, not per batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_new_and_ghost_users_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    let users = app.seed_users(120).await;
+    let ghosts: Vec<String> = (0..80)
+        .map(|i| token_for(900_000 + i, TOKEN_SECRET))
+        .collect();
+    let calls = users
+        .iter()
+        .map(|u| (u.token.clone(), 200))
+        .chain(ghosts.iter().map(|g| (g.clone(), 401)));
+    let answers = futures::future::join_all(calls.map(|(token, want)| {
+        let app = &app;
+        async move {
+            let (s, b) = app.get_json("/api/v1/me/balance", Some(&token)).await;
+            (s, want, b)
+        }
+    }))
+    .await;
+    for (got, want, body) in &answers {
+        assert_eq!(got, want, "{body}");
+        if *want == 401 {
+            assert_eq!(body["code"], "unknown_user");
+        }
+    }
+    // Several looked up together.
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("write_batch_size") && metrics.contains("kind=\"user_lookup\""),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_open_only_for_coupons_and_sales_that_exist() {
     let app = TestApp::spawn().await;

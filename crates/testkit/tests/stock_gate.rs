@@ -527,3 +527,47 @@ async fn an_order_without_a_key_is_refused_and_reserves_nothing() {
     let (s, body) = order(&app, &user, p, 1).await;
     assert_eq!(s, 201, "{body}");
 }
+
+/// Batches remember the prices they read (a batch is then one round trip):
+/// a price the admin changes afterwards is what the next orders pay, never
+/// the remembered one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_changed_after_earlier_batches_is_what_later_orders_pay() {
+    let app = TestApp::spawn().await;
+    let users = app.seed_users(6).await;
+    let (s, p) = app
+        .admin_post(
+            "/admin/products",
+            &json!({ "name": "priced", "price": 100, "stock": 50 }),
+        )
+        .await;
+    assert_eq!(s, 201, "{p}");
+    let id = p["id"].as_i64().unwrap();
+    for u in &users[..2] {
+        let (s, o) = order(&app, u, id, 2).await;
+        assert_eq!((s, o["total"].as_i64()), (201, Some(200)), "{o}");
+    }
+    let res = app
+        .client
+        .patch(app.url(&format!("/admin/products/{id}")))
+        .header("X-Admin-Key", commerce_testkit::ADMIN_KEY)
+        .json(&json!({ "price": 250 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    for u in &users[2..] {
+        let (s, o) = order(&app, u, id, 2).await;
+        assert_eq!((s, o["total"].as_i64()), (201, Some(500)), "{o}");
+    }
+    // Every unit accounted for, every order at its own price.
+    assert_eq!(accounted(&app, id).await, 50);
+    let billed = app
+        .db
+        .scalar(&format!(
+            "SELECT SUM(oi.quantity * oi.unit_price)::BIGINT AS n FROM order_items oi \
+             WHERE oi.product_id = {id}"
+        ))
+        .await;
+    assert_eq!(billed, 2 * 200 + 4 * 500);
+}
