@@ -470,7 +470,10 @@ fn start_writers(
     let writer = (config.stock_gate && config.writers > 0 && in_runtime).then(|| {
         commerce_storage::batch::Batcher::start(
             db.clone(),
-            writer::OrderBatch::new(config.ttl, seams.clone()),
+            writer::OrderBatch {
+                ttl: config.ttl,
+                seams: seams.clone(),
+            },
             commerce_storage::batch::BatchConfig {
                 writers: config.writers,
                 max_batch: config.write_batch,

@@ -16,8 +16,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures::future::BoxFuture;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -48,72 +47,9 @@ impl Job {
 /// Gated orders, written in batches.
 pub(crate) struct OrderBatch {
     /// How long a pending order holds its stock.
-    ttl: Duration,
+    pub ttl: Duration,
     /// Stock and coupons, done by their owners' functions.
-    seams: Seams,
-    /// What a batch would otherwise read first (see [`Known`]).
-    known: Mutex<Known>,
-}
-
-impl OrderBatch {
-    pub(crate) fn new(ttl: Duration, seams: Seams) -> Self {
-        Self {
-            ttl,
-            seams,
-            known: Mutex::default(),
-        }
-    }
-
-    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
-        // Plain map and list updates: a poisoned lock is still consistent.
-        self.known.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Prices seen by earlier batches and order ids taken from the sequence
-/// ahead of need: with both at hand a batch is one round trip (`BEGIN`, the
-/// writes and `COMMIT` sent together) instead of two. A price is still
-/// checked where the stock is taken (`Stock::take`): one changed since sends
-/// the batch down the lone path, which prices atomically, and is forgotten
-/// here. Ids taken but not used are gaps, as a sequence's cache leaves.
-#[derive(Default)]
-struct Known {
-    prices: HashMap<i64, i64>,
-    ids: Vec<i64>,
-}
-
-/// Prices remembered at most (then forgotten all at once).
-const KNOWN_PRICES: usize = 100_000;
-/// Ids taken ahead per batch that had to read them.
-const SPARE_IDS: i64 = 64;
-
-impl Known {
-    /// Prices of all `products` and `n` ids, if all are at hand.
-    fn take(&mut self, products: &[i64], n: usize) -> Option<(BTreeMap<i64, i64>, Vec<i64>)> {
-        if self.ids.len() < n {
-            return None;
-        }
-        let prices = products
-            .iter()
-            .map(|p| self.prices.get(p).map(|price| (*p, *price)))
-            .collect::<Option<BTreeMap<_, _>>>()?;
-        let ids = self.ids.drain(..n).collect();
-        Some((prices, ids))
-    }
-
-    fn remember(&mut self, prices: &BTreeMap<i64, i64>, spare: &[i64]) {
-        if self.prices.len() + prices.len() > KNOWN_PRICES {
-            self.prices.clear();
-        }
-        self.prices.extend(prices);
-        self.ids.extend_from_slice(spare);
-    }
-
-    fn forget(&mut self, products: impl IntoIterator<Item = i64>) {
-        for p in products {
-            self.prices.remove(&p);
-        }
-    }
+    pub seams: Seams,
 }
 
 impl Batch for OrderBatch {
@@ -129,7 +65,7 @@ impl Batch for OrderBatch {
     }
 
     fn write<'c>(&'c self, conn: &'c mut AsyncPgConnection, jobs: Vec<Job>) -> BoxFuture<'c, ()> {
-        Box::pin(write_batch(conn, self, jobs))
+        Box::pin(write_batch(conn, &self.seams, jobs, self.ttl))
     }
 }
 
@@ -159,8 +95,7 @@ pub(crate) async fn write(
 }
 
 /// Writes and answers `jobs`.
-async fn write_batch(conn: &mut AsyncPgConnection, batch: &OrderBatch, jobs: Vec<Job>) {
-    let (seams, ttl) = (&batch.seams, batch.ttl);
+async fn write_batch(conn: &mut AsyncPgConnection, seams: &Seams, jobs: Vec<Job>, ttl: Duration) {
     // A key sent twice in one batch (a double click) is claimed by its
     // first job; the other's request settles it the usual way.
     let mut seen = HashSet::new();
@@ -183,7 +118,7 @@ async fn write_batch(conn: &mut AsyncPgConnection, batch: &OrderBatch, jobs: Vec
                     claims: j.claims,
                 })
                 .collect();
-            insert_batch(conn, batch, &wants).await
+            insert_batch(conn, seams, &wants, ttl).await
         };
         match written {
             Ok(orders) => {
@@ -224,11 +159,6 @@ async fn write_batch(conn: &mut AsyncPgConnection, batch: &OrderBatch, jobs: Vec
             // the batch was to claim goes back to the request, which claims
             // it.
             Err(BatchError::Short | BatchError::Failed(StorageError::UniqueViolation(_))) => {
-                // A price remembered may be what changed.
-                batch.known().forget(
-                    jobs.iter()
-                        .flat_map(|j| j.order.lines.iter().map(|l| l.product.get())),
-                );
                 for job in jobs {
                     let result = if job.claims {
                         Err(OrderError::NotClaimed)
@@ -276,11 +206,12 @@ struct Want<'a> {
 /// (See `commerce_storage::tx` for why the order of sending holds.)
 async fn insert_batch(
     conn: &mut AsyncPgConnection,
-    batch: &OrderBatch,
+    seams: &Seams,
     jobs: &[Want<'_>],
+    ttl: Duration,
 ) -> Result<Vec<Order>, BatchError> {
-    let seams = &batch.seams;
-    let ttl = chrono::Duration::from_std(batch.ttl).unwrap_or(chrono::Duration::minutes(5));
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(5));
+    let count = i64::try_from(jobs.len()).unwrap_or(i64::MAX);
     let mut product_ids: Vec<i64> = jobs
         .iter()
         .flat_map(|j| j.order.lines.iter().map(|l| l.product.get()))
@@ -288,13 +219,33 @@ async fn insert_batch(
     product_ids.sort_unstable();
     product_ids.dedup();
     let db: &AsyncPgConnection = conn;
-    let known = batch.known().take(&product_ids, jobs.len());
-    // With prices and ids at hand, `BEGIN` goes with the writes (below).
-    let begun_already = known.is_none();
-    let (prices, ids) = match known {
-        Some(known) => known,
-        None => read_ahead(db, batch, &product_ids, jobs.len()).await?,
+    let begin = tx::begin(db);
+    let prices = seams.stock.prices(db, &product_ids);
+    let ids = commerce_storage::sql::cached(
+        "SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id \
+         FROM generate_series(1, $1)",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(count)
+    .load::<NextId>(&mut &*db);
+    let (begun, prices, ids) = futures::join!(begin, prices, ids);
+    begun?;
+    let (prices, ids) = match (prices, ids) {
+        (Ok(prices), Ok(ids)) => (prices, ids),
+        (Err(e), _) => {
+            tx::roll_back(db).await;
+            return Err(BatchError::Failed(e));
+        }
+        (_, Err(e)) => {
+            tx::roll_back(db).await;
+            return Err(e.into());
+        }
     };
+    let prices: BTreeMap<i64, i64> = prices.into_iter().collect();
+    if prices.len() != product_ids.len() || ids.len() != jobs.len() {
+        tx::roll_back(db).await;
+        // A product that does not exist: the lone path names it.
+        return Err(BatchError::Short);
+    }
     let mut wanted: BTreeMap<i64, i32> = BTreeMap::new();
     for job in jobs {
         for line in &job.order.lines {
@@ -308,7 +259,7 @@ async fn insert_batch(
     let mut made = Vec::with_capacity(jobs.len());
     let mut rows = OrderRows::default();
     let mut item_rows = ItemRows::default();
-    for (job, &id) in jobs.iter().zip(&ids) {
+    for (job, id) in jobs.iter().zip(&ids) {
         let mut total: i64 = 0;
         let mut items = Vec::with_capacity(job.order.lines.len());
         for line in &job.order.lines {
@@ -319,20 +270,20 @@ async fn insert_batch(
                 quantity: line.quantity,
                 unit_price: price,
             });
-            item_rows.order_id.push(id);
+            item_rows.order_id.push(id.id);
             item_rows.product_id.push(line.product.get());
             item_rows.quantity.push(line.quantity);
             item_rows.unit_price.push(price);
         }
         let discount = job.discount.min(total);
-        rows.id.push(id);
+        rows.id.push(id.id);
         rows.user_id.push(job.user.get());
         rows.total.push(total);
         rows.discount.push(discount);
         rows.user_coupon_id
             .push(job.order.user_coupon.map(UserCouponId::get));
         made.push(Order {
-            id: OrderId::from_db(id),
+            id: OrderId::from_db(id.id),
             user_id: job.user,
             status: "pending".to_owned(),
             total,
@@ -388,20 +339,12 @@ async fn insert_batch(
         seams.stock.take(db, product, units, price)
     }));
     let commit = tx::commit(db);
-    let begin = async {
-        if begun_already {
-            Ok(())
-        } else {
-            tx::begin(db).await
-        }
-    };
     // Polled in this order, so sent in this order (one round trip).
-    let (begun, claims, inserted, items, saved, takes, commit) =
-        futures::join!(begin, claims, inserted, items, saved, takes, commit);
+    let (claims, inserted, items, saved, takes, commit) =
+        futures::join!(claims, inserted, items, saved, takes, commit);
     // The first failure is the cause; every statement after it failed
     // because the transaction was aborted, and the COMMIT rolled back.
     let failed = [
-        begun.err(),
         claims.err(),
         inserted.err().map(StorageError::from),
         items.err().map(StorageError::from),
@@ -420,48 +363,6 @@ async fn insert_batch(
         // and the orders, if written, expire with theirs.
         (None, Err(e)) => Err(e.into()),
     }
-}
-
-/// The first round trip of a batch that lacks prices or ids: `BEGIN`, the
-/// products' prices (no lock) and the order ids, with spare ids for the
-/// next batches. The transaction is open when this returns `Ok`.
-async fn read_ahead(
-    db: &AsyncPgConnection,
-    batch: &OrderBatch,
-    product_ids: &[i64],
-    n: usize,
-) -> Result<(BTreeMap<i64, i64>, Vec<i64>), BatchError> {
-    let count = i64::try_from(n).unwrap_or(i64::MAX);
-    let begin = tx::begin(db);
-    let prices = batch.seams.stock.prices(db, product_ids);
-    let ids = commerce_storage::sql::cached(
-        "SELECT nextval(pg_get_serial_sequence('orders', 'id')) AS id \
-         FROM generate_series(1, $1)",
-    )
-    .bind::<diesel::sql_types::BigInt, _>(count.saturating_add(SPARE_IDS))
-    .load::<NextId>(&mut &*db);
-    let (begun, prices, ids) = futures::join!(begin, prices, ids);
-    begun?;
-    let (prices, mut ids) = match (prices, ids) {
-        (Ok(prices), Ok(ids)) => (prices, ids),
-        (Err(e), _) => {
-            tx::roll_back(db).await;
-            return Err(BatchError::Failed(e));
-        }
-        (_, Err(e)) => {
-            tx::roll_back(db).await;
-            return Err(e.into());
-        }
-    };
-    let prices: BTreeMap<i64, i64> = prices.into_iter().collect();
-    if prices.len() != product_ids.len() || ids.len() < n {
-        tx::roll_back(db).await;
-        // A product that does not exist: the lone path names it.
-        return Err(BatchError::Short);
-    }
-    let spare: Vec<i64> = ids.split_off(n).into_iter().map(|r| r.id).collect();
-    batch.known().remember(&prices, &spare);
-    Ok((prices, ids.into_iter().map(|r| r.id).collect()))
 }
 
 #[derive(QueryableByName)]
@@ -487,31 +388,4 @@ struct ItemRows {
     product_id: Vec<i64>,
     quantity: Vec<i32>,
     unit_price: Vec<i64>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Known;
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn a_batch_is_one_round_trip_only_with_every_price_and_enough_ids() {
-        let mut k = Known::default();
-        assert!(k.take(&[1], 1).is_none(), "nothing known yet");
-        k.remember(&BTreeMap::from([(1, 100), (2, 250)]), &[10, 11, 12]);
-        assert!(k.take(&[1, 3], 1).is_none(), "product 3's price unknown");
-        assert!(k.take(&[1], 4).is_none(), "three ids at hand");
-        let (prices, ids) = k.take(&[1, 2], 2).unwrap();
-        assert_eq!(prices, BTreeMap::from([(1, 100), (2, 250)]));
-        assert_eq!(ids, [10, 11], "oldest first");
-        // Ids are used once.
-        let (_, ids) = k.take(&[2], 1).unwrap();
-        assert_eq!(ids, [12]);
-        assert!(k.take(&[2], 1).is_none());
-        // A forgotten price is read again.
-        k.remember(&BTreeMap::new(), &[13]);
-        k.forget([2]);
-        assert!(k.take(&[2], 1).is_none());
-        assert!(k.take(&[1], 1).is_some());
-    }
 }
