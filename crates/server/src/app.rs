@@ -62,6 +62,7 @@ fn worker_io(state: &AppState) -> WorkerIo {
     if settings.coupons.worker_io {
         match commerce_storage::build_pool(&settings.worker_db_config()) {
             Ok(db) => {
+                state.register_pool(&db);
                 io.coupons = state.coupons.on_this_thread(db, redis.clone());
                 // On this worker's runtime, so the connection is driven here.
                 let warm = io.coupons.clone();
@@ -75,13 +76,20 @@ fn worker_io(state: &AppState) -> WorkerIo {
     if settings.orders.worker_io {
         match commerce_storage::build_pool(&settings.worker_orders_db_config()) {
             Ok(db) => {
+                state.register_pool(&db);
                 let locks = state.locks.through(redis.clone(), db.clone());
                 io.orders = state.orders.on_this_thread(db.clone(), locks);
                 io.limits = state.limits.through(redis.clone());
                 io.refusals = refusal_writer(db.clone(), settings);
-                io.users = user_lookups(db, settings);
+                io.users = user_lookups(db.clone(), settings);
                 let warm = io.orders.clone();
-                tokio::spawn(async move { warm.warm_up().await });
+                // The writers' connections, opened before the first sale's
+                // crowd rather than by it (on this runtime, which drives them).
+                let writers = settings.orders.writers + settings.orders.pay_writers;
+                tokio::spawn(async move {
+                    warm.warm_up().await;
+                    commerce_storage::warm_up(&db, writers).await;
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "worker order pool not built: ordering through the shared one")
@@ -250,6 +258,7 @@ impl Application {
             limits,
             refusals,
             users,
+            worker_pools: std::sync::Mutex::default(),
             events: dispatcher,
             relay,
             orders,

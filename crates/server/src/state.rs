@@ -31,6 +31,9 @@ pub struct AppState {
     pub refusals: commerce_storage::batch::Batcher<commerce_storage::idempotency::RefusalBatch>,
     /// First-sight checks that a token's user exists, in batches.
     pub users: commerce_storage::batch::Batcher<commerce_accounts::lookup::UserLookups>,
+    /// The HTTP workers' own pools (`*.worker_io`), counted with `db` in the
+    /// pool gauges and the readiness check.
+    pub worker_pools: std::sync::Mutex<Vec<commerce_storage::DbPool>>,
     /// Cancelled when the server stops, ending background tasks.
     pub shutdown: CancellationToken,
 }
@@ -48,4 +51,30 @@ pub struct WorkerIo {
     pub refusals: commerce_storage::batch::Batcher<commerce_storage::idempotency::RefusalBatch>,
     /// First-sight checks that a token's user exists, in batches.
     pub users: commerce_storage::batch::Batcher<commerce_accounts::lookup::UserLookups>,
+}
+
+impl AppState {
+    /// Connections of every pool of this instance (the shared one and the
+    /// workers'): open, idle, and requests waiting for one.
+    pub fn pool_status(&self) -> (usize, usize, usize) {
+        let workers = self
+            .worker_pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        std::iter::once(&self.db)
+            .chain(workers.iter())
+            .map(commerce_storage::pool_status)
+            .fold((0, 0, 0), |(s, a, w), (s2, a2, w2)| {
+                (s + s2, a + a2, w + w2)
+            })
+    }
+
+    /// Counts `pool` in [`AppState::pool_status`].
+    pub fn register_pool(&self, pool: &commerce_storage::DbPool) {
+        self.worker_pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(pool.clone());
+    }
 }

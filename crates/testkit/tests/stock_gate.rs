@@ -571,3 +571,32 @@ async fn a_price_changed_after_earlier_batches_is_what_later_orders_pay() {
         .await;
     assert_eq!(billed, 2 * 200 + 4 * 500);
 }
+
+/// The pool figures (`/health/ready`, `db_pool_*` gauges) count the
+/// workers' own pools too: orders go through those, and a pool running dry
+/// there must show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_figures_count_the_workers_own_pools() {
+    let app = TestApp::spawn().await;
+    let users = app.seed_users(4).await;
+    let p = product(&app, 10).await;
+    for u in &users {
+        let (s, b) = order(&app, u, p, 1).await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (_, ready) = app.get_json("/health/ready", None).await;
+    let counted = ready["checks"]["db_pool"]["size"].as_i64().unwrap();
+    let shared = commerce_storage::pool_status(&app.state.db).0 as i64;
+    assert!(
+        counted > shared,
+        "the orders' worker pools hold connections too: {counted} counted, {shared} shared"
+    );
+    let metrics = app.metrics_text().await;
+    let open: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("db_pool_connections{state=\"open\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(open as i64 > shared, "{metrics}");
+}

@@ -40,7 +40,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         Err(_) => json!({ "status": "down", "error": "timed out" }),
     };
     let redis_up = redis["status"] == "up";
-    let (size, available, waiting) = commerce_storage::pool_status(&state.db);
+    let (size, available, waiting) = state.pool_status();
     let breakers: serde_json::Map<String, serde_json::Value> = state
         .breakers
         .snapshot()
@@ -105,7 +105,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(get, path = "/metrics", tag = "ops", operation_id = "metrics",
     responses((status = 200, body = String, content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let (size, available, waiting) = commerce_storage::pool_status(&state.db);
+    let (size, available, waiting) = state.pool_status();
     metrics::gauge!("db_pool_connections", "state" => "open").set(size as f64);
     metrics::gauge!("db_pool_connections", "state" => "idle").set(available as f64);
     metrics::gauge!("db_pool_connections", "state" => "in_use")
