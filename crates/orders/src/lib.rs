@@ -225,6 +225,10 @@ pub fn describe_metrics() {
 #[derive(Clone)]
 pub struct Orders {
     db: DbPool,
+    /// The process's shared pool: the PostgreSQL-only path while Redis is
+    /// out takes its connections there, not from a worker's small pool
+    /// (sized for its writers), which that path's crowd would drain.
+    fallback_db: DbPool,
     locks: LockManager,
     redis: RedisClient,
     config: OrderConfig,
@@ -509,6 +513,7 @@ impl Orders {
                 fallback: Semaphore::new(config.fallback_concurrency.max(1)),
                 dirty: Mutex::default(),
             }),
+            fallback_db: db.clone(),
             db,
             locks,
             config,
@@ -531,6 +536,7 @@ impl Orders {
             redis: locks.redis().clone(),
             shared: self.shared.clone(),
             db,
+            fallback_db: self.fallback_db.clone(),
             locks,
             config: self.config.clone(),
             seams: self.seams.clone(),
@@ -719,7 +725,8 @@ impl Orders {
                 .map_err(|_| OrderError::Degraded)?
                 .map_err(|_| OrderError::Degraded)?;
         metrics::counter!("stock_gate_total", "outcome" => "bypassed").increment(1);
-        self.create_direct(user, new, answer).await
+        let mut c = conn(&self.fallback_db).await?;
+        create_in(&mut c, &self.seams, user, new, answer, self.config.ttl).await
     }
 
     /// Takes `quantity` units of `product` from the gate, loading the gate

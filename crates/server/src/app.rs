@@ -77,7 +77,10 @@ fn worker_io(state: &AppState) -> WorkerIo {
         match commerce_storage::build_pool(&settings.worker_orders_db_config()) {
             Ok(db) => {
                 state.register_pool(&db);
-                let locks = state.locks.through(redis.clone(), db.clone());
+                // Locks fall back to PostgreSQL while Redis is out: on the shared
+                // pool, so lock holders cannot take every connection of this
+                // small one and leave the payment writers none.
+                let locks = state.locks.through(redis.clone(), state.db.clone());
                 io.orders = state.orders.on_this_thread(db.clone(), locks);
                 io.limits = state.limits.through(redis.clone());
                 io.refusals = refusal_writer(db.clone(), settings);

@@ -52,11 +52,14 @@ return n
 /// Entries of the local fallback before it is cleared (bounded memory).
 const LOCAL_MAX: usize = 100_000;
 
+/// Per (class, user): the window index and the count in it.
+type LocalCounts = HashMap<(Class, i64), (u64, u32)>;
+
 pub struct RateLimiter {
     settings: RateLimitSettings,
     redis: RedisClient,
     /// Shared by every worker's limiter of this instance.
-    local: Arc<Mutex<HashMap<(Class, i64), (u64, u32)>>>,
+    local: Arc<Mutex<LocalCounts>>,
 }
 
 impl RateLimiter {

@@ -600,3 +600,56 @@ async fn pool_figures_count_the_workers_own_pools() {
         .unwrap();
     assert!(open as i64 > shared, "{metrics}");
 }
+
+/// While Redis is out, payments lock in PostgreSQL: on the shared pool, so
+/// lock holders cannot take every connection of a worker's small pool
+/// (sized for its writers) and leave the payment writers none (503
+/// `db_busy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_cut_payments_do_not_drain_the_workers_pools() {
+    let proxy = ChaosProxy::start("127.0.0.1:6379".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("redis://{}", proxy.addr());
+    let app = TestApp::spawn_with(|s| {
+        s.redis.url = url.clone();
+        s.orders.worker_pool_size = 2;
+        s.database.pool_wait_ms = 500;
+    })
+    .await;
+    let users = app.seed_users(40).await;
+    let p = product(&app, 100).await;
+    let mut orders = Vec::new();
+    for u in &users {
+        let (s, b) = app
+            .post_json(
+                "/api/v1/me/balance/charge",
+                Some(&u.token),
+                None,
+                &json!({ "amount": 1000 }),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let (s, o) = order(&app, u, p, 1).await;
+        assert_eq!(s, 201, "{o}");
+        orders.push(o["id"].as_i64().unwrap());
+    }
+    proxy.cut();
+    let paid = join_all(users.iter().zip(&orders).map(|(u, id)| {
+        let app = &app;
+        async move {
+            app.post_json(
+                &format!("/api/v1/orders/{id}/payment"),
+                Some(&u.token),
+                None,
+                &json!({}),
+            )
+            .await
+        }
+    }))
+    .await;
+    let busy = paid.iter().find(|(s, _)| *s == 503);
+    assert!(busy.is_none(), "{busy:?}");
+    assert!(paid.iter().all(|(s, _)| *s == 200), "{paid:?}");
+    proxy.restore();
+}
