@@ -239,6 +239,26 @@ impl Catalog {
         }
     }
 
+    /// Sets `product_stock{product}` for the best sellers of the popular
+    /// board (the products a sale is moving now; the board's size bounds
+    /// the series). Called at scrape.
+    pub async fn publish_stock_gauges(&self) -> Result<(), CatalogError> {
+        let board = self.popular().await?;
+        let ids: Vec<i64> = board
+            .value
+            .items
+            .iter()
+            .map(|i| i.product_id.get())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for (id, stock) in crate::store::stock_of(&self.inner.db, &ids).await? {
+            metrics::gauge!("product_stock", "product" => id.to_string()).set(f64::from(stock));
+        }
+        Ok(())
+    }
+
     /// Top 5 by units sold over the last three days, ties by product id.
     /// Reused in process for `popular_ttl`; from Redis when its days are
     /// built, else from PostgreSQL; the last board stands in (marked stale)

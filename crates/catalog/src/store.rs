@@ -297,3 +297,13 @@ pub(crate) async fn top_sales(
         .await?;
     Ok(rows.into_iter().map(|r| (r.product_id, r.units)).collect())
 }
+
+/// Current stock of `ids` (a missing product is left out).
+pub(crate) async fn stock_of(pool: &DbPool, ids: &[i64]) -> Result<Vec<(i64, i32)>, StorageError> {
+    let mut c = conn(pool).await?;
+    Ok(products::table
+        .filter(products::id.eq_any(ids))
+        .select((products::id, products::stock))
+        .load(&mut c)
+        .await?)
+}

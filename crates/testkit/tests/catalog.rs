@@ -890,3 +890,29 @@ async fn hot_queries_use_indexes_on_ten_thousand_products() {
         "one count shared by 50 list requests"
     );
 }
+
+/// The dashboard's "stock of the best-selling products": each product of
+/// the popular board has its units left in `/metrics`, and only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_best_sellers_stock_is_in_the_metrics() {
+    let app = TestApp::spawn_with(|s| s.catalog.popular_ttl_ms = 100).await;
+    let hot = create_product(&app, "hot", 1500, 20).await;
+    let quiet = create_product(&app, "quiet", 900, 7).await;
+    app.state
+        .catalog
+        .record_sales(&[(ProductId::parse(hot).unwrap(), 3)], Utc::now())
+        .await
+        .unwrap();
+    let line = format!("product_stock{{product=\"{hot}\"}} 20");
+    wait_until(
+        Duration::from_secs(10),
+        "the best seller's stock",
+        || async { app.metrics_text().await.contains(&line) },
+    )
+    .await;
+    let metrics = app.metrics_text().await;
+    assert!(
+        !metrics.contains(&format!("product_stock{{product=\"{quiet}\"}}")),
+        "a product that sold nothing is not on the board: {metrics}"
+    );
+}

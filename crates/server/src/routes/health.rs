@@ -118,6 +118,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let refresh = async {
         let _ = state.relay.backlog().await;
         let _ = state.events.publish_dead_letter_gauge().await;
+        let _ = state.catalog.publish_stock_gauges().await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), refresh).await;
     HttpResponse::Ok()
