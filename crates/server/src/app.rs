@@ -60,7 +60,9 @@ fn worker_io(state: &AppState) -> WorkerIo {
     };
     let mut io = shared();
     if settings.coupons.worker_io {
-        match commerce_storage::build_pool(&settings.worker_db_config()) {
+        match commerce_storage::build_pool(
+            &settings.worker_db_config(settings.coupons.worker_pool_size),
+        ) {
             Ok(db) => {
                 state.register_pool(&db);
                 io.coupons = state.coupons.on_this_thread(db, redis.clone());
@@ -74,7 +76,9 @@ fn worker_io(state: &AppState) -> WorkerIo {
         }
     }
     if settings.orders.worker_io {
-        match commerce_storage::build_pool(&settings.worker_orders_db_config()) {
+        match commerce_storage::build_pool(
+            &settings.worker_db_config(settings.orders.worker_pool_size),
+        ) {
             Ok(db) => {
                 state.register_pool(&db);
                 // Locks fall back to PostgreSQL while Redis is out: on the shared

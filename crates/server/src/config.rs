@@ -869,18 +869,11 @@ impl Settings {
         }
     }
 
-    /// The pool of one HTTP worker's coupon I/O (`coupons.worker_io`).
-    pub fn worker_db_config(&self) -> commerce_storage::DbConfig {
+    /// A pool of one HTTP worker's own (`coupons.worker_io`,
+    /// `orders.worker_io`): the database settings with its own size.
+    pub fn worker_db_config(&self, pool_size: usize) -> commerce_storage::DbConfig {
         commerce_storage::DbConfig {
-            pool_size: self.coupons.worker_pool_size,
-            ..self.db_config()
-        }
-    }
-
-    /// The pool of one HTTP worker's orders and payments (`orders.worker_io`).
-    pub fn worker_orders_db_config(&self) -> commerce_storage::DbConfig {
-        commerce_storage::DbConfig {
-            pool_size: self.orders.worker_pool_size,
+            pool_size,
             ..self.db_config()
         }
     }

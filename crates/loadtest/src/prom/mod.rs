@@ -76,6 +76,23 @@ async fn version(bin: &Path) -> String {
 }
 
 /// Waits up to `limit` for `url` to answer 200; fails early if `proc` exits.
+/// Starts `name` (logging to `<dir>/<name>.log`, stopped with SIGTERM),
+/// keeps it in `procs`, and waits up to 30 s for its `/-/ready` on `port`.
+/// Returns its URL and whether it became ready.
+async fn spawn_ready(
+    name: &str,
+    cmd: &mut Command,
+    dir: &Path,
+    port: u16,
+    procs: &mut Vec<Managed>,
+) -> Result<(String, Result<()>)> {
+    let mut m = Managed::spawn(name, cmd, &dir.join(format!("{name}.log")), libc::SIGTERM)?;
+    let url = format!("http://127.0.0.1:{port}");
+    let ready = wait_ready(&format!("{url}/-/ready"), &mut m, Duration::from_secs(30)).await;
+    procs.push(m);
+    Ok((url, ready))
+}
+
 async fn wait_ready(url: &str, proc: &mut Managed, limit: Duration) -> Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -147,20 +164,7 @@ impl Stack {
                     // No cluster: it would bind 9094 on every interface.
                     .arg("--cluster.listen-address=")
                     .arg("--log.level=warn");
-                let mut m = Managed::spawn(
-                    "alertmanager",
-                    &mut cmd,
-                    &dir.join("alertmanager.log"),
-                    libc::SIGTERM,
-                )?;
-                let url = format!("http://127.0.0.1:{port}");
-                let ready = wait_ready(
-                    &format!("{url}/-/ready"),
-                    &mut m,
-                    Duration::from_secs(30),
-                )
-                .await;
-                procs.push(m);
+                let (url, ready) = spawn_ready("alertmanager", &mut cmd, dir, port, &mut procs).await?;
                 match ready {
                     Ok(()) => {
                         notes.push(format!(
@@ -200,15 +204,7 @@ impl Stack {
             // Alerts go to Alertmanager every second, not every minute.
             .arg("--rules.alert.resend-delay=1s")
             .arg("--log.level=warn");
-        let mut m = Managed::spawn(
-            "prometheus",
-            &mut cmd,
-            &dir.join("prometheus.log"),
-            libc::SIGTERM,
-        )?;
-        let url = format!("http://127.0.0.1:{port}");
-        let ready = wait_ready(&format!("{url}/-/ready"), &mut m, Duration::from_secs(30)).await;
-        procs.push(m);
+        let (url, ready) = spawn_ready("prometheus", &mut cmd, dir, port, &mut procs).await?;
         let mut stack = Self {
             client: api::Client::new(&url)?,
             prometheus_url: url.clone(),

@@ -5,6 +5,7 @@
 
 use super::api::{alert_spans, AlertSpan, Client, Series};
 use super::dashboard::PanelResult;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// One query and its answer.
@@ -117,9 +118,8 @@ pub fn number(v: f64) -> String {
     }
 }
 
-fn labels_text(s: &Series, name: &dyn Fn(&str) -> String) -> String {
-    let parts: Vec<String> = s
-        .labels
+fn labels_text(labels: &BTreeMap<String, String>, name: &dyn Fn(&str) -> String) -> String {
+    let parts: Vec<String> = labels
         .iter()
         .filter(|(k, _)| k.as_str() != "job")
         .map(|(k, v)| {
@@ -141,7 +141,7 @@ fn answer_text(q: &Quoted, name: &dyn Fn(&str) -> String) -> String {
             .iter()
             .map(|s| {
                 let v = s.value().map(number).unwrap_or_else(|| "?".into());
-                let l = labels_text(s, name);
+                let l = labels_text(&s.labels, name);
                 if l.is_empty() {
                     v
                 } else {
@@ -243,17 +243,7 @@ pub fn alerts_markdown(
                 "| alert | labels | state | from (s) | to (s) |\n|---|---|---|---|---|"
             );
             for a in list {
-                let labels: Vec<String> = a
-                    .labels
-                    .iter()
-                    .map(|(k, v)| {
-                        if k == "instance" {
-                            name(v)
-                        } else {
-                            format!("{k}={v}")
-                        }
-                    })
-                    .collect();
+                let labels = labels_text(&a.labels, name);
                 let to = if a.open {
                     format!("{:.1} (still {} at the end)", t(a.to), a.state)
                 } else {
@@ -263,7 +253,7 @@ pub fn alerts_markdown(
                     o,
                     "| {} | {} | {} | {:.1} | {to} |",
                     a.alertname,
-                    labels.join(", "),
+                    labels,
                     a.state,
                     t(a.from)
                 );
