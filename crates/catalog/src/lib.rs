@@ -829,10 +829,6 @@ impl Catalog {
 /// the recorder is installed).
 pub fn describe_metrics() {
     use metrics::describe_counter;
-    metrics::describe_gauge!(
-        "product_stock",
-        "Units left of each best-selling product (the popular board's, refreshed at scrape)."
-    );
     describe_counter!(
         "catalog_detail_total",
         "Product pages served by layer (l1, l2, db, stale)."

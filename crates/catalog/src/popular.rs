@@ -239,10 +239,12 @@ impl Catalog {
         }
     }
 
-    /// Sets `product_stock{product}` for the best sellers of the popular
-    /// board (the products a sale is moving now; the board's size bounds
-    /// the series). Called at scrape.
-    pub async fn publish_stock_gauges(&self) -> Result<(), CatalogError> {
+    /// `product_stock{product}` for the best sellers of the popular board
+    /// (the products a sale is moving now; the board bounds the series), in
+    /// Prometheus's text format, read at scrape. Written here rather than
+    /// kept as gauges: a product that leaves the board leaves the metrics
+    /// with it, instead of showing its last count for ever.
+    pub async fn stock_exposition(&self) -> Result<String, CatalogError> {
         let board = self.popular().await?;
         let ids: Vec<i64> = board
             .value
@@ -251,12 +253,16 @@ impl Catalog {
             .map(|i| i.product_id.get())
             .collect();
         if ids.is_empty() {
-            return Ok(());
+            return Ok(String::new());
         }
+        let mut out = String::from(
+            "# HELP product_stock Units left of each best-selling product (the popular board's, read at scrape).\n\
+             # TYPE product_stock gauge\n",
+        );
         for (id, stock) in crate::store::stock_of(&self.inner.db, &ids).await? {
-            metrics::gauge!("product_stock", "product" => id.to_string()).set(f64::from(stock));
+            out.push_str(&format!("product_stock{{product=\"{id}\"}} {stock}\n"));
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Top 5 by units sold over the last three days, ties by product id.

@@ -231,7 +231,7 @@ struct Inner {
 /// Help text of this crate's metrics, for `/metrics` (call once, after
 /// the recorder is installed).
 pub fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_histogram, Unit};
     describe_counter!(
         "coupon_issue_total",
         "Coupon issue answers by path (gate, fallback) and outcome."
@@ -272,15 +272,11 @@ pub fn describe_metrics() {
     for trigger in ["periodic", "admin"] {
         metrics::counter!("coupon_gate_repairs_total", "trigger" => trigger).increment(0);
     }
-    describe_gauge!(
-        "coupon_issued",
-        "Coupons issued per open coupon, from PostgreSQL (set by the periodic check)."
-    );
-    describe_gauge!(
-        "coupon_quantity",
-        "Coupons that exist per open coupon (set by the periodic check)."
-    );
 }
+
+/// Open coupons in `/metrics` at most (the latest opened): bounds the
+/// series and the scrape's work.
+pub const EXPOSED_COUPONS: i64 = 20;
 
 /// Which path served an issue, for metrics.
 fn count(path: &'static str, outcome: &'static str) {
@@ -693,6 +689,31 @@ impl Coupons {
         })
     }
 
+    /// `coupon_issued` and `coupon_quantity` of the open coupons that opened
+    /// last (at most [`EXPOSED_COUPONS`]), from PostgreSQL, in Prometheus's
+    /// text format, read at scrape: fresh whenever Prometheus looks, and a
+    /// coupon that closes leaves the metrics instead of keeping its last
+    /// count as a gauge would.
+    pub async fn issued_exposition(&self) -> Result<String, CouponError> {
+        let rows = store::open_issued(&self.io.db, EXPOSED_COUPONS).await?;
+        if rows.is_empty() {
+            return Ok(String::new());
+        }
+        let mut issued = String::from(
+            "# HELP coupon_issued Coupons issued per open coupon, from PostgreSQL (read at scrape).\n\
+             # TYPE coupon_issued gauge\n",
+        );
+        let mut quantity = String::from(
+            "# HELP coupon_quantity Coupons that exist per open coupon (read at scrape).\n\
+             # TYPE coupon_quantity gauge\n",
+        );
+        for (id, n, q) in rows {
+            issued.push_str(&format!("coupon_issued{{coupon=\"{id}\"}} {n}\n"));
+            quantity.push_str(&format!("coupon_quantity{{coupon=\"{id}\"}} {q}\n"));
+        }
+        Ok(issued + &quantity)
+    }
+
     /// Periodic check of open coupons: a gate whose holder count differs
     /// from PostgreSQL's by the same amount on two consecutive checks (so not
     /// just winners in flight) is rebuilt. Returns the coupons repaired.
@@ -703,11 +724,6 @@ impl Coupons {
                 return Ok(repaired);
             };
             let rows = store::issued_count(&self.io.db, coupon.id).await?;
-            // Already at hand here, every RECONCILE_INTERVAL: the dashboard's
-            // issued-vs-quantity costs nothing more.
-            let label = coupon.id.to_string();
-            metrics::gauge!("coupon_issued", "coupon" => label.clone()).set(rows as f64);
-            metrics::gauge!("coupon_quantity", "coupon" => label).set(coupon.quantity as f64);
             let seen = (state.users, rows);
             let previous = self
                 .inner

@@ -95,6 +95,38 @@ pub async fn open_now(pool: &DbPool) -> Result<Vec<Coupon>, CouponError> {
     Ok(rows.into_iter().map(to_coupon).collect())
 }
 
+/// (id, issued, quantity) of the `limit` open coupons that opened last,
+/// in one statement (the metrics' issued-vs-quantity, read at scrape).
+pub async fn open_issued(pool: &DbPool, limit: i64) -> Result<Vec<(i64, i64, i32)>, CouponError> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        issued: i64,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        quantity: i32,
+    }
+    let mut c = conn(pool).await?;
+    // One index-only count per coupon (user_coupons_one_per_slot leads
+    // with coupon_id), bounded by `limit` coupons.
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT c.id, c.quantity, \
+                (SELECT count(*) FROM user_coupons u WHERE u.coupon_id = c.id) AS issued \
+         FROM coupons c \
+         WHERE c.opens_at <= now() AND (c.expires_at IS NULL OR c.expires_at > now()) \
+         ORDER BY c.opens_at DESC, c.id DESC LIMIT $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .load(&mut c)
+    .await
+    .map_err(StorageError::from)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, r.issued, r.quantity))
+        .collect())
+}
+
 /// (user, slot) of every issued coupon.
 pub async fn holders(pool: &DbPool, id: CouponId) -> Result<Vec<(i64, i32)>, CouponError> {
     let mut c = conn(pool).await?;

@@ -915,4 +915,26 @@ async fn the_best_sellers_stock_is_in_the_metrics() {
         !metrics.contains(&format!("product_stock{{product=\"{quiet}\"}}")),
         "a product that sold nothing is not on the board: {metrics}"
     );
+    assert_eq!(metrics.matches("# TYPE product_stock gauge").count(), 1);
+    // Five products outsell it: it leaves the board, and the metrics with
+    // it (a gauge would keep showing its last count).
+    let mut better = Vec::new();
+    for n in 0..5 {
+        let id = create_product(&app, &format!("better {n}"), 1000, 50).await;
+        better.push((ProductId::parse(id).unwrap(), 10));
+    }
+    app.state
+        .catalog
+        .record_sales(&better, Utc::now())
+        .await
+        .unwrap();
+    let gone = format!("product_stock{{product=\"{hot}\"}}");
+    wait_until(
+        Duration::from_secs(10),
+        "the product off the board leaves the metrics",
+        || async { !app.metrics_text().await.contains(&gone) },
+    )
+    .await;
+    let metrics = app.metrics_text().await;
+    assert_eq!(metrics.matches("product_stock{").count(), 5, "{metrics}");
 }

@@ -713,3 +713,44 @@ async fn each_http_worker_issues_through_its_own_warm_redis_connection() {
     // Off: every issue goes through the process's shared connection.
     assert_eq!(off_by_issues, 0);
 }
+
+/// The dashboard's "issued vs quantity": `/metrics` carries both for each
+/// open coupon, read from PostgreSQL at scrape; a coupon not open yet is
+/// not there, and one that closes leaves (a gauge would keep its last
+/// count for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_coupons_issued_and_quantity_are_in_the_metrics() {
+    let app = TestApp::spawn().await;
+    let users = app.seed_users(3).await;
+    let coupon = create_coupon(&app, 5, -1, Some(4)).await;
+    let later = create_coupon(&app, 4, 3600, None).await;
+    for u in &users {
+        let (s, body) = app
+            .post_empty(&format!("/api/v1/coupons/{coupon}/issue"), &u.token)
+            .await;
+        assert_eq!(s, 201, "{body}");
+    }
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains(&format!("coupon_issued{{coupon=\"{coupon}\"}} 3\n")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("coupon_quantity{{coupon=\"{coupon}\"}} 5\n")));
+    assert!(
+        !text.contains(&format!("coupon=\"{later}\"")),
+        "not open yet"
+    );
+    assert_eq!(text.matches("# TYPE coupon_issued gauge").count(), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let text = app.metrics_text().await;
+        if !text.contains(&format!("coupon=\"{coupon}\"")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed coupon is still in the metrics: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}

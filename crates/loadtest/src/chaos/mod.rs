@@ -600,7 +600,7 @@ async fn deploy(
             .await
         {
             Ok(m) => {
-                if let Err(e) = m.wait_targets_up(Duration::from_secs(15)).await {
+                if let Err(e) = m.wait_ready_to_watch(Duration::from_secs(20)).await {
                     log(format!("Prometheus: {e:#}"));
                 }
                 log(format!("Prometheus on {}", m.prometheus_url));
@@ -874,6 +874,7 @@ async fn run_one(
                     .collect()
             };
             crate::prom::chaos_section(
+                &paths.root,
                 stack,
                 clock.unix0_ms,
                 origin_ms,

@@ -229,14 +229,18 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Waits (bounded) until every target has been scraped successfully.
-    pub async fn wait_targets_up(&self, limit: Duration) -> Result<()> {
+    /// Waits (bounded) until every target has been scraped successfully
+    /// and no alert is pending or firing. A fresh Prometheus evaluates its
+    /// rules before its first scrape: `absent(up)` then holds for a moment,
+    /// and under the scaled rules `AllInstancesDown` can fire before the
+    /// run has begun. The run's window starts once that has cleared.
+    pub async fn wait_ready_to_watch(&self, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             let targets = self.client.targets().await.unwrap_or_default();
             let up = targets.iter().filter(|(_, up, _)| *up).count();
             if up >= self.targets.len() && !targets.is_empty() {
-                return Ok(());
+                break;
             }
             if Instant::now() > deadline {
                 let errors: Vec<String> = targets
@@ -251,6 +255,22 @@ impl Stack {
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        loop {
+            let alerts = self.client.query("ALERTS", unix_now()).await;
+            match alerts {
+                Ok(a) if a.is_empty() => return Ok(()),
+                _ if Instant::now() > deadline => {
+                    let names: Vec<String> = alerts
+                        .map(|a| a.iter().map(|s| s.label("alertname").to_owned()).collect())
+                        .unwrap_or_default();
+                    bail!(
+                        "every target up, but alerts still pending or firing after {limit:?}: {}",
+                        names.join(", ")
+                    );
+                }
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
         }
     }
 
@@ -313,7 +333,7 @@ impl LoadMonitor {
                 for m in s.take_procs() {
                     children.push(m);
                 }
-                if let Err(e) = s.wait_targets_up(Duration::from_secs(15)).await {
+                if let Err(e) = s.wait_ready_to_watch(Duration::from_secs(20)).await {
                     crate::run::log(format!("Prometheus: {e:#}"));
                 }
                 crate::run::log(format!("Prometheus on {}", s.prometheus_url));
@@ -410,6 +430,7 @@ fn clock_text(unix: f64) -> String {
 /// on the run clock; `notifications` reads what Alertmanager posted (each
 /// with its run-clock time, ms, and body).
 pub async fn chaos_section(
+    root: &Path,
     stack: &Stack,
     unix0_ms: f64,
     origin_ms: f64,
@@ -521,5 +542,12 @@ pub async fn chaos_section(
     }
     o.push_str("\n### Figures over the run\n\n");
     o.push_str(&render::figures_markdown(&figures, &name));
+    // A fault run moves the panels a calm load test leaves empty (breaker
+    // transitions, the local limiter, errors by code).
+    o.push_str("\n### Dashboard panels against this Prometheus\n\n");
+    let checked = dashboard::check(root, &stack.prometheus_url, end, figures.window_s)
+        .await
+        .map_err(|e| format!("{e:#}"));
+    o.push_str(&render::dashboard_markdown(&checked, figures.window_s));
     (o, events)
 }

@@ -118,10 +118,31 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let refresh = async {
         let _ = state.relay.backlog().await;
         let _ = state.events.publish_dead_letter_gauge().await;
-        let _ = state.catalog.publish_stock_gauges().await;
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), refresh).await;
+    // Per-product and per-coupon figures are written at scrape rather than
+    // kept as gauges, so a product off the board or a closed coupon leaves
+    // the output. Read side by side, each bounded: a slow database leaves
+    // them out of this scrape (absent, never a stale value).
+    let limit = Duration::from_secs(1);
+    let (_, stock, coupons) = futures::join!(
+        tokio::time::timeout(limit, refresh),
+        tokio::time::timeout(limit, state.catalog.stock_exposition()),
+        tokio::time::timeout(limit, state.coupons.issued_exposition()),
+    );
+    let mut body = state.metrics.render();
+    for text in [
+        stock.ok().and_then(Result::ok),
+        coupons.ok().and_then(Result::ok),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !body.is_empty() && !body.ends_with('\n') {
+            body.push('\n');
+        }
+        body.push_str(&text);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+        .body(body)
 }
