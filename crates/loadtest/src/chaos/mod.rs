@@ -301,6 +301,8 @@ pub struct FaultWindow {
 pub struct Outcome {
     pub fault: Fault,
     pub summary: report::Summary,
+    /// What the run's Prometheus saw (empty without one).
+    pub seen: crate::prom::Seen,
     pub report: PathBuf,
     pub passed: bool,
 }
@@ -861,7 +863,7 @@ async fn run_one(
     );
 
     // What Prometheus saw, once its alerts resolved (bounded).
-    let (prometheus, prom_events) = match &dep.monitoring {
+    let (prometheus, prom_events, seen) = match &dep.monitoring {
         Ok(stack) => {
             log("waiting for Prometheus's alerts to resolve (at most 25 s)");
             let webhook = &dep.webhook;
@@ -886,6 +888,7 @@ async fn run_one(
         Err(e) => (
             format!("\n## What Prometheus saw\n\nNo Prometheus in this run: {e}.\n"),
             Vec::new(),
+            crate::prom::Seen::default(),
         ),
     };
 
@@ -973,6 +976,7 @@ async fn run_one(
     }
     Ok(Outcome {
         fault,
+        seen,
         passed: summary.passed(),
         summary,
         report: md,

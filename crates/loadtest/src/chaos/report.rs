@@ -938,5 +938,30 @@ pub fn render_all(
          accepted connections again (breakers polled every 200 ms: ±0.2 s).\n"
     );
     o.push_str(&table(outcomes, errors, root));
+    o.push_str(&monitoring_table(outcomes));
+    o
+}
+
+/// Per fault: the alerts the run's Prometheus fired (scaled rules) and
+/// how many dashboard queries had data.
+pub fn monitoring_table(outcomes: &[Outcome]) -> String {
+    let mut o = String::from(
+        "\n## What Prometheus saw per fault\n\nAlerts that fired under the runs' scaled rules (every `for:` and range window divided by 30), \
+         and the dashboard's panel queries that returned data over the run (each report lists them).\n\n\
+         | fault | alerts fired | dashboard queries with data |\n|---|---|---|\n",
+    );
+    for out in outcomes {
+        let fired = if out.seen.fired.is_empty() {
+            "none".to_owned()
+        } else {
+            out.seen.fired.join(", ")
+        };
+        let panels = out
+            .seen
+            .panels
+            .map(|(d, n)| format!("{d} of {n}"))
+            .unwrap_or_else(|| "not checked".to_owned());
+        let _ = writeln!(o, "| {} | {fired} | {panels} |", out.fault.name());
+    }
     o
 }

@@ -423,6 +423,17 @@ fn clock_text(unix: f64) -> String {
         .unwrap_or_else(|| format!("{unix:.0}"))
 }
 
+/// What a chaos run's Prometheus saw, for the summary of every fault.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seen {
+    /// The alerts that fired (scaled rules), each name once, in the order
+    /// they first fired.
+    pub fired: Vec<String>,
+    /// Dashboard queries that returned data, and all of them (`None`: the
+    /// check did not run).
+    pub panels: Option<(usize, usize)>,
+}
+
 /// A chaos run's view of its Prometheus: waits (bounded by `limit`) for
 /// the firing alerts to resolve and Alertmanager to say so, then returns
 /// the report's section and the timeline's events (run clock, ms).
@@ -436,7 +447,7 @@ pub async fn chaos_section(
     origin_ms: f64,
     limit: Duration,
     notifications: &dyn Fn() -> Vec<(f64, String)>,
-) -> (String, Vec<(f64, String)>) {
+) -> (String, Vec<(f64, String)>, Seen) {
     // Resolution first: nothing firing, and as many resolved notifications
     // as firing ones (Alertmanager groups by alert and instance).
     let deadline = Instant::now() + limit;
@@ -472,8 +483,12 @@ pub async fn chaos_section(
     let name = |i: &str| stack.instance_name(i);
     let t = |u: f64| (u * 1000.0 - unix0_ms - origin_ms) / 1000.0;
     let mut events = Vec::new();
+    let mut seen = Seen::default();
     if let Ok(spans) = &figures.alerts {
         for a in spans.iter().filter(|a| a.state == "firing") {
+            if !seen.fired.contains(&a.alertname) {
+                seen.fired.push(a.alertname.clone());
+            }
             let who = a
                 .labels
                 .get("instance")
@@ -549,5 +564,9 @@ pub async fn chaos_section(
         .await
         .map_err(|e| format!("{e:#}"));
     o.push_str(&render::dashboard_markdown(&checked, figures.window_s));
-    (o, events)
+    seen.panels = checked.ok().map(|rows| {
+        let data = rows.iter().filter(|r| r.status == "data").count();
+        (data, rows.len())
+    });
+    (o, events, seen)
 }

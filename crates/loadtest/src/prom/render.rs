@@ -306,8 +306,8 @@ pub fn why_empty(promql: &str) -> &'static str {
         ("breaker_transitions_total", "no breaker changed state"),
         ("stock_gate_total", "no order in this scenario"),
         ("product_stock", "no product on sale (sold today) in this scenario"),
-        ("coupon_issued", "set by the periodic coupon check (every `coupons.reconcile_interval_secs`, 30 s by default), which did not run while a coupon was open in this run"),
-        ("coupon_quantity", "set by the periodic coupon check (every `coupons.reconcile_interval_secs`, 30 s by default), which did not run while a coupon was open in this run"),
+        ("coupon_issued", "no coupon open in this scenario"),
+        ("coupon_quantity", "no coupon open in this scenario"),
         ("coupon_", "no coupon issued in this run"),
     ];
     WHY.iter()
