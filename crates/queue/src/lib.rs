@@ -67,4 +67,9 @@ pub fn describe_metrics() {
         "queue_degraded_total",
         "Waiting-room operations answered by the local limiter because Redis failed, by operation."
     );
+    // At 0 from the start: the first degraded answer is then an increase
+    // Prometheus sees, not a series appearing mid-outage.
+    for op in ["enter", "poll", "require_admitted"] {
+        metrics::counter!("queue_degraded_total", "op" => op).increment(0);
+    }
 }

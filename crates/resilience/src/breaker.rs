@@ -963,7 +963,16 @@ impl BreakerRegistry {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         map.entry(name.to_owned())
-            .or_insert_with(|| Breaker::new(name, config, self.alerts.clone()))
+            .or_insert_with(|| {
+                // Each transition's series exists from the start (at 0), so
+                // the first one is an increase Prometheus sees and the
+                // dashboard's panel has a line before anything has broken.
+                for to in [BreakerState::Open, BreakerState::HalfOpen, BreakerState::Closed] {
+                    metrics::counter!("breaker_transitions_total", "name" => name.to_owned(), "to" => to.as_str())
+                        .increment(0);
+                }
+                Breaker::new(name, config, self.alerts.clone())
+            })
             .clone()
     }
 
