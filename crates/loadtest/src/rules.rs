@@ -1,4 +1,4 @@
-//! The rules that never break (DESIGN.md), checked in SQL after every run.
+//! The rules that never break (docs/architecture.md), checked in SQL after every run.
 //! ALL table and column names the checks assume are in this file: adjust them
 //! here when the schema lands. A rule whose tables do not exist yet
 //! (`to_regclass(…) IS NULL`) is skipped; a rule whose query fails (a column

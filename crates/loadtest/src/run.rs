@@ -250,7 +250,7 @@ pub fn unavailable_message(s: &Scenario, missing: &[scenarios::Endpoint]) -> Str
         .collect();
     format!(
         "scenario `{}` is not available yet: the server does not list these routes in /openapi.json:\n{}\n\
-         (they are in DESIGN.md's HTTP contract; run with --force to try anyway)",
+         (they are in the HTTP contract, docs/api.md; run with --force to try anyway)",
         s.name,
         list.join("\n")
     )

@@ -6,7 +6,7 @@
 use serde_json::Value;
 use std::time::Duration;
 
-/// One HTTP route of the DESIGN.md contract, path parameters as `{…}`.
+/// One HTTP route of the contract (docs/api.md), path parameters as `{…}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
     pub method: &'static str,

@@ -256,7 +256,7 @@ const TABLE: &[(&str, SeedFigures)] = &[
             notes: "As product-read: compare with the ceiling on this machine.",
     }),
     ("flash-sale", SeedFigures {
-            source: "no seed; issue 24 (DESIGN.md's reference scenarios: \"the mission\")",
+            source: "no seed; issue 24 (docs/architecture.md, the reference scenarios: flash-sale)",
             run: "one product with 500 units, 2 000 VUs at once from 1 500 users over two instances, one order each",
             reqs_per_s: None,
             iterations_per_s: None,
@@ -268,7 +268,7 @@ const TABLE: &[(&str, SeedFigures)] = &[
                     The coupon path meets the same shape (coupon-peak).",
     }),
     ("flash-sale-pay", SeedFigures {
-            source: "no seed; issue 24 (DESIGN.md's reference scenarios: \"the mission\")",
+            source: "no seed; issue 24 (docs/architecture.md, the reference scenarios: flash-sale)",
             run: "order then pay at a constant 300 per second for 20 s, every order for the same product",
             reqs_per_s: None,
             iterations_per_s: None,

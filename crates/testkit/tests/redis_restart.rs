@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// DESIGN.md: "used again within seconds"; issue 26 asks ≤ 3 s.
+/// docs/architecture.md: a dependency is used again "within seconds" of its return; issue 26 asks ≤ 3 s.
 const HEAL_WITHIN: Duration = Duration::from_secs(3);
 const SMALL: i64 = 30;
 const LARGE: i64 = 5_000;
