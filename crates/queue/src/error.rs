@@ -2,7 +2,7 @@
 //! room fails open to the local limiter instead, so every variant is an
 //! answer for the caller, each with a stable code.
 
-use crate::target::Target;
+use crate::target::{BadTarget, Target};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
@@ -51,6 +51,15 @@ impl QueueError {
             }
             | Self::RoomsFull { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
+        }
+    }
+}
+
+impl From<BadTarget> for QueueError {
+    fn from(e: BadTarget) -> Self {
+        match e {
+            BadTarget::Room(raw) => Self::InvalidTarget(raw),
+            BadTarget::Token => Self::InvalidToken,
         }
     }
 }

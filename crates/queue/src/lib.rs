@@ -37,7 +37,7 @@ pub use health::{Health, LatencyWindow};
 pub use limiter::TokenBucket;
 pub use policy::{AdmitRate, RetryPolicy};
 pub use room::{Protected, Status, TickOutcome, TickReport, Ticket, WaitingRoom};
-pub use target::{token_target, Target};
+pub use target::{token_target, BadTarget, Target};
 
 /// Help text of this crate's metrics, for `/metrics` (call once, after
 /// the recorder is installed).

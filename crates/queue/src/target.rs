@@ -10,8 +10,6 @@
 
 use std::fmt;
 
-use crate::error::QueueError;
-
 /// Hex digits of a token's random part (128 bits).
 const TOKEN_HEX: usize = 32;
 
@@ -26,10 +24,21 @@ pub enum Target {
     Sale(i64),
 }
 
+/// Why a room name or a token could not be read. Its own type, so that
+/// this module needs nothing of the crate's error type, which takes it in
+/// with `From` (`invalid_queue_target`, `invalid_queue_token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadTarget {
+    /// Not `store`, `coupon:<id>` or `sale:<id>` (the first 64 characters).
+    Room(String),
+    /// Not a token this service hands out.
+    Token,
+}
+
 impl Target {
     /// Parses `store`, `coupon:<id>` or `sale:<id>` (ids positive).
-    pub fn parse(raw: &str) -> Result<Self, QueueError> {
-        let invalid = || QueueError::InvalidTarget(raw.chars().take(64).collect());
+    pub fn parse(raw: &str) -> Result<Self, BadTarget> {
+        let invalid = || BadTarget::Room(raw.chars().take(64).collect());
         match raw.split_once(':') {
             None if raw == "store" => Ok(Self::Store),
             Some((kind, id)) => {
@@ -76,24 +85,24 @@ pub(crate) fn make_token(target: Target, bits: u128) -> String {
 }
 
 /// Splits a token into its room; anything malformed is `InvalidToken`.
-pub fn token_target(token: &str) -> Result<Target, QueueError> {
-    let (room, random) = token.rsplit_once('.').ok_or(QueueError::InvalidToken)?;
+pub fn token_target(token: &str) -> Result<Target, BadTarget> {
+    let (room, random) = token.rsplit_once('.').ok_or(BadTarget::Token)?;
     if random.len() != TOKEN_HEX
         || !random
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
-        return Err(QueueError::InvalidToken);
+        return Err(BadTarget::Token);
     }
     // Only the canonical form: `coupon:1.<hex>` would parse, but is not ours.
     if room.contains(':') {
-        return Err(QueueError::InvalidToken);
+        return Err(BadTarget::Token);
     }
     let room = match room.split_once('-') {
         Some((kind, id)) => format!("{kind}:{id}"),
         None => room.to_owned(),
     };
-    Target::parse(&room).map_err(|_| QueueError::InvalidToken)
+    Target::parse(&room).map_err(|_| BadTarget::Token)
 }
 
 #[cfg(test)]

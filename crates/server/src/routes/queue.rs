@@ -109,7 +109,7 @@ fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiErr
             Some(("sale", d)) if past_i64(d) => {
                 ApiError::not_found("sale_not_found", "no sale (product) with this id")
             }
-            _ => e.into(),
+            _ => commerce_queue::QueueError::from(e).into(),
         }
     })
 }
