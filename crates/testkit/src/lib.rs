@@ -149,6 +149,19 @@ impl TestApp {
         split(res).await
     }
 
+    /// Charges `user`'s balance by `amount` (a test's setup: it must work).
+    pub async fn charge(&self, user: &TestUser, amount: i64) {
+        let (s, b) = self
+            .post_json(
+                "/api/v1/me/balance/charge",
+                Some(&user.token),
+                None,
+                &serde_json::json!({ "amount": amount }),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+
     /// POST JSON with optional bearer token and idempotency key. On the
     /// routes that require a key ([`KEY_REQUIRED`]) `None` sends a fresh
     /// one, as a client following the docs does; tests of the missing key

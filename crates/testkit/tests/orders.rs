@@ -33,18 +33,6 @@ async fn products(app: &TestApp, specs: &[(i64, i32)]) -> Vec<i64> {
     ids
 }
 
-async fn charge(app: &TestApp, user: &TestUser, amount: i64) {
-    let (s, b) = app
-        .post_json(
-            "/api/v1/me/balance/charge",
-            Some(&user.token),
-            None,
-            &json!({ "amount": amount }),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-}
-
 async fn order(
     app: &TestApp,
     user: &TestUser,
@@ -193,7 +181,7 @@ async fn fifty_concurrent_payments_pay_once() {
     let a = TestApp::spawn().await;
     let b = a.sibling(|_| {}).await;
     let user = a.create_user("payer").await;
-    charge(&a, &user, 10_000).await;
+    a.charge(&user, 10_000).await;
     let p = products(&a, &[(1_500, 10)]).await[0];
     let (s, o) = order(&a, &user, &[(p, 2)], None).await;
     assert_eq!(s, 201, "{o}");
@@ -267,7 +255,7 @@ async fn payment_racing_expiry_pays_or_expires_never_both() {
     let p = products(&a, &[(100, 1000)]).await[0];
     let mut orders = Vec::new();
     for u in &users {
-        charge(&a, u, 1000).await;
+        a.charge(u, 1000).await;
         let (s, o) = order(&a, u, &[(p, 3)], None).await;
         assert_eq!(s, 201, "{o}");
         orders.push(o["id"].as_i64().unwrap());
@@ -310,7 +298,7 @@ async fn insufficient_balance_coupon_reuse_and_cancel() {
     let p = products(&a, &[(1_000, 10)]).await;
     let p = p[0];
     // Insufficient balance: 409 and nothing changes.
-    charge(&a, &user, 500).await;
+    a.charge(&user, 500).await;
     let (_, o1) = order(&a, &user, &[(p, 1)], None).await;
     let o1 = o1["id"].as_i64().unwrap();
     let (s, body) = pay(&a, &user, o1, Some("k1")).await;
@@ -341,7 +329,7 @@ async fn insufficient_balance_coupon_reuse_and_cancel() {
         .await;
     assert_eq!(s, 201, "{issued}");
     let uc = issued["user_coupon_id"].as_i64().unwrap();
-    charge(&a, &user, 5_000).await;
+    a.charge(&user, 5_000).await;
     let (s, o2) = order(&a, &user, &[(p, 1)], Some(uc)).await;
     assert_eq!(s, 201, "{o2}");
     assert_eq!(
@@ -569,14 +557,14 @@ async fn batched_payments_debit_each_payer_once_and_never_below_zero() {
     let p = products(&a, &[(100, 1000)]).await[0];
     let mut payers: Vec<(&TestUser, i64)> = Vec::new();
     for u in &rich {
-        charge(&a, u, 1000).await;
+        a.charge(u, 1000).await;
         let (s, o) = order(&a, u, &[(p, 1)], None).await;
         assert_eq!(s, 201, "{o}");
         payers.push((u, o["id"].as_i64().unwrap()));
     }
     // Six orders of 100 against 350: exactly three can be paid, whichever
     // batches they land in.
-    charge(&a, &poor, 350).await;
+    a.charge(&poor, 350).await;
     for _ in 0..6 {
         let (s, o) = order(&a, &poor, &[(p, 1)], None).await;
         assert_eq!(s, 201, "{o}");
@@ -634,7 +622,7 @@ async fn a_keyed_payment_stores_its_answer_with_the_payment() {
     let b = a.sibling(|_| {}).await;
     let user = a.create_user("payer").await;
     let other = a.create_user("other").await;
-    charge(&a, &user, 5_000).await;
+    a.charge(&user, 5_000).await;
     let p = products(&a, &[(1_000, 10)]).await[0];
     let (_, o) = order(&a, &user, &[(p, 1)], None).await;
     let id = o["id"].as_i64().unwrap();
@@ -664,7 +652,7 @@ async fn a_keyed_payment_stores_its_answer_with_the_payment() {
         (short.0, short.1["code"].as_str()),
         (409, Some("insufficient_balance"))
     );
-    charge(&a, &user, 5_000).await;
+    a.charge(&user, 5_000).await;
     assert_eq!(pay(&b, &user, id2, Some("pay-3")).await, short);
     let (_, bal) = a.get_json("/api/v1/me/balance", Some(&user.token)).await;
     assert_eq!(bal["balance"], 9_000, "one debit in all");

@@ -152,15 +152,7 @@ async fn a_sale_is_exact_through_shared_and_per_worker_clients() {
                     let user = &users[i];
                     let id = body["id"].as_i64().unwrap();
                     async move {
-                        let (s, _) = app
-                            .post_json(
-                                "/api/v1/me/balance/charge",
-                                Some(&user.token),
-                                None,
-                                &json!({ "amount": 100 }),
-                            )
-                            .await;
-                        assert_eq!(s, 200);
+                        app.charge(user, 100).await;
                         app.post_json(
                             &format!("/api/v1/orders/{id}/payment"),
                             Some(&user.token),
@@ -621,15 +613,7 @@ async fn with_redis_cut_payments_do_not_drain_the_workers_pools() {
     let p = product(&app, 100).await;
     let mut orders = Vec::new();
     for u in &users {
-        let (s, b) = app
-            .post_json(
-                "/api/v1/me/balance/charge",
-                Some(&u.token),
-                None,
-                &json!({ "amount": 1000 }),
-            )
-            .await;
-        assert_eq!(s, 200, "{b}");
+        app.charge(u, 1000).await;
         let (s, o) = order(&app, u, p, 1).await;
         assert_eq!(s, 201, "{o}");
         orders.push(o["id"].as_i64().unwrap());
