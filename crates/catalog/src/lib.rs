@@ -332,8 +332,12 @@ pub struct Catalog {
 struct Inner {
     db: DbPool,
     redis: RedisClient,
-    /// For the invalidation listener's dedicated connection.
-    subscriber: redis::Client,
+    /// For the invalidation listener's dedicated connection: the one Redis,
+    /// or each node of a cluster (tried in turn; any node hears every
+    /// PUBLISH).
+    subscribers: Vec<redis::Client>,
+    /// Which of `subscribers` the next attempt uses.
+    next_subscriber: std::sync::atomic::AtomicUsize,
     subscribe_timeout: Duration,
     /// Tags this instance's announcements, so it skips its own (it already
     /// applied them, and dropping its fresh copy would only cost a reload).
@@ -382,7 +386,11 @@ impl Catalog {
         redis_config: &RedisConfig,
         config: CatalogConfig,
     ) -> Result<Self, redis::RedisError> {
-        let subscriber = redis::Client::open(redis_config.url.as_str())?;
+        let subscribers = redis_config
+            .pubsub_urls()
+            .iter()
+            .map(|url| redis::Client::open(url.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
         let refresh_after = config
             .l1_ttl
             .mul_f64(f64::from(config.refresh_ahead_pct.clamp(1, 99)) / 100.0);
@@ -406,7 +414,8 @@ impl Catalog {
             inner: Arc::new(Inner {
                 db,
                 redis,
-                subscriber,
+                subscribers,
+                next_subscriber: std::sync::atomic::AtomicUsize::new(0),
                 subscribe_timeout: redis_config.connect_timeout.max(Duration::from_millis(100)) * 2,
                 origin: rand::random(),
                 refresh_after,

@@ -90,12 +90,19 @@ fn window(today: NaiveDate) -> Vec<NaiveDate> {
 }
 
 impl Catalog {
+    // The ranking's keys share the hash tag `{ranking}`: the board's script
+    // reads every day of the window at once, which a Redis Cluster allows
+    // only within one slot (the sets are small: one member per product sold).
     fn day_key(&self, day: NaiveDate) -> String {
-        self.inner.redis.key(&format!("catalog:sales:{day}"))
+        self.inner
+            .redis
+            .key(&format!("catalog:{{ranking}}:sales:{day}"))
     }
 
     fn built_key(&self, day: NaiveDate) -> String {
-        self.inner.redis.key(&format!("catalog:sales:{day}:built"))
+        self.inner
+            .redis
+            .key(&format!("catalog:{{ranking}}:sales:{day}:built"))
     }
 
     /// Records units sold at `at` (its UTC day). PostgreSQL first (the truth,
@@ -353,7 +360,7 @@ impl Catalog {
         days: &[NaiveDate],
     ) -> Result<Option<Vec<(ProductId, i64)>>, commerce_resilience::CallError<redis::RedisError>>
     {
-        let scratch = self.inner.redis.key("catalog:popular:scratch");
+        let scratch = self.inner.redis.key("catalog:{ranking}:popular:scratch");
         let mut invocation = self.inner.top_script.key(&scratch);
         for day in days {
             invocation.key(self.day_key(*day));

@@ -51,7 +51,22 @@ impl Catalog {
     async fn subscribe(
         &self,
     ) -> Result<redis::aio::PubSub, commerce_resilience::CallError<redis::RedisError>> {
-        let client = self.inner.subscriber.clone();
+        // Each attempt takes the next node: after a drop, the node that
+        // served the listener may be the one that died (a cluster).
+        let turn = self
+            .inner
+            .next_subscriber
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(client) = self
+            .inner
+            .subscribers
+            .get(turn % self.inner.subscribers.len().max(1))
+            .cloned()
+        else {
+            return Err(commerce_resilience::CallError::Inner(
+                redis::RedisError::from((redis::ErrorKind::Client, "no Redis to subscribe to")),
+            ));
+        };
         let channel = self.channel();
         self.inner
             .redis

@@ -8,6 +8,12 @@
 //! Keys are passed as they are: build them with [`RedisClient::key`], which
 //! applies the configured prefix (scripts take keys the same way).
 //!
+//! One Redis or a Redis Cluster ([`RedisConfig::cluster_nodes`]): calls get a
+//! [`RedisConn`] either way. On a cluster every script and multi-key command
+//! must keep its keys in one hash slot (a `{tag}` in the key names), and the
+//! client routes each command by its key; a failover shows as failed calls
+//! on the lost master's slots until a replica takes over.
+//!
 //! Healing after Redis returns (killed and restarted, paused, cut): a
 //! [`ConnectionManager`] reconnects only when a call finds its connection
 //! broken, and its bounded reconnect resolves to an error it keeps handing
@@ -24,8 +30,13 @@ use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, FromRedisValue, RedisError, ToRedisArgs};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, ToRedisArgs,
+    Value,
+};
 
 use crate::breaker::{Breaker, CallError};
 
@@ -39,6 +50,9 @@ pub type RedisResult<T> = Result<T, CallError<RedisError>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     pub url: String,
+    /// A Redis Cluster's seed nodes (`redis://host:port` each). Empty: the
+    /// single Redis at `url`.
+    pub cluster_nodes: Vec<String>,
     /// Prepended to every key built with [`RedisClient::key`], so several
     /// deployments (or tests) can share one Redis.
     pub key_prefix: String,
@@ -55,6 +69,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
+            cluster_nodes: Vec::new(),
             key_prefix: String::new(),
             connect_timeout: Duration::from_millis(250),
             response_timeout: Duration::from_millis(500),
@@ -77,6 +92,125 @@ impl RedisConfig {
         self.key_prefix = prefix.into();
         self
     }
+
+    /// A Redis Cluster reached through these seed nodes.
+    pub fn cluster(nodes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let cluster_nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        Self {
+            url: cluster_nodes.first().cloned().unwrap_or_default(),
+            cluster_nodes,
+            ..Self::default()
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
+    }
+
+    /// Where a subscriber can listen: any node of a cluster hears every
+    /// PUBLISH (classic pub/sub is broadcast over the cluster bus).
+    pub fn pubsub_urls(&self) -> Vec<String> {
+        if self.is_cluster() {
+            self.cluster_nodes.clone()
+        } else {
+            vec![self.url.clone()]
+        }
+    }
+}
+
+/// A connection to one Redis or to a Redis Cluster. Cheap to clone (both
+/// are handles to one multiplexed connection task).
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How new connections are made: one Redis, or a cluster.
+enum Backend {
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        /// For the recovery watch's one-off connections.
+        ping_config: AsyncConnectionConfig,
+    },
+    Cluster {
+        client: ClusterClient,
+        config: ClusterConfig,
+    },
+}
+
+impl Backend {
+    /// A connection that connects on first use, so the server starts while
+    /// Redis is down.
+    fn lazy(&self) -> Result<RedisConn, RedisError> {
+        match self {
+            Self::Single { client, config, .. } => Ok(RedisConn::Single(
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?,
+            )),
+            Self::Cluster { client, config } => Ok(RedisConn::Cluster(
+                client.get_pending_async_connection_with_config(config.clone()),
+            )),
+        }
+    }
+
+    /// PING on a new connection, never a cached error. On a cluster the
+    /// PING goes to every node of the current slot map: it answers once
+    /// each slot has a live master again (after a failover).
+    async fn ping_fresh(&self, connect_timeout: Duration, call_timeout: Duration) -> bool {
+        match self {
+            Self::Single {
+                client,
+                ping_config,
+                ..
+            } => {
+                let connect = client.get_multiplexed_async_connection_with_config(ping_config);
+                let Ok(Ok(mut c)) = tokio::time::timeout(connect_timeout, connect).await else {
+                    return false;
+                };
+                let ping = redis::cmd("PING");
+                let pong = tokio::time::timeout(call_timeout, ping.query_async::<String>(&mut c));
+                matches!(pong.await, Ok(Ok(_)))
+            }
+            Self::Cluster { client, config } => {
+                let mut c = client.get_pending_async_connection_with_config(config.clone());
+                let ping = redis::cmd("PING");
+                let pong = tokio::time::timeout(
+                    connect_timeout + call_timeout,
+                    ping.query_async::<Value>(&mut c),
+                );
+                matches!(pong.await, Ok(Ok(_)))
+            }
+        }
+    }
 }
 
 /// Redis behind the `redis` breaker. Cheap to clone; clones share the
@@ -91,22 +225,19 @@ pub struct RedisClient {
 /// The client's connection manager, replaced after each opening of the
 /// breaker.
 struct Conn {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    /// For the recovery watch's one-off connections.
-    ping_config: AsyncConnectionConfig,
+    backend: Backend,
     connect_timeout: Duration,
     /// The runtime the client was built on: new managers spawn their tasks
     /// there, as the first one did (an HTTP worker's stay on its thread).
     runtime: tokio::runtime::Handle,
     /// The manager and the breaker's [`Breaker::openings`] when it was made.
-    current: RwLock<(u64, ConnectionManager)>,
+    current: RwLock<(u64, RedisConn)>,
 }
 
 impl Conn {
     /// The manager to use now: a new one if the breaker opened since the
     /// current one was made.
-    fn manager(&self, openings: u64) -> Result<ConnectionManager, RedisError> {
+    fn manager(&self, openings: u64) -> Result<RedisConn, RedisError> {
         {
             let cur = self.current.read().unwrap_or_else(PoisonError::into_inner);
             if cur.0 == openings {
@@ -116,8 +247,7 @@ impl Conn {
         let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
         if cur.0 != openings {
             let _on = self.runtime.enter();
-            let fresh =
-                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+            let fresh = self.backend.lazy()?;
             *cur = (openings, fresh);
         }
         Ok(cur.1.clone())
@@ -137,26 +267,45 @@ impl RedisClient {
     /// Builds the client without connecting. Fails only on a malformed URL.
     /// Must be called inside a tokio runtime (the manager spawns a task).
     pub fn new(config: &RedisConfig, breaker: Breaker) -> Result<Self, RedisError> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(config.reconnect_retries)
-            .set_min_delay(config.reconnect_min_delay)
-            .set_max_delay(config.reconnect_max_delay);
-        let manager =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())?;
-        let ping_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout));
-        Ok(Self {
-            conn: Arc::new(Conn {
+        let backend = if config.is_cluster() {
+            // Redirects (MOVED/ASK after a failover or resharding) and a
+            // topology refresh each take a retry; the breaker's timeout
+            // still bounds the whole call.
+            let client = ClusterClient::builder(config.cluster_nodes.iter().map(String::as_str))
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.response_timeout)
+                .retries(u32::try_from(config.reconnect_retries).unwrap_or(1).max(2))
+                .min_retry_wait(millis(config.reconnect_min_delay))
+                .max_retry_wait(millis(config.reconnect_max_delay))
+                .build()?;
+            let config = ClusterConfig::new()
+                .set_connection_timeout(config.connect_timeout)
+                .set_response_timeout(config.response_timeout);
+            Backend::Cluster { client, config }
+        } else {
+            let client = redis::Client::open(config.url.as_str())?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.response_timeout))
+                .set_number_of_retries(config.reconnect_retries)
+                .set_min_delay(config.reconnect_min_delay)
+                .set_max_delay(config.reconnect_max_delay);
+            let ping_config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.response_timeout));
+            Backend::Single {
                 client,
                 config: manager_config,
                 ping_config,
+            }
+        };
+        let first = backend.lazy()?;
+        Ok(Self {
+            conn: Arc::new(Conn {
+                backend,
                 connect_timeout: config.connect_timeout,
                 runtime: tokio::runtime::Handle::current(),
-                current: RwLock::new((breaker.openings(), manager)),
+                current: RwLock::new((breaker.openings(), first)),
             }),
             breaker,
             prefix: Arc::from(config.key_prefix.as_str()),
@@ -164,7 +313,7 @@ impl RedisClient {
     }
 
     /// The manager for a call the breaker admitted.
-    fn manager(&self) -> Result<ConnectionManager, RedisError> {
+    fn manager(&self) -> Result<RedisConn, RedisError> {
         self.conn.manager(self.breaker.openings())
     }
 
@@ -172,7 +321,7 @@ impl RedisClient {
     /// breaker is open, makes sure a recovery watch runs.
     async fn call<T, F, Fut>(&self, timeout: Option<Duration>, f: F) -> RedisResult<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         // The manager is picked once admitted: a probe never goes through a
@@ -207,16 +356,11 @@ impl RedisClient {
             let _watch = watch;
             while breaker.is_recovering() {
                 tokio::time::sleep(RECOVERY_PING_EVERY).await;
-                let connect = conn
-                    .client
-                    .get_multiplexed_async_connection_with_config(&conn.ping_config);
-                let Ok(Ok(mut c)) = tokio::time::timeout(conn.connect_timeout, connect).await
-                else {
-                    continue;
-                };
-                let ping = redis::cmd("PING");
-                let pong = tokio::time::timeout(call_timeout, ping.query_async::<String>(&mut c));
-                if let Ok(Ok(_)) = pong.await {
+                if conn
+                    .backend
+                    .ping_fresh(conn.connect_timeout, call_timeout)
+                    .await
+                {
                     if breaker.close_after_health_check() {
                         tracing::info!(breaker = breaker.name(), "redis answers again");
                     }
@@ -243,7 +387,7 @@ impl RedisClient {
     }
 
     /// The raw connection, bypassing the breaker (benchmarks, diagnostics).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         let cur = self
             .conn
             .current
@@ -256,7 +400,7 @@ impl RedisClient {
     /// with the breaker's default timeout.
     pub async fn run<T, F, Fut>(&self, f: F) -> RedisResult<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.call(None, f).await
@@ -265,7 +409,7 @@ impl RedisClient {
     /// [`RedisClient::run`] with its own timeout.
     pub async fn run_with_timeout<T, F, Fut>(&self, timeout: Duration, f: F) -> RedisResult<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.call(Some(timeout), f).await

@@ -227,9 +227,30 @@ pub struct DatabaseSettings {
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     pub url: String,
+    /// A Redis Cluster's seed nodes, comma-separated (`host:port` or
+    /// `redis://host:port`); empty: the single Redis at `url`.
+    pub cluster_nodes: String,
     pub key_prefix: String,
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
+}
+
+impl RedisSettings {
+    /// `cluster_nodes` as URLs (`host:port` gets `redis://`).
+    pub fn cluster_node_urls(&self) -> Vec<String> {
+        self.cluster_nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                if n.contains("://") {
+                    n.to_owned()
+                } else {
+                    format!("redis://{n}")
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +345,7 @@ lock_timeout_ms = 3000
 
 [redis]
 url = "redis://127.0.0.1:6379"
+cluster_nodes = ""
 key_prefix = ""
 connect_timeout_ms = 500
 response_timeout_ms = 500
@@ -486,6 +508,19 @@ impl Settings {
         }
         if self.database.pool_size == 0 {
             return bad("database.pool_size", "must be at least 1".into());
+        }
+        for node in self.redis.cluster_node_urls() {
+            if redis::Client::open(node.as_str()).is_err() {
+                return bad(
+                    "redis.cluster_nodes",
+                    format!("`{node}` is not a Redis address"),
+                );
+            }
+        }
+        // A brace in the prefix would take over every key's hash tag (the
+        // first `{…}` of a key picks its Cluster slot).
+        if self.redis.key_prefix.contains(['{', '}']) {
+            return bad("redis.key_prefix", "must not contain `{` or `}`".into());
         }
         for (key, v) in [
             ("database.pool_wait_ms", self.database.pool_wait_ms),
@@ -723,8 +758,13 @@ impl Settings {
     }
 
     pub fn redis_config(&self) -> commerce_resilience::RedisConfig {
-        let mut cfg = commerce_resilience::RedisConfig::with_url(&self.redis.url)
-            .key_prefix(&self.redis.key_prefix);
+        let nodes = self.redis.cluster_node_urls();
+        let mut cfg = if nodes.is_empty() {
+            commerce_resilience::RedisConfig::with_url(&self.redis.url)
+        } else {
+            commerce_resilience::RedisConfig::cluster(nodes)
+        }
+        .key_prefix(&self.redis.key_prefix);
         cfg.connect_timeout = Duration::from_millis(self.redis.connect_timeout_ms);
         cfg.response_timeout = Duration::from_millis(self.redis.response_timeout_ms);
         cfg
