@@ -15,6 +15,10 @@
 //!    time (a `SET NX` lock).
 //! 3. **PostgreSQL**, the truth, read behind a semaphore (`db_concurrency`,
 //!    waiting at most `db_wait`, then 503 `catalog_busy` with `Retry-After`).
+//!    With a read replica configured, these reads (and the list, and the
+//!    popular ranking's fallback) go to the replica through its own breaker
+//!    and fall back to the primary; writes, and everything orders decide
+//!    on, stay on the primary (see `commerce_resilience::replica`).
 //!
 //! # How stale a page can be (the invalidation bound)
 //!
@@ -57,7 +61,7 @@ pub use popular::{PopularBoard, RankingOrigin};
 
 use chrono::Utc;
 use commerce_domain::{ParseError, ProductId};
-use commerce_resilience::{RedisClient, RedisConfig};
+use commerce_resilience::{ReadReplica, RedisClient, RedisConfig};
 use commerce_storage::{DbPool, StorageError};
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
@@ -330,7 +334,10 @@ pub struct Catalog {
 }
 
 struct Inner {
+    /// The primary: writes, and reads whose answer feeds a write.
     db: DbPool,
+    /// Reads that tolerate a replica's lag (pages, list, popular ranking).
+    reads: ReadReplica,
     redis: RedisClient,
     /// For the invalidation listener's dedicated connection: the one Redis,
     /// or each node of a cluster (tried in turn; any node hears every
@@ -379,9 +386,10 @@ impl Drop for RefreshGuard {
 impl Catalog {
     /// Builds the catalog without touching Redis or PostgreSQL (the
     /// listener connects from [`Catalog::run_background`]). Fails only on a
-    /// malformed Redis URL.
+    /// malformed Redis URL. `db`'s primary takes the writes; its replica,
+    /// if any, the reads that tolerate lag.
     pub fn new(
-        db: DbPool,
+        db: ReadReplica,
         redis: RedisClient,
         redis_config: &RedisConfig,
         config: CatalogConfig,
@@ -412,7 +420,8 @@ impl Catalog {
             .build();
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
+                db: db.primary().clone(),
+                reads: db,
                 redis,
                 subscribers,
                 next_subscriber: std::sync::atomic::AtomicUsize::new(0),
@@ -735,7 +744,15 @@ impl Catalog {
         let _permit = self.db_permit().await?;
         bump(&inner.counters.detail_db_loads);
         metrics::counter!("catalog_db_loads_total", "what" => "detail").increment(1);
-        Ok(store::detail(&inner.db, id).await?)
+        // A product missing on the replica may have been created a moment
+        // ago: only the primary may say "not found".
+        Ok(inner
+            .reads
+            .read_confirming(
+                |db| async move { store::detail(&db, id).await },
+                Option::is_none,
+            )
+            .await?)
     }
 
     async fn l2_get(
@@ -802,7 +819,10 @@ impl Catalog {
     pub async fn list(&self, req: PageRequest) -> Result<ProductPage, CatalogError> {
         let (items, total) = tokio::try_join!(
             async {
-                store::page(&self.inner.db, i64::from(req.size()), req.offset())
+                let (limit, offset) = (i64::from(req.size()), req.offset());
+                self.inner
+                    .reads
+                    .read(|db| async move { store::page(&db, limit, offset).await })
                     .await
                     .map_err(CatalogError::from)
             },
@@ -825,7 +845,9 @@ impl Catalog {
             .try_get_with((), async {
                 bump(&self.inner.counters.count_loads);
                 metrics::counter!("catalog_db_loads_total", "what" => "count").increment(1);
-                store::count(&self.inner.db)
+                self.inner
+                    .reads
+                    .read(|db| async move { store::count(&db).await })
                     .await
                     .map_err(CatalogError::from)
             })

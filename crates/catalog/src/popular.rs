@@ -398,7 +398,11 @@ impl Catalog {
         bump(&inner.counters.popular_db_loads);
         metrics::counter!("catalog_db_loads_total", "what" => "popular").increment(1);
         let limit = i64::try_from(BOARD_SIZE).unwrap_or(5);
-        let rows = crate::store::top_sales(&inner.db, *from, *to, limit).await?;
+        let (from, to) = (*from, *to);
+        let rows = inner
+            .reads
+            .read(|db| async move { crate::store::top_sales(&db, from, to, limit).await })
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(id, units)| (ProductId::from_db(id), units))

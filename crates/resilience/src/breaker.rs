@@ -31,6 +31,9 @@ pub const REDIS: &str = "redis";
 pub const KAFKA: &str = "kafka";
 pub const DATA_PLATFORM: &str = "data_platform";
 pub const NOTIFICATION: &str = "notification";
+/// The read replica of catalog reads; registered only when one is
+/// configured (see [`crate::replica`]).
+pub const DB_REPLICA: &str = "db_replica";
 
 /// The breakers every instance has.
 pub const STANDARD: [&str; 4] = [REDIS, KAFKA, DATA_PLATFORM, NOTIFICATION];
@@ -68,6 +71,9 @@ impl BreakerConfig {
         let call_timeout = match name {
             REDIS => Duration::from_millis(500),
             KAFKA => Duration::from_secs(5),
+            // A catalog read takes milliseconds; a replica that needs a
+            // second is better skipped for the primary.
+            DB_REPLICA => Duration::from_secs(1),
             _ => Duration::from_secs(2),
         };
         Self {

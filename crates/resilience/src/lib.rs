@@ -17,6 +17,7 @@ pub mod alert;
 pub mod breaker;
 pub mod lock;
 pub mod redis_client;
+pub mod replica;
 
 pub use alert::AlertSink;
 pub use breaker::{
@@ -25,6 +26,7 @@ pub use breaker::{
 };
 pub use lock::{LockBackend, LockConfig, LockError, LockGuard, LockManager};
 pub use redis_client::{RedisClient, RedisConfig, RedisResult};
+pub use replica::ReadReplica;
 
 /// Help text of this crate's metrics, for `/metrics` (call once, after
 /// the recorder is installed).
@@ -41,5 +43,9 @@ pub fn describe_metrics() {
     describe_counter!(
         "breaker_transitions_total",
         "Breaker state changes by breaker and state entered."
+    );
+    describe_counter!(
+        "db_reads_total",
+        "Reads a replica may serve (catalog misses), by where they were served: replica or primary."
     );
 }

@@ -106,6 +106,29 @@ fn worker_io(state: &AppState) -> WorkerIo {
     io
 }
 
+/// Where the catalog's lag-tolerant reads go: the replica through its own
+/// breaker when one is configured (its pool warmed like the primary's; a
+/// replica that is down only means reads from the primary), else the primary.
+async fn catalog_reads(
+    settings: &Settings,
+    db: &commerce_storage::DbPool,
+    breakers: &BreakerRegistry,
+) -> anyhow::Result<commerce_resilience::ReadReplica> {
+    use commerce_resilience::breaker::DB_REPLICA;
+    let Some(cfg) = settings.replica_db_config() else {
+        return Ok(commerce_resilience::ReadReplica::primary_only(db.clone()));
+    };
+    let breaker = breakers.register(DB_REPLICA, settings.breaker_config(DB_REPLICA));
+    let reads = commerce_resilience::ReadReplica::new(db.clone(), &cfg, breaker)?;
+    if let Some(pool) = reads.replica_pool() {
+        let warm = commerce_storage::warm_up(pool, cfg.pool_size / 2).await;
+        if warm == 0 {
+            tracing::warn!("read replica unavailable at start: catalog reads go to the primary");
+        }
+    }
+    Ok(reads)
+}
+
 /// First-sight user checks (a token signed elsewhere), many to one query.
 fn user_lookups(
     db: commerce_storage::DbPool,
@@ -212,7 +235,7 @@ impl Application {
             );
         }
         let catalog = commerce_catalog::Catalog::new(
-            db.clone(),
+            catalog_reads(&settings, &db, &breakers).await?,
             redis.clone(),
             &settings.redis_config(),
             settings.catalog_config(),

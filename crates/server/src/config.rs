@@ -221,6 +221,13 @@ pub struct DatabaseSettings {
     pub connect_timeout_ms: u64,
     pub statement_timeout_ms: u64,
     pub lock_timeout_ms: u64,
+    /// A streaming replica for catalog reads (product pages and list on a
+    /// cache miss, the popular ranking's fallback), behind the `db_replica`
+    /// breaker with the primary as fallback. Unset: every read goes to `url`.
+    pub replica_url: Option<String>,
+    /// Connections of the replica's pool (the waits and timeouts are the
+    /// primary's).
+    pub replica_pool_size: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,6 +349,7 @@ pool_wait_ms = 2000
 connect_timeout_ms = 3000
 statement_timeout_ms = 5000
 lock_timeout_ms = 3000
+replica_pool_size = 16
 
 [redis]
 url = "redis://127.0.0.1:6379"
@@ -521,6 +529,15 @@ impl Settings {
         // first `{…}` of a key picks its Cluster slot).
         if self.redis.key_prefix.contains(['{', '}']) {
             return bad("redis.key_prefix", "must not contain `{` or `}`".into());
+        }
+        if let Some(replica) = &self.database.replica_url {
+            match url::Url::parse(replica) {
+                Ok(u) if u.scheme() == "postgres" || u.scheme() == "postgresql" => {}
+                _ => return bad("database.replica_url", "must be a postgres:// URL".into()),
+            }
+            if self.database.replica_pool_size == 0 {
+                return bad("database.replica_pool_size", "must be at least 1".into());
+            }
         }
         for (key, v) in [
             ("database.pool_wait_ms", self.database.pool_wait_ms),
@@ -918,6 +935,17 @@ impl Settings {
         }
     }
 
+    /// The read replica's pool: the database settings with its own URL and
+    /// size. `None` when no replica is configured.
+    pub fn replica_db_config(&self) -> Option<commerce_storage::DbConfig> {
+        let url = self.database.replica_url.clone()?;
+        Some(commerce_storage::DbConfig {
+            url,
+            pool_size: self.database.replica_pool_size,
+            ..self.db_config()
+        })
+    }
+
     pub fn db_config(&self) -> commerce_storage::DbConfig {
         let d = &self.database;
         commerce_storage::DbConfig {
@@ -972,6 +1000,51 @@ mod tests {
         assert_eq!(s.redis.key_prefix, "t1:");
         assert_eq!(s.database.pool_size, 4);
         assert_eq!(s.kafka.brokers.as_deref(), Some("127.0.0.1:9092"));
+    }
+
+    #[test]
+    fn replica_is_optional_and_checked() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert!(s.database.replica_url.is_none());
+        assert!(s.replica_db_config().is_none());
+        let s = Settings::load_from(
+            None,
+            env(&[
+                (
+                    "COMMERCE__DATABASE__REPLICA_URL",
+                    "postgres://postgres@127.0.0.1:5433/commerce",
+                ),
+                ("COMMERCE__DATABASE__REPLICA_POOL_SIZE", "4"),
+                ("COMMERCE__DATABASE__STATEMENT_TIMEOUT_MS", "1234"),
+            ]),
+        )
+        .unwrap();
+        let r = s.replica_db_config().unwrap();
+        assert_eq!(r.url, "postgres://postgres@127.0.0.1:5433/commerce");
+        assert_eq!(r.pool_size, 4);
+        assert_eq!(r.statement_timeout, Duration::from_millis(1234));
+        assert_eq!(
+            s.db_config().url,
+            "postgres://postgres@127.0.0.1:5432/commerce"
+        );
+        for (key, value) in [
+            ("COMMERCE__DATABASE__REPLICA_URL", "redis://x"),
+            ("COMMERCE__DATABASE__REPLICA_POOL_SIZE", "0"),
+        ] {
+            let mut vars = vec![(key, value)];
+            if !key.ends_with("REPLICA_URL") {
+                vars.push(("COMMERCE__DATABASE__REPLICA_URL", "postgres://h/db"));
+            }
+            let err = Settings::load_from(None, env(&vars))
+                .unwrap_err()
+                .to_string();
+            let named = if key.ends_with("REPLICA_URL") {
+                "database.replica_url"
+            } else {
+                "database.replica_pool_size"
+            };
+            assert!(err.contains(named), "{err}");
+        }
     }
 
     #[test]

@@ -40,8 +40,8 @@ fn migrations_digest() -> String {
     hex::encode(&h.finalize()[..6])
 }
 
-async fn admin_conn() -> diesel_async::AsyncPgConnection {
-    commerce_storage::connect(&DbConfig::with_url(format!("{}/postgres", server_url())))
+async fn admin_conn(server: &str) -> diesel_async::AsyncPgConnection {
+    commerce_storage::connect(&DbConfig::with_url(format!("{server}/postgres")))
         .await
         .expect("connect to postgres")
 }
@@ -52,9 +52,9 @@ struct Flag {
     flag: bool,
 }
 
-async fn ensure_template() -> String {
+async fn ensure_template(server: &str) -> String {
     let name = format!("commerce_tpl_{}", migrations_digest());
-    let mut c = admin_conn().await;
+    let mut c = admin_conn(server).await;
     // Serialise template creation across test processes.
     diesel::sql_query("SELECT pg_advisory_lock(7231002)")
         .execute(&mut c)
@@ -77,7 +77,7 @@ async fn ensure_template() -> String {
             .execute(&mut c)
             .await
             .expect("create template");
-        let cfg = DbConfig::with_url(format!("{}/{name}", server_url()));
+        let cfg = DbConfig::with_url(format!("{server}/{name}"));
         commerce_storage::run_migrations(&cfg)
             .await
             .expect("migrate template");
@@ -95,9 +95,15 @@ async fn ensure_template() -> String {
 
 impl TestDb {
     pub async fn create() -> Self {
-        let template = ensure_template().await;
+        Self::create_on(&server_url()).await
+    }
+
+    /// [`TestDb::create`] on another server (`postgres://user@host:port`,
+    /// e.g. a disposable [`crate::pg_server::PgServer`]).
+    pub async fn create_on(server: &str) -> Self {
+        let template = ensure_template(server).await;
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let mut c = admin_conn().await;
+        let mut c = admin_conn(server).await;
         diesel::sql_query(format!(
             "CREATE DATABASE {} TEMPLATE {}",
             quote_ident(&name),
@@ -107,7 +113,7 @@ impl TestDb {
         .await
         .expect("create test database");
         Self {
-            url: format!("{}/{name}", server_url()),
+            url: format!("{server}/{name}"),
             name,
         }
     }
@@ -135,6 +141,11 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        // The server this database is on (its URL with the maintenance database).
+        let admin = url::Url::parse(&self.url).ok().map(|mut u| {
+            u.set_path("/postgres");
+            u.to_string()
+        });
         // Drop runs outside async context guarantees: use a thread of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -142,7 +153,12 @@ impl Drop for TestDb {
                 .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
-                    let mut c = admin_conn().await;
+                    // A server already gone (a disposable one) has nothing to drop.
+                    let Some(admin) = admin else { return };
+                    let Ok(mut c) = commerce_storage::connect(&DbConfig::with_url(admin)).await
+                    else {
+                        return;
+                    };
                     let _ = diesel::sql_query(format!(
                         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                         quote_ident(&name)

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod chaos;
 pub mod db;
 pub mod fake_http;
+pub mod pg_server;
 pub mod redis_cluster;
 pub mod redis_server;
 
