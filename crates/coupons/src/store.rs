@@ -190,7 +190,7 @@ pub async fn insert(
            RETURNING id, issued_at), \
          ev AS (\
            INSERT INTO outbox (id, event_type, aggregate_key, payload) \
-           SELECT $5, $6, $1::text, jsonb_build_object('user_coupon_id', id, 'coupon_id', $1::bigint, \
+           SELECT $5, $6, $3::text, jsonb_build_object('user_coupon_id', id, 'coupon_id', $1::bigint, \
                   'user_id', $3::bigint, 'issued_at', issued_at) FROM ins) \
          SELECT id, issued_at FROM ins",
     )
@@ -336,7 +336,7 @@ impl QueryFragment<Pg> for InsertWinners {
         );
         out.push_bind_param::<Text, _>(&commerce_storage::outbox::event::COUPON_ISSUED)?;
         out.push_sql(
-            ", ins.coupon_id::text, \
+            ", ins.user_id::text, \
                       jsonb_build_object('user_coupon_id', ins.id, 'coupon_id', ins.coupon_id, \
                                          'user_id', ins.user_id, 'issued_at', ins.issued_at) \
                FROM ins JOIN input ON input.coupon_id = ins.coupon_id AND input.user_id = ins.user_id) \

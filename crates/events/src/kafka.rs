@@ -1,6 +1,32 @@
-//! Kafka transport: an idempotent producer behind the `kafka` breaker, topic
-//! creation at start-up, and one consumer group per consumer with offsets
-//! stored only after the event is settled (at least once).
+//! Kafka transport: a producer behind the `kafka` breaker, topic creation at
+//! start-up, and one consumer group per consumer with offsets stored only
+//! after the event is settled (at least once).
+//!
+//! Partitioning and order. One topic per event type; every message's key is
+//! its outbox row's aggregate key, so librdkafka's default partitioner
+//! (a hash of the key) puts all events of one aggregate in one partition:
+//!
+//! | topic | key | why |
+//! |---|---|---|
+//! | `order_paid`, `order_cancelled`, `order_expired` | order id | the order's life |
+//! | `balance_charged` | user id | the balance; each event carries the new balance |
+//! | `coupon_issued` | user id | a user's coupons and notifications; a coupon id would put a flash coupon's whole peak in one partition |
+//!
+//! Within a key, consumers get events in outbox order (`created_at`, id):
+//! the relay claims a key's rows only while no other relay holds an older
+//! one of that key, the producer keeps one request in flight per broker
+//! unless idempotence keeps order itself, and a consumer applies one key's
+//! events one after the other. A publish that fails (broker down, delivery
+//! timeout) goes again in a later pass, possibly after newer events of its
+//! key went through: order holds while the broker acknowledges.
+//! Consumers still never depend on it for correctness (the ranking adds up
+//! sales, which commute; the HTTP consumers' peers drop duplicates by id).
+//! There are no per-product events: an order spans products.
+//!
+//! Two instances share each consumer group and split its partitions
+//! (round robin over every topic's partitions). A member that dies without
+//! leaving is noticed after `session_timeout`; until then its partitions
+//! wait, the rest of the group keeps consuming.
 
 use crate::kafka_errors::{kind_of, KafkaErrors, Op};
 use crate::{Consumer, Dispatcher, Event};
@@ -37,6 +63,11 @@ pub struct KafkaConfig {
     /// metadata), so the `kafka` breaker and readiness see an unreachable
     /// broker within seconds, also one that was never reachable.
     pub probe_interval: Duration,
+    /// A consumer group member the broker has not heard from for this long
+    /// (a SIGKILLed instance) loses its partitions to the other members:
+    /// the longest its events wait. Kafka refuses less than its
+    /// `group.min.session.timeout.ms` (6 s by default).
+    pub session_timeout: Duration,
 }
 
 impl KafkaConfig {
@@ -121,10 +152,14 @@ fn producer(
         .set("acks", "all")
         .set("message.timeout.ms", &timeout_ms)
         .set("request.timeout.ms", &timeout_ms)
-        // Ordering within a key is not relied on (consumers are
-        // idempotent and order-free); a few requests in flight keep a
-        // steady trickle flowing while one waits on the broker.
-        .set("max.in.flight.requests.per.connection", "5")
+        // A key's events stay in order in their partition: without
+        // idempotence a retried request could land behind a later one, so
+        // one request at a time (the next one's batch fills meanwhile);
+        // the idempotent producer keeps order with five.
+        .set(
+            "max.in.flight.requests.per.connection",
+            if config.idempotence { "5" } else { "1" },
+        )
         .set("socket.connection.setup.timeout.ms", "3000")
         .set("reconnect.backoff.max.ms", "1000")
         .set("linger.ms", "5")
@@ -473,15 +508,37 @@ async fn create_topics(
 struct Health {
     broken: Arc<std::sync::atomic::AtomicBool>,
     errors: KafkaErrors,
+    group: Arc<str>,
 }
 
 impl Health {
-    fn new(errors: KafkaErrors) -> Self {
+    fn new(errors: KafkaErrors, group: &str) -> Self {
         Self {
             broken: Arc::default(),
             errors,
+            group: group.into(),
         }
     }
+}
+
+/// `topic[0,2] other[1]`: a partition list, short enough for a log line.
+fn partitions(list: &rdkafka::TopicPartitionList) -> String {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for e in list.elements() {
+        by_topic
+            .entry(e.topic().to_owned())
+            .or_default()
+            .push(e.partition());
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, mut ps)| {
+            ps.sort_unstable();
+            let ps: Vec<String> = ps.iter().map(i32::to_string).collect();
+            format!("{topic}[{}]", ps.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl rdkafka::ClientContext for Health {
@@ -497,6 +554,25 @@ impl rdkafka::ClientContext for Health {
 }
 
 impl rdkafka::consumer::ConsumerContext for Health {
+    /// Which partitions this instance holds, as the group deals them (two
+    /// instances split them; a dead one's move after the session timeout).
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        use rdkafka::consumer::Rebalance;
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(group = %self.group, partitions = %partitions(list), "kafka partitions assigned");
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(group = %self.group, partitions = %partitions(list), "kafka partitions revoked");
+            }
+            Rebalance::Error(e) => self.errors.record_error(Op::Consume, e),
+        }
+    }
+
     /// An offset commit that failed (the events are read again after a
     /// rebalance; the inbox drops them): counted and logged by kind.
     fn commit_callback(
@@ -517,6 +593,7 @@ fn consumer_client(
     group: &str,
     health: Health,
 ) -> Result<StreamConsumer<Health>, KafkaError> {
+    let session_ms = config.session_timeout.as_millis().max(1);
     ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", group)
@@ -525,7 +602,15 @@ fn consumer_client(
         // Offsets are stored by hand once an event is settled.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        // A dead member's partitions move after this; heartbeats three
+        // times per session, so one lost heartbeat is no rebalance.
+        .set("session.timeout.ms", session_ms.to_string())
+        .set("heartbeat.interval.ms", (session_ms / 3).max(1).to_string())
+        // Partitions of every topic of the group dealt in turn: two members
+        // get an even share also when each topic has fewer partitions than
+        // twice the members (`range` gives one member the first partitions
+        // of every topic).
+        .set("partition.assignment.strategy", "roundrobin")
         .set("socket.connection.setup.timeout.ms", "3000")
         .set("reconnect.backoff.max.ms", "1000")
         .create_with_context(health)
@@ -549,7 +634,7 @@ pub async fn consume(
         .collect();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     while !shutdown.is_cancelled() {
-        let health = Health::new(errors.clone());
+        let health = Health::new(errors.clone(), &group);
         let client = match consumer_client(&config, &group, health.clone()) {
             Ok(c) => c,
             Err(e) => {

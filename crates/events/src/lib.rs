@@ -302,6 +302,7 @@ impl Dispatcher {
     /// as [`Dispatcher::deliver_many`]: a transactional consumer applies the
     /// batch in one inbox transaction, any other reads and writes its inbox
     /// once for the batch; an event repeated inside the batch counts once.
+    /// One key's events are applied in batch order (partition order).
     pub async fn deliver_batch(
         &self,
         consumer: &dyn Consumer,
@@ -370,7 +371,6 @@ impl Dispatcher {
         concurrency: usize,
         out: &mut [Option<Delivery>],
     ) {
-        use futures::StreamExt;
         let picked = picked.to_vec();
         let table = inbox_table(consumer.name());
         if let (Some(t), true) = (&table, consumer.transactional() && picked.len() > 1) {
@@ -388,11 +388,10 @@ impl Dispatcher {
         let (Some(table), Some(seen)) = (table, seen) else {
             // Transactional (its effect shares the inbox transaction), or
             // the batched read failed: one event at a time.
-            let done: Vec<(usize, Delivery)> = futures::stream::iter(picked)
-                .map(|i| async move { (i, self.deliver(consumer, &events[i]).await) })
-                .buffer_unordered(concurrency)
-                .collect()
-                .await;
+            let done = in_key_order(events, &picked, concurrency, |i| {
+                self.deliver(consumer, &events[i])
+            })
+            .await;
             for (i, d) in done {
                 out[i] = Some(d);
             }
@@ -409,19 +408,14 @@ impl Dispatcher {
                 !dup
             })
             .collect();
-        let handled: Vec<(usize, Delivery)> = futures::stream::iter(fresh)
-            .map(|i| async move {
-                let e = &events[i];
-                let d = self
-                    .with_retries(consumer, e, || async {
-                        consumer.handle(None, e).await.map(|()| Delivery::Processed)
-                    })
-                    .await;
-                (i, d)
+        let handled = in_key_order(events, &fresh, concurrency, |i| async move {
+            let e = &events[i];
+            self.with_retries(consumer, e, || async {
+                consumer.handle(None, e).await.map(|()| Delivery::Processed)
             })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
+            .await
+        })
+        .await;
         let processed: Vec<usize> = handled
             .iter()
             .filter(|(_, d)| *d == Delivery::Processed)
@@ -464,7 +458,6 @@ impl Dispatcher {
         concurrency: usize,
         out: &mut [Option<Delivery>],
     ) {
-        use futures::StreamExt;
         let mut applied: Vec<&Event> = Vec::new();
         let mut alone: Vec<usize> = Vec::new();
         // Parts still to apply, the next one last.
@@ -517,11 +510,10 @@ impl Dispatcher {
         if !applied.is_empty() {
             consumer.after_commit_many(&applied, concurrency).await;
         }
-        let done: Vec<(usize, Delivery)> = futures::stream::iter(alone)
-            .map(|i| async move { (i, self.deliver(consumer, &events[i]).await) })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
+        let done = in_key_order(events, &alone, concurrency, |i| {
+            self.deliver(consumer, &events[i])
+        })
+        .await;
         for (i, d) in done {
             out[i] = Some(d);
         }
@@ -737,6 +729,58 @@ impl Dispatcher {
     }
 }
 
+/// Delivers the events `picked` (indices into `events`, in batch order),
+/// `concurrency` aggregate keys at a time and one key's events one after
+/// the other, in batch order: a key's effects happen in the order its
+/// partition (or the outbox) gave them. Once one of a key's events is
+/// deferred, the later ones are deferred with it, untried, so none
+/// overtakes it.
+async fn in_key_order<F, Fut>(
+    events: &[Event],
+    picked: &[usize],
+    concurrency: usize,
+    deliver: F,
+) -> Vec<(usize, Delivery)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Delivery>,
+{
+    use futures::StreamExt;
+    let mut chain_of: std::collections::HashMap<(&str, &str), usize> = Default::default();
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    for &i in picked {
+        let e = &events[i];
+        let n = *chain_of
+            .entry((e.event_type.as_str(), e.key.as_str()))
+            .or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            });
+        chains[n].push(i);
+    }
+    let deliver = &deliver;
+    let done: Vec<Vec<(usize, Delivery)>> = futures::stream::iter(chains)
+        .map(|chain| async move {
+            let mut done = Vec::with_capacity(chain.len());
+            let mut deferred = None;
+            for i in chain {
+                let d = match deferred {
+                    Some(wait) => Delivery::Deferred(wait),
+                    None => deliver(i).await,
+                };
+                if let Delivery::Deferred(wait) = d {
+                    deferred = Some(wait);
+                }
+                done.push((i, d));
+            }
+            done
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    done.into_iter().flatten().collect()
+}
+
 /// A parked event, as listed to admins.
 #[derive(Debug, Clone, Serialize, QueryableByName)]
 pub struct DeadLetter {
@@ -854,6 +898,64 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(key: &str, n: u32) -> Event {
+        Event {
+            id: uuid::Uuid::new_v4(),
+            event_type: "order_paid".into(),
+            key: key.into(),
+            payload: serde_json::json!({ "n": n }),
+            created_at: Utc::now(),
+        }
+    }
+
+    /// One key's events are delivered one after the other in batch order
+    /// (the later ones slower, so running them side by side would reverse
+    /// them), keys side by side; after a deferral the rest of its key
+    /// waits untried.
+    #[tokio::test]
+    async fn a_batch_is_delivered_in_key_order() {
+        let events: Vec<Event> = (0..6u32)
+            .map(|n| event(if n % 2 == 0 { "a" } else { "b" }, n))
+            .collect();
+        let order = std::sync::Mutex::new(Vec::new());
+        let picked: Vec<usize> = (0..events.len()).collect();
+        let done = in_key_order(&events, &picked, 8, |i| {
+            let order = &order;
+            async move {
+                // Later events finish sooner if started together.
+                tokio::time::sleep(Duration::from_millis(30 - 5 * i as u64)).await;
+                order
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(i);
+                if i == 3 {
+                    Delivery::Deferred(Duration::from_secs(1))
+                } else {
+                    Delivery::Processed
+                }
+            }
+        })
+        .await;
+        let order = order
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let a: Vec<usize> = order.iter().copied().filter(|i| i % 2 == 0).collect();
+        assert_eq!(a, vec![0, 2, 4], "key a in batch order");
+        assert_eq!(
+            order
+                .iter()
+                .copied()
+                .filter(|i| i % 2 == 1)
+                .collect::<Vec<_>>(),
+            vec![1, 3],
+            "key b stops at its deferred event"
+        );
+        let outcome: std::collections::HashMap<usize, Delivery> = done.into_iter().collect();
+        assert_eq!(outcome.len(), 6);
+        assert_eq!(outcome[&5], Delivery::Deferred(Duration::from_secs(1)));
+        assert_eq!(outcome[&4], Delivery::Processed);
+    }
 
     #[test]
     fn inbox_names_are_checked() {

@@ -1,7 +1,9 @@
 //! The outbox relay: claims unpublished rows with a short lease (so several
 //! instances share the work without blocking each other), publishes them,
 //! and marks them published only once the broker (or, in process, every
-//! consumer) has them.
+//! consumer) has them. A key's rows are claimed by one relay at a time,
+//! oldest first, so they are published in outbox order (see the
+//! partitioning notes in [`crate::kafka`]).
 
 use crate::kafka::Publisher;
 use crate::{Dispatcher, Event};
@@ -10,7 +12,7 @@ use commerce_resilience::{Breaker, BreakerState};
 use commerce_storage::{conn, DbPool, StorageError};
 use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel::QueryableByName;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +83,10 @@ struct Row {
     #[diesel(sql_type = Timestamptz)]
     created_at: DateTime<Utc>,
 }
+
+/// The transaction lock relays take turns on to claim outbox rows (any
+/// constant no other code locks: "outbox" in ASCII).
+const CLAIM_LOCK: i64 = 0x6f7574626f78;
 
 /// What one relay pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -212,19 +218,36 @@ impl Relay {
 
     /// Claims up to `limit` rows, publishes and settles them.
     async fn pass(&self, limit: i64) -> Result<Pass, StorageError> {
+        let lease = self.config.lease.as_secs_f64();
         let rows: Vec<Row> = {
             let mut c = conn(&self.db).await?;
-            commerce_storage::sql::cached(
-                "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2) \
-                 WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL \
-                   AND (claimed_until IS NULL OR claimed_until < now()) \
-                   ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, event_type, aggregate_key, payload, created_at",
-            )
-            .bind::<BigInt, _>(limit)
-            .bind::<diesel::sql_types::Double, _>(self.config.lease.as_secs_f64())
-            .load(&mut c)
-            .await?
+            // One key's events in order across instances: a row is claimed
+            // only while no other relay holds a claim on its key (the
+            // oldest rows come first, so that claim is on an older row).
+            // Claims take turns (a transaction lock, a few milliseconds),
+            // so each sees the claims committed before it.
+            c.transaction(async |tx| {
+                commerce_storage::sql::cached("SELECT pg_advisory_xact_lock($1)")
+                    .bind::<BigInt, _>(CLAIM_LOCK)
+                    .execute(tx)
+                    .await?;
+                commerce_storage::sql::cached(
+                    "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2) \
+                     WHERE id IN (SELECT o.id FROM outbox o WHERE o.published_at IS NULL \
+                       AND (o.claimed_until IS NULL OR o.claimed_until < now()) \
+                       AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.published_at IS NULL \
+                         AND p.claimed_until IS NOT NULL AND p.claimed_until >= now() \
+                         AND p.event_type = o.event_type AND p.aggregate_key = o.aggregate_key) \
+                       ORDER BY o.created_at LIMIT $1 FOR UPDATE OF o SKIP LOCKED) \
+                     RETURNING id, event_type, aggregate_key, payload, created_at",
+                )
+                .bind::<BigInt, _>(limit)
+                .bind::<diesel::sql_types::Double, _>(lease)
+                .load(tx)
+                .await
+            })
+            .await
+            .map_err(StorageError::from)?
         };
         if rows.is_empty() {
             return Ok(Pass::default());

@@ -268,6 +268,14 @@ impl Application {
             )?),
             None => commerce_events::relay::Sink::InProcess(dispatcher.clone()),
         };
+        let defaults = commerce_events::relay::RelayConfig::default();
+        // To a broker a pass is bounded by one publish (the delivery
+        // timeout, plus a second): twice that holds a pass, and the rows a
+        // killed instance had claimed (and the newer events of their keys)
+        // wait no longer than that.
+        let lease = settings.kafka_config().map_or(defaults.lease, |k| {
+            (k.delivery_timeout + Duration::from_secs(1)) * 2
+        });
         let relay = commerce_events::relay::Relay::new(
             db.clone(),
             sink,
@@ -277,7 +285,8 @@ impl Application {
                 idle: Duration::from_millis(settings.events.relay_idle_ms),
                 lull: Duration::from_millis(settings.events.relay_lull_ms),
                 max_delay: Duration::from_millis(settings.events.relay_max_delay_ms),
-                ..Default::default()
+                lease,
+                ..defaults
             },
         );
         let refusals = refusal_writer(db.clone(), &settings);

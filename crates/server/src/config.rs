@@ -276,6 +276,11 @@ pub struct KafkaSettings {
     pub idempotence: bool,
     /// How often an idle instance probes the broker (its metadata).
     pub probe_interval_ms: u64,
+    /// How long a consumer group waits on a member it no longer hears from
+    /// (a killed instance) before its partitions go to the others. Longer
+    /// than the broker stalls to ride out: a stall past it expires every
+    /// member (tansu 0.6 then never deals the group's partitions again).
+    pub session_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -365,6 +370,7 @@ delivery_timeout_ms = 5000
 partitions = 3
 idempotence = false
 probe_interval_ms = 1000
+session_timeout_ms = 10000
 
 [events]
 max_attempts = 5
@@ -558,6 +564,7 @@ impl Settings {
             ("orders.ttl_secs", self.orders.ttl_secs),
             ("kafka.delivery_timeout_ms", self.kafka.delivery_timeout_ms),
             ("kafka.probe_interval_ms", self.kafka.probe_interval_ms),
+            ("kafka.session_timeout_ms", self.kafka.session_timeout_ms),
             (
                 "events.outbox_degraded_age_secs",
                 self.events.outbox_degraded_age_secs,
@@ -799,6 +806,7 @@ impl Settings {
                 partitions: k.partitions,
                 idempotence: k.idempotence,
                 probe_interval: Duration::from_millis(k.probe_interval_ms),
+                session_timeout: Duration::from_millis(k.session_timeout_ms),
             })
     }
 

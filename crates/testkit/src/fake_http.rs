@@ -20,7 +20,16 @@ struct Shared {
     mode: Option<Mode>,
     /// Accepted requests by `Idempotency-Key`.
     accepted: HashMap<String, usize>,
+    /// Accepted `Idempotency-Key`s in the order they came, repeats too.
+    arrivals: Vec<String>,
     requests: usize,
+}
+
+impl Shared {
+    fn accept(&mut self, key: String) {
+        *self.accepted.entry(key.clone()).or_default() += 1;
+        self.arrivals.push(key);
+    }
 }
 
 pub struct FakePeer {
@@ -48,23 +57,13 @@ async fn receive(req: HttpRequest, shared: web::Data<Mutex<Shared>>) -> HttpResp
         }
         Mode::Delay(d) => {
             tokio::time::sleep(d).await;
-            *shared
-                .lock()
-                .expect("lock")
-                .accepted
-                .entry(key)
-                .or_default() += 1;
+            shared.lock().expect("lock").accept(key);
             HttpResponse::Ok().finish()
         }
         // A health check (HEAD) is answered as the mode says, not recorded.
         Mode::Ok if req.method() == actix_web::http::Method::HEAD => HttpResponse::Ok().finish(),
         Mode::Ok => {
-            *shared
-                .lock()
-                .expect("lock")
-                .accepted
-                .entry(key)
-                .or_default() += 1;
+            shared.lock().expect("lock").accept(key);
             HttpResponse::Ok().finish()
         }
     }
@@ -106,6 +105,12 @@ impl FakePeer {
     /// Accepted deliveries, duplicates included.
     pub fn accepted(&self) -> usize {
         self.shared.lock().expect("lock").accepted.values().sum()
+    }
+
+    /// Accepted `Idempotency-Key`s (event ids) in the order they came,
+    /// repeats included.
+    pub fn arrivals(&self) -> Vec<String> {
+        self.shared.lock().expect("lock").arrivals.clone()
     }
 
     /// Every request, failed ones included.

@@ -592,7 +592,7 @@ async fn batched_winner_writes_sort_out_conflicts_one_by_one() {
     let events = app
         .db
         .scalar(&format!(
-            "SELECT COUNT(*) AS n FROM outbox WHERE event_type = 'coupon_issued' AND aggregate_key = '{id}'"
+            "SELECT COUNT(*) AS n FROM outbox WHERE event_type = 'coupon_issued' AND payload->>'coupon_id' = '{id}'"
         ))
         .await;
     assert_eq!(events, 40, "one event per written row");
@@ -601,7 +601,8 @@ async fn batched_winner_writes_sort_out_conflicts_one_by_one() {
         .scalar(&format!(
             "SELECT COUNT(*) AS n FROM outbox o JOIN user_coupons u \
                ON u.id = (o.payload->>'user_coupon_id')::bigint \
-             WHERE o.aggregate_key = '{id}' AND (o.payload->>'user_id')::bigint <> u.user_id"
+             WHERE o.event_type = 'coupon_issued' AND o.payload->>'coupon_id' = '{id}' \
+               AND ((o.payload->>'user_id')::bigint <> u.user_id OR o.aggregate_key <> u.user_id::text)"
         ))
         .await;
     assert_eq!(mismatched, 0, "each event names its own row's user");
