@@ -187,7 +187,7 @@ impl Application {
             );
             SecretString::from(DEV_TOKEN_SECRET)
         });
-        let tokens = crate::auth::Tokens {
+        let tokens = crate::tokens::Tokens {
             current: TokenSigner::new(
                 token_secret.expose_secret().as_bytes(),
                 settings.auth.token_ttl_secs,
@@ -207,7 +207,7 @@ impl Application {
                     )
                 }),
         };
-        let known_users = crate::auth::KnownUsers::new(
+        let known_users = crate::tokens::KnownUsers::new(
             Duration::from_secs(settings.auth.user_cache_secs),
             200_000,
         );

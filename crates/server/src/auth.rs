@@ -2,7 +2,7 @@
 //!
 //! A token is checked in two steps: its signature and expiry (no I/O), then
 //! that its user exists. The second step reads PostgreSQL once per user and
-//! instance and is then answered from [`KnownUsers`] (users are never
+//! instance and is then answered from [`crate::tokens::KnownUsers`] (users are never
 //! deleted, so a positive answer stays true; it is still dropped after
 //! `auth.user_cache_secs` so a database reset is noticed). A missing user is
 //! a 401 `unknown_user`, never a 5xx or a retry hint.
@@ -11,13 +11,10 @@ use crate::error::ApiError;
 use crate::state::{AppState, WorkerIo};
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
-use commerce_accounts::token::{TokenError, TokenSigner};
+use commerce_accounts::token::TokenError;
 use commerce_domain::UserId;
-use commerce_storage::batch::Batcher;
 use futures::future::{ready, LocalBoxFuture, Ready};
 use secrecy::ExposeSecret;
-use std::sync::Arc;
-use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// The authenticated caller (a valid token of a user that exists).
@@ -27,75 +24,6 @@ pub struct AuthUser(pub UserId);
 fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
     req.app_data::<web::Data<AppState>>()
         .ok_or_else(ApiError::internal)
-}
-
-/// The signers a token may be verified with: the current secret, and the
-/// previous one until the end of its rotation window.
-pub struct Tokens {
-    pub current: TokenSigner,
-    pub previous: Option<(TokenSigner, chrono::DateTime<chrono::Utc>)>,
-}
-
-impl Tokens {
-    pub fn issue(&self, user: UserId) -> Result<String, TokenError> {
-        self.current.issue(user)
-    }
-
-    pub fn verify(&self, token: &str) -> Result<UserId, TokenError> {
-        match self.current.verify(token) {
-            Err(TokenError::Invalid) => match &self.previous {
-                Some((old, until)) if chrono::Utc::now() < *until => old.verify(token),
-                _ => Err(TokenError::Invalid),
-            },
-            other => other,
-        }
-    }
-}
-
-/// Users known to exist, per instance, for `ttl`.
-pub struct KnownUsers {
-    cache: moka::future::Cache<i64, ()>,
-}
-
-impl KnownUsers {
-    pub fn new(ttl: Duration, capacity: u64) -> Self {
-        Self {
-            cache: moka::future::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .build(),
-        }
-    }
-
-    /// Remembers a user just created or looked up elsewhere.
-    pub async fn remember(&self, user: UserId) {
-        self.cache.insert(user.get(), ()).await;
-    }
-
-    /// Ok when the user exists; concurrent first looks at one user share
-    /// one lookup, and lookups of many users share a query.
-    pub async fn check(
-        &self,
-        lookups: &Batcher<commerce_accounts::lookup::UserLookups>,
-        user: UserId,
-    ) -> Result<(), ApiError> {
-        if self.cache.contains_key(&user.get()) {
-            return Ok(());
-        }
-        self.cache
-            .try_get_with(user.get(), async {
-                match commerce_accounts::lookup::exists(lookups, user).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(ApiError::unauthorized(
-                        "unknown_user",
-                        "the token's user does not exist",
-                    )),
-                    Err(e) => Err(ApiError::from(e)),
-                }
-            })
-            .await
-            .map_err(|e: Arc<ApiError>| (*e).clone())
-    }
 }
 
 fn bearer(req: &HttpRequest) -> Result<UserId, ApiError> {

@@ -12,6 +12,7 @@ pub mod routes;
 pub mod seams;
 pub mod state;
 pub mod telemetry;
+pub mod tokens;
 
 pub use app::Application;
 pub use config::Settings;

@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 pub struct AppState {
     pub settings: Settings,
     pub db: DbPool,
-    pub tokens: crate::auth::Tokens,
+    pub tokens: crate::tokens::Tokens,
     /// Users known to exist (a token of a missing user is a 401).
-    pub known_users: crate::auth::KnownUsers,
+    pub known_users: crate::tokens::KnownUsers,
     pub limits: crate::ratelimit::RateLimiter,
     pub admin_key: SecretString,
     pub metrics: PrometheusHandle,
