@@ -10,172 +10,30 @@
 //! unavailable Redis sends requests to a PostgreSQL-only path behind a
 //! concurrency limit, and the gate is rebuilt before it is trusted again.
 
+pub mod config;
+pub mod error;
 pub mod gate;
+pub mod model;
 pub mod redeem;
 pub mod store;
 pub mod writer;
 
-use chrono::{DateTime, Utc};
-use commerce_domain::{CouponId, ParseError, UserCouponId, UserId};
+use chrono::Utc;
+use commerce_domain::{CouponId, UserId};
 use commerce_resilience::{LockManager, RedisClient};
 use commerce_storage::{DbPool, StorageError};
 use gate::{GateAnswer, GateState};
-use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+pub use config::CouponConfig;
+pub use error::CouponError;
+pub use model::{
+    Coupon, IssuedCoupon, MyCoupon, NewCoupon, ReconcileReport, MAX_DISCOUNT, MAX_QUANTITY,
+};
 pub use store::InsertError;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CouponError {
-    #[error("coupon not found")]
-    NotFound,
-    #[error("coupon opens at {0}")]
-    NotOpen(DateTime<Utc>),
-    #[error("coupon expired")]
-    Expired,
-    #[error("coupon sold out")]
-    SoldOut,
-    #[error("coupon already issued to this user")]
-    AlreadyIssued,
-    /// Too many requests on the degraded path, or a winner's write failed
-    /// and was given back: retry shortly.
-    #[error("coupon issuing busy: {0}")]
-    Busy(&'static str),
-    #[error(transparent)]
-    Invalid(#[from] ParseError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Coupon {
-    pub id: CouponId,
-    pub name: String,
-    pub discount_amount: i64,
-    pub quantity: i32,
-    pub opens_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
-/// A validated coupon definition.
-#[derive(Debug, Clone)]
-pub struct NewCoupon {
-    pub name: String,
-    pub discount_amount: i64,
-    pub quantity: i32,
-    pub opens_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
-pub const MAX_QUANTITY: i64 = 10_000_000;
-pub const MAX_DISCOUNT: i64 = 100_000_000_000;
-
-impl NewCoupon {
-    pub fn parse(
-        name: &str,
-        discount_amount: i64,
-        quantity: i64,
-        opens_at: DateTime<Utc>,
-        expires_at: Option<DateTime<Utc>>,
-    ) -> Result<Self, ParseError> {
-        // Trimmed, 1..=100 characters, no control characters (NUL would
-        // reach PostgreSQL, which refuses it).
-        let name = commerce_domain::parse_name(name, 100)?;
-        if !(1..=MAX_DISCOUNT).contains(&discount_amount) {
-            return Err(ParseError::new(
-                "invalid_discount",
-                format!("discount_amount must be between 1 and {MAX_DISCOUNT}"),
-            ));
-        }
-        if !(1..=MAX_QUANTITY).contains(&quantity) {
-            return Err(ParseError::new(
-                "invalid_quantity",
-                format!("quantity must be between 1 and {MAX_QUANTITY}"),
-            ));
-        }
-        if expires_at.is_some_and(|e| e <= opens_at) {
-            return Err(ParseError::new(
-                "invalid_expiry",
-                "expires_at must be after opens_at",
-            ));
-        }
-        Ok(Self {
-            name,
-            discount_amount,
-            quantity: i32::try_from(quantity)
-                .map_err(|_| ParseError::new("invalid_quantity", "quantity too large"))?,
-            opens_at,
-            expires_at,
-        })
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct IssuedCoupon {
-    pub user_coupon_id: UserCouponId,
-    pub coupon_id: CouponId,
-    pub user_id: UserId,
-    pub discount_amount: i64,
-    pub issued_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MyCoupon {
-    pub user_coupon_id: UserCouponId,
-    pub coupon_id: CouponId,
-    pub name: String,
-    pub discount_amount: i64,
-    /// `issued`, `used` or `expired`.
-    pub status: String,
-    pub order_id: Option<i64>,
-    pub issued_at: DateTime<Utc>,
-    pub used_at: Option<DateTime<Utc>>,
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
-/// What a reconciliation found and did.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReconcileReport {
-    pub coupon_id: CouponId,
-    pub issued_in_database: i64,
-    pub gate_before: Option<GateState>,
-    pub gate_after: GateState,
-    /// Whether the gate disagreed with PostgreSQL and was rewritten.
-    pub repaired: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct CouponConfig {
-    /// Concurrent PostgreSQL-only issues per instance while Redis is out.
-    pub fallback_concurrency: usize,
-    /// How long a request waits for a fallback permit before a 503.
-    pub fallback_wait: Duration,
-    /// Bound on waiting for another instance's gate rebuild.
-    pub rebuild_wait: Duration,
-    /// Tasks writing winners in batches (0: each winner writes its own row).
-    pub writers: usize,
-    /// Most winners per batched statement.
-    pub write_batch: usize,
-    /// Bound on a winner's wait for its row to commit.
-    pub write_timeout: Duration,
-}
-
-impl Default for CouponConfig {
-    fn default() -> Self {
-        Self {
-            fallback_concurrency: 16,
-            fallback_wait: Duration::from_secs(5),
-            rebuild_wait: Duration::from_secs(3),
-            writers: 4,
-            write_batch: 64,
-            write_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// The coupon capability. Cheap to clone; built once per process, with
 /// [`Coupons::on_this_thread`] handles for the HTTP workers.
@@ -743,44 +601,5 @@ impl Coupons {
             }
         }
         Ok(repaired)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn coupon_definitions_are_validated() {
-        let open = t("2026-01-01T00:00:00Z");
-        assert!(NewCoupon::parse("c", 100, 10, open, None).is_ok());
-        assert_eq!(
-            NewCoupon::parse(" ", 100, 10, open, None).unwrap_err().code,
-            "invalid_name"
-        );
-        assert_eq!(
-            NewCoupon::parse("c", 0, 10, open, None).unwrap_err().code,
-            "invalid_discount"
-        );
-        assert_eq!(
-            NewCoupon::parse("c", 1, 0, open, None).unwrap_err().code,
-            "invalid_quantity"
-        );
-        assert_eq!(
-            NewCoupon::parse("c", 1, MAX_QUANTITY + 1, open, None)
-                .unwrap_err()
-                .code,
-            "invalid_quantity"
-        );
-        assert_eq!(
-            NewCoupon::parse("c", 1, 1, open, Some(open))
-                .unwrap_err()
-                .code,
-            "invalid_expiry"
-        );
     }
 }

@@ -1,6 +1,7 @@
 //! PostgreSQL side of coupons: the truth and the last guard.
 
-use crate::{Coupon, CouponError, IssuedCoupon, MyCoupon, NewCoupon};
+use crate::error::CouponError;
+use crate::model::{Coupon, IssuedCoupon, MyCoupon, NewCoupon};
 use commerce_domain::{CouponId, UserCouponId, UserId};
 use commerce_storage::schema::{coupons, user_coupons};
 use commerce_storage::{conn, DbPool, StorageError};

@@ -9,8 +9,8 @@
 //! still gets its own answer after its row committed; a row the batch could
 //! not write (a UNIQUE conflict) is retried alone to learn exactly why.
 
+use crate::model::{Coupon, IssuedCoupon};
 use crate::store::{self, InsertError, Winner};
-use crate::{Coupon, IssuedCoupon};
 use commerce_domain::{CouponId, UserId};
 use commerce_storage::{DbPool, StorageError};
 use diesel_async::AsyncPgConnection;

@@ -4,13 +4,20 @@
 //! every step is guarded, so a stale lock holder or a racing instance can only
 //! fail, never pay twice.
 
+pub mod config;
+pub mod error;
 pub mod gate;
+pub mod model;
 mod pay_writer;
 pub mod seams;
 mod writer;
 
+pub use config::OrderConfig;
+pub use error::OrderError;
+pub use model::{Line, NewOrder, Order, OrderItem, Payment, MAX_ITEMS, MAX_QUANTITY};
+
 use chrono::{DateTime, Utc};
-use commerce_domain::{OrderId, ParseError, ProductId, UserCouponId, UserId};
+use commerce_domain::{OrderId, ProductId, UserCouponId, UserId};
 use commerce_resilience::{LockManager, RedisClient};
 use commerce_storage::idempotency::SaveAnswer;
 use commerce_storage::outbox::{self, event};
@@ -19,186 +26,10 @@ use commerce_storage::{conn, DbPool, StorageError};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use seams::{Debit, Reserved, Seams, Unusable};
-use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-
-pub const MAX_ITEMS: usize = 20;
-pub const MAX_QUANTITY: i64 = 100;
-
-#[derive(Debug, thiserror::Error)]
-pub enum OrderError {
-    #[error("order not found")]
-    NotFound,
-    #[error("product {0} does not exist")]
-    UnknownProduct(ProductId),
-    #[error("not enough stock for product {0}")]
-    OutOfStock(ProductId),
-    #[error("coupon cannot be used: {0}")]
-    InvalidCoupon(&'static str),
-    #[error("order already paid")]
-    AlreadyPaid,
-    #[error("order expired")]
-    Expired,
-    #[error("order cancelled")]
-    Cancelled,
-    #[error("insufficient balance")]
-    InsufficientBalance,
-    #[error("coupon already used")]
-    CouponAlreadyUsed,
-    #[error("coupon expired")]
-    CouponExpired,
-    #[error("the order is being paid by another request")]
-    Busy,
-    /// Redis is out and the PostgreSQL-only path is at its limit.
-    #[error("ordering is degraded and busy")]
-    Degraded,
-    /// [`Orders::create_claiming`] did not write the order: its key was
-    /// used before (or the batch fell back to writing one by one). Its
-    /// units were given back; the caller settles the key the usual way.
-    #[error("the order's Idempotency-Key was not claimed")]
-    NotClaimed,
-    #[error(transparent)]
-    Invalid(#[from] ParseError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
-impl From<diesel::result::Error> for OrderError {
-    fn from(e: diesel::result::Error) -> Self {
-        Self::Storage(e.into())
-    }
-}
-
-/// A validated order line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Line {
-    pub product: ProductId,
-    pub quantity: i32,
-}
-
-/// Validated order request: 1..=MAX_ITEMS distinct products, quantities
-/// 1..=MAX_QUANTITY. Lines are sorted by product so concurrent orders touch
-/// product rows in one order (no deadlocks between multi-item orders).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewOrder {
-    pub lines: Vec<Line>,
-    pub user_coupon: Option<UserCouponId>,
-}
-
-impl NewOrder {
-    pub fn parse(items: &[(i64, i64)], user_coupon: Option<i64>) -> Result<Self, ParseError> {
-        if items.is_empty() {
-            return Err(ParseError::new("invalid_items", "items must not be empty"));
-        }
-        if items.len() > MAX_ITEMS {
-            return Err(ParseError::new(
-                "invalid_items",
-                format!("at most {MAX_ITEMS} items"),
-            ));
-        }
-        let mut seen = HashSet::new();
-        let mut lines = Vec::with_capacity(items.len());
-        for &(product, quantity) in items {
-            let product = ProductId::parse(product)?;
-            if !(1..=MAX_QUANTITY).contains(&quantity) {
-                return Err(ParseError::new(
-                    "invalid_quantity",
-                    format!("quantity must be between 1 and {MAX_QUANTITY}"),
-                ));
-            }
-            if !seen.insert(product) {
-                return Err(ParseError::new(
-                    "duplicate_product",
-                    "each product may appear once",
-                ));
-            }
-            lines.push(Line {
-                product,
-                quantity: i32::try_from(quantity)
-                    .map_err(|_| ParseError::new("invalid_quantity", "too large"))?,
-            });
-        }
-        lines.sort_by_key(|l| l.product);
-        let user_coupon = user_coupon.map(UserCouponId::parse).transpose()?;
-        Ok(Self { lines, user_coupon })
-    }
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct OrderItem {
-    pub product_id: ProductId,
-    pub quantity: i32,
-    pub unit_price: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Order {
-    pub id: OrderId,
-    pub user_id: UserId,
-    pub status: String,
-    pub total: i64,
-    pub discount: i64,
-    pub pay_amount: i64,
-    pub user_coupon_id: Option<UserCouponId>,
-    pub items: Vec<OrderItem>,
-    pub expires_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-    pub paid_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Payment {
-    pub order_id: OrderId,
-    pub status: &'static str,
-    pub paid_amount: i64,
-    pub balance: i64,
-    pub paid_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone)]
-pub struct OrderConfig {
-    /// How long a pending order holds its stock.
-    pub ttl: Duration,
-    /// Lease of the payment lock (longer than a payment transaction).
-    pub pay_lock_ttl: Duration,
-    /// How long a payment waits for a concurrent payment of the same order.
-    pub pay_lock_wait: Duration,
-    /// Reservations decided by the Redis stock gate first (`false`: every
-    /// order is its own PostgreSQL transaction on the product rows).
-    pub stock_gate: bool,
-    /// Tasks writing gated orders in batches (0: one transaction per order).
-    pub writers: usize,
-    /// Most orders (or payments) per batch.
-    pub write_batch: usize,
-    /// Tasks writing payments in batches (0: one transaction per payment).
-    pub pay_writers: usize,
-    /// Bound on an order's wait for its batch to commit.
-    pub write_timeout: Duration,
-    /// Orders at once per instance on the PostgreSQL-only path (Redis out).
-    pub fallback_concurrency: usize,
-    /// Wait for one of those, then 503.
-    pub fallback_wait: Duration,
-}
-
-impl Default for OrderConfig {
-    fn default() -> Self {
-        Self {
-            ttl: Duration::from_secs(300),
-            pay_lock_ttl: Duration::from_secs(10),
-            pay_lock_wait: Duration::from_secs(3),
-            stock_gate: true,
-            writers: 4,
-            write_batch: 64,
-            pay_writers: 4,
-            write_timeout: Duration::from_secs(10),
-            fallback_concurrency: 16,
-            fallback_wait: Duration::from_secs(5),
-        }
-    }
-}
 
 /// Help text of this crate's metrics, for `/metrics` (call once, after
 /// the recorder is installed).
@@ -1191,41 +1022,4 @@ async fn why_not_payable(
         Some((_, status, _)) if status == "cancelled" => OrderError::Cancelled,
         _ => OrderError::Expired,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn order_requests_are_validated() {
-        assert_eq!(
-            NewOrder::parse(&[], None).unwrap_err().code,
-            "invalid_items"
-        );
-        assert_eq!(
-            NewOrder::parse(&[(1, 0)], None).unwrap_err().code,
-            "invalid_quantity"
-        );
-        assert_eq!(
-            NewOrder::parse(&[(1, 101)], None).unwrap_err().code,
-            "invalid_quantity"
-        );
-        assert_eq!(
-            NewOrder::parse(&[(0, 1)], None).unwrap_err().code,
-            "invalid_id"
-        );
-        assert_eq!(
-            NewOrder::parse(&[(1, 1), (1, 2)], None).unwrap_err().code,
-            "duplicate_product"
-        );
-        let many: Vec<(i64, i64)> = (1..=21).map(|i| (i, 1)).collect();
-        assert_eq!(
-            NewOrder::parse(&many, None).unwrap_err().code,
-            "invalid_items"
-        );
-        let ok = NewOrder::parse(&[(9, 1), (3, 2)], Some(4)).unwrap();
-        assert_eq!(ok.lines[0].product.get(), 3, "sorted by product");
-        assert_eq!(ok.user_coupon.map(UserCouponId::get), Some(4));
-    }
 }

@@ -7,8 +7,10 @@
 //! order the batch could not claim (paid, expired, someone else's, or with
 //! a coupon to redeem) is paid alone, which says exactly why.
 
+use crate::error::OrderError;
+use crate::model::{OrderItem, Payment};
+use crate::pay_in;
 use crate::seams::{Debit, Seams};
-use crate::{pay_in, OrderError, OrderItem, Payment};
 use chrono::{DateTime, Utc};
 use commerce_domain::{OrderId, ProductId, UserId};
 use commerce_storage::batch::{Batch, BatchError, Batcher};
