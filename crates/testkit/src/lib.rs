@@ -54,6 +54,28 @@ pub fn test_settings(db_url: &str, redis_prefix: &str) -> Settings {
     Settings::load_from(None, env).expect("test settings")
 }
 
+/// Polls `check` every 20 ms until it holds; how long that took. Fails the
+/// test when `deadline` passes first.
+pub async fn wait_until<F, Fut>(
+    deadline: std::time::Duration,
+    what: &str,
+    mut check: F,
+) -> std::time::Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out waiting for {what} ({deadline:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
 /// One running server instance.
 pub struct TestApp {
     pub address: String,
@@ -162,6 +184,29 @@ impl TestApp {
             )
             .await;
         assert_eq!(s, 200, "{b}");
+    }
+
+    /// A product made through the admin API (its stock gate loaded).
+    pub async fn create_product(&self, name: &str, stock: i64) -> i64 {
+        let (s, body) = self
+            .admin_post(
+                "/admin/products",
+                &serde_json::json!({ "name": name, "price": 100, "stock": stock, "description": "d" }),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+        body["id"].as_i64().expect("a product id")
+    }
+
+    /// One unit of `product` ordered by `user` (a fresh idempotency key).
+    pub async fn order_one(&self, user: &TestUser, product: i64) -> (u16, Value) {
+        self.post_json(
+            "/api/v1/orders",
+            Some(&user.token),
+            None,
+            &serde_json::json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
+        )
+        .await
     }
 
     /// POST JSON with optional bearer token and idempotency key. On the

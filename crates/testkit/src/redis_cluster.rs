@@ -133,13 +133,24 @@ impl RedisCluster {
     pub fn start() -> Self {
         let root =
             std::env::temp_dir().join(format!("redis-cluster-{}", uuid::Uuid::new_v4().simple()));
-        let mut nodes: Vec<Node> = (0..6)
-            .map(|i| {
+        // Twelve distinct ports (a port freed by one probe may be handed
+        // out again by the next).
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 12 {
+            let p = free_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let mut nodes: Vec<Node> = ports
+            .chunks(2)
+            .enumerate()
+            .map(|(i, pair)| {
                 let dir = root.join(format!("node{i}"));
                 std::fs::create_dir_all(&dir).expect("node dir");
                 Node {
-                    port: free_port(),
-                    bus_port: free_port(),
+                    port: pair[0],
+                    bus_port: pair[1],
                     dir,
                     child: None,
                 }

@@ -6,6 +6,7 @@
 use chrono::{Duration as Days, Utc};
 use commerce_domain::ProductId;
 use commerce_testkit::chaos::ChaosProxy;
+use commerce_testkit::wait_until;
 use commerce_testkit::{TestApp, ADMIN_KEY};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures::future::join_all;
@@ -69,22 +70,6 @@ async fn patch(app: &TestApp, id: i64, body: &Value) -> (u16, Value) {
 async fn sql(app: &TestApp, statements: &str) {
     let mut c = app.db.conn().await;
     c.batch_execute(statements).await.unwrap();
-}
-
-/// Polls `check` every 20 ms until it holds; returns how long that took.
-async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,17 +27,6 @@ fn on(cluster: &RedisCluster) -> impl Fn(&mut Settings) + Clone {
     }
 }
 
-async fn product(app: &TestApp, stock: i64) -> i64 {
-    let (s, body) = app
-        .admin_post(
-            "/admin/products",
-            &json!({ "name": "sale", "price": 100, "stock": stock }),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
-    body["id"].as_i64().unwrap()
-}
-
 async fn coupon(app: &TestApp, quantity: i64) -> i64 {
     let now = chrono::Utc::now();
     let (s, body) = app
@@ -56,20 +45,10 @@ async fn coupon(app: &TestApp, quantity: i64) -> i64 {
     body["id"].as_i64().unwrap()
 }
 
-async fn order(app: &TestApp, user: &TestUser, product: i64) -> (u16, Value) {
-    app.post_json(
-        "/api/v1/orders",
-        Some(&user.token),
-        None,
-        &json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
-    )
-    .await
-}
-
 async fn rush(apps: &[&TestApp], users: &[TestUser], product: i64) -> Vec<(u16, Value)> {
     join_all(users.iter().enumerate().map(|(i, u)| {
         let app = apps[i % apps.len()];
-        async move { order(app, u, product).await }
+        async move { app.order_one(u, product).await }
     }))
     .await
 }
@@ -143,21 +122,6 @@ async fn issued(app: &TestApp, coupon: i64) -> (i64, i64) {
     (rows, holders)
 }
 
-async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// How often the `redis` breakers of `apps` opened, from their metrics.
 async fn redis_openings(apps: &[&TestApp]) -> u64 {
     let mut n = 0;
@@ -204,7 +168,7 @@ async fn a_coupon_burst_a_flash_sale_and_every_redis_part_work_on_a_cluster() {
     assert_eq!(issued(&a, c).await, (100, 100), "{:?}", tally(&results));
 
     // The flash sale of one product: exactly its units.
-    let p = product(&a, 50).await;
+    let p = a.create_product("sale", 50).await;
     let started = Instant::now();
     let results = rush(&apps, &users[..200], p).await;
     let sale = started.elapsed();
@@ -238,7 +202,7 @@ async fn a_coupon_burst_a_flash_sale_and_every_redis_part_work_on_a_cluster() {
     );
 
     // Product pages: the other instance's read comes from Redis (L2).
-    let other = product(&a, 10).await;
+    let other = a.create_product("sale", 10).await;
     let path = format!("/api/v1/products/{other}");
     let (s, _) = a.get_json(&path, None).await;
     assert_eq!(s, 200);
@@ -254,7 +218,7 @@ async fn a_coupon_burst_a_flash_sale_and_every_redis_part_work_on_a_cluster() {
     // Payments take the per-order lock and feed the ranking through Redis.
     for (i, u) in users[..3].iter().enumerate() {
         a.charge(u, 10_000).await;
-        let (s, body) = order(&a, u, other).await;
+        let (s, body) = a.order_one(u, other).await;
         assert_eq!(s, 201, "{body}");
         let id = body["id"].as_i64().unwrap();
         let (s, body) = apps[i % 2]
@@ -262,7 +226,7 @@ async fn a_coupon_burst_a_flash_sale_and_every_redis_part_work_on_a_cluster() {
             .await;
         assert_eq!(s, 200, "{body}");
     }
-    wait_until(Duration::from_secs(20), "popular from Redis", || async {
+    commerce_testkit::wait_until(Duration::from_secs(20), "popular from Redis", || async {
         let res = a
             .client
             .get(a.url("/api/v1/products/popular"))
@@ -299,7 +263,7 @@ async fn a_coupon_burst_a_flash_sale_and_every_redis_part_work_on_a_cluster() {
         assert_eq!(s, 201, "{body}");
         tokens.push(body["token"].as_str().unwrap().to_owned());
     }
-    wait_until(Duration::from_secs(20), "everyone admitted", || async {
+    commerce_testkit::wait_until(Duration::from_secs(20), "everyone admitted", || async {
         for (i, u) in users[..10].iter().enumerate() {
             let (s, body) = qa
                 .get_json(
@@ -327,7 +291,7 @@ async fn a_master_killed_mid_sale_fails_over_and_every_rule_holds() {
     let users = a.seed_users(900).await;
     const UNITS: i64 = 150;
     const COUPONS: i64 = 150;
-    let p = product(&a, UNITS).await;
+    let p = a.create_product("sale", UNITS).await;
     let c = coupon(&a, COUPONS).await;
 
     // The sale and the burst start; the gate's master dies between waves.
@@ -360,7 +324,7 @@ async fn a_master_killed_mid_sale_fails_over_and_every_rule_holds() {
             "redis breakers did not stay closed"
         );
         // Traffic keeps the breakers honest: a lost slot shows in a call.
-        let _ = order(&a, &users[0], p).await;
+        let _ = a.order_one(&users[0], p).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let after = rush(&apps, &users[300..], p).await;
@@ -402,7 +366,7 @@ async fn a_master_killed_mid_sale_fails_over_and_every_rule_holds() {
     // The killed node rejoins (as a replica now) and the cluster is whole.
     cluster.restart(dead);
     tokio::task::block_in_place(|| cluster.wait_healthy(Duration::from_secs(30)));
-    let p2 = product(&a, 20).await;
+    let p2 = a.create_product("sale", 20).await;
     let results = rush(&apps, &users[..100], p2).await;
     assert!(unexpected(&results, "out_of_stock").is_none());
     assert_eq!(sold(&a, p2).await, 20);

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use commerce_testkit::pg_server::PgServer;
-use commerce_testkit::{TestApp, TestDb, TestUser};
+use commerce_testkit::{TestApp, TestDb};
 use diesel_async::RunQueryDsl;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -31,27 +31,6 @@ async fn reads(app: &TestApp) -> (u64, u64) {
 
 fn breaker_state(app: &TestApp) -> commerce_resilience::BreakerState {
     app.state.breakers.get(BREAKER).expect("db_replica").state()
-}
-
-async fn create_product(app: &TestApp, name: &str, stock: i64) -> i64 {
-    let (s, body) = app
-        .admin_post(
-            "/admin/products",
-            &json!({ "name": name, "price": 100, "stock": stock, "description": "d" }),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
-    body["id"].as_i64().unwrap()
-}
-
-async fn order(app: &TestApp, user: &TestUser, product: i64) -> (u16, Value) {
-    app.post_json(
-        "/api/v1/orders",
-        Some(&user.token),
-        None,
-        &json!({ "items": [{ "product_id": product, "quantity": 1 }] }),
-    )
-    .await
 }
 
 /// A product page: status and body.
@@ -97,20 +76,6 @@ async fn on_replica(url: &str, sql: &str) {
     diesel::sql_query(sql).execute(&mut c).await.unwrap();
 }
 
-/// Polls `check` every 50 ms until it holds; how long that took.
-async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    started.elapsed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_reads_go_to_the_replica_and_survive_its_outage() {
     // Declared first, dropped last: after the app and its database.
@@ -130,12 +95,12 @@ async fn catalog_reads_go_to_the_replica_and_survive_its_outage() {
     .await;
 
     let products = [
-        (create_product(&app, "replica-a", 1).await, "replica-a"),
-        (create_product(&app, "replica-b", 50).await, "replica-b"),
-        (create_product(&app, "replica-c", 50).await, "replica-c"),
+        (app.create_product("replica-a", 1).await, "replica-a"),
+        (app.create_product("replica-b", 50).await, "replica-b"),
+        (app.create_product("replica-c", 50).await, "replica-c"),
     ];
     let count_sql = "SELECT COUNT(*) AS n FROM products WHERE name LIKE 'replica-%'";
-    let lag = wait_until(
+    let lag = commerce_testkit::wait_until(
         Duration::from_secs(30),
         "products on the replica",
         || async { scalar(&replica_url, count_sql).await == Some(3) },
@@ -165,14 +130,14 @@ async fn catalog_reads_go_to_the_replica_and_survive_its_outage() {
     let (sold_out, _) = products[0];
     on_replica(&replica_url, "SELECT pg_wal_replay_pause()").await;
     let (alice, bob) = (app.create_user("alice").await, app.create_user("bob").await);
-    let (s, first) = order(&app, &alice, sold_out).await;
+    let (s, first) = app.order_one(&alice, sold_out).await;
     assert_eq!(s, 201, "{first}");
-    let (s, second) = order(&app, &bob, sold_out).await;
+    let (s, second) = app.order_one(&bob, sold_out).await;
     assert_eq!((s, second["code"].as_str()), (409, Some("out_of_stock")));
     let (s, stale) = page(&app, sold_out).await;
     assert_eq!((s, stale["stock"].as_i64()), (200, Some(1)), "lagging page");
     on_replica(&replica_url, "SELECT pg_wal_replay_resume()").await;
-    wait_until(Duration::from_secs(10), "the page catches up", || async {
+    commerce_testkit::wait_until(Duration::from_secs(10), "the page catches up", || async {
         page(&app, sold_out).await.1["stock"].as_i64() == Some(0)
     })
     .await;
@@ -184,11 +149,12 @@ async fn catalog_reads_go_to_the_replica_and_survive_its_outage() {
     );
     let stopped = Instant::now();
     replica.stop_immediate().await;
-    let opened = wait_until(Duration::from_secs(30), "db_replica opens", || async {
-        browse(&app, &products).await;
-        breaker_state(&app) == commerce_resilience::BreakerState::Open
-    })
-    .await;
+    let opened =
+        commerce_testkit::wait_until(Duration::from_secs(30), "db_replica opens", || async {
+            browse(&app, &products).await;
+            breaker_state(&app) == commerce_resilience::BreakerState::Open
+        })
+        .await;
     eprintln!(
         "db_replica opened {opened:?} after the replica was stopped ({:?} including the stop)",
         stopped.elapsed()
@@ -209,7 +175,7 @@ async fn catalog_reads_go_to_the_replica_and_survive_its_outage() {
     // Money paths are untouched: an order is placed and paid.
     let (in_stock, _) = products[1];
     app.charge(&alice, 1_000).await;
-    let (s, placed) = order(&app, &alice, in_stock).await;
+    let (s, placed) = app.order_one(&alice, in_stock).await;
     assert_eq!(s, 201, "{placed}");
     let id = placed["id"].as_i64().unwrap();
     let (s, paid) = app
@@ -249,7 +215,7 @@ async fn catalog_reads_go_to_the_replica_and_survive_its_outage() {
         closed - restarting
     );
     let healed_at = reads(&app).await;
-    wait_until(
+    commerce_testkit::wait_until(
         Duration::from_secs(15),
         "reads back on the replica",
         || async {
@@ -282,7 +248,7 @@ async fn a_replica_that_is_not_there_costs_pages_nothing_and_orders_never_see_it
         s.catalog.detail_cache = false;
     })
     .await;
-    let product = create_product(&app, "only-one", 1).await;
+    let product = app.create_product("only-one", 1).await;
     let before = reads(&app).await;
     for _ in 0..10 {
         let (s, body) = page(&app, product).await;
@@ -293,9 +259,9 @@ async fn a_replica_that_is_not_there_costs_pages_nothing_and_orders_never_see_it
     assert_eq!(breaker_state(&app), commerce_resilience::BreakerState::Open);
     // The one unit is sold once, and the page then says so: all primary.
     let (alice, bob) = (app.create_user("alice").await, app.create_user("bob").await);
-    let (s, first) = order(&app, &alice, product).await;
+    let (s, first) = app.order_one(&alice, product).await;
     assert_eq!(s, 201, "{first}");
-    let (s, second) = order(&app, &bob, product).await;
+    let (s, second) = app.order_one(&bob, product).await;
     assert_eq!((s, second["code"].as_str()), (409, Some("out_of_stock")));
     let (s, body) = page(&app, product).await;
     assert_eq!((s, body["stock"].as_i64()), (200, Some(0)), "{body}");
