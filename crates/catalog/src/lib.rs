@@ -50,19 +50,23 @@
 //!
 //! See [`Catalog::record_sales`] and [`Catalog::popular`].
 
+pub mod config;
+pub mod error;
 pub mod model;
 mod popular;
 pub mod stock;
 pub mod store;
 mod sync;
 
+pub use config::CatalogConfig;
+pub use error::CatalogError;
 pub use model::*;
 pub use popular::{PopularBoard, RankingOrigin};
 
 use chrono::Utc;
-use commerce_domain::{ParseError, ProductId};
+use commerce_domain::ProductId;
 use commerce_resilience::{ReadReplica, RedisClient, RedisConfig};
-use commerce_storage::{DbPool, StorageError};
+use commerce_storage::DbPool;
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -70,127 +74,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-/// The catalog's one error type; [`CatalogError::code`] is the stable API code.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    #[error("product not found")]
-    NotFound,
-    /// PostgreSQL is saturated (the read semaphore's wait ran out) and no
-    /// copy could be served: retry shortly.
-    #[error("catalog busy: {reason}")]
-    Busy {
-        reason: &'static str,
-        retry_after_secs: u64,
-    },
-    #[error(transparent)]
-    Invalid(#[from] ParseError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
-impl CatalogError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "product_not_found",
-            Self::Busy { .. } => "catalog_busy",
-            Self::Invalid(p) => p.code,
-            Self::Storage(s) if s.is_unavailable() => "db_unavailable",
-            Self::Storage(_) => "internal",
-        }
-    }
-
-    /// Whether the infrastructure failed (a stale copy may stand in) rather
-    /// than the request being wrong.
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            Self::Busy { .. } => true,
-            Self::Storage(s) => s.is_unavailable(),
-            Self::NotFound | Self::Invalid(_) => false,
-        }
-    }
-
-    /// A copy of an error the caches shared between waiters (they hand out
-    /// `Arc<CatalogError>`, and `StorageError` is not `Clone`).
-    fn from_shared(e: &CatalogError) -> CatalogError {
-        match e {
-            Self::NotFound => Self::NotFound,
-            Self::Busy {
-                reason,
-                retry_after_secs,
-            } => Self::Busy {
-                reason,
-                retry_after_secs: *retry_after_secs,
-            },
-            Self::Invalid(p) => Self::Invalid(p.clone()),
-            Self::Storage(s) => Self::Storage(copy_storage_error(s)),
-        }
-    }
-}
-
-fn copy_storage_error(e: &StorageError) -> StorageError {
-    match e {
-        StorageError::PoolExhausted => StorageError::PoolExhausted,
-        StorageError::Unavailable(m) => StorageError::Unavailable(m.clone()),
-        StorageError::Timeout => StorageError::Timeout,
-        StorageError::UniqueViolation(c) => StorageError::UniqueViolation(c.clone()),
-        StorageError::CheckViolation(c) => StorageError::CheckViolation(c.clone()),
-        StorageError::ForeignKeyViolation(c) => StorageError::ForeignKeyViolation(c.clone()),
-        StorageError::SerializationFailure => StorageError::SerializationFailure,
-        StorageError::NotFound => StorageError::NotFound,
-        other => StorageError::Other(other.to_string()),
-    }
-}
-
-/// Cache sizes and lifetimes. See the crate docs for how they bound staleness.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogConfig {
-    /// Whether product pages are cached at all. Off: every detail read goes
-    /// to PostgreSQL (behind `db_concurrency`), the baseline the cache is
-    /// measured against.
-    pub detail_cache: bool,
-    /// How long an in-process copy is served: the invalidation bound.
-    pub l1_ttl: Duration,
-    /// Products kept in process (each layer of L1).
-    pub l1_capacity: u64,
-    /// Lifetime of a Redis copy, before jitter.
-    pub l2_ttl: Duration,
-    /// Spread of the Redis TTL, in percent either side.
-    pub l2_jitter_pct: u32,
-    /// A copy read after this share of its TTL is refreshed in the background.
-    pub refresh_ahead_pct: u32,
-    /// How long a last-seen copy is kept to answer while PostgreSQL fails.
-    pub stale_ttl: Duration,
-    /// Concurrent PostgreSQL reads of product pages per instance.
-    pub db_concurrency: usize,
-    /// Wait for one of those before answering 503.
-    pub db_wait: Duration,
-    /// How long the merged popular board is reused in process.
-    pub popular_ttl: Duration,
-    /// How long the list's `total` is reused in process.
-    pub count_ttl: Duration,
-    /// How often the Redis ranking is re-checked against PostgreSQL.
-    pub ranking_rebuild_every: Duration,
-}
-
-impl Default for CatalogConfig {
-    fn default() -> Self {
-        Self {
-            detail_cache: true,
-            l1_ttl: Duration::from_secs(1),
-            l1_capacity: 10_000,
-            l2_ttl: Duration::from_secs(5),
-            l2_jitter_pct: 10,
-            refresh_ahead_pct: 75,
-            stale_ttl: Duration::from_secs(300),
-            db_concurrency: 16,
-            db_wait: Duration::from_millis(500),
-            popular_ttl: Duration::from_secs(2),
-            count_ttl: Duration::from_secs(5),
-            ranking_rebuild_every: Duration::from_secs(60),
-        }
-    }
-}
 
 /// Where an answer came from (the `X-Cache` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 //! their plans (`EXPLAIN EXECUTE`) on a realistic table: each one is served
 //! by a primary-key index.
 
+use crate::error::CatalogError;
 use crate::model::{NewProduct, Product, ProductDetail, ProductPatch, ProductSummary};
-use crate::CatalogError;
 use chrono::{DateTime, NaiveDate, Utc};
 use commerce_domain::ProductId;
 use commerce_storage::schema::products;
