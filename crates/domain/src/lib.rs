@@ -1,6 +1,8 @@
 //! Domain newtypes. Values are parsed once at the edge (HTTP, config) and are
 //! valid by construction afterwards, so capability code never re-checks them.
 
+pub mod setting;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

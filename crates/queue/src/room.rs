@@ -214,7 +214,7 @@ impl WaitingRoom {
             Ok(true) => {}
             Ok(false) => {
                 return Err(QueueError::RoomsFull {
-                    retry_after_secs: self.inner.config.retry.max_secs,
+                    retry_after_secs: self.inner.config.retry().max_secs,
                 })
             }
             Err(e) => return Ok(self.degraded_ticket(user, target, None, "enter", &e).await),
@@ -297,7 +297,7 @@ impl WaitingRoom {
                 let position = to_u64(position);
                 refused(Some(position), self.retry_after(position), false)
             }
-            Ok(_) => refused(None, c.retry.min_secs, false),
+            Ok(_) => refused(None, c.retry().min_secs, false),
             Err(e) => {
                 note_degraded("require_admitted", &e);
                 if self.local_admit(user, target).await {
@@ -541,13 +541,13 @@ impl WaitingRoom {
 
     fn retry_after(&self, position: u64) -> u64 {
         let c = &self.inner.config;
-        c.retry
+        c.retry()
             .retry_after_secs(position, self.current_rate(), c.tick)
     }
 
     /// For an active token: come back well within the idle timeout.
     fn keep_alive_secs(&self) -> u64 {
-        let r = &self.inner.config.retry;
+        let r = self.inner.config.retry();
         (self.inner.config.active_idle.as_secs() / 3).clamp(r.min_secs, r.max_secs.max(r.min_secs))
     }
 
@@ -628,7 +628,7 @@ impl WaitingRoom {
     /// Without positions, spread the crowd's retries over a window starting
     /// when the bucket has refilled, so they do not all return at once.
     fn degraded_retry_after(&self) -> u64 {
-        let r = &self.inner.config.retry;
+        let r = self.inner.config.retry();
         let max = r.max_secs.max(r.min_secs);
         let base = self
             .inner

@@ -238,12 +238,12 @@ impl Application {
             catalog_reads(&settings, &db, &breakers).await?,
             redis.clone(),
             &settings.redis_config(),
-            settings.catalog_config(),
+            settings.catalog.clone(),
         )?;
         let orders = commerce_orders::Orders::new(
             db.clone(),
             locks.clone(),
-            settings.order_config(),
+            settings.orders.clone(),
             crate::seams::order_seams(),
         );
         orders.warm_up().await;
@@ -251,7 +251,7 @@ impl Application {
             redis.clone(),
             breakers.clone(),
             db.clone(),
-            settings.queue_config(),
+            settings.queue.clone(),
         );
         let dispatcher = commerce_events::Dispatcher::new(
             db.clone(),
@@ -437,8 +437,7 @@ fn spawn_background(state: &web::Data<AppState>) {
     let st = state.clone();
     tokio::spawn(async move {
         // Every instance sweeps; the guarded transition makes that safe.
-        let mut tick =
-            tokio::time::interval(Duration::from_millis(st.settings.orders.sweep_interval_ms));
+        let mut tick = tokio::time::interval(st.settings.orders.sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -463,7 +462,7 @@ fn spawn_background(state: &web::Data<AppState>) {
     });
     let st = state.clone();
     tokio::spawn(async move {
-        let every = Duration::from_secs(st.settings.coupons.reconcile_interval_secs);
+        let every = st.settings.coupons.reconcile_interval;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

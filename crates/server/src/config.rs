@@ -1,9 +1,16 @@
 //! Layered configuration: built-in defaults, then an optional TOML file
 //! (`COMMERCE_CONFIG=path`), then `COMMERCE__SECTION__KEY` environment
 //! variables. Validated once at start with messages that name the bad key.
+//!
+//! Each setting lives in one place: a capability's section is that crate's
+//! own config type (`[orders]` is `commerce_orders::OrderConfig`, with its
+//! defaults and checks); the sections below are the server's own, each
+//! with its `Default`. The README's table is checked against these
+//! defaults by a test.
 
+use commerce_domain::setting::InvalidSetting;
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,8 +18,8 @@ use std::time::Duration;
 pub const DEV_ADMIN_KEY: &str = "dev-admin-key";
 pub const DEV_TOKEN_SECRET: &str = "dev-token-secret-change-me";
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub http: HttpSettings,
     pub database: DatabaseSettings,
@@ -25,10 +32,10 @@ pub struct Settings {
     pub alerts: AlertSettings,
     pub log: LogSettings,
     pub breaker: BreakerSettings,
-    pub coupons: CouponSettings,
-    pub catalog: CatalogSettings,
-    pub orders: OrderSettings,
-    pub queue: QueueSettings,
+    pub coupons: commerce_coupons::CouponConfig,
+    pub catalog: commerce_catalog::CatalogConfig,
+    pub orders: commerce_orders::OrderConfig,
+    pub queue: commerce_queue::QueueConfig,
     pub rate_limit: RateLimitSettings,
 }
 
@@ -36,8 +43,8 @@ pub struct Settings {
 /// (charge, payment), stock (order create and cancel, coupon issue) and on
 /// waiting-room entry. Counted in Redis (one window per user and class,
 /// shared by every instance); while Redis is out, by this instance alone.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
     /// Off: no limit at all (load tests that drive few users hard).
     pub enabled: bool,
@@ -55,76 +62,9 @@ pub struct RateLimitSettings {
     pub rooms_window_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrderSettings {
-    /// How long a pending order holds its stock.
-    pub ttl_secs: u64,
-    /// How often overdue pending orders are expired.
-    pub sweep_interval_ms: u64,
-    /// Reservations decided by the Redis stock gate, written in batches.
-    pub stock_gate: bool,
-    /// Tasks writing gated orders in batches (0: one transaction each).
-    pub writers: usize,
-    /// Most orders (or payments) per batch.
-    pub write_batch: usize,
-    /// Tasks writing payments in batches (0: one transaction each).
-    pub pay_writers: usize,
-    /// Orders at once per instance on the PostgreSQL-only path (Redis out).
-    pub fallback_concurrency: usize,
-    /// Wait for one of those, then 503 `order_busy`.
-    pub fallback_wait_ms: u64,
-    /// Each HTTP worker takes orders and payments through its own Redis
-    /// connection, PostgreSQL pool and batch writers, driven on its own
-    /// thread (no cross-thread wake-ups per order); false: through the
-    /// process's shared clients.
-    pub worker_io: bool,
-    /// Connections of each worker's order pool (opened on demand): its
-    /// order and payment writers, and the reads beside them.
-    pub worker_pool_size: usize,
-}
-
-/// The waiting room (`[queue]`): admission pace, token lifetimes, polling
-/// hints, which routes require an active token, and the per-instance limiter
-/// used while Redis is out.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueSettings {
-    /// Users admitted per room per tick while healthy (halved per unhealthy
-    /// tick down to a tenth, back by a quarter per healthy one).
-    pub admit_per_tick: u32,
-    /// The admission interval; one instance admits per interval.
-    pub tick_ms: u64,
-    /// Whether this instance runs the admission loop (at least one must;
-    /// off: admission only through `WaitingRoom::admit_once`).
-    pub admitter: bool,
-    /// An active token lapses after this long without a poll or protected call.
-    pub active_idle_secs: u64,
-    /// A waiting token not polled for this long is dropped (>= 2 × retry_max_secs).
-    pub waiting_idle_secs: u64,
-    /// Active users per room at most (0: no cap).
-    pub max_active: u64,
-    /// Rooms (coupon or sale) open at once, the store's not counted.
-    pub max_rooms: u64,
-    /// `retry_after` bounds, and polls per estimated wait (`wait / k`).
-    pub retry_min_secs: u64,
-    pub retry_max_secs: u64,
-    pub polls_per_wait: u32,
-    /// Require an active token to issue a coupon / create an order.
-    pub protect_coupon_issue: bool,
-    pub protect_order_create: bool,
-    /// Room guarding coupon issuing: `store`, or `coupon` (each coupon's own).
-    pub coupon_room: String,
-    /// The local token bucket used while Redis is out, per instance.
-    pub fallback_rate_per_sec: f64,
-    pub fallback_burst: u32,
-    /// Admission slows while the reported p95 exceeds this (0: ignore).
-    pub p95_limit_ms: u64,
-}
-
 /// Circuit breaker policy, shared by every dependency's breaker.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BreakerSettings {
     /// Consecutive failures that open a breaker.
     pub failure_threshold: u32,
@@ -135,64 +75,8 @@ pub struct BreakerSettings {
     pub half_open_probes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CouponSettings {
-    /// Concurrent PostgreSQL-only issues per instance while Redis is out.
-    pub fallback_concurrency: usize,
-    pub fallback_wait_ms: u64,
-    /// How often open coupons' Redis gates are checked against PostgreSQL.
-    pub reconcile_interval_secs: u64,
-    /// Tasks writing the gate's winners in batches; 0: one insert per winner.
-    pub writers: usize,
-    /// Most winners written by one statement.
-    pub write_batch: usize,
-    /// Each HTTP worker issues through its own Redis connection and
-    /// PostgreSQL pool, driven on its own thread (no cross-thread wake-ups
-    /// per issue); false: through the process's shared clients.
-    pub worker_io: bool,
-    /// Connections of each worker's pool (opened on demand).
-    pub worker_pool_size: usize,
-}
-
-/// Product cache and popular-products settings (`[catalog]`). A change made
-/// through the catalog is visible on every instance within `l1_ttl_ms`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CatalogSettings {
-    /// Product pages cached (L1 + L2). Off: every read goes to PostgreSQL;
-    /// for measuring what the cache buys, not for production.
-    pub detail_cache: bool,
-    /// How long an in-process (L1) copy of a product page is served: the
-    /// bound on how stale a page (stock included) can be after a change.
-    pub l1_ttl_ms: u64,
-    /// Products held in process.
-    pub l1_capacity: u64,
-    /// Lifetime of a Redis (L2) copy, before jitter.
-    pub l2_ttl_ms: u64,
-    /// Random spread of the Redis TTL, percent either side (0..=50), so
-    /// products cached together do not expire together.
-    pub l2_jitter_pct: u32,
-    /// A copy read after this share of its TTL (10..=95) is refreshed in the
-    /// background, so hot products never expire under load.
-    pub refresh_ahead_pct: u32,
-    /// How long the last copy of a product is kept to answer (marked stale)
-    /// while PostgreSQL fails.
-    pub stale_ttl_secs: u64,
-    /// Concurrent PostgreSQL reads of product pages per instance.
-    pub db_concurrency: usize,
-    /// Wait for one of those, then 503 `catalog_busy` with `Retry-After`.
-    pub db_wait_ms: u64,
-    /// How long the popular-products board is reused in process.
-    pub popular_ttl_ms: u64,
-    /// How long the product list's `total` (an exact count) is reused.
-    pub count_ttl_ms: u64,
-    /// How often the Redis sales ranking is re-checked against PostgreSQL.
-    pub ranking_rebuild_secs: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     pub addr: String,
     /// Worker threads; 0 means one per core.
@@ -212,8 +96,8 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
     pub pool_size: usize,
@@ -230,8 +114,8 @@ pub struct DatabaseSettings {
     pub replica_pool_size: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     pub url: String,
     /// A Redis Cluster's seed nodes, comma-separated (`host:port` or
@@ -260,8 +144,8 @@ impl RedisSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
     /// Unset: events are delivered to the consumers in process.
     pub brokers: Option<String>,
@@ -283,8 +167,8 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EventSettings {
     /// Attempts of a consumer before an event is parked in dead letters.
     pub max_attempts: u32,
@@ -299,10 +183,12 @@ pub struct EventSettings {
     pub outbox_degraded_age_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
+    #[serde(serialize_with = "redacted")]
     pub admin_key: Option<SecretString>,
+    #[serde(serialize_with = "redacted")]
     pub token_secret: Option<SecretString>,
     pub token_ttl_secs: i64,
     /// Production: refuse to start without an admin key and token secret of
@@ -310,6 +196,7 @@ pub struct AuthSettings {
     pub production: bool,
     /// The secret tokens were signed with before the current one; accepted
     /// (verification only) until `previous_token_secret_until`.
+    #[serde(serialize_with = "redacted")]
     pub previous_token_secret: Option<SecretString>,
     /// RFC 3339 end of the rotation window; required with the previous secret.
     pub previous_token_secret_until: Option<String>,
@@ -317,20 +204,20 @@ pub struct AuthSettings {
     pub user_cache_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct UrlSetting {
     pub url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlertSettings {
     pub webhook_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// `text` or `json`.
     pub format: String,
@@ -338,139 +225,154 @@ pub struct LogSettings {
     pub level: String,
 }
 
-const DEFAULTS: &str = r#"
-[http]
-addr = "127.0.0.1:8080"
-workers = 0
-shutdown_timeout_secs = 30
-keep_alive_secs = 75
-client_request_timeout_ms = 30000
-body_limit_bytes = 65536
+/// Whole milliseconds of a library default, for a `_ms` setting.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
-[database]
-url = "postgres://postgres@127.0.0.1:5432/commerce"
-pool_size = 32
-pool_wait_ms = 2000
-connect_timeout_ms = 3000
-statement_timeout_ms = 5000
-lock_timeout_ms = 3000
-replica_pool_size = 16
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".to_owned(),
+            workers: 0,
+            shutdown_timeout_secs: 30,
+            keep_alive_secs: 75,
+            client_request_timeout_ms: 30_000,
+            body_limit_bytes: 64 * 1024,
+        }
+    }
+}
 
-[redis]
-url = "redis://127.0.0.1:6379"
-cluster_nodes = ""
-key_prefix = ""
-connect_timeout_ms = 500
-response_timeout_ms = 500
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/commerce".to_owned(),
+            pool_size: 32,
+            pool_wait_ms: 2000,
+            connect_timeout_ms: 3000,
+            statement_timeout_ms: 5000,
+            lock_timeout_ms: 3000,
+            replica_url: None,
+            replica_pool_size: 16,
+        }
+    }
+}
 
-[kafka]
-topic_prefix = "commerce."
-group_prefix = "commerce."
-delivery_timeout_ms = 5000
-partitions = 3
-idempotence = false
-probe_interval_ms = 1000
-session_timeout_ms = 10000
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            cluster_nodes: String::new(),
+            key_prefix: String::new(),
+            connect_timeout_ms: 500,
+            response_timeout_ms: 500,
+        }
+    }
+}
 
-[events]
-max_attempts = 5
-http_timeout_ms = 2000
-relay_batch = 200
-relay_idle_ms = 500
-relay_lull_ms = 150
-relay_max_delay_ms = 200
-outbox_degraded_age_secs = 30
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            topic_prefix: "commerce.".to_owned(),
+            group_prefix: "commerce.".to_owned(),
+            delivery_timeout_ms: 5000,
+            partitions: 3,
+            idempotence: false,
+            probe_interval_ms: 1000,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
 
-[notification]
+impl Default for EventSettings {
+    /// The relay's and the consumers' own defaults.
+    fn default() -> Self {
+        let relay = commerce_events::relay::RelayConfig::default();
+        Self {
+            max_attempts: commerce_events::RetryPolicy::default().max_attempts,
+            http_timeout_ms: 2000,
+            relay_batch: relay.batch,
+            relay_idle_ms: ms(relay.idle),
+            relay_lull_ms: ms(relay.lull),
+            relay_max_delay_ms: ms(relay.max_delay),
+            outbox_degraded_age_secs: 30,
+        }
+    }
+}
 
-[auth]
-token_ttl_secs = 86400
-production = false
-user_cache_secs = 300
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            admin_key: None,
+            token_secret: None,
+            token_ttl_secs: 86_400,
+            production: false,
+            previous_token_secret: None,
+            previous_token_secret_until: None,
+            user_cache_secs: 300,
+        }
+    }
+}
 
-[rate_limit]
-enabled = true
-window_secs = 1
-money = 20
-stock = 20
-queue = 10
-rooms = 20
-rooms_window_secs = 600
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_secs: 1,
+            money: 20,
+            stock: 20,
+            queue: 10,
+            rooms: 20,
+            rooms_window_secs: 600,
+        }
+    }
+}
 
-[data_platform]
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: "text".to_owned(),
+            level: "info".to_owned(),
+        }
+    }
+}
 
-[alerts]
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_ms: 2000,
+            max_open_ms: 30_000,
+            half_open_probes: 1,
+        }
+    }
+}
 
-[log]
-format = "text"
-level = "info"
-
-[breaker]
-failure_threshold = 5
-open_ms = 2000
-max_open_ms = 30000
-half_open_probes = 1
-
-[orders]
-ttl_secs = 300
-sweep_interval_ms = 1000
-stock_gate = true
-writers = 4
-write_batch = 64
-pay_writers = 4
-fallback_concurrency = 16
-fallback_wait_ms = 5000
-worker_io = true
-worker_pool_size = 12
-
-[queue]
-admit_per_tick = 100
-tick_ms = 1000
-admitter = true
-active_idle_secs = 300
-waiting_idle_secs = 180
-max_active = 0
-max_rooms = 1000
-retry_min_secs = 1
-retry_max_secs = 60
-polls_per_wait = 2
-protect_coupon_issue = false
-protect_order_create = false
-coupon_room = "store"
-fallback_rate_per_sec = 50.0
-fallback_burst = 100
-p95_limit_ms = 500
-
-[coupons]
-fallback_concurrency = 16
-fallback_wait_ms = 5000
-reconcile_interval_secs = 30
-writers = 4
-write_batch = 64
-worker_io = true
-worker_pool_size = 8
-
-[catalog]
-detail_cache = true
-l1_ttl_ms = 1000
-l1_capacity = 10000
-l2_ttl_ms = 5000
-l2_jitter_pct = 10
-refresh_ahead_pct = 75
-stale_ttl_secs = 300
-db_concurrency = 16
-db_wait_ms = 500
-popular_ttl_ms = 2000
-count_ttl_ms = 5000
-ranking_rebuild_secs = 60
-"#;
+/// Secrets are never written out (the README test serialises the defaults).
+fn redacted<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("(set)"),
+        None => s.serialize_none(),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] config::ConfigError),
     #[error("configuration key `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    /// A crate's own check of its section, its key named in full.
+    fn section(section: &str, e: InvalidSetting) -> Self {
+        Self::Invalid {
+            key: format!("{section}.{}", e.key),
+            message: e.message,
+        }
+    }
 }
 
 impl Settings {
@@ -489,8 +391,7 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with("COMMERCE__"))
             .collect();
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        let mut builder = config::Config::builder();
         if let Some(path) = file {
             builder = builder.add_source(config::File::with_name(path).required(true));
         }
@@ -509,7 +410,12 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let bad = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                message,
+            })
+        };
         if self.http.addr.parse::<SocketAddr>().is_err() {
             return bad(
                 "http.addr",
@@ -560,8 +466,6 @@ impl Settings {
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
             ("breaker.open_ms", self.breaker.open_ms),
             ("breaker.max_open_ms", self.breaker.max_open_ms),
-            ("coupons.fallback_wait_ms", self.coupons.fallback_wait_ms),
-            ("orders.ttl_secs", self.orders.ttl_secs),
             ("kafka.delivery_timeout_ms", self.kafka.delivery_timeout_ms),
             ("kafka.probe_interval_ms", self.kafka.probe_interval_ms),
             ("kafka.session_timeout_ms", self.kafka.session_timeout_ms),
@@ -572,12 +476,6 @@ impl Settings {
             ("events.http_timeout_ms", self.events.http_timeout_ms),
             ("events.relay_idle_ms", self.events.relay_idle_ms),
             ("events.relay_max_delay_ms", self.events.relay_max_delay_ms),
-            ("orders.sweep_interval_ms", self.orders.sweep_interval_ms),
-            ("orders.fallback_wait_ms", self.orders.fallback_wait_ms),
-            (
-                "coupons.reconcile_interval_secs",
-                self.coupons.reconcile_interval_secs,
-            ),
         ] {
             if v == 0 {
                 return bad(key, "must be greater than 0 (every wait is bounded)".into());
@@ -622,58 +520,18 @@ impl Settings {
         if self.breaker.half_open_probes == 0 {
             return bad("breaker.half_open_probes", "must be at least 1".into());
         }
-        if !(1..=1000).contains(&self.coupons.write_batch) {
-            return bad("coupons.write_batch", "must be between 1 and 1000".into());
-        }
-        if self.coupons.worker_io && self.coupons.worker_pool_size == 0 {
-            return bad("coupons.worker_pool_size", "must be at least 1".into());
-        }
-        if self.orders.worker_io && self.orders.worker_pool_size == 0 {
-            return bad("orders.worker_pool_size", "must be at least 1".into());
-        }
-        if !(1..=1000).contains(&self.orders.write_batch) {
-            return bad("orders.write_batch", "must be between 1 and 1000".into());
-        }
-        if self.orders.fallback_concurrency == 0 {
-            return bad("orders.fallback_concurrency", "must be at least 1".into());
-        }
-        if self.coupons.fallback_concurrency == 0 {
-            return bad("coupons.fallback_concurrency", "must be at least 1".into());
-        }
-        let c = &self.catalog;
-        for (key, v) in [
-            ("catalog.l1_ttl_ms", c.l1_ttl_ms),
-            ("catalog.l1_capacity", c.l1_capacity),
-            ("catalog.l2_ttl_ms", c.l2_ttl_ms),
-            ("catalog.stale_ttl_secs", c.stale_ttl_secs),
-            ("catalog.db_wait_ms", c.db_wait_ms),
-            ("catalog.popular_ttl_ms", c.popular_ttl_ms),
-            ("catalog.count_ttl_ms", c.count_ttl_ms),
-            ("catalog.ranking_rebuild_secs", c.ranking_rebuild_secs),
-        ] {
-            if v == 0 {
-                return bad(key, "must be greater than 0".into());
-            }
-        }
-        if c.l2_ttl_ms < c.l1_ttl_ms {
-            return bad(
-                "catalog.l2_ttl_ms",
-                "must be at least catalog.l1_ttl_ms".into(),
-            );
-        }
-        if c.l2_jitter_pct > 50 {
-            return bad("catalog.l2_jitter_pct", "must be at most 50".into());
-        }
-        if !(10..=95).contains(&c.refresh_ahead_pct) {
-            return bad(
-                "catalog.refresh_ahead_pct",
-                "must be between 10 and 95".into(),
-            );
-        }
-        if c.db_concurrency == 0 {
-            return bad("catalog.db_concurrency", "must be at least 1".into());
-        }
-        self.validate_queue()?;
+        self.coupons
+            .validate()
+            .map_err(|e| ConfigError::section("coupons", e))?;
+        self.orders
+            .validate()
+            .map_err(|e| ConfigError::section("orders", e))?;
+        self.catalog
+            .validate()
+            .map_err(|e| ConfigError::section("catalog", e))?;
+        self.queue
+            .validate()
+            .map_err(|e| ConfigError::section("queue", e))?;
         if self.auth.token_ttl_secs <= 0 {
             return bad("auth.token_ttl_secs", "must be positive".into());
         }
@@ -710,9 +568,9 @@ impl Settings {
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
         use secrecy::ExposeSecret;
-        let bad = |key, message: &str| {
+        let bad = |key: &str, message: &str| {
             Err(ConfigError::Invalid {
-                key,
+                key: key.to_owned(),
                 message: message.to_owned(),
             })
         };
@@ -810,127 +668,15 @@ impl Settings {
             })
     }
 
-    fn validate_queue(&self) -> Result<(), ConfigError> {
-        let bad = |key, message: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                message: message.to_owned(),
-            })
-        };
-        let q = &self.queue;
-        if q.admit_per_tick == 0 {
-            return bad("queue.admit_per_tick", "must be at least 1");
-        }
-        if q.tick_ms < 10 {
-            return bad("queue.tick_ms", "must be at least 10");
-        }
-        if q.active_idle_secs == 0 {
-            return bad("queue.active_idle_secs", "must be at least 1");
-        }
-        if q.retry_min_secs == 0 {
-            return bad("queue.retry_min_secs", "must be at least 1");
-        }
-        if q.retry_max_secs < q.retry_min_secs {
-            return bad(
-                "queue.retry_max_secs",
-                "must be at least queue.retry_min_secs",
-            );
-        }
-        if q.polls_per_wait == 0 {
-            return bad("queue.polls_per_wait", "must be at least 1");
-        }
-        if q.waiting_idle_secs < q.retry_max_secs.saturating_mul(2) {
-            return bad(
-                "queue.waiting_idle_secs",
-                "must be at least 2 × queue.retry_max_secs (slow pollers would be dropped)",
-            );
-        }
-        if q.max_rooms == 0 {
-            return bad("queue.max_rooms", "must be at least 1");
-        }
-        if !matches!(q.coupon_room.as_str(), "store" | "coupon") {
-            return bad("queue.coupon_room", "must be `store` or `coupon`");
-        }
-        if !(q.fallback_rate_per_sec.is_finite() && q.fallback_rate_per_sec > 0.0) {
-            return bad("queue.fallback_rate_per_sec", "must be a positive number");
-        }
-        if q.fallback_burst == 0 {
-            return bad("queue.fallback_burst", "must be at least 1");
-        }
-        Ok(())
-    }
-
-    pub fn queue_config(&self) -> commerce_queue::QueueConfig {
-        let q = &self.queue;
-        commerce_queue::QueueConfig {
-            admit_per_tick: q.admit_per_tick,
-            tick: Duration::from_millis(q.tick_ms),
-            admitter: q.admitter,
-            active_idle: Duration::from_secs(q.active_idle_secs),
-            waiting_idle: Duration::from_secs(q.waiting_idle_secs),
-            max_active: q.max_active,
-            max_rooms: q.max_rooms,
-            retry: commerce_queue::RetryPolicy {
-                min_secs: q.retry_min_secs,
-                max_secs: q.retry_max_secs,
-                polls_per_wait: q.polls_per_wait,
-            },
-            protect_coupon_issue: q.protect_coupon_issue,
-            coupon_room: if q.coupon_room == "coupon" {
-                commerce_queue::CouponRoom::PerCoupon
-            } else {
-                commerce_queue::CouponRoom::Store
-            },
-            protect_order_create: q.protect_order_create,
-            fallback_rate_per_sec: q.fallback_rate_per_sec,
-            fallback_burst: q.fallback_burst,
-            p95_limit: (q.p95_limit_ms > 0).then(|| Duration::from_millis(q.p95_limit_ms)),
-        }
-    }
-
-    pub fn order_config(&self) -> commerce_orders::OrderConfig {
-        let o = &self.orders;
-        commerce_orders::OrderConfig {
-            ttl: Duration::from_secs(o.ttl_secs),
-            stock_gate: o.stock_gate,
-            writers: o.writers,
-            write_batch: o.write_batch,
-            pay_writers: o.pay_writers,
-            fallback_concurrency: o.fallback_concurrency,
-            fallback_wait: Duration::from_millis(o.fallback_wait_ms),
-            ..Default::default()
-        }
-    }
-
-    pub fn catalog_config(&self) -> commerce_catalog::CatalogConfig {
-        let c = &self.catalog;
-        commerce_catalog::CatalogConfig {
-            detail_cache: c.detail_cache,
-            l1_ttl: Duration::from_millis(c.l1_ttl_ms),
-            l1_capacity: c.l1_capacity,
-            l2_ttl: Duration::from_millis(c.l2_ttl_ms),
-            l2_jitter_pct: c.l2_jitter_pct,
-            refresh_ahead_pct: c.refresh_ahead_pct,
-            stale_ttl: Duration::from_secs(c.stale_ttl_secs),
-            db_concurrency: c.db_concurrency,
-            db_wait: Duration::from_millis(c.db_wait_ms),
-            popular_ttl: Duration::from_millis(c.popular_ttl_ms),
-            count_ttl: Duration::from_millis(c.count_ttl_ms),
-            ranking_rebuild_every: Duration::from_secs(c.ranking_rebuild_secs),
-        }
-    }
-
+    /// The `[coupons]` section with the bound on a winner's write, which
+    /// follows the database's waits.
     pub fn coupon_config(&self) -> commerce_coupons::CouponConfig {
         commerce_coupons::CouponConfig {
-            fallback_concurrency: self.coupons.fallback_concurrency,
-            fallback_wait: Duration::from_millis(self.coupons.fallback_wait_ms),
-            writers: self.coupons.writers,
-            write_batch: self.coupons.write_batch,
             // Queue, pool checkout and the statement itself, each bounded.
             write_timeout: Duration::from_millis(
                 self.database.pool_wait_ms + self.database.statement_timeout_ms + 1000,
             ),
-            ..Default::default()
+            ..self.coupons.clone()
         }
     }
 
@@ -1001,9 +747,16 @@ mod tests {
                 ("COMMERCE__REDIS__KEY_PREFIX", "t1:"),
                 ("COMMERCE__DATABASE__POOL_SIZE", "4"),
                 ("COMMERCE__KAFKA__BROKERS", "127.0.0.1:9092"),
+                // A capability's own section, its durations under their keys.
+                ("COMMERCE__ORDERS__TTL_SECS", "7"),
+                ("COMMERCE__CATALOG__L1_TTL_MS", "250"),
+                ("COMMERCE__QUEUE__FALLBACK_RATE_PER_SEC", "3"),
             ]),
         )
         .unwrap();
+        assert_eq!(s.orders.ttl, Duration::from_secs(7));
+        assert_eq!(s.catalog.l1_ttl, Duration::from_millis(250));
+        assert_eq!(s.queue.fallback_rate_per_sec, 3.0);
         assert_eq!(s.http.addr, "0.0.0.0:9000");
         assert_eq!(s.redis.key_prefix, "t1:");
         assert_eq!(s.database.pool_size, 4);
@@ -1058,7 +811,7 @@ mod tests {
     #[test]
     fn queue_section_defaults_and_checks() {
         let s = Settings::load_from(None, env(&[])).unwrap();
-        let q = s.queue_config();
+        let q = s.queue.clone();
         assert_eq!(
             (q.admit_per_tick, q.tick, q.admitter),
             (100, Duration::from_secs(1), true)
@@ -1073,11 +826,8 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert!(s.queue_config().protect_order_create);
-        assert_eq!(
-            s.queue_config().coupon_room,
-            commerce_queue::CouponRoom::PerCoupon
-        );
+        assert!(s.queue.protect_order_create);
+        assert_eq!(s.queue.coupon_room, commerce_queue::CouponRoom::PerCoupon);
         for (key, value, named) in [
             (
                 "COMMERCE__QUEUE__ADMIT_PER_TICK",
@@ -1155,5 +905,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("database.pool_wait_ms"), "{err}");
+    }
+
+    /// Every setting has one row in the README's table, and the default
+    /// the README states is the one the code uses.
+    #[test]
+    fn readme_table_matches_the_defaults() {
+        let readme = include_str!("../../../README.md");
+        let rows: std::collections::BTreeMap<String, String> = readme
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.split('|').map(str::trim).skip(1);
+                let var = cells
+                    .next()?
+                    .strip_prefix("`COMMERCE__")?
+                    .strip_suffix('`')?;
+                Some((var.to_owned(), cells.next()?.to_owned()))
+            })
+            .collect();
+        let defaults = serde_json::to_value(Settings::default()).unwrap();
+        let mut keys = std::collections::BTreeSet::new();
+        for (section, fields) in defaults.as_object().unwrap() {
+            for (key, value) in fields.as_object().unwrap() {
+                let var = format!("{section}__{key}").to_uppercase();
+                let cell = rows
+                    .get(&var)
+                    .unwrap_or_else(|| panic!("README has no row for COMMERCE__{var}"));
+                let stated = cell.strip_prefix('`').and_then(|c| c.split('`').next());
+                let agrees = match (value, stated) {
+                    (serde_json::Value::Null, _) if cell.starts_with("unset") => true,
+                    // The development fallbacks the start-up warning names.
+                    (serde_json::Value::Null, Some(v)) => {
+                        var == "AUTH__ADMIN_KEY" && v == DEV_ADMIN_KEY
+                    }
+                    (serde_json::Value::Null, None) => {
+                        var == "AUTH__TOKEN_SECRET" && cell.contains("development secret")
+                    }
+                    (serde_json::Value::String(v), _) if v.is_empty() => cell.starts_with("empty"),
+                    (serde_json::Value::String(v), Some(s)) => v == s,
+                    (serde_json::Value::Number(n), Some(s)) => n.as_f64() == s.parse::<f64>().ok(),
+                    (serde_json::Value::Bool(b), Some(s)) => b.to_string() == s,
+                    _ => false,
+                };
+                assert!(
+                    agrees,
+                    "COMMERCE__{var}: the README says {cell:?}, the default is {value}"
+                );
+                keys.insert(var);
+            }
+        }
+        let extra: Vec<_> = rows.keys().filter(|k| !keys.contains(*k)).collect();
+        assert!(extra.is_empty(), "README rows for no setting: {extra:?}");
     }
 }

@@ -217,9 +217,9 @@ async fn a_change_through_one_instance_shows_on_another_within_the_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_product_never_falls_through_to_the_database() {
     let app = TestApp::spawn_with(|s| {
-        s.catalog.l1_ttl_ms = 400;
+        s.catalog.l1_ttl = Duration::from_millis(400);
         s.catalog.refresh_ahead_pct = 50;
-        s.catalog.l2_ttl_ms = 1500;
+        s.catalog.l2_ttl = Duration::from_millis(1500);
         s.catalog.l2_jitter_pct = 0;
     })
     .await;
@@ -261,9 +261,9 @@ async fn a_hot_product_never_falls_through_to_the_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_database_gets_stale_copies_or_503_with_retry_after() {
     let app = TestApp::spawn_with(|s| {
-        s.catalog.l1_ttl_ms = 200;
+        s.catalog.l1_ttl = Duration::from_millis(200);
         s.catalog.db_concurrency = 1;
-        s.catalog.db_wait_ms = 200;
+        s.catalog.db_wait = Duration::from_millis(200);
         s.database.lock_timeout_ms = 1500;
     })
     .await;
@@ -335,8 +335,8 @@ async fn redis_cut_serves_detail_and_popular_then_the_cache_returns() {
         s.redis.url = url.clone();
         s.breaker.open_ms = 200;
         s.breaker.max_open_ms = 1000;
-        s.catalog.l1_ttl_ms = 300;
-        s.catalog.popular_ttl_ms = 200;
+        s.catalog.l1_ttl = Duration::from_millis(300);
+        s.catalog.popular_ttl = Duration::from_millis(200);
     })
     .await;
     let hot = create_product(&app, "hot", 1500, 20).await;
@@ -510,7 +510,7 @@ async fn popular_is_the_top_five_of_the_last_three_days_from_redis_and_from_post
         s.redis.url = url.clone();
         s.breaker.open_ms = 200;
         s.breaker.max_open_ms = 1000;
-        s.catalog.popular_ttl_ms = 200;
+        s.catalog.popular_ttl = Duration::from_millis(200);
     })
     .await;
     let ids = seed_sales(&app).await;
@@ -557,7 +557,7 @@ async fn popular_is_the_top_five_of_the_last_three_days_from_redis_and_from_post
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn popular_survives_redis_data_loss_and_refuses_bad_sales() {
-    let app = TestApp::spawn_with(|s| s.catalog.popular_ttl_ms = 100).await;
+    let app = TestApp::spawn_with(|s| s.catalog.popular_ttl = Duration::from_millis(100)).await;
     let ids = seed_sales(&app).await;
     let expected = expected_board(&ids);
     // FLUSHALL, scoped to this test: the board is recomputed from PostgreSQL
@@ -880,7 +880,7 @@ async fn hot_queries_use_indexes_on_ten_thousand_products() {
 /// the popular board has its units left in `/metrics`, and only those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_best_sellers_stock_is_in_the_metrics() {
-    let app = TestApp::spawn_with(|s| s.catalog.popular_ttl_ms = 100).await;
+    let app = TestApp::spawn_with(|s| s.catalog.popular_ttl = Duration::from_millis(100)).await;
     let hot = create_product(&app, "hot", 1500, 20).await;
     let quiet = create_product(&app, "quiet", 900, 7).await;
     app.state

@@ -8,6 +8,7 @@ use diesel_async::RunQueryDsl;
 use futures::future::join_all;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::time::Duration;
 
 #[derive(diesel::QueryableByName)]
 struct Id {
@@ -241,14 +242,14 @@ async fn fifty_concurrent_payments_pay_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payment_racing_expiry_pays_or_expires_never_both() {
     let a = TestApp::spawn_with(|s| {
-        s.orders.ttl_secs = 1;
-        s.orders.sweep_interval_ms = 50;
+        s.orders.ttl = Duration::from_secs(1);
+        s.orders.sweep_interval = Duration::from_millis(50);
     })
     .await;
     let b = a
         .sibling(|s| {
-            s.orders.ttl_secs = 1;
-            s.orders.sweep_interval_ms = 50;
+            s.orders.ttl = Duration::from_secs(1);
+            s.orders.sweep_interval = Duration::from_millis(50);
         })
         .await;
     let users = a.seed_users(40).await;

@@ -19,7 +19,7 @@ const TOKENS: &str = "/api/v1/queue/tokens";
 fn manual(n: u32, tick_ms: u64) -> impl FnOnce(&mut Settings) {
     move |s| {
         s.queue.admit_per_tick = n;
-        s.queue.tick_ms = tick_ms;
+        s.queue.tick = Duration::from_millis(tick_ms);
         s.queue.admitter = false;
     }
 }
@@ -130,7 +130,7 @@ async fn five_thousand_users_get_dense_positions_and_are_admitted_in_order_n_per
     let setup = |s: &mut Settings| {
         manual(N as u32, TICK_MS)(s);
         s.redis.response_timeout_ms = 3000;
-        s.queue.p95_limit_ms = 0;
+        s.queue.p95_limit = None;
     };
     let a = TestApp::spawn_with(setup).await;
     let b = a.sibling(setup).await;
@@ -266,7 +266,7 @@ async fn the_admission_loop_on_two_instances_admits_in_order_at_the_configured_p
     const TICK_MS: u64 = 400;
     let auto = |s: &mut Settings| {
         s.queue.admit_per_tick = N;
-        s.queue.tick_ms = TICK_MS;
+        s.queue.tick = Duration::from_millis(TICK_MS);
     };
     let a = TestApp::spawn_with(auto).await;
     let b = a.sibling(auto).await;
@@ -321,7 +321,7 @@ async fn expired_active_tokens_lose_access() {
     let http = &http();
     let a = TestApp::spawn_with(|s| {
         manual(10, 1000)(s);
-        s.queue.active_idle_secs = 1;
+        s.queue.active_idle = Duration::from_secs(1);
         s.queue.protect_order_create = true;
     })
     .await;

@@ -250,7 +250,7 @@ async fn a_coupon_burst_a_flash_sale_and_every_redis_part_work_on_a_cluster() {
     let room = |s: &mut Settings| {
         setup(s);
         s.queue.admit_per_tick = 5;
-        s.queue.tick_ms = 300;
+        s.queue.tick = Duration::from_millis(300);
     };
     let qa = TestApp::spawn_on(a.db.clone(), &a.redis_prefix, room).await;
     let qb = qa.sibling(room).await;

@@ -10,6 +10,7 @@ use commerce_testkit::{TestApp, TestUser};
 use diesel_async::RunQueryDsl;
 use futures::future::join_all;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 #[derive(diesel::QueryableByName)]
 struct Id {
@@ -218,8 +219,8 @@ async fn a_gate_that_over_counts_cannot_oversell() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_and_expired_units_go_back_to_the_gate_once() {
     let a = TestApp::spawn_with(|s| {
-        s.orders.ttl_secs = 1;
-        s.orders.sweep_interval_ms = 100;
+        s.orders.ttl = Duration::from_secs(1);
+        s.orders.sweep_interval = Duration::from_millis(100);
     })
     .await;
     let users = a.seed_users(4).await;
