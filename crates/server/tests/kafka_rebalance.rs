@@ -17,14 +17,16 @@
 //! `cargo nextest run -p commerce-server --test kafka_rebalance --no-capture`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use commerce_storage::outbox::event;
 use commerce_testkit::broker::{kafka_prefix, Broker};
 use commerce_testkit::fake_http::FakePeer;
 use commerce_testkit::TestDb;
+use common::ServerProcess as Server;
 use diesel_async::RunQueryDsl;
 use serde_json::json;
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,72 +42,39 @@ const SESSION_TIMEOUT_MS: u64 = 6000;
 const PARTITIONS: usize = 3;
 const GROUPS: [&str; 3] = ["ranking", "data_platform", "notification"];
 
-struct Server {
+/// One instance of the shared groups: the topics' partition count and the
+/// session timeout of this test, the two HTTP peers.
+fn start(
     name: &'static str,
-    child: Child,
-    log: std::path::PathBuf,
-    port: u16,
-}
-
-impl Server {
-    fn start(
-        name: &'static str,
-        db: &TestDb,
-        broker: &Broker,
-        prefix: &str,
-        peers: [&str; 2],
-    ) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
-        let log = std::env::temp_dir().join(format!("commerce-rebalance-{name}-{port}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_commerce-server"))
-            .env("COMMERCE__HTTP__ADDR", format!("127.0.0.1:{port}"))
-            .env("COMMERCE__HTTP__WORKERS", "2")
-            .env("COMMERCE__DATABASE__URL", &db.url)
-            .env("COMMERCE__DATABASE__POOL_SIZE", "8")
-            .env("COMMERCE__REDIS__KEY_PREFIX", format!("test:{prefix}"))
-            .env("COMMERCE__KAFKA__BROKERS", broker.address())
-            .env("COMMERCE__KAFKA__TOPIC_PREFIX", prefix)
-            .env("COMMERCE__KAFKA__GROUP_PREFIX", prefix)
-            .env("COMMERCE__KAFKA__PARTITIONS", PARTITIONS.to_string())
-            .env(
+    db: &TestDb,
+    broker: &Broker,
+    prefix: &str,
+    peers: [&str; 2],
+) -> Server {
+    Server::start(
+        name,
+        db,
+        broker,
+        prefix,
+        &[
+            ("COMMERCE__KAFKA__PARTITIONS", PARTITIONS.to_string()),
+            (
                 "COMMERCE__KAFKA__SESSION_TIMEOUT_MS",
                 SESSION_TIMEOUT_MS.to_string(),
-            )
-            .env("COMMERCE__DATA_PLATFORM__URL", peers[0])
-            .env("COMMERCE__NOTIFICATION__URL", peers[1])
-            .env("COMMERCE__AUTH__ADMIN_KEY", "test-admin-key")
-            .env("COMMERCE__AUTH__TOKEN_SECRET", "test-token-secret")
-            .env("COMMERCE__LOG__LEVEL", "info")
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("start commerce-server");
-        Self {
-            name,
-            child,
-            log,
-            port,
-        }
-    }
+            ),
+            ("COMMERCE__DATA_PLATFORM__URL", peers[0].to_owned()),
+            ("COMMERCE__NOTIFICATION__URL", peers[1].to_owned()),
+        ],
+    )
+}
 
-    async fn wait_live(&mut self, client: &reqwest::Client) {
-        let url = format!("http://127.0.0.1:{}/health/live", self.port);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) {
-            assert!(Instant::now() < deadline, "{} did not start", self.name);
-            assert!(
-                self.child.try_wait().unwrap().is_none(),
-                "{} exited at start",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+/// What this test reads of an instance: its metrics and its log.
+trait Observed {
+    async fn processed(&self, client: &reqwest::Client) -> HashMap<String, f64>;
+    fn assignments(&self) -> Vec<String>;
+}
 
+impl Observed for Server {
     /// Events this instance applied per consumer group (its `/metrics`).
     async fn processed(&self, client: &reqwest::Client) -> HashMap<String, f64> {
         let url = format!("http://127.0.0.1:{}/metrics", self.port);
@@ -145,29 +114,6 @@ impl Server {
             .map(str::to_owned)
             .collect()
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("{}'s last log lines:", self.name);
-            for line in tail.into_iter().rev() {
-                eprintln!("  {line}");
-            }
-        }
-    }
-}
-
-#[derive(diesel::QueryableByName)]
-struct Id {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    id: i64,
 }
 
 /// One applied event of a group: its key, its place in the stream (the
@@ -300,17 +246,8 @@ async fn kafka_rebalance_after_a_sigkilled_instance_delivers_every_event_once_in
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let product = {
-        let mut c = db.conn().await;
-        let row: Id = diesel::sql_query(
-            "INSERT INTO products (name, price, stock) VALUES ('p', 10, 1000000) RETURNING id",
-        )
-        .get_result(&mut c)
-        .await
-        .unwrap();
-        row.id
-    };
-    let mut a = Server::start("a", &db, &broker, &prefix, peers);
+    let product = db.insert_product(10, 1_000_000).await;
+    let mut a = start("a", &db, &broker, &prefix, peers);
     a.wait_live(&client).await;
     // `a` joins every group first: it is each group's leader (the member
     // that deals the partitions), `b` a follower.
@@ -319,7 +256,7 @@ async fn kafka_rebalance_after_a_sigkilled_instance_delivers_every_event_once_in
         assert!(Instant::now() < deadline, "a did not join its groups");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut b = Server::start("b", &db, &broker, &prefix, peers);
+    let mut b = start("b", &db, &broker, &prefix, peers);
     b.wait_live(&client).await;
     // Which one dies: the follower by default, or the leader.
     let kill_leader = std::env::var("REBALANCE_KILL").is_ok_and(|v| v == "leader");
@@ -428,7 +365,7 @@ async fn kafka_rebalance_after_a_sigkilled_instance_delivers_every_event_once_in
                 started.elapsed().as_secs_f64(),
                 survivor.name
             );
-            let mut c = Server::start("c", &db, &broker, &prefix, peers);
+            let mut c = start("c", &db, &broker, &prefix, peers);
             c.wait_live(&client).await;
             replacement = Some(c);
         }

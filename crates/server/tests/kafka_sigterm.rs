@@ -5,33 +5,14 @@
 //! kafka_sigterm --no-capture`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use commerce_testkit::broker::Broker;
 use commerce_testkit::TestDb;
+use common::ServerProcess as Server;
 use diesel_async::RunQueryDsl;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Server {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("commerce-server's last log lines:");
-            for line in tail.into_iter().rev() {
-                eprintln!("  {line}");
-            }
-        }
-    }
-}
 
 async fn insert_events(db: &TestDb, n: i64) {
     let mut c = db.conn().await;
@@ -63,51 +44,27 @@ async fn kafka_sigterm_with_the_broker_stalled_and_a_one_second_timeout() {
 async fn sigterm_with_the_broker_stalled(shutdown_secs: u64) {
     let broker = Broker::start();
     let db = TestDb::create().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
     let prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
-    let log = std::env::temp_dir().join(format!("commerce-sigterm-{}.log", port));
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_commerce-server"))
-        .env("COMMERCE__HTTP__ADDR", format!("127.0.0.1:{port}"))
-        .env("COMMERCE__HTTP__WORKERS", "2")
-        .env(
-            "COMMERCE__HTTP__SHUTDOWN_TIMEOUT_SECS",
-            shutdown_secs.to_string(),
-        )
-        .env("COMMERCE__DATABASE__URL", &db.url)
-        .env("COMMERCE__DATABASE__POOL_SIZE", "8")
-        .env("COMMERCE__REDIS__KEY_PREFIX", format!("test:{prefix}"))
-        .env("COMMERCE__KAFKA__BROKERS", broker.address())
-        .env("COMMERCE__KAFKA__TOPIC_PREFIX", &prefix)
-        .env("COMMERCE__KAFKA__GROUP_PREFIX", &prefix)
-        // Long enough that a publish to the stalled broker is still in
-        // flight when SIGTERM comes.
-        .env("COMMERCE__KAFKA__DELIVERY_TIMEOUT_MS", "30000")
-        .env("COMMERCE__AUTH__ADMIN_KEY", "test-admin-key")
-        .env("COMMERCE__AUTH__TOKEN_SECRET", "test-token-secret")
-        .env("COMMERCE__LOG__LEVEL", "info")
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("start commerce-server");
-    let mut server = Server { child, log };
+    let mut server = Server::start(
+        "commerce-server",
+        &db,
+        &broker,
+        &prefix,
+        &[
+            (
+                "COMMERCE__HTTP__SHUTDOWN_TIMEOUT_SECS",
+                shutdown_secs.to_string(),
+            ),
+            // Long enough that a publish to the stalled broker is still in
+            // flight when SIGTERM comes.
+            ("COMMERCE__KAFKA__DELIVERY_TIMEOUT_MS", "30000".to_owned()),
+        ],
+    );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}/health/live");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(client.get(&url).send().await, Ok(r) if r.status() == 200) {
-        assert!(Instant::now() < deadline, "server did not start");
-        assert!(
-            server.child.try_wait().unwrap().is_none(),
-            "server exited at start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server.wait_live(&client).await;
     // Events flow through the broker first (topics made, producer and
     // consumers connected).
     insert_events(&db, 50).await;

@@ -125,6 +125,15 @@ impl TestDb {
             .expect("connect test db")
     }
 
+    /// A product row written directly (no cache, no gate): for tests that
+    /// write events or orders by hand around it.
+    pub async fn insert_product(&self, price: i64, stock: i64) -> i64 {
+        self.scalar(&format!(
+            "INSERT INTO products (name, price, stock) VALUES ('p', {price}, {stock}) RETURNING id AS n"
+        ))
+        .await
+    }
+
     /// Runs a query returning one BIGINT column named `n`.
     pub async fn scalar(&self, sql: &str) -> i64 {
         #[derive(diesel::QueryableByName)]

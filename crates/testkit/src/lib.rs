@@ -198,6 +198,33 @@ impl TestApp {
         body["id"].as_i64().expect("a product id")
     }
 
+    /// A coupon created through the admin API: `quantity` of `discount`,
+    /// opening `opens_in_secs` from now (negative: already open), expiring
+    /// `expires_in_secs` from now (`None`: never).
+    pub async fn create_coupon(
+        &self,
+        quantity: i64,
+        discount: i64,
+        opens_in_secs: i64,
+        expires_in_secs: Option<i64>,
+    ) -> i64 {
+        let now = chrono::Utc::now();
+        let (s, body) = self
+            .admin_post(
+                "/admin/coupons",
+                &serde_json::json!({
+                    "name": "flash",
+                    "discount_amount": discount,
+                    "quantity": quantity,
+                    "opens_at": now + chrono::Duration::seconds(opens_in_secs),
+                    "expires_at": expires_in_secs.map(|e| now + chrono::Duration::seconds(e)),
+                }),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+        body["id"].as_i64().expect("a coupon id")
+    }
+
     /// One unit of `product` ordered by `user` (a fresh idempotency key).
     pub async fn order_one(&self, user: &TestUser, product: i64) -> (u16, Value) {
         self.post_json(

@@ -18,21 +18,8 @@ async fn create_coupon(
     opens_in_secs: i64,
     expires_in_secs: Option<i64>,
 ) -> i64 {
-    let now = chrono::Utc::now();
-    let (s, body) = app
-        .admin_post(
-            "/admin/coupons",
-            &json!({
-                "name": "flash",
-                "discount_amount": 1000,
-                "quantity": quantity,
-                "opens_at": now + chrono::Duration::seconds(opens_in_secs),
-                "expires_at": expires_in_secs.map(|e| now + chrono::Duration::seconds(e)),
-            }),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
-    body["id"].as_i64().unwrap()
+    app.create_coupon(quantity, 1000, opens_in_secs, expires_in_secs)
+        .await
 }
 
 /// 1 200 distinct users, 800 of them sending a second request: 2 000 in all,

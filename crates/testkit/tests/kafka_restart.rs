@@ -24,12 +24,6 @@ const HEAL_WITHIN: Duration = Duration::from_secs(3);
 /// Concurrent order-and-pay streams per instance, each on its own client.
 const STREAMS: usize = 3;
 
-#[derive(diesel::QueryableByName)]
-struct Id {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    id: i64,
-}
-
 async fn count(app: &TestApp, sql: &str) -> i64 {
     app.db.scalar(sql).await
 }
@@ -152,13 +146,7 @@ async fn kafka_broker_killed_and_restarted_heals_every_instance_within_seconds()
         .execute(&mut c)
         .await
         .unwrap();
-        let row: Id = diesel::sql_query(
-            "INSERT INTO products (name, price, stock) VALUES ('p', 10, 1000000) RETURNING id",
-        )
-        .get_result(&mut c)
-        .await
-        .unwrap();
-        row.id
+        a.db.insert_product(10, 1_000_000).await
     };
 
     let stop = Arc::new(AtomicBool::new(false));

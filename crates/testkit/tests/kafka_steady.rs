@@ -17,7 +17,6 @@ use commerce_storage::outbox::event;
 use commerce_testkit::broker::{kafka_mode_with, kafka_prefix, Broker};
 use commerce_testkit::fake_http::FakePeer;
 use commerce_testkit::TestApp;
-use diesel_async::RunQueryDsl;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -30,12 +29,6 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
     app.db.scalar(sql).await
-}
-
-#[derive(diesel::QueryableByName)]
-struct Id {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    id: i64,
 }
 
 /// Commit-to-effect lag p95 of one consumer group, in milliseconds.
@@ -68,16 +61,7 @@ async fn kafka_steady_load_reaches_every_group_from_two_instances() {
     };
     let a = TestApp::spawn_with(configure).await;
     let b = a.sibling(configure).await;
-    let product = {
-        let mut c = a.db.conn().await;
-        let row: Id = diesel::sql_query(
-            "INSERT INTO products (name, price, stock) VALUES ('p', 10, 1000000) RETURNING id",
-        )
-        .get_result(&mut c)
-        .await
-        .unwrap();
-        row.id
-    };
+    let product = a.db.insert_product(10, 1_000_000).await;
 
     let users = a.seed_users(100).await;
     // Events committed at a constant rate, a small batch every 50 ms (the
@@ -305,16 +289,7 @@ async fn kafka_a_stall_longer_than_the_delivery_timeout_loses_no_event() {
         s.breaker.max_open_ms = 2000;
     })
     .await;
-    let product = {
-        let mut c = app.db.conn().await;
-        let row: Id = diesel::sql_query(
-            "INSERT INTO products (name, price, stock) VALUES ('p', 10, 1000000) RETURNING id",
-        )
-        .get_result(&mut c)
-        .await
-        .unwrap();
-        row.id
-    };
+    let product = app.db.insert_product(10, 1_000_000).await;
     let c = app.db.conn().await;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut written = 0i64;

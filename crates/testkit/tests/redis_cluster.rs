@@ -28,21 +28,7 @@ fn on(cluster: &RedisCluster) -> impl Fn(&mut Settings) + Clone {
 }
 
 async fn coupon(app: &TestApp, quantity: i64) -> i64 {
-    let now = chrono::Utc::now();
-    let (s, body) = app
-        .admin_post(
-            "/admin/coupons",
-            &json!({
-                "name": "flash",
-                "discount_amount": 10,
-                "quantity": quantity,
-                "opens_at": now - chrono::Duration::seconds(1),
-                "expires_at": now + chrono::Duration::seconds(3600),
-            }),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
-    body["id"].as_i64().unwrap()
+    app.create_coupon(quantity, 10, -1, Some(3600)).await
 }
 
 async fn rush(apps: &[&TestApp], users: &[TestUser], product: i64) -> Vec<(u16, Value)> {
