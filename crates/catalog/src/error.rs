@@ -1,9 +1,10 @@
-//! What the catalog answers besides success, with its stable API codes.
+//! What the catalog answers besides success (the HTTP layer gives each
+//! variant its API code).
 
 use commerce_domain::ParseError;
 use commerce_storage::StorageError;
 
-/// The catalog's one error type; [`CatalogError::code`] is the stable API code.
+/// The catalog's one error type.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("product not found")]
@@ -22,16 +23,6 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "product_not_found",
-            Self::Busy { .. } => "catalog_busy",
-            Self::Invalid(p) => p.code,
-            Self::Storage(s) if s.is_unavailable() => "db_unavailable",
-            Self::Storage(_) => "internal",
-        }
-    }
-
     /// Whether the infrastructure failed (a stale copy may stand in) rather
     /// than the request being wrong.
     pub fn is_unavailable(&self) -> bool {

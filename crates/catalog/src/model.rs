@@ -2,7 +2,7 @@
 //! documents the catalog answers with.
 
 use chrono::{DateTime, Utc};
-use commerce_domain::{ParseError, ProductId};
+use commerce_domain::{ParseCode, ParseError, ProductId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -48,7 +48,7 @@ impl Description {
         let trimmed = raw.trim();
         if raw.chars().count() > Self::MAX_CHARS {
             return Err(ParseError::new(
-                "invalid_description",
+                ParseCode::InvalidDescription,
                 format!("description must be at most {} characters", Self::MAX_CHARS),
             ));
         }
@@ -57,7 +57,7 @@ impl Description {
             .any(|c| c.is_control() && c != '\n' && c != '\t')
         {
             return Err(ParseError::new(
-                "invalid_description",
+                ParseCode::InvalidDescription,
                 "description must not contain control characters",
             ));
         }
@@ -77,7 +77,7 @@ impl Price {
     pub fn parse(raw: i64) -> Result<Self, ParseError> {
         if !(0..=MAX_PRICE).contains(&raw) {
             return Err(ParseError::new(
-                "invalid_price",
+                ParseCode::InvalidPrice,
                 format!("price must be between 0 and {MAX_PRICE}"),
             ));
         }
@@ -98,7 +98,7 @@ impl Stock {
         match i32::try_from(raw) {
             Ok(v) if (0..=MAX_STOCK).contains(&raw) => Ok(Self(v)),
             _ => Err(ParseError::new(
-                "invalid_stock",
+                ParseCode::InvalidStock,
                 format!("stock must be between 0 and {MAX_STOCK}"),
             )),
         }
@@ -167,7 +167,7 @@ impl ProductPatch {
             && patch.stock.is_none()
         {
             return Err(ParseError::new(
-                "empty_patch",
+                ParseCode::EmptyPatch,
                 "give at least one of name, description, price, stock",
             ));
         }
@@ -193,7 +193,7 @@ impl PageRequest {
                 .filter(|p| (1..=MAX_PAGE).contains(p))
                 .ok_or_else(|| {
                     ParseError::new(
-                        "invalid_page",
+                        ParseCode::InvalidPage,
                         format!("page must be between 1 and {MAX_PAGE}"),
                     )
                 })?,
@@ -201,7 +201,10 @@ impl PageRequest {
         let size = match size {
             None => DEFAULT_PAGE_SIZE,
             Some(s) if s < 1 => {
-                return Err(ParseError::new("invalid_size", "size must be at least 1"))
+                return Err(ParseError::new(
+                    ParseCode::InvalidSize,
+                    "size must be at least 1",
+                ))
             }
             Some(s) => u32::try_from(s).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
         };
@@ -311,7 +314,10 @@ mod tests {
             ProductName::parse("  mug ").map(|n| n.as_str().to_owned()),
             Ok("mug".to_owned())
         );
-        assert_eq!(ProductName::parse(" ").unwrap_err().code, "invalid_name");
+        assert_eq!(
+            ProductName::parse(" ").unwrap_err().code,
+            ParseCode::InvalidName
+        );
         assert!(ProductName::parse(&"x".repeat(201)).is_err());
         assert!(ProductName::parse(&"가".repeat(200)).is_ok());
         assert!(ProductName::parse("a\u{7}b").is_err());
@@ -322,7 +328,7 @@ mod tests {
         assert!(Description::parse("line one\nline two\tend").is_ok());
         assert_eq!(
             Description::parse("bell\u{7}").unwrap_err().code,
-            "invalid_description"
+            ParseCode::InvalidDescription
         );
         assert!(Description::parse(&"d".repeat(5_001)).is_err());
     }
@@ -330,10 +336,10 @@ mod tests {
     #[test]
     fn prices_and_stock_are_bounded() {
         assert_eq!(Price::parse(0).map(Price::get), Ok(0));
-        assert_eq!(Price::parse(-1).unwrap_err().code, "invalid_price");
+        assert_eq!(Price::parse(-1).unwrap_err().code, ParseCode::InvalidPrice);
         assert!(Price::parse(MAX_PRICE + 1).is_err());
         assert_eq!(Stock::parse(50).map(Stock::get), Ok(50));
-        assert_eq!(Stock::parse(-1).unwrap_err().code, "invalid_stock");
+        assert_eq!(Stock::parse(-1).unwrap_err().code, ParseCode::InvalidStock);
         assert!(Stock::parse(MAX_STOCK + 1).is_err());
         assert!(Stock::parse(i64::MAX).is_err());
     }
@@ -344,14 +350,14 @@ mod tests {
             ProductPatch::parse(None, None, None, None)
                 .unwrap_err()
                 .code,
-            "empty_patch"
+            ParseCode::EmptyPatch
         );
         assert!(ProductPatch::parse(None, None, Some(5), None).is_ok());
         assert_eq!(
             ProductPatch::parse(Some(""), None, None, None)
                 .unwrap_err()
                 .code,
-            "invalid_name"
+            ParseCode::InvalidName
         );
     }
 
@@ -363,16 +369,16 @@ mod tests {
         assert_eq!((p.page(), p.size(), p.offset()), (3, MAX_PAGE_SIZE, 200));
         assert_eq!(
             PageRequest::parse(Some(0), None).unwrap_err().code,
-            "invalid_page"
+            ParseCode::InvalidPage
         );
         assert_eq!(
             PageRequest::parse(Some(-2), None).unwrap_err().code,
-            "invalid_page"
+            ParseCode::InvalidPage
         );
         assert!(PageRequest::parse(Some(i64::from(MAX_PAGE) + 1), None).is_err());
         assert_eq!(
             PageRequest::parse(None, Some(0)).unwrap_err().code,
-            "invalid_size"
+            ParseCode::InvalidSize
         );
         assert_eq!(
             PageRequest::parse(None, Some(i64::MAX)).map(PageRequest::size),

@@ -15,7 +15,7 @@
 
 use crate::{bump, lock, Catalog, CatalogError, PopularItem, Served, Source};
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use commerce_domain::{ParseError, ProductId};
+use commerce_domain::{ParseCode, ParseError, ProductId};
 use commerce_storage::StorageError;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -416,12 +416,14 @@ fn merge_sales(sales: &[(ProductId, i64)]) -> Result<Vec<(i64, i64)>, CatalogErr
     let mut merged: BTreeMap<i64, i64> = BTreeMap::new();
     for (id, units) in sales {
         if *units <= 0 {
-            return Err(ParseError::new("invalid_units", "units sold must be positive").into());
+            return Err(
+                ParseError::new(ParseCode::InvalidUnits, "units sold must be positive").into(),
+            );
         }
         let slot = merged.entry(id.get()).or_default();
         *slot = slot
             .checked_add(*units)
-            .ok_or_else(|| ParseError::new("invalid_units", "units sold overflow"))?;
+            .ok_or_else(|| ParseError::new(ParseCode::InvalidUnits, "units sold overflow"))?;
     }
     Ok(merged.into_iter().collect())
 }

@@ -2,7 +2,7 @@
 //! new coupon parsed once from what an admin sent.
 
 use chrono::{DateTime, Utc};
-use commerce_domain::{CouponId, ParseError, UserCouponId, UserId};
+use commerce_domain::{CouponId, ParseCode, ParseError, UserCouponId, UserId};
 use serde::Serialize;
 
 use crate::gate::GateState;
@@ -43,19 +43,19 @@ impl NewCoupon {
         let name = commerce_domain::parse_name(name, 100)?;
         if !(1..=MAX_DISCOUNT).contains(&discount_amount) {
             return Err(ParseError::new(
-                "invalid_discount",
+                ParseCode::InvalidDiscount,
                 format!("discount_amount must be between 1 and {MAX_DISCOUNT}"),
             ));
         }
         if !(1..=MAX_QUANTITY).contains(&quantity) {
             return Err(ParseError::new(
-                "invalid_quantity",
+                ParseCode::InvalidQuantity,
                 format!("quantity must be between 1 and {MAX_QUANTITY}"),
             ));
         }
         if expires_at.is_some_and(|e| e <= opens_at) {
             return Err(ParseError::new(
-                "invalid_expiry",
+                ParseCode::InvalidExpiry,
                 "expires_at must be after opens_at",
             ));
         }
@@ -63,7 +63,7 @@ impl NewCoupon {
             name,
             discount_amount,
             quantity: i32::try_from(quantity)
-                .map_err(|_| ParseError::new("invalid_quantity", "quantity too large"))?,
+                .map_err(|_| ParseError::new(ParseCode::InvalidQuantity, "quantity too large"))?,
             opens_at,
             expires_at,
         })
@@ -119,27 +119,27 @@ mod tests {
         assert!(NewCoupon::parse("c", 100, 10, open, None).is_ok());
         assert_eq!(
             NewCoupon::parse(" ", 100, 10, open, None).unwrap_err().code,
-            "invalid_name"
+            ParseCode::InvalidName
         );
         assert_eq!(
             NewCoupon::parse("c", 0, 10, open, None).unwrap_err().code,
-            "invalid_discount"
+            ParseCode::InvalidDiscount
         );
         assert_eq!(
             NewCoupon::parse("c", 1, 0, open, None).unwrap_err().code,
-            "invalid_quantity"
+            ParseCode::InvalidQuantity
         );
         assert_eq!(
             NewCoupon::parse("c", 1, MAX_QUANTITY + 1, open, None)
                 .unwrap_err()
                 .code,
-            "invalid_quantity"
+            ParseCode::InvalidQuantity
         );
         assert_eq!(
             NewCoupon::parse("c", 1, 1, open, Some(open))
                 .unwrap_err()
                 .code,
-            "invalid_expiry"
+            ParseCode::InvalidExpiry
         );
     }
 }

@@ -12,16 +12,77 @@ pub const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 /// The largest single charge (minor units).
 pub const MAX_CHARGE: i64 = 100_000_000_000;
 
-/// Why a raw value was refused. `code` is the stable API error code.
+/// Which rule a raw value broke: the domain's own codes, with no transport
+/// in them (the HTTP layer maps each to its error code and status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParseCode {
+    /// An id that is not a positive integer.
+    InvalidId,
+    /// A charge amount out of its bounds.
+    InvalidAmount,
+    /// A display name that is empty, too long or has control characters.
+    InvalidName,
+    /// An idempotency key that is not 1 to 255 visible ASCII characters.
+    InvalidIdempotencyKey,
+    /// A product description that is too long or has control characters.
+    InvalidDescription,
+    InvalidPrice,
+    InvalidStock,
+    /// A product change that changes nothing.
+    EmptyPatch,
+    InvalidPage,
+    InvalidSize,
+    /// A count of units sold that is not positive (or overflows).
+    InvalidUnits,
+    /// An order's item list that is empty or too long.
+    InvalidItems,
+    InvalidQuantity,
+    /// The same product twice in one order.
+    DuplicateProduct,
+    InvalidDiscount,
+    InvalidExpiry,
+}
+
+impl ParseCode {
+    /// A stable snake_case name (logs and tests).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidId => "invalid_id",
+            Self::InvalidAmount => "invalid_amount",
+            Self::InvalidName => "invalid_name",
+            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
+            Self::InvalidDescription => "invalid_description",
+            Self::InvalidPrice => "invalid_price",
+            Self::InvalidStock => "invalid_stock",
+            Self::EmptyPatch => "empty_patch",
+            Self::InvalidPage => "invalid_page",
+            Self::InvalidSize => "invalid_size",
+            Self::InvalidUnits => "invalid_units",
+            Self::InvalidItems => "invalid_items",
+            Self::InvalidQuantity => "invalid_quantity",
+            Self::DuplicateProduct => "duplicate_product",
+            Self::InvalidDiscount => "invalid_discount",
+            Self::InvalidExpiry => "invalid_expiry",
+        }
+    }
+}
+
+impl fmt::Display for ParseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a raw value was refused: the rule broken and a message safe to show.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ParseError {
-    pub code: &'static str,
+    pub code: ParseCode,
     pub message: String,
 }
 
 impl ParseError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ParseCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -44,7 +105,7 @@ macro_rules! id_type {
                     Ok(Self(raw))
                 } else {
                     Err(ParseError::new(
-                        "invalid_id",
+                        ParseCode::InvalidId,
                         concat!($what, " id must be a positive integer"),
                     ))
                 }
@@ -81,13 +142,13 @@ impl ChargeAmount {
     pub fn parse(raw: i64) -> Result<Self, ParseError> {
         if raw <= 0 {
             return Err(ParseError::new(
-                "invalid_amount",
+                ParseCode::InvalidAmount,
                 "amount must be a positive integer",
             ));
         }
         if raw > MAX_CHARGE {
             return Err(ParseError::new(
-                "invalid_amount",
+                ParseCode::InvalidAmount,
                 format!("amount must be at most {MAX_CHARGE}"),
             ));
         }
@@ -103,19 +164,22 @@ impl ChargeAmount {
 pub fn parse_name(raw: &str, max_chars: usize) -> Result<String, ParseError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
-        return Err(ParseError::new("invalid_name", "name must not be empty"));
+        return Err(ParseError::new(
+            ParseCode::InvalidName,
+            "name must not be empty",
+        ));
     }
     // The limit applies to what was sent (as the API description says),
     // surrounding spaces included.
     if raw.chars().count() > max_chars {
         return Err(ParseError::new(
-            "invalid_name",
+            ParseCode::InvalidName,
             format!("name must be at most {max_chars} characters"),
         ));
     }
     if trimmed.chars().any(char::is_control) {
         return Err(ParseError::new(
-            "invalid_name",
+            ParseCode::InvalidName,
             "name must not contain control characters",
         ));
     }
@@ -149,7 +213,7 @@ impl IdempotencyKey {
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ParseError::new(
-                "invalid_idempotency_key",
+                ParseCode::InvalidIdempotencyKey,
                 "Idempotency-Key must be 1 to 255 visible ASCII characters",
             ));
         }
@@ -207,7 +271,7 @@ mod tests {
     fn charge_amount_bounds() {
         assert_eq!(
             ChargeAmount::parse(0).map_err(|e| e.code),
-            Err("invalid_amount")
+            Err(ParseCode::InvalidAmount)
         );
         assert!(ChargeAmount::parse(-1).is_err());
         assert!(ChargeAmount::parse(MAX_CHARGE + 1).is_err());

@@ -2,7 +2,7 @@
 //! and a new order parsed once from what a user sent.
 
 use chrono::{DateTime, Utc};
-use commerce_domain::{OrderId, ParseError, ProductId, UserCouponId, UserId};
+use commerce_domain::{OrderId, ParseCode, ParseError, ProductId, UserCouponId, UserId};
 use serde::Serialize;
 use std::collections::HashSet;
 
@@ -28,11 +28,14 @@ pub struct NewOrder {
 impl NewOrder {
     pub fn parse(items: &[(i64, i64)], user_coupon: Option<i64>) -> Result<Self, ParseError> {
         if items.is_empty() {
-            return Err(ParseError::new("invalid_items", "items must not be empty"));
+            return Err(ParseError::new(
+                ParseCode::InvalidItems,
+                "items must not be empty",
+            ));
         }
         if items.len() > MAX_ITEMS {
             return Err(ParseError::new(
-                "invalid_items",
+                ParseCode::InvalidItems,
                 format!("at most {MAX_ITEMS} items"),
             ));
         }
@@ -42,20 +45,20 @@ impl NewOrder {
             let product = ProductId::parse(product)?;
             if !(1..=MAX_QUANTITY).contains(&quantity) {
                 return Err(ParseError::new(
-                    "invalid_quantity",
+                    ParseCode::InvalidQuantity,
                     format!("quantity must be between 1 and {MAX_QUANTITY}"),
                 ));
             }
             if !seen.insert(product) {
                 return Err(ParseError::new(
-                    "duplicate_product",
+                    ParseCode::DuplicateProduct,
                     "each product may appear once",
                 ));
             }
             lines.push(Line {
                 product,
                 quantity: i32::try_from(quantity)
-                    .map_err(|_| ParseError::new("invalid_quantity", "too large"))?,
+                    .map_err(|_| ParseError::new(ParseCode::InvalidQuantity, "too large"))?,
             });
         }
         lines.sort_by_key(|l| l.product);
@@ -103,28 +106,28 @@ mod tests {
     fn order_requests_are_validated() {
         assert_eq!(
             NewOrder::parse(&[], None).unwrap_err().code,
-            "invalid_items"
+            ParseCode::InvalidItems
         );
         assert_eq!(
             NewOrder::parse(&[(1, 0)], None).unwrap_err().code,
-            "invalid_quantity"
+            ParseCode::InvalidQuantity
         );
         assert_eq!(
             NewOrder::parse(&[(1, 101)], None).unwrap_err().code,
-            "invalid_quantity"
+            ParseCode::InvalidQuantity
         );
         assert_eq!(
             NewOrder::parse(&[(0, 1)], None).unwrap_err().code,
-            "invalid_id"
+            ParseCode::InvalidId
         );
         assert_eq!(
             NewOrder::parse(&[(1, 1), (1, 2)], None).unwrap_err().code,
-            "duplicate_product"
+            ParseCode::DuplicateProduct
         );
         let many: Vec<(i64, i64)> = (1..=21).map(|i| (i, 1)).collect();
         assert_eq!(
             NewOrder::parse(&many, None).unwrap_err().code,
-            "invalid_items"
+            ParseCode::InvalidItems
         );
         let ok = NewOrder::parse(&[(9, 1), (3, 2)], Some(4)).unwrap();
         assert_eq!(ok.lines[0].product.get(), 3, "sorted by product");

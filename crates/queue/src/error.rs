@@ -1,6 +1,6 @@
 //! The waiting room's one error type. Redis failures never appear here: the
 //! room fails open to the local limiter instead, so every variant is an
-//! answer for the caller, each with a stable code.
+//! answer for the caller (the HTTP layer gives each variant its API code).
 
 use crate::target::{BadTarget, Target};
 
@@ -32,17 +32,6 @@ pub enum QueueError {
 }
 
 impl QueueError {
-    /// Stable snake_case code for the API.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::InvalidTarget(_) => "invalid_queue_target",
-            Self::InvalidToken => "invalid_queue_token",
-            Self::TokenNotFound => "queue_token_not_found",
-            Self::NotAdmitted { .. } => "not_admitted",
-            Self::RoomsFull { .. } => "queue_rooms_full",
-        }
-    }
-
     /// Seconds for a `Retry-After` header, when waiting helps.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {

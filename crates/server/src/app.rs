@@ -2,7 +2,7 @@
 //! HTTP server with graceful shutdown.
 
 use crate::config::{Settings, DEV_ADMIN_KEY, DEV_TOKEN_SECRET};
-use crate::error::{self, ApiError};
+use crate::error::{self, ApiError, ErrorCode};
 use crate::state::{AppState, WorkerIo};
 use crate::{routes, telemetry};
 use actix_web::dev::{Server, ServerHandle};
@@ -400,15 +400,14 @@ impl Application {
 async fn no_route(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     let allowed = routes::allowed_methods(req.path());
     if allowed.is_empty() {
-        return Err(ApiError::not_found("not_found", "no such route"));
+        return Err(ApiError::new(ErrorCode::NotFound, "no such route"));
     }
     let allow = allowed.join(", ");
     let mut res = actix_web::HttpResponse::MethodNotAllowed();
     res.insert_header((actix_web::http::header::ALLOW, allow.clone()));
     Ok(res.json(
         ApiError::new(
-            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             format!("{} is not served here; allowed: {allow}", req.method()),
         )
         .body(),

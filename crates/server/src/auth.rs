@@ -7,7 +7,7 @@
 //! `auth.user_cache_secs` so a database reset is noticed). A missing user is
 //! a 401 `unknown_user`, never a 5xx or a retry hint.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::{AppState, WorkerIo};
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
@@ -31,7 +31,10 @@ fn bearer(req: &HttpRequest) -> Result<UserId, ApiError> {
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .ok_or_else(|| {
-            ApiError::unauthorized("missing_token", "Authorization: Bearer <token> required")
+            ApiError::new(
+                ErrorCode::MissingToken,
+                "Authorization: Bearer <token> required",
+            )
         })?;
     let token = header
         .to_str()
@@ -39,10 +42,10 @@ fn bearer(req: &HttpRequest) -> Result<UserId, ApiError> {
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "malformed Authorization header"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "malformed Authorization header"))?;
     state(req)?.tokens.verify(token).map_err(|e| match e {
-        TokenError::Expired => ApiError::unauthorized("token_expired", "token expired"),
-        TokenError::Invalid => ApiError::unauthorized("invalid_token", "token invalid"),
+        TokenError::Expired => ApiError::new(ErrorCode::TokenExpired, "token expired"),
+        TokenError::Invalid => ApiError::new(ErrorCode::InvalidToken, "token invalid"),
     })
 }
 
@@ -76,9 +79,10 @@ impl FromRequest for Admin {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready((|| {
-            let given = req.headers().get("x-admin-key").ok_or_else(|| {
-                ApiError::unauthorized("missing_admin_key", "X-Admin-Key required")
-            })?;
+            let given = req
+                .headers()
+                .get("x-admin-key")
+                .ok_or_else(|| ApiError::new(ErrorCode::MissingAdminKey, "X-Admin-Key required"))?;
             let expected = state(req)?.admin_key.expose_secret().as_bytes();
             // Constant time in the key's content (`ct_eq` on slices of
             // different lengths answers false at once: the length leaks,
@@ -86,8 +90,8 @@ impl FromRequest for Admin {
             if bool::from(given.as_bytes().ct_eq(expected)) {
                 Ok(Admin)
             } else {
-                Err(ApiError::unauthorized(
-                    "invalid_admin_key",
+                Err(ApiError::new(
+                    ErrorCode::InvalidAdminKey,
                     "X-Admin-Key invalid",
                 ))
             }

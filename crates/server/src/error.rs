@@ -1,5 +1,10 @@
-//! The HTTP layer's one error type: a status, a stable snake_case `code`, a
-//! message safe to show, and `Retry-After` on every 503.
+//! The HTTP layer's one error type: an [`ErrorCode`] (which fixes the
+//! status), a message safe to show, and `Retry-After` on every 503. Each
+//! lower layer's error maps here to exactly one code per variant.
+
+mod code;
+
+pub use code::ErrorCode;
 
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::http::StatusCode;
@@ -7,7 +12,7 @@ use actix_web::{HttpResponse, ResponseError};
 use commerce_accounts::AccountsError;
 use commerce_catalog::CatalogError;
 use commerce_coupons::CouponError;
-use commerce_domain::ParseError;
+use commerce_domain::{ParseCode, ParseError};
 use commerce_orders::OrderError;
 use commerce_storage::StorageError;
 use serde::Serialize;
@@ -15,8 +20,7 @@ use std::fmt;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub retry_after: Option<u64>,
     /// Extra fields merged into the body (e.g. a queue position).
@@ -25,47 +29,34 @@ pub struct ApiError {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// Stable snake_case error code.
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        // Every 503 says when to retry; `unavailable` sets a longer wait.
+        let retry_after = (code.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(1);
         Self {
-            status,
             code,
             message: message.into(),
-            retry_after: None,
+            retry_after,
             details: None,
         }
     }
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-    }
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, message)
-    }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
-    }
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, code, message)
-    }
-    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
-        e.retry_after = Some(retry_after.max(1));
-        e
+    /// A 503 (or other code) with its `Retry-After` in seconds (at least 1).
+    pub fn unavailable(code: ErrorCode, message: impl Into<String>, retry_after: u64) -> Self {
+        Self::new(code, message).with_retry_after(retry_after)
     }
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
     }
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = Some(details);
@@ -90,7 +81,7 @@ impl fmt::Display for ApiError {
         write!(
             f,
             "{} {}: {}",
-            self.status.as_u16(),
+            self.status().as_u16(),
             self.code,
             self.message
         )
@@ -99,10 +90,10 @@ impl fmt::Display for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.status
+        self.status()
     }
     fn error_response(&self) -> HttpResponse {
-        let mut res = HttpResponse::build(self.status).json(self.body());
+        let mut res = HttpResponse::build(self.status()).json(self.body());
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 res.headers_mut().insert(RETRY_AFTER, v);
@@ -112,9 +103,40 @@ impl ResponseError for ApiError {
     }
 }
 
+impl From<ParseCode> for ErrorCode {
+    fn from(c: ParseCode) -> Self {
+        match c {
+            ParseCode::InvalidId => Self::InvalidId,
+            ParseCode::InvalidAmount => Self::InvalidAmount,
+            ParseCode::InvalidName => Self::InvalidName,
+            ParseCode::InvalidIdempotencyKey => Self::InvalidIdempotencyKey,
+            ParseCode::InvalidDescription => Self::InvalidDescription,
+            ParseCode::InvalidPrice => Self::InvalidPrice,
+            ParseCode::InvalidStock => Self::InvalidStock,
+            ParseCode::EmptyPatch => Self::EmptyPatch,
+            ParseCode::InvalidPage => Self::InvalidPage,
+            ParseCode::InvalidSize => Self::InvalidSize,
+            // Units sold come from our own events, never from a request:
+            // one reaching a client is the server's fault.
+            ParseCode::InvalidUnits => Self::Internal,
+            ParseCode::InvalidItems => Self::InvalidItems,
+            ParseCode::InvalidQuantity => Self::InvalidQuantity,
+            ParseCode::DuplicateProduct => Self::DuplicateProduct,
+            ParseCode::InvalidDiscount => Self::InvalidDiscount,
+            ParseCode::InvalidExpiry => Self::InvalidExpiry,
+        }
+    }
+}
+
 impl From<ParseError> for ApiError {
     fn from(e: ParseError) -> Self {
-        Self::unprocessable(e.code, e.message)
+        match ErrorCode::from(e.code) {
+            ErrorCode::Internal => {
+                tracing::error!(code = %e.code, error = %e.message, "internal value refused");
+                Self::internal()
+            }
+            code => Self::new(code, e.message),
+        }
     }
 }
 
@@ -122,19 +144,21 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::PoolExhausted => {
-                Self::unavailable("db_busy", "the database is busy, retry shortly", 1)
+                Self::unavailable(ErrorCode::DbBusy, "the database is busy, retry shortly", 1)
             }
-            StorageError::Timeout => {
-                Self::unavailable("db_timeout", "the database took too long, retry shortly", 1)
-            }
+            StorageError::Timeout => Self::unavailable(
+                ErrorCode::DbTimeout,
+                "the database took too long, retry shortly",
+                1,
+            ),
             StorageError::SerializationFailure => {
-                Self::unavailable("db_conflict", "a concurrent change won, retry", 1)
+                Self::unavailable(ErrorCode::DbConflict, "a concurrent change won, retry", 1)
             }
             StorageError::Unavailable(msg) => {
                 tracing::warn!(error = %msg, "database unavailable");
-                Self::unavailable("db_unavailable", "the database is unavailable", 2)
+                Self::unavailable(ErrorCode::DbUnavailable, "the database is unavailable", 2)
             }
-            StorageError::NotFound => Self::not_found("not_found", "not found"),
+            StorageError::NotFound => Self::new(ErrorCode::NotFound, "not found"),
             other => {
                 tracing::error!(error = %other, "storage error");
                 Self::internal()
@@ -146,9 +170,9 @@ impl From<StorageError> for ApiError {
 impl From<AccountsError> for ApiError {
     fn from(e: AccountsError) -> Self {
         match e {
-            AccountsError::UserNotFound => Self::not_found("user_not_found", "user not found"),
-            AccountsError::BalanceLimit => Self::unprocessable(
-                "balance_limit_exceeded",
+            AccountsError::UserNotFound => Self::new(ErrorCode::UserNotFound, "user not found"),
+            AccountsError::BalanceLimit => Self::new(
+                ErrorCode::BalanceLimitExceeded,
                 "the balance would exceed its limit",
             ),
             AccountsError::Storage(s) => s.into(),
@@ -164,22 +188,21 @@ pub fn json_error(
     use actix_web::error::JsonPayloadError as J;
     let api = match &err {
         J::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "Content-Type must be application/json",
         ),
-        J::OverflowKnownLength { .. } | J::Overflow { .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "request body too large",
-        ),
+        J::OverflowKnownLength { .. } | J::Overflow { .. } => {
+            ApiError::new(ErrorCode::PayloadTooLarge, "request body too large")
+        }
         J::Deserialize(e) if e.is_data() => {
-            ApiError::unprocessable("invalid_body", format!("invalid body: {e}"))
+            ApiError::new(ErrorCode::InvalidBody, format!("invalid body: {e}"))
         }
         J::Deserialize(e) => {
-            ApiError::bad_request("malformed_json", format!("malformed JSON: {e}"))
+            ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
         }
-        other => ApiError::bad_request("invalid_body", other.to_string()),
+        // The body could not be read (cut short, say): 400 as actix
+        // answers it elsewhere, not the 422 of a body of the wrong shape.
+        other => ApiError::new(ErrorCode::BadRequest, other.to_string()),
     };
     api.into()
 }
@@ -188,8 +211,8 @@ pub fn path_error(
     err: actix_web::error::PathError,
     req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
-    ApiError::bad_request(
-        "invalid_path",
+    ApiError::new(
+        ErrorCode::InvalidPath,
         path_message(&err.to_string(), req.match_info()),
     )
     .into()
@@ -211,8 +234,8 @@ pub fn query_error(
     err: actix_web::error::QueryPayloadError,
     req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
-    ApiError::bad_request(
-        "invalid_query",
+    ApiError::new(
+        ErrorCode::InvalidQuery,
         query_message(&err.to_string(), req.query_string()),
     )
     .into()
@@ -236,21 +259,16 @@ fn query_message(err: &str, query: &str) -> String {
 impl From<CouponError> for ApiError {
     fn from(e: CouponError) -> Self {
         match e {
-            CouponError::NotFound => Self::not_found("coupon_not_found", "coupon not found"),
-            CouponError::NotOpen(at) => Self::new(
-                StatusCode::FORBIDDEN,
-                "not_open",
-                "the coupon is not open yet",
-            )
-            .with_details(serde_json::json!({ "opens_at": at })),
-            CouponError::Expired => {
-                Self::new(StatusCode::GONE, "expired", "the coupon has expired")
-            }
-            CouponError::SoldOut => Self::conflict("sold_out", "the coupon is sold out"),
-            CouponError::AlreadyIssued => {
-                Self::conflict("already_issued", "the coupon was already issued to you")
-            }
-            CouponError::Busy(why) => Self::unavailable("coupon_busy", why, 1),
+            CouponError::NotFound => Self::new(ErrorCode::CouponNotFound, "coupon not found"),
+            CouponError::NotOpen(at) => Self::new(ErrorCode::NotOpen, "the coupon is not open yet")
+                .with_details(serde_json::json!({ "opens_at": at })),
+            CouponError::Expired => Self::new(ErrorCode::CouponExpired, "the coupon has expired"),
+            CouponError::SoldOut => Self::new(ErrorCode::SoldOut, "the coupon is sold out"),
+            CouponError::AlreadyIssued => Self::new(
+                ErrorCode::AlreadyIssued,
+                "the coupon was already issued to you",
+            ),
+            CouponError::Busy(why) => Self::unavailable(ErrorCode::CouponBusy, why, 1),
             CouponError::Invalid(p) => p.into(),
             CouponError::Storage(s) => s.into(),
         }
@@ -260,38 +278,46 @@ impl From<CouponError> for ApiError {
 impl From<OrderError> for ApiError {
     fn from(e: OrderError) -> Self {
         match e {
-            OrderError::NotFound => Self::not_found("order_not_found", "order not found"),
-            OrderError::UnknownProduct(p) => {
-                Self::unprocessable("unknown_product", format!("product {p} does not exist"))
+            OrderError::NotFound => Self::new(ErrorCode::OrderNotFound, "order not found"),
+            OrderError::UnknownProduct(p) => Self::new(
+                ErrorCode::UnknownProduct,
+                format!("product {p} does not exist"),
+            ),
+            OrderError::OutOfStock(p) => Self::new(
+                ErrorCode::OutOfStock,
+                format!("not enough stock for product {p}"),
+            )
+            .with_details(serde_json::json!({ "product_id": p })),
+            OrderError::InvalidCoupon(why) => Self::new(ErrorCode::InvalidCoupon, why),
+            OrderError::AlreadyPaid => {
+                Self::new(ErrorCode::AlreadyPaid, "the order is already paid")
             }
-            OrderError::OutOfStock(p) => {
-                Self::conflict("out_of_stock", format!("not enough stock for product {p}"))
-                    .with_details(serde_json::json!({ "product_id": p }))
+            OrderError::Expired => Self::new(ErrorCode::OrderExpired, "the order has expired"),
+            OrderError::Cancelled => {
+                Self::new(ErrorCode::OrderCancelled, "the order was cancelled")
             }
-            OrderError::InvalidCoupon(why) => Self::unprocessable("invalid_coupon", why),
-            OrderError::AlreadyPaid => Self::conflict("already_paid", "the order is already paid"),
-            OrderError::Expired => Self::conflict("expired", "the order has expired"),
-            OrderError::Cancelled => Self::conflict("order_cancelled", "the order was cancelled"),
             OrderError::InsufficientBalance => {
-                Self::conflict("insufficient_balance", "the balance is too low")
+                Self::new(ErrorCode::InsufficientBalance, "the balance is too low")
             }
             OrderError::CouponAlreadyUsed => {
-                Self::conflict("coupon_already_used", "the coupon was already used")
+                Self::new(ErrorCode::CouponAlreadyUsed, "the coupon was already used")
             }
-            OrderError::CouponExpired => Self::conflict("coupon_expired", "the coupon has expired"),
+            OrderError::CouponExpired => {
+                Self::new(ErrorCode::CouponExpired, "the coupon has expired")
+            }
             OrderError::Busy => Self::unavailable(
-                "payment_in_progress",
+                ErrorCode::PaymentInProgress,
                 "the order is being paid, retry shortly",
                 1,
             ),
             OrderError::Degraded => Self::unavailable(
-                "order_busy",
+                ErrorCode::OrderBusy,
                 "ordering is degraded and busy, retry shortly",
                 1,
             ),
             // Settled by the route before it gets here; never the client's fault.
             OrderError::NotClaimed => Self::unavailable(
-                "order_busy",
+                ErrorCode::OrderBusy,
                 "the order could not be written, retry shortly",
                 1,
             ),
@@ -306,29 +332,27 @@ impl From<commerce_queue::QueueError> for ApiError {
     /// `Retry-After`, so clients wait instead of hammering the route.
     fn from(e: commerce_queue::QueueError) -> Self {
         use commerce_queue::QueueError as Q;
-        let (code, message) = (e.code(), e.to_string());
+        let message = e.to_string();
         match e {
-            Q::InvalidTarget(_) => Self::unprocessable(code, message),
-            Q::InvalidToken => Self::bad_request(code, message),
-            Q::TokenNotFound => Self::not_found(code, message),
+            Q::InvalidTarget(_) => Self::new(ErrorCode::InvalidQueueTarget, message),
+            Q::InvalidToken => Self::new(ErrorCode::InvalidQueueToken, message),
+            Q::TokenNotFound => Self::new(ErrorCode::QueueTokenNotFound, message),
             Q::NotAdmitted {
                 target,
                 position,
                 retry_after_secs,
                 degraded,
-            } => {
-                let mut api = Self::new(StatusCode::FORBIDDEN, code, message).with_details(
-                    serde_json::json!({
-                        "target": target.to_string(),
-                        "position": position,
-                        "retry_after": retry_after_secs,
-                        "degraded": degraded,
-                    }),
-                );
-                api.retry_after = Some(retry_after_secs.max(1));
-                api
+            } => Self::new(ErrorCode::NotAdmitted, message)
+                .with_details(serde_json::json!({
+                    "target": target.to_string(),
+                    "position": position,
+                    "retry_after": retry_after_secs,
+                    "degraded": degraded,
+                }))
+                .with_retry_after(retry_after_secs),
+            Q::RoomsFull { retry_after_secs } => {
+                Self::unavailable(ErrorCode::QueueRoomsFull, message, retry_after_secs)
             }
-            Q::RoomsFull { retry_after_secs } => Self::unavailable(code, message, retry_after_secs),
         }
     }
 }
@@ -336,11 +360,11 @@ impl From<commerce_queue::QueueError> for ApiError {
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         match e {
-            CatalogError::NotFound => Self::not_found("product_not_found", "product not found"),
+            CatalogError::NotFound => Self::new(ErrorCode::ProductNotFound, "product not found"),
             CatalogError::Busy {
                 reason,
                 retry_after_secs,
-            } => Self::unavailable("catalog_busy", reason, retry_after_secs),
+            } => Self::unavailable(ErrorCode::CatalogBusy, reason, retry_after_secs),
             CatalogError::Invalid(p) => p.into(),
             CatalogError::Storage(s) => s.into(),
         }
@@ -370,18 +394,7 @@ pub async fn json_errors(
     if status.as_u16() < 400 || is_json {
         return Ok(res.map_into_left_body());
     }
-    let code = match status.as_u16() {
-        400 => "bad_request",
-        404 => "not_found",
-        405 => "method_not_allowed",
-        408 => "request_timeout",
-        413 => "payload_too_large",
-        414 => "uri_too_long",
-        415 => "unsupported_media_type",
-        431 => "headers_too_large",
-        s if s >= 500 => "internal",
-        _ => "bad_request",
-    };
+    let code = ErrorCode::for_status(status);
     let message = status.canonical_reason().unwrap_or("error").to_lowercase();
     let (req, old) = res.into_parts();
     let mut new =

@@ -2,7 +2,7 @@
 //! claim the key, run the work (which stores its answer in its own
 //! transaction), replay stored answers, refuse mismatches and overlaps.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 use commerce_domain::{IdempotencyKey, UserId};
@@ -90,7 +90,7 @@ pub async fn refuse(
     canonical_body: &serde_json::Value,
     err: ApiError,
 ) -> Result<HttpResponse, ApiError> {
-    if !err.status.is_client_error() {
+    if !err.status().is_client_error() {
         return Err(err);
     }
     let Some(claim) = claim_of(req, user, canonical_body)? else {
@@ -98,7 +98,7 @@ pub async fn refuse(
     };
     let body = err.body();
     let begun =
-        patiently(|| idempotency::refuse_batched(refusals, &claim, err.status.as_u16(), &body))
+        patiently(|| idempotency::refuse_batched(refusals, &claim, err.status().as_u16(), &body))
             .await?;
     match begun {
         Begin::Started => Err(err),
@@ -118,8 +118,8 @@ pub fn required_claim(
 }
 
 fn missing_key() -> ApiError {
-    ApiError::bad_request(
-        "idempotency_key_required",
+    ApiError::new(
+        ErrorCode::IdempotencyKeyRequired,
         "the Idempotency-Key header is required on this route: send a new unique value \
          (a UUID, say) per intended request, and the same value when retrying it",
     )
@@ -137,11 +137,12 @@ pub fn claim_of(
     let key = raw
         .to_str()
         .map_err(|_| {
-            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
+            ApiError::new(
+                ErrorCode::InvalidIdempotencyKey,
+                "Idempotency-Key must be ASCII",
+            )
         })
-        .and_then(|s| {
-            IdempotencyKey::parse(s).map_err(|e| ApiError::bad_request(e.code, e.message))
-        })?;
+        .and_then(|s| IdempotencyKey::parse(s).map_err(ApiError::from))?;
     let route = format!("{} {}", req.method(), req.path());
     let body = serde_json::to_vec(canonical_body).map_err(|_| ApiError::internal())?;
     Ok(Some(Claim {
@@ -176,18 +177,15 @@ fn answer_existing(begun: Begin) -> Result<HttpResponse, ApiError> {
                 .insert_header((REPLAYED_HEADER, "true"))
                 .json(body))
         }
-        Begin::Mismatch => Err(ApiError::unprocessable(
-            "idempotency_key_mismatch",
+        Begin::Mismatch => Err(ApiError::new(
+            ErrorCode::IdempotencyKeyMismatch,
             "this Idempotency-Key was used with a different request",
         )),
-        Begin::InProgress | Begin::Started => {
-            let mut e = ApiError::conflict(
-                "request_in_progress",
-                "a request with this Idempotency-Key is still running",
-            );
-            e.retry_after = Some(1);
-            Err(e)
-        }
+        Begin::InProgress | Begin::Started => Err(ApiError::new(
+            ErrorCode::RequestInProgress,
+            "a request with this Idempotency-Key is still running",
+        )
+        .with_retry_after(1)),
     }
 }
 
@@ -196,8 +194,8 @@ fn answer_existing(begun: Begin) -> Result<HttpResponse, ApiError> {
 async fn finish_failed(db: &DbPool, claim: &Claim, err: &ApiError) {
     let outcome = async {
         let mut c = commerce_storage::conn(db).await?;
-        if err.status.is_client_error() {
-            idempotency::complete(&c, claim, err.status.as_u16(), &err.body()).await
+        if err.status().is_client_error() {
+            idempotency::complete(&c, claim, err.status().as_u16(), &err.body()).await
         } else {
             idempotency::release(&mut c, claim).await
         }

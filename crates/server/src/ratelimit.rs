@@ -5,8 +5,7 @@
 //! `Retry-After` (the seconds left in the window).
 
 use crate::config::RateLimitSettings;
-use crate::error::ApiError;
-use actix_web::http::StatusCode;
+use crate::error::{ApiError, ErrorCode};
 use commerce_domain::UserId;
 use commerce_resilience::RedisClient;
 use std::collections::HashMap;
@@ -124,17 +123,15 @@ impl RateLimiter {
             return Ok(());
         }
         let retry_after = ((index + 1) * window).saturating_sub(now).max(1);
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+        Err(ApiError::new(
+            ErrorCode::RateLimited,
             format!(
                 "too many {} requests: at most {} per {window} s",
                 class.as_str(),
                 self.limit(class)
             ),
-        );
-        e.retry_after = Some(retry_after);
-        Err(e)
+        )
+        .with_retry_after(retry_after))
     }
 
     fn count_locally(&self, class: Class, user: UserId, index: u64) -> u64 {

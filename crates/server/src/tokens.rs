@@ -2,7 +2,7 @@
 //! and, during a rotation, previous) and the users known to exist. Held in
 //! the [`crate::state::AppState`]; the extractors in [`crate::auth`] use them.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use commerce_accounts::token::{TokenError, TokenSigner};
 use commerce_domain::UserId;
 use commerce_storage::batch::Batcher;
@@ -66,8 +66,8 @@ impl KnownUsers {
             .try_get_with(user.get(), async {
                 match commerce_accounts::lookup::exists(lookups, user).await {
                     Ok(true) => Ok(()),
-                    Ok(false) => Err(ApiError::unauthorized(
-                        "unknown_user",
+                    Ok(false) => Err(ApiError::new(
+                        ErrorCode::UnknownUser,
                         "the token's user does not exist",
                     )),
                     Err(e) => Err(ApiError::from(e)),

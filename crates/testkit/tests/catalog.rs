@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{Duration as Days, Utc};
-use commerce_domain::ProductId;
+use commerce_catalog::CatalogError;
+use commerce_domain::{ParseCode, ProductId};
 use commerce_testkit::chaos::ChaosProxy;
 use commerce_testkit::wait_until;
 use commerce_testkit::{TestApp, ADMIN_KEY};
@@ -584,7 +585,10 @@ async fn popular_survives_redis_data_loss_and_refuses_bad_sales() {
         .record_sales(&[(p1, 0)], Utc::now())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "invalid_units");
+    assert!(
+        matches!(&err, CatalogError::Invalid(p) if p.code == ParseCode::InvalidUnits),
+        "{err:?}"
+    );
     let unknown = ProductId::parse(999_999).unwrap();
     let err = app
         .state
@@ -592,7 +596,7 @@ async fn popular_survives_redis_data_loss_and_refuses_bad_sales() {
         .record_sales(&[(unknown, 1)], Utc::now())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "product_not_found");
+    assert!(matches!(err, CatalogError::NotFound), "{err:?}");
     assert_eq!(
         app.db
             .scalar("SELECT COUNT(*) AS n FROM product_sales_daily")

@@ -400,7 +400,11 @@ async fn coupon_states_and_bad_input() {
     let (s, body) = app
         .post_empty(&format!("/api/v1/coupons/{expired}/issue"), &user.token)
         .await;
-    assert_eq!((s, body["code"].as_str()), (410, Some("expired")), "{body}");
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (410, Some("coupon_expired")),
+        "{body}"
+    );
     for bad in ["999999", "0", "-1"] {
         let (s, body) = app
             .post_empty(&format!("/api/v1/coupons/{bad}/issue"), &user.token)

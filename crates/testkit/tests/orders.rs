@@ -282,7 +282,7 @@ async fn payment_racing_expiry_pays_or_expires_never_both() {
         match *s {
             200 => assert_eq!(status, 1, "paid answer, paid order"),
             409 => {
-                assert_eq!(body["code"], "expired", "{body}");
+                assert_eq!(body["code"], "order_expired", "{body}");
                 assert_eq!(status, 2, "expired answer, expired order");
             }
             other => panic!("{other} {body}"),
@@ -390,6 +390,60 @@ async fn insufficient_balance_coupon_reuse_and_cancel() {
         )
         .await;
     assert_eq!((s, body["code"].as_str()), (409, Some("already_paid")));
+    check_invariants(&a, &HashMap::from([(p, 10)])).await;
+}
+
+/// A coupon that expires between the order and its payment: 410
+/// `coupon_expired` (the code coupon issue answers past `expires_at`), and
+/// the order stays pending with nothing debited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paying_with_a_coupon_that_expired_meanwhile_is_410_coupon_expired() {
+    let a = TestApp::spawn().await;
+    let user = a.create_user("late").await;
+    let p = products(&a, &[(1_000, 10)]).await[0];
+    let now = chrono::Utc::now();
+    let (s, coupon) = a
+        .admin_post(
+            "/admin/coupons",
+            &json!({"name": "c", "discount_amount": 300, "quantity": 5,
+                    "opens_at": now - chrono::Duration::seconds(1),
+                    "expires_at": now + chrono::Duration::hours(1)}),
+        )
+        .await;
+    assert_eq!(s, 201, "{coupon}");
+    let (s, issued) = a
+        .post_empty(
+            &format!("/api/v1/coupons/{}/issue", coupon["id"]),
+            &user.token,
+        )
+        .await;
+    assert_eq!(s, 201, "{issued}");
+    a.charge(&user, 5_000).await;
+    let (s, o) = order(&a, &user, &[(p, 1)], issued["user_coupon_id"].as_i64()).await;
+    assert_eq!(s, 201, "{o}");
+    let o = o["id"].as_i64().unwrap();
+    // Expire the coupon without waiting for it.
+    let mut c = a.db.conn().await;
+    diesel::sql_query(format!(
+        "UPDATE coupons SET opens_at = now() - interval '2 hours', \
+         expires_at = now() - interval '1 hour' WHERE id = {}",
+        coupon["id"]
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let (s, body) = pay(&a, &user, o, Some("late-1")).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (410, Some("coupon_expired")),
+        "{body}"
+    );
+    let (_, ord) = a
+        .get_json(&format!("/api/v1/orders/{o}"), Some(&user.token))
+        .await;
+    assert_eq!(ord["status"], "pending");
+    let (_, bal) = a.get_json("/api/v1/me/balance", Some(&user.token)).await;
+    assert_eq!(bal["balance"], 5_000);
     check_invariants(&a, &HashMap::from([(p, 10)])).await;
 }
 

@@ -1,7 +1,7 @@
 //! Admin routes: coupons, reconciliation, circuit breakers.
 
 use crate::auth::Admin;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use commerce_coupons::NewCoupon;
@@ -81,7 +81,7 @@ pub async fn reconcile_coupon(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = CouponId::parse(path.into_inner())
-        .map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
+        .map_err(|_| ApiError::new(ErrorCode::CouponNotFound, "coupon not found"))?;
     let report = state.coupons.reconcile(id).await?;
     Ok(HttpResponse::Ok().json(report))
 }
@@ -120,13 +120,16 @@ pub async fn control_breaker(
 ) -> Result<HttpResponse, ApiError> {
     let (name, action) = path.into_inner();
     let action: BreakerAction = action.parse().map_err(|_| {
-        ApiError::not_found(
-            "unknown_action",
+        ApiError::new(
+            ErrorCode::UnknownAction,
             "action must be force-open, force-close or reset",
         )
     })?;
     let snapshot = state.breakers.control(&name, action).map_err(|_| {
-        ApiError::not_found("unknown_breaker", format!("no breaker named `{name}`"))
+        ApiError::new(
+            ErrorCode::UnknownBreaker,
+            format!("no breaker named `{name}`"),
+        )
     })?;
     Ok(HttpResponse::Ok().json(snapshot))
 }
@@ -176,10 +179,10 @@ pub async fn redrive(
 fn dead_letter_error(e: commerce_events::DeadLetterError) -> ApiError {
     match e {
         commerce_events::DeadLetterError::NotFound => {
-            ApiError::not_found("dead_letter_not_found", "no such dead letter")
+            ApiError::new(ErrorCode::DeadLetterNotFound, "no such dead letter")
         }
-        commerce_events::DeadLetterError::UnknownConsumer(c) => ApiError::unprocessable(
-            "unknown_consumer",
+        commerce_events::DeadLetterError::UnknownConsumer(c) => ApiError::new(
+            ErrorCode::UnknownConsumer,
             format!("consumer {c} does not run here"),
         ),
         commerce_events::DeadLetterError::Storage(s) => s.into(),

@@ -1,7 +1,7 @@
 //! The caller's balance: read and charge.
 
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::idempotency;
 use crate::ratelimit::Class;
 use crate::state::AppState;
@@ -68,7 +68,12 @@ pub async fn charge(
         serde_json::Value::Number(n) => crate::json::to_i64(n),
         _ => None,
     }
-    .ok_or_else(|| ApiError::unprocessable("invalid_amount", "amount must be a positive integer"))
+    .ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidAmount,
+            "amount must be a positive integer",
+        )
+    })
     .and_then(|raw| ChargeAmount::parse(raw).map_err(ApiError::from))?;
     let canonical = serde_json::json!({ "amount": amount.get() });
     idempotency::required_claim(&req, user.0, &canonical)?;

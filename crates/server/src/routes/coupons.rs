@@ -1,7 +1,7 @@
 //! First-come coupon issuing and the caller's coupons.
 
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::ratelimit::Class;
 use crate::state::{AppState, WorkerIo};
 use actix_web::{web, HttpResponse};
@@ -33,7 +33,7 @@ pub struct IssuedBody {
         (status = 403, body = ErrorBody, description = "not_open (with opens_at); not_admitted when the waiting room guards issuing (with Retry-After)",
             headers(("Retry-After" = u64, description = "seconds, on not_admitted"))),
         (status = 404, body = ErrorBody, description = "coupon_not_found"), (status = 409, body = ErrorBody, description = "sold_out or already_issued"),
-        (status = 410, body = ErrorBody, description = "expired"), (status = 503, body = ErrorBody)))]
+        (status = 410, body = ErrorBody, description = "coupon_expired"), (status = 503, body = ErrorBody)))]
 pub async fn issue(
     user: AuthUser,
     state: web::Data<AppState>,
@@ -41,7 +41,7 @@ pub async fn issue(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = CouponId::parse(path.into_inner())
-        .map_err(|_| ApiError::not_found("coupon_not_found", "coupon not found"))?;
+        .map_err(|_| ApiError::new(ErrorCode::CouponNotFound, "coupon not found"))?;
     io.limits.check(Class::Stock, user.0).await?;
     state
         .queue

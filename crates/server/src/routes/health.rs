@@ -1,5 +1,6 @@
 //! Liveness, readiness (each dependency's state) and Prometheus metrics.
 
+use crate::error::ErrorCode;
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -95,9 +96,9 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         };
         HttpResponse::Ok().json(json!({ "status": status, "checks": checks }))
     } else {
-        HttpResponse::ServiceUnavailable()
+        HttpResponse::build(ErrorCode::NotReady.status())
             .insert_header((actix_web::http::header::RETRY_AFTER, "2"))
-            .json(json!({ "status": "unavailable", "code": "not_ready", "message": "database down", "checks": checks }))
+            .json(json!({ "status": "unavailable", "code": ErrorCode::NotReady, "message": "database down", "checks": checks }))
     }
 }
 

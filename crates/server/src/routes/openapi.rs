@@ -9,6 +9,8 @@ use std::sync::LazyLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::error::ErrorCode;
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "commerce", description = "Resilient flash-sale commerce service (v1)"),
@@ -40,7 +42,7 @@ use utoipa::{Modify, OpenApi};
         super::admin::redrive,
         super::admin::control_breaker,
     ),
-    components(schemas(crate::error::ErrorBody, super::schemas::BreakerName, super::schemas::BreakerAction)),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorCode, super::schemas::BreakerName, super::schemas::BreakerAction)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;
@@ -107,26 +109,37 @@ fn retry_after() -> Value {
     })
 }
 
-/// Adds `status` answering `codes`, or lists the codes on the one declared.
-fn add(responses: &mut Map<String, Value>, status: &str, codes: &str) {
-    match responses.get_mut(status) {
+/// The snake_case words of a description (the codes it names, among
+/// field names such as `opens_at`).
+fn snake_words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+        .filter(|w| w.contains('_'))
+}
+
+/// Adds `code` (and a note on it) to the response of its status, declaring
+/// that response when the operation did not.
+fn add(responses: &mut Map<String, Value>, code: ErrorCode, note: Option<&str>) {
+    let status = code.status().as_u16().to_string();
+    let text = match note {
+        Some(note) => format!("{code} ({note})"),
+        None => code.to_string(),
+    };
+    match responses.get_mut(&status) {
         Some(existing) => {
             let old = existing["description"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            let missing: Vec<&str> = codes.split(", ").filter(|c| !old.contains(c)).collect();
-            if !missing.is_empty() {
-                let joined = missing.join(", ");
+            if !snake_words(&old).any(|w| w == code.as_str()) {
                 existing["description"] = Value::String(if old.is_empty() {
-                    joined
+                    text
                 } else {
-                    format!("{old}; {joined}")
+                    format!("{old}, {text}")
                 });
             }
         }
         None => {
-            responses.insert(status.to_owned(), error_response(codes));
+            responses.insert(status, error_response(&text));
         }
     }
 }
@@ -200,47 +213,54 @@ fn complete_operation(path: &str, op: &mut Value) {
         return;
     };
     if bearer {
+        add(responses, ErrorCode::MissingToken, None);
+        add(responses, ErrorCode::InvalidToken, None);
+        add(responses, ErrorCode::TokenExpired, None);
         add(
             responses,
-            "401",
-            "missing_token, invalid_token, token_expired, unknown_user (the token's user does not exist)",
+            ErrorCode::UnknownUser,
+            Some("the token's user does not exist"),
         );
     }
     if admin {
-        add(responses, "401", "missing_admin_key, invalid_admin_key");
+        add(responses, ErrorCode::MissingAdminKey, None);
+        add(responses, ErrorCode::InvalidAdminKey, None);
     }
     if has_body {
-        add(responses, "400", "malformed_json");
-        add(responses, "413", "payload_too_large");
-        add(responses, "415", "unsupported_media_type");
-        add(responses, "422", "invalid_body");
+        add(responses, ErrorCode::MalformedJson, None);
+        add(responses, ErrorCode::PayloadTooLarge, None);
+        add(responses, ErrorCode::UnsupportedMediaType, None);
+        add(responses, ErrorCode::InvalidBody, None);
     }
     if int_path {
-        add(responses, "400", "invalid_path");
+        add(responses, ErrorCode::InvalidPath, None);
     }
     if has_query {
-        add(responses, "400", "invalid_query");
+        add(responses, ErrorCode::InvalidQuery, None);
     }
     if idempotent {
-        add(responses, "400", "invalid_idempotency_key");
+        add(responses, ErrorCode::InvalidIdempotencyKey, None);
         if key_required {
-            add(responses, "400", "idempotency_key_required");
+            add(responses, ErrorCode::IdempotencyKeyRequired, None);
         }
         add(
             responses,
-            "409",
-            "request_in_progress (the same key is being answered; with Retry-After)",
+            ErrorCode::RequestInProgress,
+            Some("the same key is being answered; with Retry-After"),
         );
-        add(responses, "422", "idempotency_key_mismatch");
+        add(responses, ErrorCode::IdempotencyKeyMismatch, None);
     }
     if RATE_LIMITED.contains(&id.as_str()) {
-        add(responses, "429", "rate_limited");
+        add(responses, ErrorCode::RateLimited, None);
     }
     if !NO_DEPENDENCY.contains(&id.as_str()) && path != "/health/ready" {
+        add(responses, ErrorCode::DbBusy, None);
+        add(responses, ErrorCode::DbTimeout, None);
+        add(responses, ErrorCode::DbConflict, None);
         add(
             responses,
-            "503",
-            "db_busy, db_timeout, db_conflict, db_unavailable and the dependency's own busy codes",
+            ErrorCode::DbUnavailable,
+            Some("and the dependency's own busy codes"),
         );
     }
     for (status, response) in responses.iter_mut() {
@@ -258,7 +278,7 @@ fn complete_operation(path: &str, op: &mut Value) {
             if let Some(h) = headers {
                 if status == "409" {
                     h["Retry-After"] = json!({
-                        "description": "Seconds to wait, on request_in_progress.",
+                        "description": format!("Seconds to wait, on {}.", ErrorCode::RequestInProgress),
                         "schema": { "type": "integer", "minimum": 1 }
                     });
                 } else {
@@ -405,5 +425,53 @@ mod tests {
         let mint = &spec["paths"]["/api/v1/auth/token"]["post"];
         assert!(mint.get("parameters").is_none(), "{mint}");
         assert_eq!(mint["security"][0]["admin"], json!([]));
+    }
+
+    /// The description's codes are the enum's: `ErrorBody.code` lists them
+    /// all, and every code an error response names has that status.
+    #[test]
+    fn error_codes_come_from_the_enum() {
+        let spec = spec();
+        let listed: Vec<&str> = spec["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, all);
+        assert_eq!(
+            spec["components"]["schemas"]["ErrorBody"]["properties"]["code"]["$ref"],
+            "#/components/schemas/ErrorCode"
+        );
+        // Field names a description may mention besides codes.
+        const FIELDS: &[&str] = &["opens_at"];
+        let mut named = std::collections::HashSet::new();
+        for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                for (status, r) in op["responses"].as_object().into_iter().flatten() {
+                    if !(status.starts_with('4') || status.starts_with('5')) {
+                        continue;
+                    }
+                    let text = r["description"].as_str().unwrap_or_default();
+                    for word in snake_words(text).filter(|w| !FIELDS.contains(w)) {
+                        let code = ErrorCode::ALL.iter().find(|c| c.as_str() == word);
+                        let code = code.unwrap_or_else(|| {
+                            panic!("{method} {path} {status}: {word} is not an ErrorCode")
+                        });
+                        assert_eq!(
+                            code.status().as_str(),
+                            status,
+                            "{method} {path}: {word} is answered with another status"
+                        );
+                        named.insert(*code);
+                    }
+                }
+            }
+        }
+        // The renamed codes are where clients will look for them.
+        for code in [ErrorCode::CouponExpired, ErrorCode::OrderExpired] {
+            assert!(named.contains(&code), "{code} is in no operation");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Orders: create (reserves stock), read, cancel, pay.
 
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::idempotency;
 use crate::ratelimit::Class;
 use crate::state::{AppState, WorkerIo};
@@ -98,7 +98,7 @@ impl From<&Payment> for PaymentBody {
 
 fn order_id(raw: i64) -> Result<OrderId, ApiError> {
     crate::telemetry::record_on_request("order_id", raw);
-    OrderId::parse(raw).map_err(|_| ApiError::not_found("order_not_found", "order not found"))
+    OrderId::parse(raw).map_err(|_| ApiError::new(ErrorCode::OrderNotFound, "order not found"))
 }
 
 /// Create an order: reserves stock until it is paid, cancelled or expires.
@@ -192,7 +192,7 @@ pub async fn get(
 #[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
     params(("id" = i64, Path, minimum = 1)), operation_id = "cancelOrder",
     responses((status = 200, body = OrderBody), (status = 404, body = ErrorBody, description = "order_not_found"),
-        (status = 409, body = ErrorBody, description = "already_paid, expired")))]
+        (status = 409, body = ErrorBody, description = "already_paid, order_expired")))]
 pub async fn cancel(
     user: AuthUser,
     io: web::Data<WorkerIo>,
@@ -208,7 +208,8 @@ pub async fn cancel(
 #[utoipa::path(post, path = "/api/v1/orders/{id}/payment", tag = "orders", security(("bearer" = [])),
     params(("id" = i64, Path, minimum = 1), ("Idempotency-Key" = Option<String>, Header)), operation_id = "payOrder",
     responses((status = 200, body = PaymentBody),
-        (status = 409, body = ErrorBody, description = "insufficient_balance, already_paid, expired, order_cancelled, coupon_already_used, coupon_expired"),
+        (status = 409, body = ErrorBody, description = "insufficient_balance, already_paid, order_expired, order_cancelled, coupon_already_used"),
+        (status = 410, body = ErrorBody, description = "coupon_expired: the order's coupon expired meanwhile (the order stays pending)"),
         (status = 404, body = ErrorBody, description = "order_not_found")))]
 pub async fn pay(
     user: AuthUser,

@@ -6,7 +6,7 @@
 //! stood in because PostgreSQL (and Redis) failed.
 
 use crate::auth::Admin;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 use actix_web::{web, HttpResponse, HttpResponseBuilder};
 use commerce_catalog::{
@@ -33,7 +33,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 fn product_id(raw: i64) -> Result<ProductId, ApiError> {
     // No product has a non-positive id: such a page does not exist.
-    ProductId::parse(raw).map_err(|_| ApiError::not_found("product_not_found", "product not found"))
+    ProductId::parse(raw)
+        .map_err(|_| ApiError::new(ErrorCode::ProductNotFound, "product not found"))
 }
 
 fn with_provenance<T>(mut res: HttpResponseBuilder, served: &Served<T>) -> HttpResponseBuilder {

@@ -1,7 +1,7 @@
 //! The waiting room: enter it (get a token) and poll the token.
 
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::ratelimit::Class;
 use crate::state::AppState;
 use actix_web::http::header::RETRY_AFTER;
@@ -68,7 +68,7 @@ fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiErr
         None
     } else {
         let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {e}")))?;
         match value {
             serde_json::Value::Null => None,
             serde_json::Value::Object(_) => {
@@ -76,8 +76,8 @@ fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiErr
                 crate::json::parse::<EnterRequest>(&value.to_string())?.target
             }
             _ => {
-                return Err(ApiError::unprocessable(
-                    "invalid_body",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidBody,
                     "invalid body: expected an object or null",
                 ))
             }
@@ -85,8 +85,8 @@ fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiErr
     };
     let raw = match (from_body, query) {
         (Some(b), Some(q)) if b != q => {
-            return Err(ApiError::unprocessable(
-                "invalid_queue_target",
+            return Err(ApiError::new(
+                ErrorCode::InvalidQueueTarget,
                 "target given in both body and query, with different values",
             ))
         }
@@ -104,10 +104,10 @@ fn requested_target(query: Option<String>, body: &[u8]) -> Result<Target, ApiErr
         };
         match raw.split_once(':') {
             Some(("coupon", d)) if past_i64(d) => {
-                ApiError::not_found("coupon_not_found", "coupon not found")
+                ApiError::new(ErrorCode::CouponNotFound, "coupon not found")
             }
             Some(("sale", d)) if past_i64(d) => {
-                ApiError::not_found("sale_not_found", "no sale (product) with this id")
+                ApiError::new(ErrorCode::SaleNotFound, "no sale (product) with this id")
             }
             _ => commerce_queue::QueueError::from(e).into(),
         }
@@ -133,8 +133,8 @@ async fn ensure_exists(state: &AppState, target: Target) -> Result<(), ApiError>
             let id = ProductId::parse(id)?;
             match state.catalog.detail(id).await {
                 Ok(_) => Ok(()),
-                Err(commerce_catalog::CatalogError::NotFound) => Err(ApiError::not_found(
-                    "sale_not_found",
+                Err(commerce_catalog::CatalogError::NotFound) => Err(ApiError::new(
+                    ErrorCode::SaleNotFound,
                     "no sale (product) with this id",
                 )),
                 Err(e) => Err(e.into()),
@@ -218,21 +218,21 @@ mod tests {
             Target::Sale(2)
         );
         let e = requested_target(Some("sale:2".into()), br#"{"target":"store"}"#).unwrap_err();
-        assert_eq!(e.code, "invalid_queue_target");
+        assert_eq!(e.code, ErrorCode::InvalidQueueTarget);
         assert_eq!(
             requested_target(None, b"{").unwrap_err().code,
-            "malformed_json"
+            ErrorCode::MalformedJson
         );
         assert_eq!(
             requested_target(None, br#"{"x":1}"#).unwrap_err().code,
-            "invalid_body"
+            ErrorCode::InvalidBody
         );
         assert_eq!(requested_target(None, b"null").unwrap(), Target::Store);
         assert_eq!(
             requested_target(None, b"[null]").unwrap_err().code,
-            "invalid_body"
+            ErrorCode::InvalidBody
         );
         let e = requested_target(Some("nope".into()), b"").unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (422, "invalid_queue_target"));
+        assert_eq!(e.code, ErrorCode::InvalidQueueTarget);
     }
 }

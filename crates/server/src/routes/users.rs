@@ -1,7 +1,7 @@
 //! Sign-up and admin token minting.
 
 use crate::auth::Admin;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use commerce_domain::{UserId, UserName};
@@ -77,7 +77,7 @@ pub async fn mint_token(
 ) -> Result<HttpResponse, ApiError> {
     let user = UserId::parse(body.user_id)?;
     if !commerce_accounts::user_exists(&state.db, user).await? {
-        return Err(ApiError::not_found("user_not_found", "user not found"));
+        return Err(ApiError::new(ErrorCode::UserNotFound, "user not found"));
     }
     state.known_users.remember(user).await;
     let token = state.tokens.issue(user).map_err(|_| ApiError::internal())?;
