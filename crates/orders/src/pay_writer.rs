@@ -9,8 +9,8 @@
 
 use crate::error::OrderError;
 use crate::model::{OrderItem, Payment};
-use crate::pay_in;
 use crate::seams::{Debit, Seams};
+use crate::store::pay_in;
 use chrono::{DateTime, Utc};
 use commerce_domain::{OrderId, ProductId, UserId};
 use commerce_storage::batch::{Batch, BatchError, Batcher};

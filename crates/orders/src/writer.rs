@@ -5,10 +5,10 @@
 //! that finds a product short (the gate over-counted) is rolled back and
 //! its orders are written one by one, each learning exactly why it failed.
 
-use crate::create_in;
 use crate::error::OrderError;
 use crate::model::{NewOrder, Order, OrderItem};
 use crate::seams::Seams;
+use crate::store::create_in;
 use chrono::SubsecRound;
 use commerce_domain::{OrderId, UserCouponId, UserId};
 use commerce_storage::batch::{Batch, BatchError, Batcher};
