@@ -54,6 +54,7 @@ pub mod config;
 pub mod error;
 pub mod model;
 mod popular;
+mod shared;
 pub mod stock;
 pub mod store;
 mod sync;
@@ -63,6 +64,8 @@ pub use error::CatalogError;
 pub use model::*;
 pub use popular::{PopularBoard, RankingOrigin};
 
+use shared::{bump, lock};
+
 use chrono::Utc;
 use commerce_domain::ProductId;
 use commerce_resilience::{ReadReplica, RedisClient, RedisConfig};
@@ -71,36 +74,9 @@ use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-/// Where an answer came from (the `X-Cache` header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    L1,
-    L2,
-    Db,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::L1 => "l1",
-            Self::L2 => "l2",
-            Self::Db => "db",
-        }
-    }
-}
-
-/// An answer with its provenance.
-#[derive(Debug, Clone)]
-pub struct Served<T> {
-    pub value: T,
-    pub source: Source,
-    /// Set when a stale copy stood in for a failed load: how old it is.
-    pub stale_age: Option<Duration>,
-}
 
 /// Counters since start, for tests and diagnostics (also exported as metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,10 +103,6 @@ struct Counters {
     popular_redis_loads: AtomicU64,
     count_loads: AtomicU64,
     stale_served: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// One product as held in process: `None` remembers "no such product" for
@@ -190,10 +162,6 @@ struct L2Doc {
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Writes an L2 copy unless Redis holds a newer one. KEYS[1] = key,

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use commerce_domain::{ParseCode, ParseError, ProductId};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use utoipa::ToSchema;
 
 /// The highest price a product can have (minor units); keeps order totals far
@@ -385,4 +386,31 @@ mod tests {
             Ok(MAX_PAGE_SIZE)
         );
     }
+}
+
+/// Where an answer came from (the `X-Cache` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    L1,
+    L2,
+    Db,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::L1 => "l1",
+            Self::L2 => "l2",
+            Self::Db => "db",
+        }
+    }
+}
+
+/// An answer with its provenance.
+#[derive(Debug, Clone)]
+pub struct Served<T> {
+    pub value: T,
+    pub source: Source,
+    /// Set when a stale copy stood in for a failed load: how old it is.
+    pub stale_age: Option<Duration>,
 }

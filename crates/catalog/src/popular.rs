@@ -13,7 +13,10 @@
 //! from PostgreSQL with the same ordering (units descending, product id
 //! ascending), so both paths give the same answer.
 
-use crate::{bump, lock, Catalog, CatalogError, PopularItem, Served, Source};
+use crate::error::CatalogError;
+use crate::model::{PopularItem, Served, Source};
+use crate::shared::{bump, lock};
+use crate::Catalog;
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use commerce_domain::{ParseCode, ParseError, ProductId};
 use commerce_storage::StorageError;
