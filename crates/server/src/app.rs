@@ -173,40 +173,7 @@ impl Application {
         let db = commerce_storage::build_pool(&settings.db_config())?;
         let warm = commerce_storage::warm_up(&db, settings.database.pool_size / 2).await;
         tracing::debug!(connections = warm, "database pool warmed up");
-        let admin_key = settings.auth.admin_key.clone().unwrap_or_else(|| {
-            tracing::warn!(
-                "COMMERCE__AUTH__ADMIN_KEY not set: admin routes take the public development key \
-                 `X-Admin-Key: {DEV_ADMIN_KEY}` (set your own; COMMERCE__AUTH__PRODUCTION=true refuses this one)"
-            );
-            SecretString::from(DEV_ADMIN_KEY)
-        });
-        let token_secret = settings.auth.token_secret.clone().unwrap_or_else(|| {
-            tracing::warn!(
-                "COMMERCE__AUTH__TOKEN_SECRET not set: bearer tokens are signed with the public \
-                 development secret, so anyone can forge them (set your own, 32+ characters)"
-            );
-            SecretString::from(DEV_TOKEN_SECRET)
-        });
-        let tokens = crate::tokens::Tokens {
-            current: TokenSigner::new(
-                token_secret.expose_secret().as_bytes(),
-                settings.auth.token_ttl_secs,
-            ),
-            previous: settings
-                .auth
-                .previous_token_secret
-                .as_ref()
-                .zip(settings.previous_secret_until())
-                .map(|(old, until)| {
-                    (
-                        TokenSigner::new(
-                            old.expose_secret().as_bytes(),
-                            settings.auth.token_ttl_secs,
-                        ),
-                        until,
-                    )
-                }),
-        };
+        let (admin_key, tokens) = credentials(&settings);
         let known_users = crate::tokens::KnownUsers::new(
             Duration::from_secs(settings.auth.user_cache_secs),
             200_000,
@@ -253,42 +220,7 @@ impl Application {
             db.clone(),
             settings.queue.clone(),
         );
-        let dispatcher = commerce_events::Dispatcher::new(
-            db.clone(),
-            crate::events::consumers(&settings, &breakers, &catalog),
-            commerce_events::RetryPolicy {
-                max_attempts: settings.events.max_attempts,
-                ..Default::default()
-            },
-        );
-        let sink = match settings.kafka_config() {
-            Some(k) => commerce_events::relay::Sink::Kafka(commerce_events::kafka::Publisher::new(
-                &k,
-                breakers.kafka(),
-            )?),
-            None => commerce_events::relay::Sink::InProcess(dispatcher.clone()),
-        };
-        let defaults = commerce_events::relay::RelayConfig::default();
-        // To a broker a pass is bounded by one publish (the delivery
-        // timeout, plus a second): twice that holds a pass, and the rows a
-        // killed instance had claimed (and the newer events of their keys)
-        // wait no longer than that.
-        let lease = settings.kafka_config().map_or(defaults.lease, |k| {
-            (k.delivery_timeout + Duration::from_secs(1)) * 2
-        });
-        let relay = commerce_events::relay::Relay::new(
-            db.clone(),
-            sink,
-            breakers.kafka(),
-            commerce_events::relay::RelayConfig {
-                batch: settings.events.relay_batch,
-                idle: Duration::from_millis(settings.events.relay_idle_ms),
-                lull: Duration::from_millis(settings.events.relay_lull_ms),
-                max_delay: Duration::from_millis(settings.events.relay_max_delay_ms),
-                lease,
-                ..defaults
-            },
-        );
+        let (dispatcher, relay) = event_pipeline(&settings, &db, &breakers, &catalog)?;
         let refusals = refusal_writer(db.clone(), &settings);
         let users = user_lookups(db.clone(), &settings);
         let limits = crate::ratelimit::RateLimiter::new(settings.rate_limit.clone(), redis.clone());
@@ -315,46 +247,7 @@ impl Application {
             settings,
         });
 
-        let listener = TcpListener::bind(&state.settings.http.addr)?;
-        let port = listener.local_addr()?.port();
-        let workers = match state.settings.http.workers {
-            0 => std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(2),
-            n => n,
-        };
-        let shared = state.clone();
-        let body_limit = state.settings.http.body_limit_bytes;
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(web::Data::new(worker_io(&shared)))
-                .app_data(shared.clone())
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(body_limit)
-                        .error_handler(error::json_error),
-                )
-                .app_data(web::PayloadConfig::default().limit(body_limit))
-                .app_data(web::PathConfig::default().error_handler(error::path_error))
-                .app_data(web::QueryConfig::default().error_handler(error::query_error))
-                .wrap(from_fn(error::json_errors))
-                .wrap(from_fn(telemetry::observe))
-                .wrap(TracingLogger::<telemetry::RootSpan>::new())
-                .configure(routes::configure)
-                .default_service(web::to(no_route))
-        })
-        .workers(workers)
-        .backlog(4096)
-        .shutdown_timeout(state.settings.http.shutdown_timeout_secs)
-        .keep_alive(std::time::Duration::from_secs(
-            state.settings.http.keep_alive_secs,
-        ))
-        .client_request_timeout(std::time::Duration::from_millis(
-            state.settings.http.client_request_timeout_ms,
-        ))
-        .listen(listener)?
-        .run();
-
+        let (port, server) = http_server(&state)?;
         spawn_background(&state);
         Ok(Self {
             port,
@@ -393,6 +286,136 @@ impl Application {
         }
         result
     }
+}
+
+/// The admin key and the token signers, the public development ones (with
+/// a warning) where none is set.
+fn credentials(settings: &Settings) -> (SecretString, crate::tokens::Tokens) {
+    let admin_key = settings.auth.admin_key.clone().unwrap_or_else(|| {
+        tracing::warn!(
+            "COMMERCE__AUTH__ADMIN_KEY not set: admin routes take the public development key \
+             `X-Admin-Key: {DEV_ADMIN_KEY}` (set your own; COMMERCE__AUTH__PRODUCTION=true refuses this one)"
+        );
+        SecretString::from(DEV_ADMIN_KEY)
+    });
+    let token_secret = settings.auth.token_secret.clone().unwrap_or_else(|| {
+        tracing::warn!(
+            "COMMERCE__AUTH__TOKEN_SECRET not set: bearer tokens are signed with the public \
+             development secret, so anyone can forge them (set your own, 32+ characters)"
+        );
+        SecretString::from(DEV_TOKEN_SECRET)
+    });
+    let tokens = crate::tokens::Tokens {
+        current: TokenSigner::new(
+            token_secret.expose_secret().as_bytes(),
+            settings.auth.token_ttl_secs,
+        ),
+        previous: settings
+            .auth
+            .previous_token_secret
+            .as_ref()
+            .zip(settings.previous_secret_until())
+            .map(|(old, until)| {
+                (
+                    TokenSigner::new(old.expose_secret().as_bytes(), settings.auth.token_ttl_secs),
+                    until,
+                )
+            }),
+    };
+    (admin_key, tokens)
+}
+
+/// The consumers of this process and the relay that feeds them (in
+/// process, or through Kafka when brokers are set).
+fn event_pipeline(
+    settings: &Settings,
+    db: &commerce_storage::DbPool,
+    breakers: &BreakerRegistry,
+    catalog: &commerce_catalog::Catalog,
+) -> anyhow::Result<(commerce_events::Dispatcher, commerce_events::relay::Relay)> {
+    let dispatcher = commerce_events::Dispatcher::new(
+        db.clone(),
+        crate::events::consumers(settings, breakers, catalog),
+        commerce_events::RetryPolicy {
+            max_attempts: settings.events.max_attempts,
+            ..Default::default()
+        },
+    );
+    let sink = match settings.kafka_config() {
+        Some(k) => commerce_events::relay::Sink::Kafka(commerce_events::kafka::Publisher::new(
+            &k,
+            breakers.kafka(),
+        )?),
+        None => commerce_events::relay::Sink::InProcess(dispatcher.clone()),
+    };
+    let defaults = commerce_events::relay::RelayConfig::default();
+    // To a broker a pass is bounded by one publish (the delivery
+    // timeout, plus a second): twice that holds a pass, and the rows a
+    // killed instance had claimed (and the newer events of their keys)
+    // wait no longer than that.
+    let lease = settings.kafka_config().map_or(defaults.lease, |k| {
+        (k.delivery_timeout + Duration::from_secs(1)) * 2
+    });
+    let relay = commerce_events::relay::Relay::new(
+        db.clone(),
+        sink,
+        breakers.kafka(),
+        commerce_events::relay::RelayConfig {
+            batch: settings.events.relay_batch,
+            idle: Duration::from_millis(settings.events.relay_idle_ms),
+            lull: Duration::from_millis(settings.events.relay_lull_ms),
+            max_delay: Duration::from_millis(settings.events.relay_max_delay_ms),
+            lease,
+            ..defaults
+        },
+    );
+    Ok((dispatcher, relay))
+}
+
+/// Binds the listener and builds the HTTP server over `state`: its port
+/// (the configured one, or the one the OS chose for port 0) and the server.
+fn http_server(state: &web::Data<AppState>) -> anyhow::Result<(u16, Server)> {
+    let listener = TcpListener::bind(&state.settings.http.addr)?;
+    let port = listener.local_addr()?.port();
+    let workers = match state.settings.http.workers {
+        0 => std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(2),
+        n => n,
+    };
+    let shared = state.clone();
+    let body_limit = state.settings.http.body_limit_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(worker_io(&shared)))
+            .app_data(shared.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(body_limit)
+                    .error_handler(error::json_error),
+            )
+            .app_data(web::PayloadConfig::default().limit(body_limit))
+            .app_data(web::PathConfig::default().error_handler(error::path_error))
+            .app_data(web::QueryConfig::default().error_handler(error::query_error))
+            .wrap(from_fn(error::json_errors))
+            .wrap(from_fn(telemetry::observe))
+            .wrap(TracingLogger::<telemetry::RootSpan>::new())
+            .configure(routes::configure)
+            .default_service(web::to(no_route))
+    })
+    .workers(workers)
+    .backlog(4096)
+    .shutdown_timeout(state.settings.http.shutdown_timeout_secs)
+    .keep_alive(std::time::Duration::from_secs(
+        state.settings.http.keep_alive_secs,
+    ))
+    .client_request_timeout(std::time::Duration::from_millis(
+        state.settings.http.client_request_timeout_ms,
+    ))
+    .listen(listener)?
+    .run();
+
+    Ok((port, server))
 }
 
 /// No route took the request: 405 with `Allow` when the path is known (for
