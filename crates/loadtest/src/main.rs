@@ -6,6 +6,7 @@ mod chaos;
 mod cli;
 mod k6;
 mod nginx;
+mod options;
 mod probe;
 mod procs;
 mod prom;
@@ -53,7 +54,7 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-async fn main_async(opts: cli::RunOptions, argv: Vec<String>) -> u8 {
+async fn main_async(opts: options::RunOptions, argv: Vec<String>) -> u8 {
     let mut children = Children::default();
     let mut server = None;
     let outcome = tokio::select! {
@@ -93,7 +94,7 @@ async fn main_async(opts: cli::RunOptions, argv: Vec<String>) -> u8 {
 
 /// `loadtest all`: every entry of the plan as a normal run, one after the
 /// other, then the summary table.
-async fn run_all(base: cli::RunOptions, argv: Vec<String>) -> u8 {
+async fn run_all(base: options::RunOptions, argv: Vec<String>) -> u8 {
     let started = chrono::Utc::now();
     let wall = std::time::Instant::now();
     let plan = table::plan(&base.only, &base.skip);
@@ -217,7 +218,7 @@ async fn run_all(base: cli::RunOptions, argv: Vec<String>) -> u8 {
 /// `loadtest chaos …`: k6 on half the CPUs at a raised priority, as for
 /// the scenarios; Ctrl-C stops the run (its processes and cluster go with it).
 fn chaos_main(opts: chaos::ChaosOptions, argv: Vec<String>) -> ExitCode {
-    if let Err(e) = k6::pin(&cli::K6Cpus::Half).and_then(|()| k6::prioritise(-10)) {
+    if let Err(e) = k6::pin(&options::K6Cpus::Half).and_then(|()| k6::prioritise(-10)) {
         eprintln!("loadtest: {e}");
         return ExitCode::from(2);
     }

@@ -1,6 +1,6 @@
 //! One scenario run, end to end.
 
-use crate::cli::{self, Balancer, RunOptions};
+use crate::options::{self, Balancer, RunOptions};
 use crate::procs::{self, Children, Managed};
 use crate::report::{self, OrderCounts, ReportInput, Setup};
 use crate::rules::RuleResult;
@@ -228,7 +228,7 @@ impl ServerEnv {
             // Few users driven hard: per-user limits would throttle the run.
             .env("COMMERCE__RATE_LIMIT__ENABLED", "false");
         for (key, value) in &self.settings {
-            cmd.env(cli::env_name(key), value);
+            cmd.env(options::env_name(key), value);
         }
     }
 }

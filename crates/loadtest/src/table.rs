@@ -2,7 +2,7 @@
 //! detail cache off), each entry's own command line, and the summary table of
 //! `loadtests/reports/all-<date>.md`.
 
-use crate::cli::RunOptions;
+use crate::options::RunOptions;
 use crate::report::{int, num, OrderCounts};
 use crate::run::{RunOutcome, EXIT_OK, EXIT_RULES, EXIT_THRESHOLDS};
 use crate::scenarios::{Scenario, SCENARIOS};
@@ -68,6 +68,13 @@ impl Entry {
         while let Some(arg) = it.next() {
             if matches!(arg.as_str(), "--only" | "--skip" | "--label") {
                 it.next();
+                continue;
+            }
+            // The same options written `--only=a,b` (clap takes that form).
+            if ["--only=", "--skip=", "--label="]
+                .iter()
+                .any(|p| arg.starts_with(p))
+            {
                 continue;
             }
             out.push(arg.clone());
@@ -655,6 +662,10 @@ mod tests {
         }
     }
 
+    fn plain_entry_options(base: &RunOptions) -> RunOptions {
+        entry("charge", None).options(base)
+    }
+
     #[test]
     fn an_entry_is_the_run_its_command_line_says() {
         let (argv, base) = all_opts(
@@ -682,6 +693,14 @@ mod tests {
             nocache.argv(&argv, o.label.as_deref()).join(" "),
             "product-detail --quick --set http.workers=1 --no-ceiling \
              --set catalog.detail_cache=false --label n1-nocache"
+        );
+        let (argv, base) = all_opts("all --only=charge --label=n1 --quick");
+        let o = plain_entry_options(&base);
+        assert_eq!(
+            entry("charge", None)
+                .argv(&argv, o.label.as_deref())
+                .join(" "),
+            "charge --quick --label n1"
         );
         let (argv, base) = all_opts("all");
         let plain = entry("charge", None);

@@ -87,61 +87,6 @@ pub struct ChaosOptions {
     pub label: Option<String>,
 }
 
-/// `chaos <fault>|all [options]` (the words after `chaos`).
-pub fn parse(args: &[String]) -> Result<ChaosOptions, String> {
-    let mut it = args.iter();
-    let first = it
-        .next()
-        .ok_or_else(|| format!("chaos needs a fault or `all`\n\n{USAGE}"))?;
-    let (faults, all) = if first == "all" {
-        (Fault::ALL.to_vec(), true)
-    } else {
-        let f = Fault::from_name(first).ok_or_else(|| {
-            let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
-            format!("unknown fault `{first}`; one of: {}, all", names.join(", "))
-        })?;
-        (vec![f], false)
-    };
-    let mut o = ChaosOptions {
-        faults,
-        all,
-        short: false,
-        kafka: false,
-        server_bin: None,
-        settings: Vec::new(),
-        label: None,
-    };
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--short" => o.short = true,
-            "--kafka" => o.kafka = true,
-            "--server-bin" => o.server_bin = Some(PathBuf::from(value()?)),
-            "--set" => {
-                let raw = value()?;
-                let (k, v) = raw
-                    .split_once('=')
-                    .filter(|(k, v)| !k.is_empty() && !v.is_empty())
-                    .ok_or_else(|| format!("--set takes KEY=VALUE, got `{raw}`"))?;
-                o.settings.push((k.to_owned(), v.to_owned()));
-            }
-            "--label" => {
-                let l = value()?;
-                if l.is_empty()
-                    || !l
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                {
-                    return Err(format!("--label takes letters, digits, - and _, got `{l}`"));
-                }
-                o.label = Some(l.clone());
-            }
-            other => return Err(format!("chaos: unknown option `{other}`\n\n{USAGE}")),
-        }
-    }
-    Ok(o)
-}
-
 /// How long and how hard one run is.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -987,34 +932,27 @@ async fn run_one(
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn parses_faults_and_options() {
-        let o = parse(&args("redis-kill --short --set a.b=c --label ci")).unwrap();
-        assert_eq!(o.faults, vec![Fault::RedisKill]);
-        assert!(o.short && !o.all);
-        assert_eq!(o.settings, vec![("a.b".to_owned(), "c".to_owned())]);
-        assert_eq!(o.label.as_deref(), Some("ci"));
-        let all = parse(&args("all")).unwrap();
-        assert!(all.all);
-        assert_eq!(all.faults.len(), Fault::ALL.len());
-        assert!(parse(&args("nope")).is_err());
-        assert!(parse(&args("redis-kill --bogus")).is_err());
-        assert!(parse(&[]).is_err());
+    fn opts(fault: Fault, kafka: bool, label: Option<&str>) -> ChaosOptions {
+        ChaosOptions {
+            faults: vec![fault],
+            all: false,
+            short: false,
+            kafka,
+            server_bin: None,
+            settings: Vec::new(),
+            label: label.map(str::to_owned),
+        }
     }
 
     #[test]
     fn kafka_mode_for_broker_faults_and_on_request() {
-        let o = parse(&args("redis-kill --kafka")).unwrap();
+        let o = opts(Fault::RedisKill, true, None);
         assert!(o.kafka && kafka_mode(Fault::RedisKill, &o));
         assert_eq!(
             report_stem(Fault::RedisKill, &o, "d"),
             "chaos-redis-kill-kafka-d"
         );
-        let o = parse(&args("broker-down --label x")).unwrap();
+        let o = opts(Fault::BrokerDown, false, Some("x"));
         assert!(!o.kafka && kafka_mode(Fault::BrokerDown, &o));
         assert!(!kafka_mode(Fault::RedisKill, &o));
         assert_eq!(
