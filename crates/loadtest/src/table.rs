@@ -2,9 +2,10 @@
 //! detail cache off), each entry's own command line, and the summary table of
 //! `loadtests/reports/all-<date>.md`.
 
+use crate::base::{EXIT_OK, EXIT_RULES, EXIT_THRESHOLDS};
 use crate::options::RunOptions;
+use crate::outcome::RunOutcome;
 use crate::report::{int, num, OrderCounts};
-use crate::run::{RunOutcome, EXIT_OK, EXIT_RULES, EXIT_THRESHOLDS};
 use crate::scenarios::{Scenario, SCENARIOS};
 use std::fmt::Write as _;
 
@@ -127,7 +128,7 @@ pub fn exit_code(rows: &[Row]) -> u8 {
     if rules {
         EXIT_RULES
     } else if error {
-        crate::run::EXIT_ERROR
+        crate::base::EXIT_ERROR
     } else if thresholds {
         EXIT_THRESHOLDS
     } else {
@@ -434,7 +435,7 @@ fn row_line(row: &Row) -> String {
             exit,
             outcome: None,
         } => {
-            let why = if *exit == crate::run::EXIT_UNAVAILABLE {
+            let why = if *exit == crate::base::EXIT_UNAVAILABLE {
                 "not available: the server lacks its routes"
             } else {
                 "no figures"

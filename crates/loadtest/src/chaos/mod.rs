@@ -17,9 +17,11 @@ mod timeline;
 #[allow(dead_code)]
 mod proxy;
 
+use crate::base::{self, Paths};
 use crate::procs::{self, Managed};
-use crate::run::{self, Paths, ServerBinary, ServerEnv};
+use crate::server_bin::{self, ServerBinary};
 use crate::setup::{self, Api};
+use crate::stack::ServerEnv;
 use crate::{k6, nginx, rules};
 use anyhow::{anyhow, bail, Context, Result};
 pub use faults::Fault;
@@ -272,7 +274,7 @@ fn report_stem(fault: Fault, opts: &ChaosOptions, date: &str) -> String {
 }
 
 fn log(msg: impl AsRef<str>) {
-    run::log(format!("chaos: {}", msg.as_ref()));
+    base::log(format!("chaos: {}", msg.as_ref()));
 }
 
 /// `chaos <fault>` or `chaos all`: the exit code.
@@ -281,7 +283,7 @@ pub async fn main(opts: ChaosOptions, argv: Vec<String>) -> u8 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("[loadtest] error: {e:#}");
-            run::EXIT_ERROR
+            base::EXIT_ERROR
         }
     }
 }
@@ -290,12 +292,12 @@ async fn main_inner(opts: &ChaosOptions, argv: &[String]) -> Result<u8> {
     let started = chrono::Utc::now();
     let paths = Paths::locate()?;
     procs::raise_nofile_limit();
-    let binary = run::resolve_server(opts.server_bin.as_deref(), &paths.root).await?;
+    let binary = server_bin::resolve_server(opts.server_bin.as_deref(), &paths.root).await?;
     let binary = if opts.all && opts.server_bin.is_none() {
         let dir = paths
             .results
             .join(format!("chaos-all-{}", started.format("%Y%m%d-%H%M%S")));
-        run::pin_binary(binary, &dir, &paths.root)
+        server_bin::pin_binary(binary, &dir, &paths.root)
     } else {
         binary
     };
@@ -309,7 +311,7 @@ async fn main_inner(opts: &ChaosOptions, argv: &[String]) -> Result<u8> {
                     "{}: {} ({})",
                     fault.name(),
                     if o.passed { "PASS" } else { "FAIL" },
-                    run::rel(&paths.root, &o.report)
+                    base::rel(&paths.root, &o.report)
                 ));
                 outcomes.push(o);
             }
@@ -339,14 +341,14 @@ async fn main_inner(opts: &ChaosOptions, argv: &[String]) -> Result<u8> {
         std::fs::create_dir_all(&paths.reports)?;
         std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
         println!("\n{}", report::table(&outcomes, &errors, &paths.root));
-        log(format!("summary {}", run::rel(&paths.root, &path)));
+        log(format!("summary {}", base::rel(&paths.root, &path)));
     }
     Ok(if failed {
-        run::EXIT_RULES
+        base::EXIT_RULES
     } else if run_errors {
-        run::EXIT_ERROR
+        base::EXIT_ERROR
     } else {
-        run::EXIT_OK
+        base::EXIT_OK
     })
 }
 
@@ -480,8 +482,8 @@ async fn deploy(
         db_url: service_db_url,
         redis_url,
         prefix: "chaos:".to_owned(),
-        admin_key: format!("chaos-admin-{}", run::random_hex(16)),
-        token_secret: run::random_hex(32),
+        admin_key: format!("chaos-admin-{}", base::random_hex(16)),
+        token_secret: base::random_hex(32),
         workers: (cores / 2).max(1),
         settings,
     };
@@ -629,7 +631,7 @@ async fn run_one(
         started_at.format("%Y%m%d-%H%M%S")
     ));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    log(format!("run folder {}", run::rel(&paths.root, &run_dir)));
+    log(format!("run folder {}", base::rel(&paths.root, &run_dir)));
     let k6 = k6::ensure().await?;
     let clock = Clock::start();
     let mut dep = deploy(
@@ -650,7 +652,7 @@ async fn run_one(
         .await
         .context("minting tokens")?;
     let tokens_file = run_dir.join("tokens.json");
-    run::write_json(&tokens_file, &tokens)?;
+    base::write_json(&tokens_file, &tokens)?;
     let products = api
         .create_products(timing.products, 50, "load product")
         .await
@@ -666,7 +668,7 @@ async fn run_one(
         .ok_or_else(|| anyhow!("no sale product"))?;
     setup::snapshot_stock(&setup::connect(&dep.db_url).await?).await?;
     let data_file = run_dir.join("data.json");
-    run::write_json(
+    base::write_json(
         &data_file,
         &json!({
             "products": products,
@@ -900,7 +902,7 @@ async fn run_one(
         prom_events,
         platform_received,
         k6_exit: k6_code,
-        run_dir: run::rel(&paths.root, &run_dir),
+        run_dir: base::rel(&paths.root, &run_dir),
         minutes: 0.0,
     };
     dep.stop().await;

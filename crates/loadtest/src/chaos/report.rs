@@ -903,7 +903,7 @@ pub fn table(outcomes: &[Outcome], errors: &[(Fault, String)], root: &Path) -> S
             secs(s.drain_s),
             rules_text(s),
             if out.passed { "PASS" } else { "FAIL" },
-            crate::run::rel(root, &out.report)
+            crate::base::rel(root, &out.report)
                 .rsplit('/')
                 .next()
                 .unwrap_or_default()
