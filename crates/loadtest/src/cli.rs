@@ -367,7 +367,7 @@ fn all(o: RunOptions) -> Result<Command, String> {
     if o.keep_running {
         return Err("--keep-running does not go with `all`".to_owned());
     }
-    if crate::table::plan(&o.only, &o.skip).is_empty() {
+    if crate::all_plan::plan(&o.only, &o.skip).is_empty() {
         return Err("--only and --skip leave no scenario to run".to_owned());
     }
     Ok(Command::All(Box::new(o)))

@@ -2,6 +2,7 @@
 //! release instances of commerce-server and writes its report beside the
 //! seed's figures. See `loadtests/README.md`.
 
+mod all_plan;
 mod base;
 mod bursts;
 mod chaos;
@@ -105,7 +106,7 @@ async fn main_async(opts: options::RunOptions, argv: Vec<String>) -> u8 {
 async fn run_all(base: options::RunOptions, argv: Vec<String>) -> u8 {
     let started = chrono::Utc::now();
     let wall = std::time::Instant::now();
-    let plan = table::plan(&base.only, &base.skip);
+    let plan = all_plan::plan(&base.only, &base.skip);
     // One listener for the whole loop: a Ctrl-C between two entries is kept
     // until the next poll rather than lost.
     let stop = stop_signal();
