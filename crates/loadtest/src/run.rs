@@ -11,7 +11,8 @@ use crate::report::{self, OrderCounts, Setup};
 use crate::run_report::{self, About};
 use crate::server_bin::{server_binary, ServerBinary};
 use crate::setup::{self, Api};
-use crate::{data, prom, servermetrics, stack};
+use crate::stack::{self, Stack};
+use crate::{data, prom, servermetrics};
 use anyhow::{Context, Result};
 use std::time::Instant;
 
@@ -102,25 +103,14 @@ pub async fn run(
     let load_end = loadavg();
     let rule_results = outcome::check_rules(&stack.db_url).await;
 
-    let setup = Setup {
-        server: binary.text.clone(),
-        instances: opts.instances,
-        workers: stack.workers,
-        balancer: stack.balancer_text.clone(),
-        k6_version: plan.k6_version.clone(),
-        machine: format!(
-            "{} cores; load average {} before the run, {} after k6",
-            stack.cores,
-            load_start.as_deref().unwrap_or("?"),
-            load_end.as_deref().unwrap_or("?")
-        ),
-        shape: run_report::shape_line(&plan.shape),
-        vu_scale: opts.vu_scale,
-        duration_scale: opts.duration_scale,
-        think_scale: opts.think_scale,
-        data: data.text.clone(),
-        settings: report::settings_text(&opts.settings),
-    };
+    let setup = setup_row(
+        opts,
+        &binary,
+        &stack,
+        &plan,
+        &data.text,
+        (load_start, load_end),
+    );
     let about = About {
         scenario,
         started_at,
@@ -170,6 +160,36 @@ pub async fn run(
             orders_per_burst,
         })),
     })
+}
+
+/// The report's Setup table: how the service and k6 ran.
+fn setup_row(
+    opts: &RunOptions,
+    binary: &ServerBinary,
+    stack: &Stack,
+    plan: &Plan,
+    data_text: &str,
+    (load_start, load_end): (Option<String>, Option<String>),
+) -> Setup {
+    Setup {
+        server: binary.text.clone(),
+        instances: opts.instances,
+        workers: stack.workers,
+        balancer: stack.balancer_text.clone(),
+        k6_version: plan.k6_version.clone(),
+        machine: format!(
+            "{} cores; load average {} before the run, {} after k6",
+            stack.cores,
+            load_start.as_deref().unwrap_or("?"),
+            load_end.as_deref().unwrap_or("?")
+        ),
+        shape: run_report::shape_line(&plan.shape),
+        vu_scale: opts.vu_scale,
+        duration_scale: opts.duration_scale,
+        think_scale: opts.think_scale,
+        data: data_text.to_owned(),
+        settings: report::settings_text(&opts.settings),
+    }
 }
 
 /// The 1- and 5-minute load averages (other work on the machine skews figures).
