@@ -1,123 +1,23 @@
 //! The faults: what each one does to the run's own deployment, and when the
 //! dependency counts as back (it accepts connections, answers, or listens).
 
-use super::monitor::Clock;
+use super::deploy::Deployment;
+use super::monitor::{Clock, RUNNER_APP_NAME};
+use super::plan::{Fault, Timing};
 use super::stub::Mode;
-use super::{Deployment, FaultWindow, Timing};
 use anyhow::{anyhow, Result};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    RedisKill,
-    InstanceKill,
-    RedisStall,
-    RedisFlush,
-    PgRestart,
-    PgConnections,
-    DataPlatformDown,
-    DataPlatformSlow,
-    RedisSlow,
-    PgSlow,
-    LockHolderStall,
-    BrokerDown,
-    BrokerStall,
-}
-
-impl Fault {
-    /// `chaos all`'s order.
-    pub const ALL: [Fault; 13] = [
-        Fault::RedisKill,
-        Fault::InstanceKill,
-        Fault::RedisStall,
-        Fault::RedisFlush,
-        Fault::PgRestart,
-        Fault::PgConnections,
-        Fault::DataPlatformDown,
-        Fault::DataPlatformSlow,
-        Fault::RedisSlow,
-        Fault::PgSlow,
-        Fault::LockHolderStall,
-        Fault::BrokerDown,
-        Fault::BrokerStall,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Fault::RedisKill => "redis-kill",
-            Fault::InstanceKill => "instance-kill",
-            Fault::RedisStall => "redis-stall",
-            Fault::RedisFlush => "redis-flush",
-            Fault::PgRestart => "pg-restart",
-            Fault::PgConnections => "pg-connections",
-            Fault::DataPlatformDown => "data-platform-down",
-            Fault::DataPlatformSlow => "data-platform-slow",
-            Fault::RedisSlow => "redis-slow",
-            Fault::PgSlow => "pg-slow",
-            Fault::LockHolderStall => "lock-holder-stall",
-            Fault::BrokerDown => "broker-down",
-            Fault::BrokerStall => "broker-stall",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|f| f.name() == name)
-    }
-
-    pub fn what(self) -> &'static str {
-        match self {
-            Fault::RedisKill => "Redis SIGKILLed, then started again, empty, on the same port",
-            Fault::InstanceKill => {
-                "instance #1 SIGKILLed 0.6 s into the flash sale's payments, then started again"
-            }
-            Fault::RedisStall => "Redis frozen with SIGSTOP, then resumed with SIGCONT",
-            Fault::RedisFlush => "every Redis key wiped (FLUSHALL) in the middle of the bursts",
-            Fault::PgRestart => "PostgreSQL restarted (`pg_ctl restart -m fast`)",
-            Fault::PgConnections => {
-                "every PostgreSQL connection of the service terminated (pg_terminate_backend), every 500 ms"
-            }
-            Fault::DataPlatformDown => "the data platform's receiver stops listening (connections refused)",
-            Fault::DataPlatformSlow => {
-                "the data platform answers after 3 s (the service's HTTP timeout is 2 s)"
-            }
-            Fault::RedisSlow => "250 ms added to each Redis read and write (TCP proxy in front of Redis)",
-            Fault::PgSlow => {
-                "100 ms added to each PostgreSQL read and write (TCP proxy in front of PostgreSQL)"
-            }
-            Fault::LockHolderStall => {
-                "instance #1 frozen (SIGSTOP) while it holds payment locks, 13 s: past the 10 s lease"
-            }
-            Fault::BrokerDown => {
-                "the Kafka broker (tansu) SIGKILLed, then started again on the same port and storage (Kafka mode)"
-            }
-            Fault::BrokerStall => {
-                "the Kafka broker (tansu) frozen with SIGSTOP, then resumed with SIGCONT (Kafka mode)"
-            }
-        }
-    }
-
-    /// The breaker this fault should open, if any.
-    pub fn breaker(self) -> Option<&'static str> {
-        match self {
-            Fault::RedisKill | Fault::RedisStall | Fault::RedisSlow => Some("redis"),
-            Fault::DataPlatformDown | Fault::DataPlatformSlow => Some("data_platform"),
-            Fault::BrokerDown | Fault::BrokerStall => Some("kafka"),
-            _ => None,
-        }
-    }
-
-    /// Answers from nginx (502/504) that the fault itself explains: the
-    /// requests a killed or frozen instance held when it went.
-    pub fn proxy_errors_expected(self) -> bool {
-        matches!(self, Fault::InstanceKill | Fault::LockHolderStall)
-    }
-
-    /// Faults of the broker: the run is in Kafka mode whatever `--kafka`
-    /// says, and every event must have reached every consumer group by the
-    /// end (rule 6 after a broker outage).
-    pub fn needs_broker(self) -> bool {
-        matches!(self, Fault::BrokerDown | Fault::BrokerStall)
-    }
+/// When the fault was in force and when its dependency came back.
+#[derive(Debug, Clone, Default)]
+pub struct FaultWindow {
+    /// Run clock, ms.
+    pub start_ms: f64,
+    pub end_ms: f64,
+    /// When the dependency accepted connections again (ms).
+    pub returned_ms: f64,
+    /// What was done, in order, for the report.
+    pub steps: Vec<(f64, String)>,
 }
 
 /// Injects `fault` now, holds it for `timing.fault_for_s`, heals it, and
@@ -212,7 +112,7 @@ pub async fn inject(
                  WHERE datname = 'commerce' AND pid <> pg_backend_pid()
                    AND backend_type = 'client backend'
                    AND application_name <> '{}'",
-                super::RUNNER_APP_NAME
+                RUNNER_APP_NAME
             );
             let until = tokio::time::Instant::now() + hold;
             let mut total = 0i64;

@@ -5,9 +5,12 @@
 //! incident timeline written. See
 //! `loadtests/README.md`, section "Chaos".
 
+mod all;
+mod deploy;
 mod faults;
 mod infra;
 mod monitor;
+mod plan;
 mod report;
 pub(crate) mod stub;
 mod timeline;
@@ -18,24 +21,18 @@ mod timeline;
 mod proxy;
 
 use crate::base::{self, Paths};
-use crate::procs::{self, Managed};
 use crate::server_bin::{self, ServerBinary};
 use crate::setup::{self, Api};
-use crate::stack::ServerEnv;
-use crate::{k6, nginx, rules};
+use crate::{k6, procs, rules};
+use all::Outcome;
 use anyhow::{anyhow, bail, Context, Result};
-pub use faults::Fault;
-use infra::{Broker, Postgres, Redis};
+use deploy::deploy;
 use monitor::{Clock, Monitor};
+use plan::{log, report_stem, Timing};
+pub use plan::{ChaosOptions, Fault};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
-use stub::Receiver;
-use tokio::process::Command;
-
-/// The runner's own PostgreSQL connections carry this application name;
-/// the `pg-connections` fault terminates every other one.
-pub const RUNNER_APP_NAME: &str = "loadtest-chaos";
 
 pub const USAGE: &str = "\
 usage: cargo run -p loadtest --release -- chaos <fault>|all [options]
@@ -76,207 +73,6 @@ exit codes: 0 every rule held, no 500, every acknowledged write in PostgreSQL, e
 breaker closed at the end and within 3 s of its dependency's return (and, after a
 broker fault, every event published and applied by every consumer group); 1 run
 error; 2 usage; 5 any of those broke.";
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChaosOptions {
-    pub faults: Vec<Fault>,
-    pub all: bool,
-    pub short: bool,
-    /// A broker for every fault (the broker faults always have one).
-    pub kafka: bool,
-    pub server_bin: Option<PathBuf>,
-    pub settings: Vec<(String, String)>,
-    pub label: Option<String>,
-}
-
-/// How long and how hard one run is.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    pub total_s: f64,
-    pub fault_at_s: f64,
-    pub fault_for_s: f64,
-    /// After the load: how long to wait for the backlog and the breakers.
-    pub settle_s: f64,
-    pub users: usize,
-    pub products: usize,
-    pub burst_vus: u64,
-    pub sale_vus: u64,
-    pub read_rate: u64,
-    pub order_rate: u64,
-}
-
-impl Timing {
-    pub fn new(short: bool, fault: Fault) -> Self {
-        let mut t = if short {
-            Self {
-                total_s: 22.0,
-                fault_at_s: 5.0,
-                fault_for_s: 5.0,
-                settle_s: 15.0,
-                users: 1_000,
-                products: 100,
-                burst_vus: 200,
-                sale_vus: 200,
-                read_rate: 40,
-                order_rate: 20,
-            }
-        } else {
-            Self {
-                total_s: 40.0,
-                fault_at_s: 10.0,
-                fault_for_s: 8.0,
-                settle_s: 30.0,
-                users: 2_000,
-                products: 200,
-                burst_vus: 300,
-                sale_vus: 300,
-                read_rate: 60,
-                order_rate: 25,
-            }
-        };
-        if fault == Fault::LockHolderStall {
-            // Past the payment lock's 10 s lease.
-            t.fault_for_s = 13.0;
-            t.total_s = t.total_s.max(t.fault_at_s + t.fault_for_s + 12.0);
-        }
-        t
-    }
-}
-
-/// The instances of a run: ports, processes, and how to start one again.
-pub struct Instances {
-    pub ports: Vec<u16>,
-    pub procs: Vec<Option<Managed>>,
-    starts: Vec<usize>,
-    bin: PathBuf,
-    env: ServerEnv,
-    webhook: String,
-    run_dir: PathBuf,
-}
-
-impl Instances {
-    pub fn bases(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect()
-    }
-
-    pub fn pid(&self, i: usize) -> Option<u32> {
-        self.procs
-            .get(i)
-            .and_then(Option::as_ref)
-            .and_then(Managed::pid)
-    }
-
-    /// Starts instance `i` (again) on its port; when it was ready.
-    pub async fn start(&mut self, i: usize) -> Result<Instant> {
-        let port = self.ports[i];
-        let addr = format!("127.0.0.1:{port}");
-        self.starts[i] += 1;
-        let log_path = self.run_dir.join(if self.starts[i] == 1 {
-            format!("server-{i}.log")
-        } else {
-            format!("server-{i}-start{}.log", self.starts[i])
-        });
-        let mut cmd = Command::new(&self.bin);
-        self.env.apply(&mut cmd, &addr);
-        // Alerts carry the instance in their path: /alerts/<i>.
-        cmd.env(
-            "COMMERCE__ALERTS__WEBHOOK_URL",
-            format!("{}/{i}", self.webhook),
-        );
-        let mut m = Managed::spawn(
-            &format!("commerce-server #{i}"),
-            &mut cmd,
-            &log_path,
-            libc::SIGTERM,
-        )?;
-        let api = Api::new(vec![], String::new())?;
-        let ready = api
-            .wait_ready(
-                &format!("http://{addr}"),
-                Duration::from_secs(60),
-                Some(&mut m),
-            )
-            .await;
-        self.procs[i] = Some(m);
-        ready.with_context(|| {
-            format!(
-                "commerce-server #{i} on {addr} is not ready:\n{}",
-                procs::tail(&log_path, 30)
-            )
-        })?;
-        Ok(Instant::now())
-    }
-
-    /// SIGKILL instance `i` and reap it.
-    pub async fn kill(&mut self, i: usize) {
-        if let Some(mut m) = self.procs.get_mut(i).and_then(Option::take) {
-            if let Some(pid) = m.pid() {
-                procs::signal(pid, libc::SIGKILL);
-            }
-            m.stop(Duration::from_secs(5)).await;
-        }
-    }
-
-    pub async fn stop_all(&mut self) {
-        for i in 0..self.procs.len() {
-            if let Some(pid) = self.pid(i) {
-                procs::signal(pid, libc::SIGCONT);
-            }
-            if let Some(mut m) = self.procs[i].take() {
-                m.stop(Duration::from_secs(10)).await;
-            }
-        }
-    }
-}
-
-/// When the fault was in force and when its dependency came back.
-#[derive(Debug, Clone, Default)]
-pub struct FaultWindow {
-    /// Run clock, ms.
-    pub start_ms: f64,
-    pub end_ms: f64,
-    /// When the dependency accepted connections again (ms).
-    pub returned_ms: f64,
-    /// What was done, in order, for the report.
-    pub steps: Vec<(f64, String)>,
-}
-
-/// One finished run, for `chaos all`'s table.
-pub struct Outcome {
-    pub fault: Fault,
-    pub summary: report::Summary,
-    /// What the run's Prometheus saw (empty without one).
-    pub seen: crate::prom::Seen,
-    pub report: PathBuf,
-    pub passed: bool,
-}
-
-/// Whether a run of `fault` has a broker (Kafka mode).
-fn kafka_mode(fault: Fault, opts: &ChaosOptions) -> bool {
-    opts.kafka || fault.needs_broker()
-}
-
-/// The report's name: `chaos-<fault>[-kafka][-<label>]-<date>`; `-kafka`
-/// marks a fault that is not the broker's run in Kafka mode.
-fn report_stem(fault: Fault, opts: &ChaosOptions, date: &str) -> String {
-    let mut stem = format!("chaos-{}", fault.name());
-    if opts.kafka && !fault.needs_broker() {
-        stem.push_str("-kafka");
-    }
-    if let Some(l) = &opts.label {
-        stem.push('-');
-        stem.push_str(l);
-    }
-    format!("{stem}-{date}")
-}
-
-fn log(msg: impl AsRef<str>) {
-    base::log(format!("chaos: {}", msg.as_ref()));
-}
-
 /// `chaos <fault>` or `chaos all`: the exit code.
 pub async fn main(opts: ChaosOptions, argv: Vec<String>) -> u8 {
     match main_inner(&opts, &argv).await {
@@ -330,7 +126,7 @@ async fn main_inner(opts: &ChaosOptions, argv: &[String]) -> Result<u8> {
             None => format!("chaos-all-{date}.md"),
         };
         let path = paths.reports.join(name);
-        let text = report::render_all(
+        let text = all::render_all(
             &outcomes,
             &errors,
             &format!("cargo run -p loadtest --release -- {}", argv.join(" ")),
@@ -340,7 +136,7 @@ async fn main_inner(opts: &ChaosOptions, argv: &[String]) -> Result<u8> {
         );
         std::fs::create_dir_all(&paths.reports)?;
         std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
-        println!("\n{}", report::table(&outcomes, &errors, &paths.root));
+        println!("\n{}", all::table(&outcomes, &errors, &paths.root));
         log(format!("summary {}", base::rel(&paths.root, &path)));
     }
     Ok(if failed {
@@ -351,231 +147,6 @@ async fn main_inner(opts: &ChaosOptions, argv: &[String]) -> Result<u8> {
         base::EXIT_OK
     })
 }
-
-/// Everything one run starts, torn down in order at the end (and by drop on
-/// an error or Ctrl-C: processes are killed, the cluster stopped).
-struct Deployment {
-    pg: Postgres,
-    redis: Redis,
-    /// Kafka mode's broker.
-    broker: Option<Broker>,
-    instances: Instances,
-    nginx: Option<Managed>,
-    front: String,
-    webhook: Receiver,
-    platform: Receiver,
-    redis_proxy: Option<proxy::ChaosProxy>,
-    pg_proxy: Option<proxy::ChaosProxy>,
-    /// The runner's own URL of the run's database (not through a proxy).
-    db_url: String,
-    /// Prometheus and Alertmanager (posting to `webhook` at /alertmanager),
-    /// or why there are none.
-    monitoring: Result<crate::prom::Stack, String>,
-}
-
-impl Deployment {
-    async fn stop(mut self) {
-        if let Ok(m) = self.monitoring.as_mut() {
-            m.stop().await;
-        }
-        if let Some(mut n) = self.nginx.take() {
-            n.stop(Duration::from_secs(5)).await;
-        }
-        self.instances.stop_all().await;
-        self.redis.stop().await;
-        if let Some(b) = self.broker.as_mut() {
-            b.stop().await;
-        }
-        // The cluster stops and its folder goes when `pg` drops.
-    }
-}
-
-async fn start_nginx(run_dir: &Path, ports: &[u16]) -> Result<(Managed, String)> {
-    let bin = nginx::find()
-        .ok_or_else(|| anyhow!("nginx is not installed (apt-get install -y nginx-light)"))?;
-    let dir = run_dir.join("nginx");
-    std::fs::create_dir_all(&dir)?;
-    let port = procs::free_port()?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx::config(&dir, port, ports))?;
-    let mut cmd = Command::new(&bin);
-    cmd.arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg(dir.join("nginx-error.log"));
-    let m = Managed::spawn("nginx", &mut cmd, &dir.join("nginx.out"), libc::SIGQUIT)?;
-    let front = format!("http://127.0.0.1:{port}");
-    Api::new(vec![front.clone()], String::new())?
-        .wait_ready(&front, Duration::from_secs(15), None)
-        .await
-        .with_context(|| {
-            format!(
-                "nginx did not answer:\n{}",
-                procs::tail(&dir.join("nginx-error.log"), 20)
-            )
-        })?;
-    Ok((m, front))
-}
-
-async fn deploy(
-    fault: Fault,
-    opts: &ChaosOptions,
-    binary: &ServerBinary,
-    run_dir: &Path,
-    clock: Clock,
-    users: usize,
-    root: &Path,
-) -> Result<Deployment> {
-    let pg = Postgres::start(run_dir).await?;
-    log(format!(
-        "{} on 127.0.0.1:{} ({})",
-        pg.version,
-        pg.port,
-        pg.data().display()
-    ));
-    let redis = Redis::start(run_dir).await?;
-    log(format!("Redis on 127.0.0.1:{}", redis.port));
-    let broker = if kafka_mode(fault, opts) {
-        let b = Broker::start(run_dir).await?;
-        log(format!(
-            "Kafka broker (tansu) on {} (storage {})",
-            b.address(),
-            run_dir.join("tansu").display()
-        ));
-        Some(b)
-    } else {
-        None
-    };
-    let webhook = Receiver::start(clock.t0).await?;
-    let platform = Receiver::start(clock.t0).await?;
-    let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let redis_proxy = match fault {
-        Fault::RedisSlow => Some(proxy::ChaosProxy::start(loopback(redis.port)).await?),
-        _ => None,
-    };
-    let pg_proxy = match fault {
-        Fault::PgSlow => Some(proxy::ChaosProxy::start(loopback(pg.port)).await?),
-        _ => None,
-    };
-    let redis_url = match &redis_proxy {
-        Some(p) => format!("redis://{}", p.addr()),
-        None => redis.url(),
-    };
-    let db_url = pg.url("commerce");
-    let service_db_url = match &pg_proxy {
-        Some(p) => format!("postgres://postgres@{}/commerce", p.addr()),
-        None => db_url.clone(),
-    };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let mut settings = vec![("data_platform.url".to_owned(), platform.url("/events"))];
-    if let Some(b) = &broker {
-        // Kafka mode: the relay publishes to the broker, each consumer
-        // group reads from it (topics made by the instances at start-up).
-        settings.push(("kafka.brokers".to_owned(), b.address()));
-    }
-    settings.extend(opts.settings.iter().cloned());
-    let env = ServerEnv {
-        db_url: service_db_url,
-        redis_url,
-        prefix: "chaos:".to_owned(),
-        admin_key: format!("chaos-admin-{}", base::random_hex(16)),
-        token_secret: base::random_hex(32),
-        workers: (cores / 2).max(1),
-        settings,
-    };
-
-    // The schema, by the server itself.
-    let migrate_log = run_dir.join("migrate.log");
-    let mut migrate = Command::new(&binary.path);
-    migrate.arg("migrate");
-    env.apply(&mut migrate, "127.0.0.1:0");
-    let mut m = Managed::spawn(
-        "commerce-server migrate",
-        &mut migrate,
-        &migrate_log,
-        libc::SIGTERM,
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = m.exited() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            m.stop(Duration::from_secs(5)).await;
-            bail!("commerce-server migrate did not finish within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    if !status.success() {
-        bail!(
-            "commerce-server migrate failed:\n{}",
-            procs::tail(&migrate_log, 20)
-        );
-    }
-    let db = setup::connect(&db_url).await?;
-    setup::seed_users(&db, users, 1_000_000).await?;
-    drop(db);
-
-    let mut instances = Instances {
-        ports: vec![procs::free_port()?, procs::free_port()?],
-        procs: vec![None, None],
-        starts: vec![0, 0],
-        bin: binary.path.clone(),
-        env,
-        webhook: webhook.url("/alerts"),
-        run_dir: run_dir.to_owned(),
-    };
-    for i in 0..2 {
-        instances.start(i).await?;
-        log(format!(
-            "commerce-server #{i} ready on 127.0.0.1:{}",
-            instances.ports[i]
-        ));
-    }
-    let (nginx, front) = start_nginx(run_dir, &instances.ports).await?;
-    log(format!("nginx on {front}"));
-    let targets: Vec<String> = instances
-        .ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let hook = webhook.url("/alertmanager");
-    let monitoring =
-        match crate::prom::Stack::start(root, &run_dir.join("prometheus"), &targets, Some(&hook))
-            .await
-        {
-            Ok(m) => {
-                if let Err(e) = m.wait_ready_to_watch(Duration::from_secs(20)).await {
-                    log(format!("Prometheus: {e:#}"));
-                }
-                log(format!("Prometheus on {}", m.prometheus_url));
-                Ok(m)
-            }
-            Err(e) => {
-                log(format!("no Prometheus for this run: {e:#}"));
-                Err(format!("{e:#}"))
-            }
-        };
-    Ok(Deployment {
-        monitoring,
-        pg,
-        redis,
-        broker,
-        instances,
-        nginx: Some(nginx),
-        front,
-        webhook,
-        platform,
-        redis_proxy,
-        pg_proxy,
-        db_url,
-    })
-}
-
 /// The load's first answer on the run's clock, read from k6's console file
 /// (k6 initialises its VUs before the first request).
 async fn wait_first_answer<T>(
@@ -928,45 +499,4 @@ async fn run_one(
         summary,
         report: md,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn opts(fault: Fault, kafka: bool, label: Option<&str>) -> ChaosOptions {
-        ChaosOptions {
-            faults: vec![fault],
-            all: false,
-            short: false,
-            kafka,
-            server_bin: None,
-            settings: Vec::new(),
-            label: label.map(str::to_owned),
-        }
-    }
-
-    #[test]
-    fn kafka_mode_for_broker_faults_and_on_request() {
-        let o = opts(Fault::RedisKill, true, None);
-        assert!(o.kafka && kafka_mode(Fault::RedisKill, &o));
-        assert_eq!(
-            report_stem(Fault::RedisKill, &o, "d"),
-            "chaos-redis-kill-kafka-d"
-        );
-        let o = opts(Fault::BrokerDown, false, Some("x"));
-        assert!(!o.kafka && kafka_mode(Fault::BrokerDown, &o));
-        assert!(!kafka_mode(Fault::RedisKill, &o));
-        assert_eq!(
-            report_stem(Fault::BrokerDown, &o, "d"),
-            "chaos-broker-down-x-d"
-        );
-    }
-
-    #[test]
-    fn a_lock_holder_is_frozen_past_its_lease() {
-        let t = Timing::new(true, Fault::LockHolderStall);
-        assert!(t.fault_for_s > 10.0);
-        assert!(t.total_s >= t.fault_at_s + t.fault_for_s + 10.0);
-    }
 }

@@ -3,14 +3,14 @@
 //! rules, every acknowledged write in PostgreSQL, no 500), and the report:
 //! the incident timeline an operator would write by hand.
 
+use super::faults::FaultWindow;
 use super::monitor::{BreakerSample, Recorded};
+use super::plan::{Fault, Timing};
 use super::stub::Received;
 use super::timeline::{self, Answer, Chart};
-use super::{Fault, FaultWindow, Outcome, Timing};
 use crate::rules::{Outcome as RuleOutcome, RuleResult};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 use tokio_postgres::Client;
 
 pub struct Input {
@@ -488,19 +488,19 @@ impl Input {
     }
 }
 
-fn secs(v: Option<f64>) -> String {
+pub(super) fn secs(v: Option<f64>) -> String {
     v.map(|s| format!("{s:.2} s"))
         .unwrap_or_else(|| "–".to_owned())
 }
 
-fn to_open_text(s: &Summary) -> String {
+pub(super) fn to_open_text(s: &Summary) -> String {
     match s.time_to_open_s {
         Some(t) => format!("{t:.2} s"),
         None => "did not open".to_owned(),
     }
 }
 
-fn to_close_text(s: &Summary) -> String {
+pub(super) fn to_close_text(s: &Summary) -> String {
     if s.breaker_never_closed {
         return "not closed".to_owned();
     }
@@ -510,7 +510,7 @@ fn to_close_text(s: &Summary) -> String {
     }
 }
 
-fn rules_text(s: &Summary) -> String {
+pub(super) fn rules_text(s: &Summary) -> String {
     let events = if !s.delivery_checked {
         ""
     } else if s.delivery_failed == 0 {
@@ -878,90 +878,5 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
             format!("**{} answers 500**", s.internal_500)
         }
     );
-    o
-}
-
-/// `chaos all`'s table.
-pub fn table(outcomes: &[Outcome], errors: &[(Fault, String)], root: &Path) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "| fault | errors during | errors after | 500s | time to open | time to close after recovery | backlog drain | rules | verdict | report |\n|---|---|---|---|---|---|---|---|---|---|"
-    );
-    for out in outcomes {
-        let s = &out.summary;
-        let _ = writeln!(
-            o,
-            "| {} | {} of {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            out.fault.name(),
-            s.errors_during,
-            s.answers_during,
-            s.errors_after,
-            s.internal_500,
-            to_open_text(s),
-            to_close_text(s),
-            secs(s.drain_s),
-            rules_text(s),
-            if out.passed { "PASS" } else { "FAIL" },
-            crate::base::rel(root, &out.report)
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-        );
-    }
-    for (f, e) in errors {
-        let _ = writeln!(
-            o,
-            "| {} | – | – | – | – | – | – | – | {} | – |",
-            f.name(),
-            e.replace('|', "\\|").replace('\n', " ")
-        );
-    }
-    o
-}
-
-pub fn render_all(
-    outcomes: &[Outcome],
-    errors: &[(Fault, String)],
-    command: &str,
-    started: &str,
-    server: &str,
-    root: &Path,
-) -> String {
-    let mut o = String::new();
-    let _ = writeln!(o, "# Chaos: every fault ({started})\n");
-    let _ = writeln!(o, "Command: `{command}`; server: {server}.\n");
-    let _ = writeln!(
-        o,
-        "Each fault is a run of its own (fresh PostgreSQL cluster, Redis, two instances, nginx), with its report beside this file. \
-         *Errors* are answers that were a 5xx or none at all; *time to close* is the slowest instance's, from when the dependency \
-         accepted connections again (breakers polled every 200 ms: ±0.2 s).\n"
-    );
-    o.push_str(&table(outcomes, errors, root));
-    o.push_str(&monitoring_table(outcomes));
-    o
-}
-
-/// Per fault: the alerts the run's Prometheus fired (scaled rules) and
-/// how many dashboard queries had data.
-pub fn monitoring_table(outcomes: &[Outcome]) -> String {
-    let mut o = String::from(
-        "\n## What Prometheus saw per fault\n\nAlerts that fired under the runs' scaled rules (every `for:` and range window divided by 30), \
-         and the dashboard's panel queries that returned data over the run (each report lists them).\n\n\
-         | fault | alerts fired | dashboard queries with data |\n|---|---|---|\n",
-    );
-    for out in outcomes {
-        let fired = if out.seen.fired.is_empty() {
-            "none".to_owned()
-        } else {
-            out.seen.fired.join(", ")
-        };
-        let panels = out
-            .seen
-            .panels
-            .map(|(d, n)| format!("{d} of {n}"))
-            .unwrap_or_else(|| "not checked".to_owned());
-        let _ = writeln!(o, "| {} | {fired} | {panels} |", out.fault.name());
-    }
     o
 }
