@@ -182,6 +182,67 @@ pub(super) async fn deploy(
     users: usize,
     root: &Path,
 ) -> Result<Deployment> {
+    let (pg, redis, broker) = start_stores(fault, opts, run_dir).await?;
+    let webhook = Receiver::start(clock.t0).await?;
+    let platform = Receiver::start(clock.t0).await?;
+    let (redis_proxy, pg_proxy) = start_proxies(fault, &redis, &pg).await?;
+    let redis_url = match &redis_proxy {
+        Some(p) => format!("redis://{}", p.addr()),
+        None => redis.url(),
+    };
+    let db_url = pg.url("commerce");
+    let service_db_url = match &pg_proxy {
+        Some(p) => format!("postgres://postgres@{}/commerce", p.addr()),
+        None => db_url.clone(),
+    };
+    let env = server_env(opts, service_db_url, redis_url, &platform, broker.as_ref());
+
+    migrate(binary, &env, run_dir).await?;
+    let db = setup::connect(&db_url).await?;
+    setup::seed_users(&db, users, 1_000_000).await?;
+    drop(db);
+
+    let mut instances = Instances {
+        ports: vec![procs::free_port()?, procs::free_port()?],
+        procs: vec![None, None],
+        starts: vec![0, 0],
+        bin: binary.path.clone(),
+        env,
+        webhook: webhook.url("/alerts"),
+        run_dir: run_dir.to_owned(),
+    };
+    for i in 0..2 {
+        instances.start(i).await?;
+        log(format!(
+            "commerce-server #{i} ready on 127.0.0.1:{}",
+            instances.ports[i]
+        ));
+    }
+    let (nginx, front) = start_nginx(run_dir, &instances.ports).await?;
+    log(format!("nginx on {front}"));
+    let monitoring = start_monitoring(root, run_dir, &instances.ports, &webhook).await;
+    Ok(Deployment {
+        monitoring,
+        pg,
+        redis,
+        broker,
+        instances,
+        nginx: Some(nginx),
+        front,
+        webhook,
+        platform,
+        redis_proxy,
+        pg_proxy,
+        db_url,
+    })
+}
+
+/// PostgreSQL and Redis of the run's own and, in Kafka mode, a broker.
+async fn start_stores(
+    fault: Fault,
+    opts: &ChaosOptions,
+    run_dir: &Path,
+) -> Result<(Postgres, Redis, Option<Broker>)> {
     let pg = Postgres::start(run_dir).await?;
     log(format!(
         "{} on 127.0.0.1:{} ({})",
@@ -202,8 +263,16 @@ pub(super) async fn deploy(
     } else {
         None
     };
-    let webhook = Receiver::start(clock.t0).await?;
-    let platform = Receiver::start(clock.t0).await?;
+    Ok((pg, redis, broker))
+}
+
+/// The TCP fault proxies the slow faults need: in front of Redis
+/// (redis-slow), in front of PostgreSQL (pg-slow).
+async fn start_proxies(
+    fault: Fault,
+    redis: &Redis,
+    pg: &Postgres,
+) -> Result<(Option<proxy::ChaosProxy>, Option<proxy::ChaosProxy>)> {
     let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let redis_proxy = match fault {
         Fault::RedisSlow => Some(proxy::ChaosProxy::start(loopback(redis.port)).await?),
@@ -213,26 +282,29 @@ pub(super) async fn deploy(
         Fault::PgSlow => Some(proxy::ChaosProxy::start(loopback(pg.port)).await?),
         _ => None,
     };
-    let redis_url = match &redis_proxy {
-        Some(p) => format!("redis://{}", p.addr()),
-        None => redis.url(),
-    };
-    let db_url = pg.url("commerce");
-    let service_db_url = match &pg_proxy {
-        Some(p) => format!("postgres://postgres@{}/commerce", p.addr()),
-        None => db_url.clone(),
-    };
+    Ok((redis_proxy, pg_proxy))
+}
+
+/// Every instance's settings: the service's own URLs (through a proxy, if
+/// any), the data platform's receiver, the broker, then `--set`.
+fn server_env(
+    opts: &ChaosOptions,
+    service_db_url: String,
+    redis_url: String,
+    platform: &Receiver,
+    broker: Option<&Broker>,
+) -> ServerEnv {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
     let mut settings = vec![("data_platform.url".to_owned(), platform.url("/events"))];
-    if let Some(b) = &broker {
+    if let Some(b) = broker {
         // Kafka mode: the relay publishes to the broker, each consumer
         // group reads from it (topics made by the instances at start-up).
         settings.push(("kafka.brokers".to_owned(), b.address()));
     }
     settings.extend(opts.settings.iter().cloned());
-    let env = ServerEnv {
+    ServerEnv {
         db_url: service_db_url,
         redis_url,
         prefix: "chaos:".to_owned(),
@@ -240,9 +312,11 @@ pub(super) async fn deploy(
         token_secret: base::random_hex(32),
         workers: (cores / 2).max(1),
         settings,
-    };
+    }
+}
 
-    // The schema, by the server itself.
+/// The schema, by the server itself (`commerce-server migrate`, bounded).
+async fn migrate(binary: &ServerBinary, env: &ServerEnv, run_dir: &Path) -> Result<()> {
     let migrate_log = run_dir.join("migrate.log");
     let mut migrate = Command::new(&binary.path);
     migrate.arg("migrate");
@@ -270,62 +344,31 @@ pub(super) async fn deploy(
             procs::tail(&migrate_log, 20)
         );
     }
-    let db = setup::connect(&db_url).await?;
-    setup::seed_users(&db, users, 1_000_000).await?;
-    drop(db);
+    Ok(())
+}
 
-    let mut instances = Instances {
-        ports: vec![procs::free_port()?, procs::free_port()?],
-        procs: vec![None, None],
-        starts: vec![0, 0],
-        bin: binary.path.clone(),
-        env,
-        webhook: webhook.url("/alerts"),
-        run_dir: run_dir.to_owned(),
-    };
-    for i in 0..2 {
-        instances.start(i).await?;
-        log(format!(
-            "commerce-server #{i} ready on 127.0.0.1:{}",
-            instances.ports[i]
-        ));
-    }
-    let (nginx, front) = start_nginx(run_dir, &instances.ports).await?;
-    log(format!("nginx on {front}"));
-    let targets: Vec<String> = instances
-        .ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
+/// Prometheus and Alertmanager watching the instances, or why there are
+/// none (the run goes on without them).
+async fn start_monitoring(
+    root: &Path,
+    run_dir: &Path,
+    ports: &[u16],
+    webhook: &Receiver,
+) -> Result<crate::prom::Stack, String> {
+    let targets: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let hook = webhook.url("/alertmanager");
-    let monitoring =
-        match crate::prom::Stack::start(root, &run_dir.join("prometheus"), &targets, Some(&hook))
-            .await
-        {
-            Ok(m) => {
-                if let Err(e) = m.wait_ready_to_watch(Duration::from_secs(20)).await {
-                    log(format!("Prometheus: {e:#}"));
-                }
-                log(format!("Prometheus on {}", m.prometheus_url));
-                Ok(m)
+    match crate::prom::Stack::start(root, &run_dir.join("prometheus"), &targets, Some(&hook)).await
+    {
+        Ok(m) => {
+            if let Err(e) = m.wait_ready_to_watch(Duration::from_secs(20)).await {
+                log(format!("Prometheus: {e:#}"));
             }
-            Err(e) => {
-                log(format!("no Prometheus for this run: {e:#}"));
-                Err(format!("{e:#}"))
-            }
-        };
-    Ok(Deployment {
-        monitoring,
-        pg,
-        redis,
-        broker,
-        instances,
-        nginx: Some(nginx),
-        front,
-        webhook,
-        platform,
-        redis_proxy,
-        pg_proxy,
-        db_url,
-    })
+            log(format!("Prometheus on {}", m.prometheus_url));
+            Ok(m)
+        }
+        Err(e) => {
+            log(format!("no Prometheus for this run: {e:#}"));
+            Err(format!("{e:#}"))
+        }
+    }
 }
