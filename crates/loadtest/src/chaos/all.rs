@@ -1,9 +1,9 @@
 //! `chaos all`'s summary: one row per fault's run, and what each run's
 //! Prometheus saw.
 
+use super::figures::Summary;
+use super::figures::{rules_text, secs, to_close_text, to_open_text};
 use super::plan::Fault;
-use super::report::Summary;
-use super::report::{rules_text, secs, to_close_text, to_open_text};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 

@@ -6,8 +6,10 @@
 //! `loadtests/README.md`, section "Chaos".
 
 mod all;
+mod checks;
 mod deploy;
 mod faults;
+mod figures;
 mod infra;
 mod monitor;
 mod plan;

@@ -2,11 +2,13 @@
 //! the fault landing in it, the settling, the checks and the report.
 
 use super::all::Outcome;
+use super::checks::{self, AckCheck, DeliveryCheck};
 use super::deploy::{deploy, Deployment};
 use super::faults::{self, FaultWindow};
+use super::figures::{self, Input};
 use super::monitor::{self, Clock, Monitor, Recorded};
 use super::plan::{log, report_stem, ChaosOptions, Fault, Timing};
-use super::report::{self, AckCheck, DeliveryCheck};
+use super::report;
 use super::stub::Received;
 use super::timeline::{self, Answer};
 use crate::base::{self, Paths};
@@ -103,7 +105,7 @@ pub(super) async fn run_one(
         platform_received,
     } = check(fault, &dep, &console, &clock).await?;
 
-    let input = report::Input {
+    let input = Input {
         fault,
         timing,
         short: opts.short,
@@ -328,7 +330,7 @@ async fn settle(
             .is_some_and(|b| b.unpublished == 0 && b.data_platform == 0);
         let delivered = match &checker {
             Some(db) if delivered_after_s.is_none() => {
-                let done = report::check_delivery(db).await.iter().all(|d| !d.failed());
+                let done = checks::check_delivery(db).await.iter().all(|d| !d.failed());
                 if done {
                     delivered_after_s = Some((clock.now_ms() - load_end_ms) / 1000.0);
                 }
@@ -415,9 +417,9 @@ async fn check(fault: Fault, dep: &Deployment, console: &Path, clock: &Clock) ->
     let answers = timeline::parse(&std::fs::read_to_string(console).unwrap_or_default(), clock);
     let db = setup::connect(&dep.db_url).await?;
     let rule_results = rules::check_all(&db).await;
-    let acks = report::check_acks(&db, &answers).await;
+    let acks = checks::check_acks(&db, &answers).await;
     let delivery = if fault.needs_broker() {
-        report::check_delivery(&db).await
+        checks::check_delivery(&db).await
     } else {
         Vec::new()
     };
@@ -458,7 +460,7 @@ fn write_report(
     opts: &ChaosOptions,
     paths: &Paths,
     started_at: &chrono::DateTime<chrono::Utc>,
-    input: &report::Input,
+    input: &Input,
     seen: prom::Seen,
 ) -> Result<Outcome> {
     let date = started_at.format("%Y-%m-%d").to_string();
@@ -466,11 +468,11 @@ fn write_report(
     std::fs::create_dir_all(&paths.reports)?;
     let svg = paths.reports.join(format!("{stem}.svg"));
     let md = paths.reports.join(format!("{stem}.md"));
-    let summary = report::summarise(input);
+    let summary = figures::summarise(input);
     input.chart(&summary).draw(&svg)?;
     let text = report::render(input, &summary, &format!("{stem}.svg"));
     std::fs::write(&md, text).with_context(|| format!("writing {}", md.display()))?;
-    for line in report::verdict_lines(&summary) {
+    for line in figures::verdict_lines(&summary) {
         log(line);
     }
     Ok(Outcome {
