@@ -166,12 +166,33 @@ fn state_of<'a>(s: &'a BreakerSample, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The figures of one run, from what it gathered.
 pub fn summarise(input: &Input) -> Summary {
-    let w = &input.window;
     let mut s = Summary {
         proxy_errors_expected: input.fault.proxy_errors_expected(),
         ..Summary::default()
     };
+    count_answers(input, &mut s);
+    track_breakers(input, &mut s);
+    breaker_times(input, &mut s);
+    measure_backlog(input, &mut s);
+
+    s.rules_failed = input.rules.iter().filter(|r| r.failed()).count();
+    s.rules_held = input
+        .rules
+        .iter()
+        .filter(|r| r.outcome == RuleOutcome::Held)
+        .count();
+    s.acks_failed = input.acks.iter().filter(|a| a.failed()).count();
+    s.delivery_checked = !input.delivery.is_empty();
+    s.delivery_failed = input.delivery.iter().filter(|d| d.failed()).count();
+    s
+}
+
+/// The answers by status, by error code, and the errors of the requests
+/// sent during the fault and after the dependency returned.
+fn count_answers(input: &Input, s: &mut Summary) {
+    let w = &input.window;
     for a in &input.answers {
         *s.statuses.entry(a.status).or_default() += 1;
         s.total += 1;
@@ -206,8 +227,11 @@ pub fn summarise(input: &Input) -> Summary {
             *s.codes.entry((a.status, code)).or_default() += 1;
         }
     }
+}
 
-    // Breakers, per instance.
+/// Breakers, per instance: each one the fault opened or left open.
+fn track_breakers(input: &Input, s: &mut Summary) {
+    let w = &input.window;
     let mut names: Vec<String> = input
         .recorded
         .breakers
@@ -270,6 +294,11 @@ pub fn summarise(input: &Input) -> Summary {
             }
         }
     }
+}
+
+/// The fault's own breaker (every breaker if it has none): the first open,
+/// the slowest close after the dependency returned.
+fn breaker_times(input: &Input, s: &mut Summary) {
     let relevant: Vec<&BreakerTrack> = s
         .tracks
         .iter()
@@ -285,8 +314,11 @@ pub fn summarise(input: &Input) -> Summary {
         .filter_map(|t| t.closed_after_return_s)
         .max_by(f64::total_cmp);
     s.slow_heal = s.time_to_close_s.is_some_and(|t| t > HEAL_BAR_S);
+}
 
-    // Backlog.
+/// The event backlog: before the fault, its peak, how soon it drained.
+fn measure_backlog(input: &Input, s: &mut Summary) {
+    let w = &input.window;
     let total = |b: &super::monitor::BacklogSample| b.unpublished.max(0) + b.data_platform.max(0);
     let backlog = &input.recorded.backlog;
     s.backlog_before = backlog
@@ -307,17 +339,6 @@ pub fn summarise(input: &Input) -> Summary {
         .find(|b| total(b) <= s.backlog_before)
         .map(|b| (b.at_ms - w.returned_ms) / 1000.0);
     s.backlog_end = backlog.last().map(|b| (b.unpublished, b.data_platform));
-
-    s.rules_failed = input.rules.iter().filter(|r| r.failed()).count();
-    s.rules_held = input
-        .rules
-        .iter()
-        .filter(|r| r.outcome == RuleOutcome::Held)
-        .count();
-    s.acks_failed = input.acks.iter().filter(|a| a.failed()).count();
-    s.delivery_checked = !input.delivery.is_empty();
-    s.delivery_failed = input.delivery.iter().filter(|d| d.failed()).count();
-    s
 }
 
 impl Input {

@@ -5,11 +5,24 @@ use super::figures::{secs, to_close_text, to_open_text, Input, Summary, HEAL_BAR
 use crate::rules::Outcome as RuleOutcome;
 use std::fmt::Write as _;
 
+/// The report of one run (Markdown), its sections in order.
 pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
-    let w = &input.window;
-    let rel = |ms: f64| (ms - input.origin_ms) / 1000.0;
-    let t = &input.timing;
     let mut o = String::new();
+    header(&mut o, input, s, svg_name);
+    setup(&mut o, input);
+    timeline(&mut o, input, s);
+    figures(&mut o, input, s);
+    breakers(&mut o, s);
+    answers(&mut o, s);
+    alerts(&mut o, input);
+    // What Prometheus saw: written by prom::chaos_section.
+    o.push_str(&input.prometheus);
+    rules(&mut o, input, s);
+    o
+}
+
+/// The title, the verdict and why, the fault, the timeline chart.
+fn header(o: &mut String, input: &Input, s: &Summary, svg_name: &str) {
     let _ = writeln!(o, "# Chaos: {} ({})\n", input.fault.name(), input.started);
     let _ = writeln!(
         o,
@@ -35,6 +48,11 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
     );
     let _ = writeln!(o, "Fault: {}.\n", input.fault.what());
     let _ = writeln!(o, "![timeline]({svg_name})\n");
+}
+
+/// What ran: the command, the server, the deployment, the load, the data.
+fn setup(o: &mut String, input: &Input) {
+    let t = &input.timing;
     let _ = writeln!(o, "## Setup\n");
     let _ = writeln!(o, "| | |\n|---|---|");
     let _ = writeln!(o, "| command | `{}` |", input.command);
@@ -80,7 +98,14 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
             .k6_exit
             .map_or_else(|| "killed".to_owned(), |c| c.to_string())
     );
+}
 
+/// The run's events in order: the fault's steps, the bursts, the alerts,
+/// the breakers seen open and closed, Prometheus's alerts, the load's end.
+fn timeline(o: &mut String, input: &Input, s: &Summary) {
+    let w = &input.window;
+    let rel = |ms: f64| (ms - input.origin_ms) / 1000.0;
+    let t = &input.timing;
     let _ = writeln!(o, "## Timeline (seconds since the load's first request)\n");
     let _ = writeln!(o, "| t | what |\n|---|---|");
     let mut events: Vec<(f64, String)> = w
@@ -123,7 +148,13 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
     for (at, text) in events {
         let _ = writeln!(o, "| {at:.2} | {text} |");
     }
+}
 
+/// The figures: the fault window, the breakers' times, the errors, the
+/// backlog, the data platform.
+fn figures(o: &mut String, input: &Input, s: &Summary) {
+    let w = &input.window;
+    let rel = |ms: f64| (ms - input.origin_ms) / 1000.0;
     let _ = writeln!(o, "\n## Figures\n");
     let _ = writeln!(o, "| figure | value |\n|---|---|");
     let _ = writeln!(
@@ -212,7 +243,10 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
         "| data platform receiver | {} requests received |",
         input.platform_received
     );
+}
 
+/// Each breaker the fault opened, per instance.
+fn breakers(o: &mut String, s: &Summary) {
     let _ = writeln!(o, "\n### Breakers per instance\n");
     if s.tracks.is_empty() {
         let _ = writeln!(o, "No breaker left `closed` on any instance.");
@@ -240,7 +274,10 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
         o,
         "\nPolled every 200 ms per instance (`GET /admin/breakers`), so each time is ±0.2 s."
     );
+}
 
+/// The answers by status and by error code.
+fn answers(o: &mut String, s: &Summary) {
     let _ = writeln!(o, "\n### Answers by status\n");
     let _ = writeln!(o, "| status | answers |\n|---|---|");
     for (status, n) in &s.statuses {
@@ -257,7 +294,11 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
             let _ = writeln!(o, "| {status} | `{code}` | {n} |");
         }
     }
+}
 
+/// The instances' own alerts, in order.
+fn alerts(o: &mut String, input: &Input) {
+    let rel = |ms: f64| (ms - input.origin_ms) / 1000.0;
     let _ = writeln!(
         o,
         "\n## Alerts the webhook received from the instances (breaker transitions), in order\n"
@@ -280,9 +321,11 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
             );
         }
     }
+}
 
-    o.push_str(&input.prometheus);
-
+/// The rules, the acknowledged writes, the events' delivery, the heal bar
+/// and no 500: each held or not.
+fn rules(o: &mut String, input: &Input, s: &Summary) {
     let _ = writeln!(o, "\n## Rules\n");
     let _ = writeln!(o, "| rule | DESIGN | result |\n|---|---|---|");
     for r in &input.rules {
@@ -336,5 +379,4 @@ pub fn render(input: &Input, s: &Summary, svg_name: &str) -> String {
             format!("**{} answers 500**", s.internal_500)
         }
     );
-    o
 }
