@@ -1,8 +1,7 @@
 //! `chaos all`'s summary: one row per fault's run, and what each run's
 //! Prometheus saw.
 
-use super::figures::Summary;
-use super::figures::{rules_text, secs, to_close_text, to_open_text};
+use super::figures::{rules_text, secs, to_close_text, to_open_text, Summary};
 use super::plan::Fault;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

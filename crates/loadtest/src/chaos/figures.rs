@@ -1,6 +1,5 @@
-//! A chaos run's figures (time to open, time to close after the dependency
-//! returned, errors during and after, backlog drain) and its verdict, from
-//! what the run gathered.
+//! A chaos run's figures (time to open, time to close after the return, errors
+//! during and after, backlog drain) and its verdict, from what the run gathered.
 
 use super::checks::{AckCheck, DeliveryCheck};
 use super::faults::FaultWindow;
