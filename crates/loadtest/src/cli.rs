@@ -1,7 +1,17 @@
-//! Command line: `loadtest <scenario> [options]`, `loadtest all [options]`,
-//! `loadtest list`, `loadtest help`.
+//! Command line (clap): `loadtest <scenario> [options]`, `loadtest all
+//! [options]`, `loadtest list`, `loadtest help`, `loadtest chaos …`.
+//!
+//! The help texts are the hand-written `USAGE` and `chaos::USAGE` (the
+//! README quotes them); clap's own help and version flags are off. Every
+//! option that takes a value takes the next word whatever it looks like
+//! (`--k6-nice -5`, `--vu-scale -1` is then refused by its check), and a
+//! repeated option overrides the earlier one, as the hand parser did.
 
+use crate::chaos::{self, ChaosOptions, Fault};
+use crate::options::{Balancer, K6Cpus, RunOptions};
 use crate::scenarios;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
@@ -57,123 +67,6 @@ exit codes: 0 passed; 1 run error; 2 usage; 3 scenario not available yet;
             all: 5 if any rule broke, else 1 if any entry failed to run (3 included),
             else 4 if any threshold was crossed, else 0; 130 on Ctrl-C";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balancer {
-    Auto,
-    Nginx,
-    K6,
-}
-
-/// The CPUs k6 is pinned to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum K6Cpus {
-    /// The first half (rounded up) of the CPUs the runner may use.
-    Half,
-    /// No pinning: k6 and the service share every CPU.
-    All,
-    /// These CPU numbers.
-    List(Vec<usize>),
-}
-
-impl K6Cpus {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "half" => return Ok(Self::Half),
-            "all" => return Ok(Self::All),
-            _ => {}
-        }
-        let bad = || format!("--k6-cpus is half, all or a CPU list such as 0,2-3, got `{text}`");
-        let mut cpus = Vec::new();
-        for part in text.split(',') {
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            let a: usize = a.trim().parse().map_err(|_| bad())?;
-            let b: usize = b.trim().parse().map_err(|_| bad())?;
-            // cpu_set_t holds CPUs 0..1024.
-            if a > b || b >= 1024 {
-                return Err(bad());
-            }
-            cpus.extend(a..=b);
-        }
-        cpus.sort_unstable();
-        cpus.dedup();
-        Ok(Self::List(cpus))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunOptions {
-    pub scenario: String,
-    pub instances: usize,
-    pub vu_scale: f64,
-    pub duration_scale: f64,
-    pub think_scale: f64,
-    pub quick: bool,
-    pub keep_running: bool,
-    pub ceiling: bool,
-    /// Ceiling measurements (None: one per burst).
-    pub ceiling_runs: Option<usize>,
-    /// Runs of a burst scenario (None: 5 for a burst, else 1).
-    pub bursts: Option<usize>,
-    pub balancer: Balancer,
-    pub workers: Option<usize>,
-    /// Where k6 runs (ceiling included).
-    pub k6_cpus: K6Cpus,
-    /// k6's scheduling priority (nice, -20..=19; ceiling included).
-    pub k6_nice: i32,
-    pub server_bin: Option<PathBuf>,
-    pub database: String,
-    pub label: Option<String>,
-    pub force: bool,
-    pub users: usize,
-    pub products: usize,
-    /// `--set KEY=VALUE`: server settings, in the order given (a later one wins).
-    pub settings: Vec<(String, String)>,
-    /// `all --only`: scenario names (empty: every scenario).
-    pub only: Vec<String>,
-    /// `all --skip`: scenario names.
-    pub skip: Vec<String>,
-}
-
-impl RunOptions {
-    fn new(scenario: String) -> Self {
-        Self {
-            scenario,
-            instances: 2,
-            vu_scale: 1.0,
-            duration_scale: 1.0,
-            think_scale: 1.0,
-            quick: false,
-            keep_running: false,
-            ceiling: true,
-            ceiling_runs: None,
-            bursts: None,
-            balancer: Balancer::Auto,
-            workers: None,
-            k6_cpus: K6Cpus::Half,
-            k6_nice: -10,
-            server_bin: None,
-            database: "commerce_load".to_owned(),
-            label: None,
-            force: false,
-            users: 10_000,
-            products: 10_000,
-            settings: Vec::new(),
-            only: Vec::new(),
-            skip: Vec::new(),
-        }
-    }
-
-    /// `--quick` folded into the scales and data sizes.
-    fn apply_quick(&mut self) {
-        if self.quick {
-            self.vu_scale *= 0.2;
-            self.duration_scale *= 0.1;
-            self.users = 1_000;
-            self.products = 1_000;
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Help,
@@ -182,14 +75,302 @@ pub enum Command {
     /// Every scenario in turn; `scenario` is "all".
     All(Box<RunOptions>),
     /// `chaos <fault>|all`: see `crate::chaos`.
-    Chaos(Box<crate::chaos::ChaosOptions>),
+    Chaos(Box<ChaosOptions>),
     ChaosHelp,
 }
 
-/// The environment variable a server setting travels in: the server reads
-/// `COMMERCE__` + the key path with `__` between levels.
-pub fn env_name(key: &str) -> String {
-    format!("COMMERCE__{}", key.to_ascii_uppercase().replace('.', "__"))
+/// The first word: a subcommand, else a scenario name.
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadtest",
+    disable_help_flag = true,
+    disable_help_subcommand = true,
+    disable_version_flag = true,
+    allow_external_subcommands = true
+)]
+struct Cli {
+    #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    #[command(subcommand)]
+    command: Option<Top>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Top {
+    /// `help`: the usage (the words after it are ignored, as before).
+    Help(Ignored),
+    /// `list`: the scenarios (the words after it are ignored, as before).
+    List(Ignored),
+    Chaos(ChaosArgs),
+    All(RunArgs),
+    /// `<scenario> [options]`: parsed again by [`ScenarioLine`].
+    #[command(external_subcommand)]
+    Scenario(Vec<String>),
+}
+
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+struct Ignored {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _rest: Vec<String>,
+}
+
+/// `<scenario> [options]`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadtest",
+    no_binary_name = true,
+    disable_help_flag = true,
+    disable_version_flag = true,
+    args_override_self = true
+)]
+struct ScenarioLine {
+    scenario: String,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// The options of a scenario run and of `all`.
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true, args_override_self = true)]
+struct RunArgs {
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = instances)]
+    instances: Option<usize>,
+    #[arg(long, value_name = "F", allow_hyphen_values = true, value_parser = vu_scale)]
+    vu_scale: Option<f64>,
+    #[arg(long, value_name = "F", allow_hyphen_values = true, value_parser = duration_scale)]
+    duration_scale: Option<f64>,
+    #[arg(long, value_name = "F", allow_hyphen_values = true, value_parser = think_scale)]
+    think_scale: Option<f64>,
+    #[arg(long)]
+    quick: bool,
+    #[arg(long)]
+    keep_running: bool,
+    #[arg(long)]
+    no_ceiling: bool,
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = ceiling_runs)]
+    ceiling_runs: Option<usize>,
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = bursts)]
+    bursts: Option<usize>,
+    #[arg(long)]
+    force: bool,
+    #[arg(long, value_name = "B", allow_hyphen_values = true, value_parser = balancer)]
+    balancer: Option<Balancer>,
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = workers)]
+    workers: Option<usize>,
+    #[arg(long, value_name = "C", allow_hyphen_values = true, value_parser = K6Cpus::parse)]
+    k6_cpus: Option<K6Cpus>,
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = k6_nice)]
+    k6_nice: Option<i32>,
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true)]
+    server_bin: Option<PathBuf>,
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true, value_parser = database)]
+    database: Option<String>,
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true, value_parser = label)]
+    label: Option<String>,
+    /// Repeatable, in order (a later one wins).
+    #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true,
+          action = clap::ArgAction::Append, value_parser = setting)]
+    settings: Vec<(String, String)>,
+    #[arg(long, value_name = "a,b", allow_hyphen_values = true,
+          action = clap::ArgAction::Append, value_parser = only)]
+    only: Vec<Names>,
+    #[arg(long, value_name = "a,b", allow_hyphen_values = true,
+          action = clap::ArgAction::Append, value_parser = skip)]
+    skip: Vec<Names>,
+    #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+/// `chaos <fault>|all [options]`.
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true, args_override_self = true)]
+struct ChaosArgs {
+    /// A fault's name or `all` (checked after parsing, for its message).
+    target: Option<String>,
+    #[arg(long)]
+    short: bool,
+    #[arg(long)]
+    kafka: bool,
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true)]
+    server_bin: Option<PathBuf>,
+    #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true,
+          action = clap::ArgAction::Append, value_parser = chaos_setting)]
+    settings: Vec<(String, String)>,
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true, value_parser = label)]
+    label: Option<String>,
+    #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+/// Scenario names of one `--only` or `--skip`.
+#[derive(Debug, Clone)]
+struct Names(Vec<String>);
+
+impl RunArgs {
+    /// The options, defaults filled in and `--quick` folded in.
+    fn into_options(self, scenario: String) -> Result<RunOptions, String> {
+        let mut o = RunOptions::new(scenario);
+        o.instances = self.instances.unwrap_or(o.instances);
+        o.vu_scale = self.vu_scale.unwrap_or(o.vu_scale);
+        o.duration_scale = self.duration_scale.unwrap_or(o.duration_scale);
+        o.think_scale = self.think_scale.unwrap_or(o.think_scale);
+        o.quick = self.quick;
+        o.keep_running = self.keep_running;
+        o.ceiling = !self.no_ceiling;
+        o.ceiling_runs = self.ceiling_runs;
+        o.bursts = self.bursts;
+        o.force = self.force;
+        o.balancer = self.balancer.unwrap_or(o.balancer);
+        o.workers = self.workers;
+        o.k6_cpus = self.k6_cpus.unwrap_or(o.k6_cpus);
+        o.k6_nice = self.k6_nice.unwrap_or(o.k6_nice);
+        o.server_bin = self.server_bin;
+        o.database = self.database.unwrap_or(o.database);
+        o.label = self.label;
+        o.settings = self.settings;
+        o.only = self.only.into_iter().flat_map(|n| n.0).collect();
+        o.skip = self.skip.into_iter().flat_map(|n| n.0).collect();
+        if o.vu_scale == 0.0 || o.duration_scale == 0.0 {
+            return Err("--vu-scale and --duration-scale must be greater than 0".to_owned());
+        }
+        o.apply_quick();
+        Ok(o)
+    }
+}
+
+impl ChaosArgs {
+    fn into_options(self) -> Result<ChaosOptions, String> {
+        let first = self
+            .target
+            .ok_or_else(|| format!("chaos needs a fault or `all`\n\n{}", chaos::USAGE))?;
+        let (faults, all) = if first == "all" {
+            (Fault::ALL.to_vec(), true)
+        } else {
+            let f = Fault::from_name(&first).ok_or_else(|| unknown_fault(&first))?;
+            (vec![f], false)
+        };
+        Ok(ChaosOptions {
+            faults,
+            all,
+            short: self.short,
+            kafka: self.kafka,
+            server_bin: self.server_bin,
+            settings: self.settings,
+            label: self.label,
+        })
+    }
+}
+
+fn unknown_fault(name: &str) -> String {
+    let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+    format!("unknown fault `{name}`; one of: {}, all", names.join(", "))
+}
+
+/// Which command line clap's error came from (for its wording).
+#[derive(Clone, Copy)]
+enum Line {
+    First,
+    Scenario,
+    Chaos,
+}
+
+/// clap's error in the words the runner has always used: a value's own
+/// check speaks for itself, an unknown or valueless option is named.
+fn message(e: &clap::Error, line: Line) -> String {
+    let arg = || match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.split(' ').next().unwrap_or(s).to_owned()),
+        _ => None,
+    };
+    match e.kind() {
+        ErrorKind::ValueValidation => {
+            if let Some(source) = std::error::Error::source(e) {
+                return source.to_string();
+            }
+        }
+        ErrorKind::UnknownArgument => {
+            if let Some(a) = arg() {
+                return match line {
+                    Line::First => format!("the scenario comes first, got `{a}`"),
+                    Line::Scenario => format!("unknown option `{a}`"),
+                    Line::Chaos => format!("chaos: unknown option `{a}`\n\n{}", chaos::USAGE),
+                };
+            }
+        }
+        ErrorKind::InvalidValue | ErrorKind::NoEquals => {
+            let empty = matches!(
+                e.get(ContextKind::InvalidValue),
+                None | Some(ContextValue::None)
+            ) || matches!(e.get(ContextKind::InvalidValue), Some(ContextValue::String(v)) if v.is_empty());
+            if let (true, Some(a)) = (empty, arg()) {
+                return format!("{a} needs a value");
+            }
+        }
+        _ => {}
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+}
+
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let cli = match Cli::try_parse_from(
+        std::iter::once("loadtest").chain(args.iter().map(String::as_str)),
+    ) {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == ErrorKind::DisplayHelp => {
+            // `chaos -h` is chaos's help; every other -h the runner's.
+            return Ok(if args.first().is_some_and(|a| a == "chaos") {
+                Command::ChaosHelp
+            } else {
+                Command::Help
+            });
+        }
+        Err(e) => {
+            let line = match args.first().map(String::as_str) {
+                Some("chaos") => Line::Chaos,
+                Some("all") => Line::Scenario,
+                _ => Line::First,
+            };
+            return Err(message(&e, line));
+        }
+    };
+    match cli.command {
+        None | Some(Top::Help(_)) => Ok(Command::Help),
+        Some(Top::List(_)) => Ok(Command::List),
+        Some(Top::Chaos(c)) => {
+            // The fault comes first: `chaos --short redis-kill` names no fault.
+            if let Some(word) = args.get(1).filter(|w| w.starts_with('-')) {
+                return Err(unknown_fault(word));
+            }
+            c.into_options().map(|o| Command::Chaos(Box::new(o)))
+        }
+        Some(Top::All(run)) => all(run.into_options("all".to_owned())?),
+        Some(Top::Scenario(words)) => {
+            let line = match ScenarioLine::try_parse_from(&words) {
+                Ok(line) => line,
+                Err(e) if e.kind() == ErrorKind::DisplayHelp => return Ok(Command::Help),
+                Err(e) => return Err(message(&e, Line::Scenario)),
+            };
+            let o = line.run.into_options(line.scenario)?;
+            if !o.only.is_empty() || !o.skip.is_empty() {
+                return Err("--only and --skip go with `all`".to_owned());
+            }
+            Ok(Command::Run(Box::new(o)))
+        }
+    }
+}
+
+/// `all`'s own checks.
+fn all(o: RunOptions) -> Result<Command, String> {
+    // Each entry's servers stop before the next one starts.
+    if o.keep_running {
+        return Err("--keep-running does not go with `all`".to_owned());
+    }
+    if crate::all_plan::plan(&o.only, &o.skip).is_empty() {
+        return Err("--only and --skip leave no scenario to run".to_owned());
+    }
+    Ok(Command::All(Box::new(o)))
 }
 
 /// `catalog.detail_cache=false` -> (`catalog.detail_cache`, `false`).
@@ -216,6 +397,15 @@ fn setting(raw: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
+/// `--set` of `chaos`: any non-empty KEY and VALUE.
+fn chaos_setting(raw: &str) -> Result<(String, String), String> {
+    let (k, v) = raw
+        .split_once('=')
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .ok_or_else(|| format!("--set takes KEY=VALUE, got `{raw}`"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
 /// `a,b` -> [a, b], each a known scenario.
 fn scenario_list(flag: &str, raw: &str) -> Result<Vec<String>, String> {
     raw.split(',')
@@ -233,8 +423,12 @@ fn scenario_list(flag: &str, raw: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
-fn value<'a>(flag: &str, it: &mut impl Iterator<Item = &'a String>) -> Result<&'a String, String> {
-    it.next().ok_or_else(|| format!("{flag} needs a value"))
+fn only(raw: &str) -> Result<Names, String> {
+    scenario_list("--only", raw).map(Names)
+}
+
+fn skip(raw: &str) -> Result<Names, String> {
+    scenario_list("--skip", raw).map(Names)
 }
 
 fn scale(flag: &str, raw: &str) -> Result<f64, String> {
@@ -251,105 +445,70 @@ fn positive(flag: &str, raw: &str) -> Result<usize, String> {
     }
 }
 
-pub fn parse(args: &[String]) -> Result<Command, String> {
-    let mut it = args.iter();
-    let first = match it.next() {
-        None => return Ok(Command::Help),
-        Some(s) => s.as_str(),
-    };
-    match first {
-        "-h" | "--help" | "help" => return Ok(Command::Help),
-        "list" => return Ok(Command::List),
-        "chaos" => {
-            let rest: Vec<String> = it.cloned().collect();
-            if rest.first().is_some_and(|a| a == "-h" || a == "--help") {
-                return Ok(Command::ChaosHelp);
-            }
-            return crate::chaos::parse(&rest).map(|o| Command::Chaos(Box::new(o)));
-        }
-        s if s.starts_with('-') => return Err(format!("the scenario comes first, got `{s}`")),
-        _ => {}
+fn instances(raw: &str) -> Result<usize, String> {
+    positive("--instances", raw)
+}
+
+fn workers(raw: &str) -> Result<usize, String> {
+    positive("--workers", raw)
+}
+
+fn ceiling_runs(raw: &str) -> Result<usize, String> {
+    positive("--ceiling-runs", raw)
+}
+
+fn bursts(raw: &str) -> Result<usize, String> {
+    positive("--bursts", raw)
+}
+
+fn vu_scale(raw: &str) -> Result<f64, String> {
+    scale("--vu-scale", raw)
+}
+
+fn duration_scale(raw: &str) -> Result<f64, String> {
+    scale("--duration-scale", raw)
+}
+
+fn think_scale(raw: &str) -> Result<f64, String> {
+    scale("--think-scale", raw)
+}
+
+fn balancer(raw: &str) -> Result<Balancer, String> {
+    match raw {
+        "auto" => Ok(Balancer::Auto),
+        "nginx" => Ok(Balancer::Nginx),
+        "k6" => Ok(Balancer::K6),
+        other => Err(format!("--balancer is auto, nginx or k6, got `{other}`")),
     }
-    let all = first == "all";
-    let mut o = RunOptions::new(first.to_owned());
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--instances" => o.instances = positive(flag, value(flag, &mut it)?)?,
-            "--vu-scale" => o.vu_scale = scale(flag, value(flag, &mut it)?)?,
-            "--duration-scale" => o.duration_scale = scale(flag, value(flag, &mut it)?)?,
-            "--think-scale" => o.think_scale = scale(flag, value(flag, &mut it)?)?,
-            "--quick" => o.quick = true,
-            "--keep-running" => o.keep_running = true,
-            "--no-ceiling" => o.ceiling = false,
-            "--ceiling-runs" => o.ceiling_runs = Some(positive(flag, value(flag, &mut it)?)?),
-            "--bursts" => o.bursts = Some(positive(flag, value(flag, &mut it)?)?),
-            "--force" => o.force = true,
-            "--balancer" => {
-                o.balancer = match value(flag, &mut it)?.as_str() {
-                    "auto" => Balancer::Auto,
-                    "nginx" => Balancer::Nginx,
-                    "k6" => Balancer::K6,
-                    other => return Err(format!("--balancer is auto, nginx or k6, got `{other}`")),
-                }
-            }
-            "--workers" => o.workers = Some(positive(flag, value(flag, &mut it)?)?),
-            "--k6-cpus" => o.k6_cpus = K6Cpus::parse(value(flag, &mut it)?)?,
-            "--k6-nice" => {
-                let v = value(flag, &mut it)?;
-                o.k6_nice = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (-20..=19).contains(n))
-                    .ok_or_else(|| format!("--k6-nice is a number from -20 to 19, got `{v}`"))?;
-            }
-            "--server-bin" => o.server_bin = Some(PathBuf::from(value(flag, &mut it)?)),
-            "--database" => {
-                let db = value(flag, &mut it)?;
-                if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(format!(
-                        "--database takes letters, digits and _, got `{db}`"
-                    ));
-                }
-                o.database = db.clone();
-            }
-            "--label" => {
-                let label = value(flag, &mut it)?;
-                if label.is_empty()
-                    || !label
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                {
-                    return Err(format!(
-                        "--label takes letters, digits, - and _, got `{label}`"
-                    ));
-                }
-                o.label = Some(label.clone());
-            }
-            "--set" => o.settings.push(setting(value(flag, &mut it)?)?),
-            "--only" => o.only.extend(scenario_list(flag, value(flag, &mut it)?)?),
-            "--skip" => o.skip.extend(scenario_list(flag, value(flag, &mut it)?)?),
-            "-h" | "--help" => return Ok(Command::Help),
-            other => return Err(format!("unknown option `{other}`")),
-        }
+}
+
+fn k6_nice(raw: &str) -> Result<i32, String> {
+    raw.parse()
+        .ok()
+        .filter(|n| (-20..=19).contains(n))
+        .ok_or_else(|| format!("--k6-nice is a number from -20 to 19, got `{raw}`"))
+}
+
+fn database(db: &str) -> Result<String, String> {
+    if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "--database takes letters, digits and _, got `{db}`"
+        ));
     }
-    if o.vu_scale == 0.0 || o.duration_scale == 0.0 {
-        return Err("--vu-scale and --duration-scale must be greater than 0".to_owned());
+    Ok(db.to_owned())
+}
+
+fn label(label: &str) -> Result<String, String> {
+    if label.is_empty()
+        || !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "--label takes letters, digits, - and _, got `{label}`"
+        ));
     }
-    o.apply_quick();
-    if !all {
-        if !o.only.is_empty() || !o.skip.is_empty() {
-            return Err("--only and --skip go with `all`".to_owned());
-        }
-        return Ok(Command::Run(Box::new(o)));
-    }
-    // Each entry's servers stop before the next one starts.
-    if o.keep_running {
-        return Err("--keep-running does not go with `all`".to_owned());
-    }
-    if crate::table::plan(&o.only, &o.skip).is_empty() {
-        return Err("--only and --skip leave no scenario to run".to_owned());
-    }
-    Ok(Command::All(Box::new(o)))
+    Ok(label.to_owned())
 }
 
 #[cfg(test)]
@@ -475,16 +634,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn env_names() {
-        assert_eq!(
-            env_name("catalog.detail_cache"),
-            "COMMERCE__CATALOG__DETAIL_CACHE"
-        );
-        assert_eq!(env_name("http.workers"), "COMMERCE__HTTP__WORKERS");
-        assert_eq!(env_name("a_1"), "COMMERCE__A_1");
-    }
-
     fn all(s: &str) -> RunOptions {
         match parse(&args(s)) {
             Ok(Command::All(o)) => *o,
@@ -517,5 +666,78 @@ mod tests {
         assert!(parse(&args("all --only charge --skip charge")).is_err());
         assert!(parse(&args("charge --only charge")).is_err());
         assert!(parse(&args("charge --skip order")).is_err());
+    }
+
+    fn chaos(s: &str) -> Result<ChaosOptions, String> {
+        match parse(&args(&format!("chaos {s}"))) {
+            Ok(Command::Chaos(o)) => Ok(*o),
+            Ok(other) => panic!("expected chaos, got {other:?}"),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[test]
+    fn chaos_parses_faults_and_options() {
+        let o = chaos("redis-kill --short --set a.b=c --label ci").unwrap();
+        assert_eq!(o.faults, vec![Fault::RedisKill]);
+        assert!(o.short && !o.all);
+        assert_eq!(o.settings, vec![("a.b".to_owned(), "c".to_owned())]);
+        assert_eq!(o.label.as_deref(), Some("ci"));
+        let all = chaos("all").unwrap();
+        assert!(all.all);
+        assert_eq!(all.faults.len(), Fault::ALL.len());
+        assert!(chaos("redis-kill --kafka").unwrap().kafka);
+        assert!(chaos("nope").is_err());
+        assert!(chaos("redis-kill --bogus").is_err());
+        assert!(chaos("redis-kill --set =x").is_err());
+        assert!(parse(&args("chaos")).is_err());
+        assert!(chaos("--short redis-kill").is_err());
+        assert_eq!(parse(&args("chaos --help")), Ok(Command::ChaosHelp));
+    }
+
+    /// The hand parser's messages, kept.
+    #[test]
+    fn messages() {
+        let err = |s: &str| parse(&args(s)).unwrap_err();
+        assert_eq!(err("charge --bogus"), "unknown option `--bogus`");
+        assert_eq!(err("charge extra"), "unknown option `extra`");
+        assert_eq!(err("charge --instances"), "--instances needs a value");
+        assert_eq!(
+            err("charge --instances 0"),
+            "--instances must be a positive integer, got `0`"
+        );
+        assert_eq!(
+            err("charge --vu-scale -1"),
+            "--vu-scale must be a non-negative number, got `-1`"
+        );
+        assert_eq!(
+            err("charge --label --a.b"),
+            "--label takes letters, digits, - and _, got `--a.b`"
+        );
+        assert_eq!(
+            err("--instances 2"),
+            "the scenario comes first, got `--instances`"
+        );
+        assert_eq!(err("all --bogus"), "unknown option `--bogus`");
+        assert!(err("chaos redis-kill --bogus").starts_with("chaos: unknown option `--bogus`"));
+        assert_eq!(
+            err("chaos nope").split(';').next(),
+            Some("unknown fault `nope`")
+        );
+    }
+
+    #[test]
+    fn help_list_and_repeats() {
+        for line in ["help", "-h", "--help", "help me", "charge --help", "all -h"] {
+            assert_eq!(parse(&args(line)), Ok(Command::Help), "{line}");
+        }
+        assert_eq!(parse(&args("list extra")), Ok(Command::List));
+        let o = run("charge --instances 2 --instances 3 --quick --quick");
+        assert_eq!(o.instances, 3);
+        assert_eq!(run("coupon-peak --k6-nice -5").k6_nice, -5);
+        assert_eq!(
+            run("charge --server-bin --weird").server_bin,
+            Some(PathBuf::from("--weird"))
+        );
     }
 }

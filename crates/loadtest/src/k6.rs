@@ -1,7 +1,7 @@
 //! Finding (or installing) k6, reading a script's scaled shape with
 //! `k6 inspect`, and running a script with a bounded wait.
 
-use crate::cli::K6Cpus;
+use crate::options::K6Cpus;
 use crate::scenarios::Shape;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};

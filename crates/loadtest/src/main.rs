@@ -2,20 +2,30 @@
 //! release instances of commerce-server and writes its report beside the
 //! seed's figures. See `loadtests/README.md`.
 
+mod all_plan;
+mod base;
+mod bursts;
 mod chaos;
 mod cli;
+mod data;
 mod k6;
 mod nginx;
+mod options;
+mod outcome;
+mod plan;
 mod probe;
 mod procs;
 mod prom;
 mod report;
 mod rules;
 mod run;
+mod run_report;
 mod scenarios;
 mod seeds;
+mod server_bin;
 mod servermetrics;
 mod setup;
+mod stack;
 mod summary;
 mod table;
 
@@ -53,13 +63,13 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-async fn main_async(opts: cli::RunOptions, argv: Vec<String>) -> u8 {
+async fn main_async(opts: options::RunOptions, argv: Vec<String>) -> u8 {
     let mut children = Children::default();
     let mut server = None;
     let outcome = tokio::select! {
         r = run::run(&opts, &argv, &mut children, &mut server) => Some(r),
         sig = stop_signal() => {
-            run::log(format!("{sig}: stopping"));
+            base::log(format!("{sig}: stopping"));
             None
         }
     };
@@ -67,25 +77,25 @@ async fn main_async(opts: cli::RunOptions, argv: Vec<String>) -> u8 {
         None => 130,
         Some(Ok(done)) => {
             if opts.keep_running && !children.is_empty() {
-                run::log(format!(
+                base::log(format!(
                     "--keep-running: serving on {}; Ctrl-C stops everything",
                     done.entry.unwrap_or_default()
                 ));
                 for c in children.describe() {
-                    run::log(format!("  {c}"));
+                    base::log(format!("  {c}"));
                 }
                 let sig = stop_signal().await;
-                run::log(format!("{sig}: stopping"));
+                base::log(format!("{sig}: stopping"));
             }
             done.exit
         }
         Some(Err(e)) => {
             eprintln!("[loadtest] error: {e:#}");
-            run::EXIT_ERROR
+            base::EXIT_ERROR
         }
     };
     if !children.is_empty() {
-        run::log("stopping servers and nginx");
+        base::log("stopping servers and nginx");
         children.stop_all().await;
     }
     code
@@ -93,26 +103,26 @@ async fn main_async(opts: cli::RunOptions, argv: Vec<String>) -> u8 {
 
 /// `loadtest all`: every entry of the plan as a normal run, one after the
 /// other, then the summary table.
-async fn run_all(base: cli::RunOptions, argv: Vec<String>) -> u8 {
+async fn run_all(base: options::RunOptions, argv: Vec<String>) -> u8 {
     let started = chrono::Utc::now();
     let wall = std::time::Instant::now();
-    let plan = table::plan(&base.only, &base.skip);
+    let plan = all_plan::plan(&base.only, &base.skip);
     // One listener for the whole loop: a Ctrl-C between two entries is kept
     // until the next poll rather than lost.
     let stop = stop_signal();
     tokio::pin!(stop);
     // The server, built once for every entry.
-    let paths = match run::Paths::locate() {
+    let paths = match base::Paths::locate() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("[loadtest] error: {e:#}");
-            return run::EXIT_ERROR;
+            return base::EXIT_ERROR;
         }
     };
     let resolved = tokio::select! {
-        r = run::server_binary(&base, &paths.root) => r,
+        r = server_bin::server_binary(&base, &paths.root) => r,
         sig = &mut stop => {
-            run::log(format!("{sig}: stopping"));
+            base::log(format!("{sig}: stopping"));
             return 130;
         }
     };
@@ -121,12 +131,12 @@ async fn run_all(base: cli::RunOptions, argv: Vec<String>) -> u8 {
             let dir = paths
                 .results
                 .join(format!("all-{}", started.format("%Y%m%d-%H%M%S")));
-            Some(run::pin_binary(bin, &dir, &paths.root))
+            Some(server_bin::pin_binary(bin, &dir, &paths.root))
         }
         Ok(bin) => Some(bin),
         Err(e) => {
             eprintln!("[loadtest] error: {e:#}");
-            return run::EXIT_ERROR;
+            return base::EXIT_ERROR;
         }
     };
     let mut rows = Vec::new();
@@ -142,7 +152,7 @@ async fn run_all(base: cli::RunOptions, argv: Vec<String>) -> u8 {
         }
         let opts = entry.options(&base);
         let entry_argv = entry.argv(&argv, opts.label.as_deref());
-        run::log(format!(
+        base::log(format!(
             "all {}/{count}: cargo run -p loadtest --release -- {}",
             i + 1,
             entry_argv.join(" ")
@@ -152,12 +162,12 @@ async fn run_all(base: cli::RunOptions, argv: Vec<String>) -> u8 {
         let outcome = tokio::select! {
             r = run::run(&opts, &entry_argv, &mut children, &mut server) => Some(r),
             sig = &mut stop => {
-                run::log(format!("{sig}: stopping"));
+                base::log(format!("{sig}: stopping"));
                 None
             }
         };
         if !children.is_empty() {
-            run::log("stopping servers and nginx");
+            base::log("stopping servers and nginx");
             children.stop_all().await;
         }
         let result = match outcome {
@@ -200,12 +210,12 @@ async fn run_all(base: cli::RunOptions, argv: Vec<String>) -> u8 {
         .and_then(|()| std::fs::write(&path, table::render(&rows, &meta)));
     println!("\n{}", table::table(&rows));
     match written {
-        Ok(()) => run::log(format!("summary {} (exit {exit})", path.display())),
+        Ok(()) => base::log(format!("summary {} (exit {exit})", path.display())),
         Err(e) => {
             eprintln!("[loadtest] error: could not write the summary: {e:#}");
             // A lost summary is a run error unless a worse code stands.
-            return if exit == run::EXIT_OK {
-                run::EXIT_ERROR
+            return if exit == base::EXIT_OK {
+                base::EXIT_ERROR
             } else {
                 exit
             };
@@ -217,7 +227,7 @@ async fn run_all(base: cli::RunOptions, argv: Vec<String>) -> u8 {
 /// `loadtest chaos …`: k6 on half the CPUs at a raised priority, as for
 /// the scenarios; Ctrl-C stops the run (its processes and cluster go with it).
 fn chaos_main(opts: chaos::ChaosOptions, argv: Vec<String>) -> ExitCode {
-    if let Err(e) = k6::pin(&cli::K6Cpus::Half).and_then(|()| k6::prioritise(-10)) {
+    if let Err(e) = k6::pin(&options::K6Cpus::Half).and_then(|()| k6::prioritise(-10)) {
         eprintln!("loadtest: {e}");
         return ExitCode::from(2);
     }
@@ -229,14 +239,14 @@ fn chaos_main(opts: chaos::ChaosOptions, argv: Vec<String>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadtest: cannot start the async runtime: {e}");
-            return ExitCode::from(run::EXIT_ERROR);
+            return ExitCode::from(base::EXIT_ERROR);
         }
     };
     let code = runtime.block_on(async move {
         tokio::select! {
             code = chaos::main(opts, argv) => code,
             sig = stop_signal() => {
-                run::log(format!("{sig}: stopping"));
+                base::log(format!("{sig}: stopping"));
                 130
             }
         }
@@ -282,7 +292,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadtest: cannot start the async runtime: {e}");
-            return ExitCode::from(run::EXIT_ERROR);
+            return ExitCode::from(base::EXIT_ERROR);
         }
     };
     let code = if all {

@@ -356,10 +356,23 @@ fn trend_row(
     );
 }
 
+/// The report, section by section.
 pub fn render(input: &ReportInput<'_>) -> String {
     let mut out = String::new();
-    let ours = input.ours;
-    let seed = input.seed.as_ref();
+    header(&mut out, input);
+    setup(&mut out, input);
+    throughput(&mut out, input);
+    latency(&mut out, input);
+    thresholds(&mut out, input);
+    checks_and_counters(&mut out, input);
+    rules(&mut out, input);
+    seed_run(&mut out, input);
+    artifacts(&mut out, input);
+    out
+}
+
+/// The title, the seed, the command and the verdict.
+fn header(out: &mut String, input: &ReportInput<'_>) {
     let (passed, why) = verdict(input);
 
     let _ = writeln!(out, "# {} — {}\n", input.scenario, input.date);
@@ -378,7 +391,10 @@ pub fn render(input: &ReportInput<'_>) -> String {
     } else {
         let _ = writeln!(out, "**Verdict: FAIL** — {}.\n", why.join("; "));
     }
+}
 
+/// The Setup table.
+fn setup(out: &mut String, input: &ReportInput<'_>) {
     let s = &input.setup;
     let _ = writeln!(out, "## Setup\n\n| | |\n|---|---|");
     let _ = writeln!(
@@ -399,8 +415,12 @@ pub fn render(input: &ReportInput<'_>) -> String {
         s.shape, s.vu_scale, s.duration_scale, s.think_scale
     );
     let _ = writeln!(out, "| data | {} |\n", s.data);
+}
 
-    // Throughput.
+/// Ours beside the ceiling and the seed: requests/s and the rest.
+fn throughput(out: &mut String, input: &ReportInput<'_>) {
+    let ours = input.ours;
+    let seed = input.seed.as_ref();
     let ceiling = input.ceiling;
     let _ = writeln!(out, "## Throughput\n");
     let _ = writeln!(
@@ -468,8 +488,13 @@ pub fn render(input: &ReportInput<'_>) -> String {
          warm-up (one `GET /health/live` per VU at the scenario's peak concurrency, at most 1 000) opens \
          the proxy's upstream connections, so the scenario and the ceiling start from the same state.\n"
     );
+}
 
-    // Latency.
+/// Every step's latency beside the seed's, the bursts, the servers' own figures.
+fn latency(out: &mut String, input: &ReportInput<'_>) {
+    let ours = input.ours;
+    let seed = input.seed.as_ref();
+    let ceiling = input.ceiling;
     let _ = writeln!(out, "## Latency per step (ms)\n");
     let _ = writeln!(
         out,
@@ -482,14 +507,14 @@ pub fn render(input: &ReportInput<'_>) -> String {
     };
     for name in ours.step_trends() {
         if let Some(t) = ours.trend(&name) {
-            trend_row(&mut out, &format!("`{name}`"), &t, seed_for(&name));
+            trend_row(out, &format!("`{name}`"), &t, seed_for(&name));
         }
     }
     if let Some(t) = ours.trend("http_req_duration") {
-        trend_row(&mut out, "all requests", &t, seed_for("http_req_duration"));
+        trend_row(out, "all requests", &t, seed_for("http_req_duration"));
     }
     if let Some(t) = ceiling.and_then(|c| c.trend("live_duration")) {
-        trend_row(&mut out, "ceiling `GET /health/live`", &t, None);
+        trend_row(out, "ceiling `GET /health/live`", &t, None);
     }
     let headline_p95 = ours.trend(input.headline).and_then(|t| t.p95);
     let ceiling_p95 = ceiling
@@ -504,7 +529,7 @@ pub fn render(input: &ReportInput<'_>) -> String {
         );
     }
     if !input.bursts.is_empty() {
-        render_bursts(&mut out, input);
+        render_bursts(out, input);
     } else if input.ceiling_p95s.len() > 1 {
         let each: Vec<String> = input.ceiling_p95s.iter().map(|v| num(*v)).collect();
         let _ = writeln!(
@@ -536,8 +561,11 @@ pub fn render(input: &ReportInput<'_>) -> String {
     out.push_str(&input.inside);
     out.push_str(&input.prometheus);
     let _ = writeln!(out);
+}
 
-    // Thresholds.
+/// k6's thresholds and whether they held.
+fn thresholds(out: &mut String, input: &ReportInput<'_>) {
+    let ours = input.ours;
     let thresholds = ours.thresholds();
     if !thresholds.is_empty() {
         let _ = writeln!(
@@ -555,8 +583,11 @@ pub fn render(input: &ReportInput<'_>) -> String {
         }
         let _ = writeln!(out);
     }
+}
 
-    // Checks and counters.
+/// k6's checks and the scripts' own counters.
+fn checks_and_counters(out: &mut String, input: &ReportInput<'_>) {
+    let ours = input.ours;
     if !ours.checks.is_empty() {
         let _ = writeln!(
             out,
@@ -575,8 +606,10 @@ pub fn render(input: &ReportInput<'_>) -> String {
         }
         let _ = writeln!(out);
     }
+}
 
-    // Rules.
+/// The rules checked in SQL.
+fn rules(out: &mut String, input: &ReportInput<'_>) {
     let _ = writeln!(
         out,
         "## Rules checked in SQL after the run\n\n| rule | DESIGN rule | result |\n|---|---|---|"
@@ -593,8 +626,11 @@ pub fn render(input: &ReportInput<'_>) -> String {
         let _ = writeln!(out, "| {} | {} | {} |", r.name, r.design_rule, result);
     }
     let _ = writeln!(out);
+}
 
-    // Seed.
+/// The seed's own run and figures.
+fn seed_run(out: &mut String, input: &ReportInput<'_>) {
+    let seed = input.seed.as_ref();
     if let Some(f) = seed {
         let _ = writeln!(out, "## The seed's run\n");
         let _ = writeln!(out, "- source: {}", f.source);
@@ -623,14 +659,16 @@ pub fn render(input: &ReportInput<'_>) -> String {
         }
         let _ = writeln!(out);
     }
+}
 
+/// The run's files.
+fn artifacts(out: &mut String, input: &ReportInput<'_>) {
     if !input.artifacts.is_empty() {
         let _ = writeln!(out, "## Artifacts (not committed)\n");
         for (what, path) in &input.artifacts {
             let _ = writeln!(out, "- {what}: `{path}`");
         }
     }
-    out
 }
 
 #[cfg(test)]

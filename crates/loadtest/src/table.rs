@@ -1,88 +1,12 @@
-//! `loadtest all`: the plan (every scenario, plus product-detail again with the
-//! detail cache off), each entry's own command line, and the summary table of
-//! `loadtests/reports/all-<date>.md`.
+//! `loadtest all`'s summary: each entry's row, the exit code of the whole,
+//! and the table of `loadtests/reports/all-<date>.md`.
 
-use crate::cli::RunOptions;
+use crate::all_plan::Entry;
+use crate::base::{EXIT_OK, EXIT_RULES, EXIT_THRESHOLDS};
+use crate::outcome::RunOutcome;
 use crate::report::{int, num, OrderCounts};
-use crate::run::{RunOutcome, EXIT_OK, EXIT_RULES, EXIT_THRESHOLDS};
-use crate::scenarios::{Scenario, SCENARIOS};
+use crate::scenarios::Scenario;
 use std::fmt::Write as _;
-
-/// One run of `all`: a scenario, maybe with its own settings and label.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub scenario: &'static Scenario,
-    /// Applied after the command line's `--set`s, so they win.
-    pub settings: Vec<(String, String)>,
-    pub label: Option<&'static str>,
-}
-
-/// Every scenario in `SCENARIOS` order that `only` (empty: all) keeps and
-/// `skip` leaves; product-detail is followed by its cache-off baseline
-/// (issue 5).
-pub fn plan(only: &[String], skip: &[String]) -> Vec<Entry> {
-    let mut out = Vec::new();
-    for s in SCENARIOS {
-        let wanted = only.is_empty() || only.iter().any(|n| n == s.name);
-        if !wanted || skip.iter().any(|n| n == s.name) {
-            continue;
-        }
-        out.push(Entry {
-            scenario: s,
-            settings: Vec::new(),
-            label: None,
-        });
-        if s.name == "product-detail" {
-            out.push(Entry {
-                scenario: s,
-                settings: vec![("catalog.detail_cache".to_owned(), "false".to_owned())],
-                label: Some("nocache"),
-            });
-        }
-    }
-    out
-}
-
-impl Entry {
-    /// `all`'s options turned into this entry's run.
-    pub fn options(&self, base: &RunOptions) -> RunOptions {
-        let mut o = base.clone();
-        o.scenario = self.scenario.name.to_owned();
-        o.settings.extend(self.settings.iter().cloned());
-        o.label = match (&base.label, self.label) {
-            (Some(a), Some(b)) => Some(format!("{a}-{b}")),
-            (Some(a), None) => Some(a.clone()),
-            (None, b) => b.map(str::to_owned),
-        };
-        o.only.clear();
-        o.skip.clear();
-        o
-    }
-
-    /// The command line that runs this entry alone (for its report):
-    /// `all`'s arguments without `all`, `--only`, `--skip` and `--label`,
-    /// then the entry's `--set`s and label.
-    pub fn argv(&self, all_argv: &[String], label: Option<&str>) -> Vec<String> {
-        let mut out = vec![self.scenario.name.to_owned()];
-        let mut it = all_argv.iter().skip(1);
-        while let Some(arg) = it.next() {
-            if matches!(arg.as_str(), "--only" | "--skip" | "--label") {
-                it.next();
-                continue;
-            }
-            out.push(arg.clone());
-        }
-        for (k, v) in &self.settings {
-            out.push("--set".to_owned());
-            out.push(format!("{k}={v}"));
-        }
-        if let Some(l) = label {
-            out.push("--label".to_owned());
-            out.push(l.to_owned());
-        }
-        out
-    }
-}
 
 pub enum RowResult {
     /// The run returned (exit 0, 3, 4 or 5; 1 when k6 itself failed).
@@ -120,7 +44,7 @@ pub fn exit_code(rows: &[Row]) -> u8 {
     if rules {
         EXIT_RULES
     } else if error {
-        crate::run::EXIT_ERROR
+        crate::base::EXIT_ERROR
     } else if thresholds {
         EXIT_THRESHOLDS
     } else {
@@ -427,7 +351,7 @@ fn row_line(row: &Row) -> String {
             exit,
             outcome: None,
         } => {
-            let why = if *exit == crate::run::EXIT_UNAVAILABLE {
+            let why = if *exit == crate::base::EXIT_UNAVAILABLE {
                 "not available: the server lacks its routes"
             } else {
                 "no figures"
@@ -540,7 +464,6 @@ pub fn render(rows: &[Row], meta: &Meta) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{self, Command};
     use crate::rules::{Outcome, RuleResult};
     use crate::scenarios::find;
     use crate::seeds;
@@ -618,75 +541,6 @@ mod tests {
             },
             label,
         }
-    }
-
-    #[test]
-    fn plan_is_every_scenario_plus_the_cache_off_baseline() {
-        let p = plan(&[], &[]);
-        assert_eq!(p.len(), SCENARIOS.len() + 1);
-        let names: Vec<String> = p
-            .iter()
-            .map(|e| format!("{}{}", e.scenario.name, e.label.unwrap_or("")))
-            .collect();
-        let at = names.iter().position(|n| n == "product-detail").unwrap();
-        assert_eq!(names[at + 1], "product-detailnocache");
-        assert_eq!(
-            p[at + 1].settings,
-            vec![("catalog.detail_cache".to_owned(), "false".to_owned())]
-        );
-        assert_eq!(names[0], "coupon-peak");
-
-        let only: Vec<String> = vec!["order".into(), "product-detail".into()];
-        let p = plan(&only, &[]);
-        let names: Vec<&str> = p.iter().map(|e| e.scenario.name).collect();
-        // SCENARIOS order, not --only's.
-        assert_eq!(names, ["product-detail", "product-detail", "order"]);
-
-        let p = plan(&[], &["product-detail".to_owned()]);
-        assert!(p.iter().all(|e| e.scenario.name != "product-detail"));
-        assert_eq!(p.len(), SCENARIOS.len() - 1);
-    }
-
-    fn all_opts(line: &str) -> (Vec<String>, RunOptions) {
-        let argv: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
-        match cli::parse(&argv) {
-            Ok(Command::All(o)) => (argv, *o),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn an_entry_is_the_run_its_command_line_says() {
-        let (argv, base) = all_opts(
-            "all --quick --only product-detail,charge --set http.workers=1 --label n1 --no-ceiling",
-        );
-        for e in plan(&base.only, &base.skip) {
-            let o = e.options(&base);
-            let line = e.argv(&argv, o.label.as_deref());
-            match cli::parse(&line) {
-                Ok(Command::Run(parsed)) => assert_eq!(*parsed, o, "{line:?}"),
-                other => panic!("{line:?}: {other:?}"),
-            }
-        }
-        let nocache = entry("product-detail", Some("nocache"));
-        let o = nocache.options(&base);
-        assert_eq!(o.label.as_deref(), Some("n1-nocache"));
-        assert_eq!(
-            o.settings,
-            vec![
-                ("http.workers".to_owned(), "1".to_owned()),
-                ("catalog.detail_cache".to_owned(), "false".to_owned()),
-            ]
-        );
-        assert_eq!(
-            nocache.argv(&argv, o.label.as_deref()).join(" "),
-            "product-detail --quick --set http.workers=1 --no-ceiling \
-             --set catalog.detail_cache=false --label n1-nocache"
-        );
-        let (argv, base) = all_opts("all");
-        let plain = entry("charge", None);
-        assert_eq!(plain.options(&base).label, None);
-        assert_eq!(plain.argv(&argv, None), vec!["charge".to_owned()]);
     }
 
     #[test]

@@ -8,6 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
+/// The runner's own PostgreSQL connections carry this application name;
+/// the `pg-connections` fault terminates every other one.
+pub const RUNNER_APP_NAME: &str = "loadtest-chaos";
+
 /// The run's clock: milliseconds since `t0`; k6's wall-clock stamps are
 /// turned into it with `unix0_ms`.
 #[derive(Debug, Clone, Copy)]
@@ -205,7 +209,7 @@ impl Drop for Monitor {
 /// A connection of the runner's own, named so the `pg-connections` fault
 /// leaves it alone.
 pub async fn connect(url: &str) -> Option<tokio_postgres::Client> {
-    let url = format!("{url}?application_name={}", super::RUNNER_APP_NAME);
+    let url = format!("{url}?application_name={}", RUNNER_APP_NAME);
     let (client, conn) = tokio::time::timeout(
         Duration::from_secs(2),
         tokio_postgres::connect(&url, tokio_postgres::NoTls),

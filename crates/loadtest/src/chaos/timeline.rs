@@ -5,6 +5,7 @@
 
 use super::monitor::{BreakerSample, Clock};
 use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -97,6 +98,12 @@ pub struct Chart<'a> {
 /// The same left margin on every panel, so their time axes line up.
 const LABEL_AREA: u32 = 150;
 
+/// The fault window's shade on the answers' and the p99's panels.
+const FAULT_SHADE: RGBAColor = RGBAColor(220, 40, 40, 0.12);
+
+/// One panel of the chart.
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
 const STATE_COLORS: [(&str, RGBColor); 4] = [
     ("closed", RGBColor(46, 160, 67)),
     ("half_open", RGBColor(230, 160, 0)),
@@ -147,7 +154,24 @@ impl Chart<'_> {
     }
 
     fn draw_inner(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-        // Rows of the breaker panel: every (instance, breaker) seen.
+        let rows = self.breaker_rows();
+        let height = 760 + 22 * rows.len() as u32;
+        let root = SVGBackend::new(path, (1200, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(&self.title, ("sans-serif", 22))?;
+        let (top, bottom) = root.split_vertically(260);
+        let (middle, bottom) = bottom.split_vertically(240);
+        let end = self.end_s.max(1.0);
+        let (counts, p99) = self.per_second();
+        self.draw_rates(&top, end, &counts)?;
+        self.draw_p99(&middle, end, &p99)?;
+        self.draw_breakers(&bottom, end, &rows)?;
+        root.present()?;
+        Ok(())
+    }
+
+    /// Rows of the breaker panel: every (instance, breaker) seen.
+    fn breaker_rows(&self) -> Vec<(usize, String)> {
         let mut names: Vec<String> = self
             .breakers
             .iter()
@@ -156,27 +180,25 @@ impl Chart<'_> {
             .collect();
         names.sort();
         names.dedup();
-        let rows: Vec<(usize, String)> = (0..self.instances)
+        (0..self.instances)
             .flat_map(|i| names.iter().map(move |n| (i, n.clone())))
-            .collect();
+            .collect()
+    }
 
-        let height = 760 + 22 * rows.len() as u32;
-        let root = SVGBackend::new(path, (1200, height)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let root = root.titled(&self.title, ("sans-serif", 22))?;
-        let (top, bottom) = root.split_vertically(260);
-        let (middle, bottom) = bottom.split_vertically(240);
-        let end = self.end_s.max(1.0);
-        let shade = RGBAColor(220, 40, 40, 0.12).filled();
+    /// Requests per second by status class.
+    fn draw_rates(
+        &self,
+        area: &Area<'_>,
+        end: f64,
+        counts: &BTreeMap<&'static str, Vec<f64>>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let shade = FAULT_SHADE.filled();
         let (fs, fe) = self.fault_s;
-        let (counts, p99) = self.per_second();
-
-        // Requests per second by status class.
         let max_rps = counts
             .values()
             .flat_map(|v| v.iter().copied())
             .fold(1.0f64, f64::max);
-        let mut chart = ChartBuilder::on(&top)
+        let mut chart = ChartBuilder::on(area)
             .caption(
                 "answers per second by status (fault window shaded)",
                 ("sans-serif", 16),
@@ -222,10 +244,20 @@ impl Chart<'_> {
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()?;
+        Ok(())
+    }
 
-        // p99 per second.
+    /// p99 per second.
+    fn draw_p99(
+        &self,
+        area: &Area<'_>,
+        end: f64,
+        p99: &[Option<f64>],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let shade = FAULT_SHADE.filled();
+        let (fs, fe) = self.fault_s;
         let max_p99 = p99.iter().flatten().copied().fold(10.0f64, f64::max);
-        let mut chart = ChartBuilder::on(&middle)
+        let mut chart = ChartBuilder::on(area)
             .caption(
                 "p99 of the answers ending in each second (ms)",
                 ("sans-serif", 16),
@@ -249,11 +281,20 @@ impl Chart<'_> {
                 .filter_map(|(i, v)| v.map(|v| (i as f64 + 0.5, v))),
             RGBColor(30, 30, 30).stroke_width(2),
         ))?;
+        Ok(())
+    }
 
-        // Breakers: one row per instance and breaker.
+    /// Breakers: one row per instance and breaker.
+    fn draw_breakers(
+        &self,
+        area: &Area<'_>,
+        end: f64,
+        rows: &[(usize, String)],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (fs, fe) = self.fault_s;
         let n_rows = rows.len().max(1);
-        let labels = rows.clone();
-        let mut chart = ChartBuilder::on(&bottom)
+        let labels = rows.to_vec();
+        let mut chart = ChartBuilder::on(area)
             .caption(
                 "breaker state per instance (green closed, orange half-open, red open, grey no answer)",
                 ("sans-serif", 16),
@@ -327,7 +368,6 @@ impl Chart<'_> {
                 BLACK.stroke_width(2),
             )))?;
         }
-        root.present()?;
         Ok(())
     }
 }

@@ -334,13 +334,13 @@ impl LoadMonitor {
                     children.push(m);
                 }
                 if let Err(e) = s.wait_ready_to_watch(Duration::from_secs(20)).await {
-                    crate::run::log(format!("Prometheus: {e:#}"));
+                    crate::base::log(format!("Prometheus: {e:#}"));
                 }
-                crate::run::log(format!("Prometheus on {}", s.prometheus_url));
+                crate::base::log(format!("Prometheus on {}", s.prometheus_url));
                 Ok(s)
             }
             Err(e) => {
-                crate::run::log(format!("no Prometheus for this run: {e:#}"));
+                crate::base::log(format!("no Prometheus for this run: {e:#}"));
                 Err(format!("{e:#}"))
             }
         };
@@ -467,7 +467,7 @@ pub async fn chaos_section(
             break;
         }
         if Instant::now() > deadline {
-            crate::run::log(format!(
+            crate::base::log(format!(
                 "Prometheus: {firing} alert(s) still firing after {limit:?}; reporting them as such"
             ));
             break;
