@@ -71,8 +71,12 @@ def crate_graph(src):
     # Names a module re-exports (`pub use child::{A, B}`, `pub use child::*`):
     # importing them through it is importing the child.
     reexports = {}
+    # Modules whose file lies elsewhere (`#[path = "…"] mod proxy;`): leaves.
+    external = set()
     for mod, path in files.items():
         text = strip(open(path, encoding="utf-8").read())
+        for name in re.findall(r"#\[path\s*=[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", text):
+            external.add(mod + (name,))
         for m in re.finditer(r"\bpub use (\w+)::(?:\{([^}]*)\}|(\w+|\*))", text):
             child = mod + (m.group(1),)
             if child not in files:
@@ -113,6 +117,9 @@ def crate_graph(src):
                     best = reexports[(target, part)]
                     break
                 target = target + (part,)
+                if target in external:
+                    best = None
+                    break
                 if target in files:
                     best = target
             if best is not None and best != mod:

@@ -258,46 +258,7 @@ async fn insert_batch(
     // PostgreSQL keeps microseconds: so does the answer.
     let now = chrono::Utc::now().trunc_subsecs(6);
     let expires_at = now + ttl;
-    let mut made = Vec::with_capacity(jobs.len());
-    let mut rows = OrderRows::default();
-    let mut item_rows = ItemRows::default();
-    for (job, id) in jobs.iter().zip(&ids) {
-        let mut total: i64 = 0;
-        let mut items = Vec::with_capacity(job.order.lines.len());
-        for line in &job.order.lines {
-            let price = prices.get(&line.product.get()).copied().unwrap_or(0);
-            total = total.saturating_add(price.saturating_mul(i64::from(line.quantity)));
-            items.push(OrderItem {
-                product_id: line.product,
-                quantity: line.quantity,
-                unit_price: price,
-            });
-            item_rows.order_id.push(id.id);
-            item_rows.product_id.push(line.product.get());
-            item_rows.quantity.push(line.quantity);
-            item_rows.unit_price.push(price);
-        }
-        let discount = job.discount.min(total);
-        rows.id.push(id.id);
-        rows.user_id.push(job.user.get());
-        rows.total.push(total);
-        rows.discount.push(discount);
-        rows.user_coupon_id
-            .push(job.order.user_coupon.map(UserCouponId::get));
-        made.push(Order {
-            id: OrderId::from_db(id.id),
-            user_id: job.user,
-            status: "pending".to_owned(),
-            total,
-            discount,
-            pay_amount: total - discount,
-            user_coupon_id: job.order.user_coupon,
-            items,
-            expires_at,
-            created_at: now,
-            paid_at: None,
-        });
-    }
+    let (made, rows, item_rows) = rows_of(jobs, &ids, &prices, now, expires_at);
     let (claimed, answered): (Vec<_>, Vec<_>) = jobs
         .iter()
         .zip(&made)
@@ -365,6 +326,57 @@ async fn insert_batch(
         // and the orders, if written, expire with theirs.
         (None, Err(e)) => Err(e.into()),
     }
+}
+
+/// The batch's orders as answered, and as column arrays for its inserts.
+fn rows_of(
+    jobs: &[Want<'_>],
+    ids: &[NextId],
+    prices: &BTreeMap<i64, i64>,
+    now: chrono::DateTime<chrono::Utc>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+) -> (Vec<Order>, OrderRows, ItemRows) {
+    let mut made = Vec::with_capacity(jobs.len());
+    let mut rows = OrderRows::default();
+    let mut item_rows = ItemRows::default();
+    for (job, id) in jobs.iter().zip(ids) {
+        let mut total: i64 = 0;
+        let mut items = Vec::with_capacity(job.order.lines.len());
+        for line in &job.order.lines {
+            let price = prices.get(&line.product.get()).copied().unwrap_or(0);
+            total = total.saturating_add(price.saturating_mul(i64::from(line.quantity)));
+            items.push(OrderItem {
+                product_id: line.product,
+                quantity: line.quantity,
+                unit_price: price,
+            });
+            item_rows.order_id.push(id.id);
+            item_rows.product_id.push(line.product.get());
+            item_rows.quantity.push(line.quantity);
+            item_rows.unit_price.push(price);
+        }
+        let discount = job.discount.min(total);
+        rows.id.push(id.id);
+        rows.user_id.push(job.user.get());
+        rows.total.push(total);
+        rows.discount.push(discount);
+        rows.user_coupon_id
+            .push(job.order.user_coupon.map(UserCouponId::get));
+        made.push(Order {
+            id: OrderId::from_db(id.id),
+            user_id: job.user,
+            status: "pending".to_owned(),
+            total,
+            discount,
+            pay_amount: total - discount,
+            user_coupon_id: job.order.user_coupon,
+            items,
+            expires_at,
+            created_at: now,
+            paid_at: None,
+        });
+    }
+    (made, rows, item_rows)
 }
 
 #[derive(QueryableByName)]

@@ -410,6 +410,27 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_addresses()?;
+        self.validate_waits()?;
+        self.validate_counts()?;
+        self.coupons
+            .validate()
+            .map_err(|e| ConfigError::section("coupons", e))?;
+        self.orders
+            .validate()
+            .map_err(|e| ConfigError::section("orders", e))?;
+        self.catalog
+            .validate()
+            .map_err(|e| ConfigError::section("catalog", e))?;
+        self.queue
+            .validate()
+            .map_err(|e| ConfigError::section("queue", e))?;
+        self.validate_auth()?;
+        self.validate_limits()
+    }
+
+    /// Every address: listen, stores, peers.
+    fn validate_addresses(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, message: String| {
             Err(ConfigError::Invalid {
                 key: key.to_owned(),
@@ -451,6 +472,33 @@ impl Settings {
                 return bad("database.replica_pool_size", "must be at least 1".into());
             }
         }
+        match url::Url::parse(&self.redis.url) {
+            Ok(u) if u.scheme() == "redis" || u.scheme() == "rediss" => {}
+            _ => return bad("redis.url", "must be a redis:// URL".into()),
+        }
+        for (key, v) in [
+            ("data_platform.url", &self.data_platform.url),
+            ("notification.url", &self.notification.url),
+            ("alerts.webhook_url", &self.alerts.webhook_url),
+        ] {
+            if let Some(u) = v {
+                if !matches!(url::Url::parse(u), Ok(p) if p.scheme() == "http" || p.scheme() == "https")
+                {
+                    return bad(key, format!("`{u}` is not an http(s) URL"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every wait is bounded: none may be zero.
+    fn validate_waits(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                message,
+            })
+        };
         for (key, v) in [
             ("database.pool_wait_ms", self.database.pool_wait_ms),
             (
@@ -481,22 +529,17 @@ impl Settings {
                 return bad(key, "must be greater than 0 (every wait is bounded)".into());
             }
         }
-        match url::Url::parse(&self.redis.url) {
-            Ok(u) if u.scheme() == "redis" || u.scheme() == "rediss" => {}
-            _ => return bad("redis.url", "must be a redis:// URL".into()),
-        }
-        for (key, v) in [
-            ("data_platform.url", &self.data_platform.url),
-            ("notification.url", &self.notification.url),
-            ("alerts.webhook_url", &self.alerts.webhook_url),
-        ] {
-            if let Some(u) = v {
-                if !matches!(url::Url::parse(u), Ok(p) if p.scheme() == "http" || p.scheme() == "https")
-                {
-                    return bad(key, format!("`{u}` is not an http(s) URL"));
-                }
-            }
-        }
+        Ok(())
+    }
+
+    /// Counts of the events, Kafka and breaker sections.
+    fn validate_counts(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                message,
+            })
+        };
         if self.events.max_attempts == 0 {
             return bad("events.max_attempts", "must be at least 1".into());
         }
@@ -520,22 +563,17 @@ impl Settings {
         if self.breaker.half_open_probes == 0 {
             return bad("breaker.half_open_probes", "must be at least 1".into());
         }
-        self.coupons
-            .validate()
-            .map_err(|e| ConfigError::section("coupons", e))?;
-        self.orders
-            .validate()
-            .map_err(|e| ConfigError::section("orders", e))?;
-        self.catalog
-            .validate()
-            .map_err(|e| ConfigError::section("catalog", e))?;
-        self.queue
-            .validate()
-            .map_err(|e| ConfigError::section("queue", e))?;
-        if self.auth.token_ttl_secs <= 0 {
-            return bad("auth.token_ttl_secs", "must be positive".into());
-        }
-        self.validate_auth()?;
+        Ok(())
+    }
+
+    /// Request limits, body size, log format.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                message,
+            })
+        };
         let r = &self.rate_limit;
         if r.enabled {
             for (key, v) in [
@@ -575,6 +613,9 @@ impl Settings {
             })
         };
         let a = &self.auth;
+        if a.token_ttl_secs <= 0 {
+            return bad("auth.token_ttl_secs", "must be positive");
+        }
         if a.production {
             match &a.admin_key {
                 Some(k) if k.expose_secret() != DEV_ADMIN_KEY && k.expose_secret().len() >= 16 => {}
