@@ -34,18 +34,26 @@ use procs::Children;
 use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// The scenarios, one block each. Written with `writeln!`, not
+/// `println!`: a reader that stops early (`list | head`) ends the listing
+/// instead of panicking on the closed pipe.
 fn list() {
-    println!("{:<15} {:<5} what", "scenario", "seed");
-    for s in scenarios::SCENARIOS {
-        println!("{:<15} {:<5} {}", s.name, s.seed, s.what);
-        println!("{:<21} headline: {}", "", s.headline);
-        let needs: Vec<String> = s
-            .needs
-            .iter()
-            .map(|e| format!("{} {}", e.method, e.path))
-            .collect();
-        println!("{:<21} needs: {}", "", needs.join(", "));
-    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = (|| -> std::io::Result<()> {
+        writeln!(out, "{:<15} {:<5} what", "scenario", "seed")?;
+        for s in scenarios::SCENARIOS {
+            writeln!(out, "{:<15} {:<5} {}", s.name, s.seed, s.what)?;
+            writeln!(out, "{:<21} headline: {}", "", s.headline)?;
+            let needs: Vec<String> = s
+                .needs
+                .iter()
+                .map(|e| format!("{} {}", e.method, e.path))
+                .collect();
+            writeln!(out, "{:<21} needs: {}", "", needs.join(", "))?;
+        }
+        Ok(())
+    })();
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
