@@ -56,6 +56,11 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis is not reachable on 127.0.0.1:6379"; exit 1; }
 
+# `ss` (the listener test reads the accept-queue bound with it).
+if ! $for_service && ! have ss; then
+  apt_install iproute2
+fi
+
 # Rust components used by CI.
 if ! $for_service && have rustup; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

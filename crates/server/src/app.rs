@@ -12,10 +12,13 @@ use commerce_accounts::token::TokenSigner;
 use commerce_coupons::Coupons;
 use commerce_resilience::{AlertSink, BreakerRegistry, LockConfig, LockManager, RedisClient};
 use secrecy::{ExposeSecret, SecretString};
-use std::net::TcpListener;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
+
+/// Connections the kernel holds for the server before it accepts them
+/// (capped by `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Longest wait for the Kafka producer's queue on shutdown.
 pub const FLUSH_BOUND: Duration = Duration::from_secs(2);
@@ -375,8 +378,6 @@ fn event_pipeline(
 /// Binds the listener and builds the HTTP server over `state`: its port
 /// (the configured one, or the one the OS chose for port 0) and the server.
 fn http_server(state: &web::Data<AppState>) -> anyhow::Result<(u16, Server)> {
-    let listener = TcpListener::bind(&state.settings.http.addr)?;
-    let port = listener.local_addr()?.port();
     let workers = match state.settings.http.workers {
         0 => std::thread::available_parallelism()
             .map(usize::from)
@@ -404,7 +405,12 @@ fn http_server(state: &web::Data<AppState>) -> anyhow::Result<(u16, Server)> {
             .default_service(web::to(no_route))
     })
     .workers(workers)
-    .backlog(4096)
+    // A sale's opening brings thousands of new connections in one second;
+    // an accept queue shorter than that drops the overflow's handshakes,
+    // and each dropped one waits out a 1 s SYN retransmit. actix applies
+    // the backlog only to sockets it binds itself (a listener bound
+    // beforehand by std keeps std's 128), hence `bind` below.
+    .backlog(LISTEN_BACKLOG)
     .shutdown_timeout(state.settings.http.shutdown_timeout_secs)
     .keep_alive(std::time::Duration::from_secs(
         state.settings.http.keep_alive_secs,
@@ -412,10 +418,14 @@ fn http_server(state: &web::Data<AppState>) -> anyhow::Result<(u16, Server)> {
     .client_request_timeout(std::time::Duration::from_millis(
         state.settings.http.client_request_timeout_ms,
     ))
-    .listen(listener)?
-    .run();
-
-    Ok((port, server))
+    .bind(&state.settings.http.addr)?;
+    // The bound port (the OS picks one for port 0).
+    let port = server
+        .addrs()
+        .first()
+        .map(std::net::SocketAddr::port)
+        .ok_or_else(|| anyhow::anyhow!("{} bound no address", state.settings.http.addr))?;
+    Ok((port, server.run()))
 }
 
 /// No route took the request: 405 with `Allow` when the path is known (for
