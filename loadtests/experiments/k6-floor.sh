@@ -8,34 +8,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 pairs=${1:-6}
-dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$dir/nginx.conf" <<CONF
-worker_processes 1;
-daemon on;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 16384; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $dir/cb; proxy_temp_path $dir/p; fastcgi_temp_path $dir/f;
-  uwsgi_temp_path $dir/u; scgi_temp_path $dir/s;
-  server {
-    listen 127.0.0.1:$port backlog=8192;
-    location /health/live { default_type application/json; return 200 '{"status":"ok"}'; }
-    location / { default_type application/json; return 409 '{"code":"sold_out","message":"sold out"}'; }
-  }
-}
-CONF
-nginx -c "$dir/nginx.conf"
-trap 'kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; rm -rf "$dir"' EXIT
-# 10 000 fake tokens: the stub reads none, k6 loads them as the scenario does.
-python3 -c "import json; print(json.dumps([{'user_id': i, 'token': 'x' * 180} for i in range(1, 10001)]))" > "$dir/tokens.json"
+source "$root/loadtests/experiments/stub-lib.sh"
+stub_start "" "location / { return 409 '{\"code\":\"sold_out\",\"message\":\"sold out\"}'; }"
 echo '{"coupon":{"id":1,"quantity":250}}' > "$dir/data.json"
-# k6 where the runner puts it (`pin`).
-source "$root/loadtests/k6-cpus.sh"
-export GOGC=off K6_SYSTEM_TAGS=status,method,name,group,check,scenario,expected_response
-base="http://127.0.0.1:$port"
 for i in $(seq 1 "$pairs"); do
   setsid -w ${pin[@]+"${pin[@]}"} k6 run -q --summary-export "$dir/c.json" -e BASE_URLS="$base" \
     -e CEILING_SCENARIO='{"executor":"per-vu-iterations","vus":500,"iterations":1,"maxDuration":"2m","exec":"default"}' \

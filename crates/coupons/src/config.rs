@@ -2,7 +2,7 @@
 //! checks. The `[coupons]` section of the server's configuration is this
 //! struct: its keys, defaults and checks live here and nowhere else.
 
-use commerce_domain::setting::{nonzero, nonzero_duration, InvalidSetting};
+use commerce_domain::setting::{nonzero, nonzero_duration, within, InvalidSetting};
 use serde::{Deserialize, Serialize};
 use serde_with::{serde_as, DurationMilliSeconds, DurationSeconds};
 use std::time::Duration;
@@ -62,12 +62,7 @@ impl CouponConfig {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         nonzero_duration("fallback_wait_ms", self.fallback_wait)?;
         nonzero_duration("reconcile_interval_secs", self.reconcile_interval)?;
-        if !(1..=1000).contains(&self.write_batch) {
-            return Err(InvalidSetting::new(
-                "write_batch",
-                "must be between 1 and 1000",
-            ));
-        }
+        within("write_batch", self.write_batch, 1..=1000)?;
         nonzero("fallback_concurrency", self.fallback_concurrency as u128)?;
         if self.worker_io {
             nonzero("worker_pool_size", self.worker_pool_size as u128)?;

@@ -43,3 +43,19 @@ pub fn nonzero_duration(
 ) -> Result<(), InvalidSetting> {
     nonzero(key, value.as_nanos())
 }
+
+/// `value` within `range` (both ends included), e.g. a batch size.
+pub fn within(
+    key: &'static str,
+    value: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<(), InvalidSetting> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(InvalidSetting::new(
+            key,
+            format!("must be between {} and {}", range.start(), range.end()),
+        ))
+    }
+}

@@ -87,22 +87,27 @@ impl Entry {
     }
 }
 
+/// An entry for a test: the named scenario, and with a label the
+/// cache-off settings.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_entry(name: &str, label: Option<&'static str>) -> Entry {
+    Entry {
+        scenario: crate::scenarios::find(name).unwrap(),
+        settings: match label {
+            Some(_) => vec![("catalog.detail_cache".into(), "false".into())],
+            None => vec![],
+        },
+        label,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::{self, Command};
-    use crate::scenarios::find;
 
-    fn entry(name: &str, label: Option<&'static str>) -> Entry {
-        Entry {
-            scenario: find(name).unwrap(),
-            settings: match label {
-                Some(_) => vec![("catalog.detail_cache".into(), "false".into())],
-                None => vec![],
-            },
-            label,
-        }
-    }
+    use super::test_entry as entry;
 
     #[test]
     fn plan_is_every_scenario_plus_the_cache_off_baseline() {

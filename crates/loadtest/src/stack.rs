@@ -130,6 +130,17 @@ async fn fresh_state(
     }
     log(format!("recreating database {}", opts.database));
     setup::drop_database(admin_url, &opts.database).await?;
+    migrate(server_bin, env, run_dir).await?;
+    let db = setup::connect(&env.db_url).await?;
+    setup::seed_users(&db, users, OPENING_BALANCE).await?;
+    log(format!(
+        "seeded {} users by COPY (balance {OPENING_BALANCE} each, with ledger rows)",
+        users
+    ));
+    Ok(db)
+}
+/// The schema, by the server itself (`commerce-server migrate`, bounded).
+pub(crate) async fn migrate(server_bin: &Path, env: &ServerEnv, run_dir: &Path) -> Result<()> {
     let migrate_log = run_dir.join("migrate.log");
     let mut migrate = Command::new(server_bin);
     migrate.arg("migrate");
@@ -157,13 +168,7 @@ async fn fresh_state(
             procs::tail(&migrate_log, 20)
         );
     }
-    let db = setup::connect(&env.db_url).await?;
-    setup::seed_users(&db, users, OPENING_BALANCE).await?;
-    log(format!(
-        "seeded {} users by COPY (balance {OPENING_BALANCE} each, with ledger rows)",
-        users
-    ));
-    Ok(db)
+    Ok(())
 }
 
 /// The instances, each waited on until ready: (base URLs, ports).

@@ -532,16 +532,7 @@ mod tests {
         })
     }
 
-    fn entry(name: &str, label: Option<&'static str>) -> Entry {
-        Entry {
-            scenario: find(name).unwrap(),
-            settings: match label {
-                Some(_) => vec![("catalog.detail_cache".into(), "false".into())],
-                None => vec![],
-            },
-            label,
-        }
-    }
+    use crate::all_plan::test_entry as entry;
 
     #[test]
     fn a_product_row_sets_ours_beside_ceiling_and_seed() {

@@ -2,7 +2,7 @@
 //! fallback. The `[orders]` section of the server's configuration is this
 //! struct: its keys, defaults and checks live here and nowhere else.
 
-use commerce_domain::setting::{nonzero, nonzero_duration, InvalidSetting};
+use commerce_domain::setting::{nonzero, nonzero_duration, within, InvalidSetting};
 use serde::{Deserialize, Serialize};
 use serde_with::{serde_as, DurationMilliSeconds, DurationSeconds};
 use std::time::Duration;
@@ -79,12 +79,7 @@ impl OrderConfig {
         nonzero_duration("ttl_secs", self.ttl)?;
         nonzero_duration("sweep_interval_ms", self.sweep_interval)?;
         nonzero_duration("fallback_wait_ms", self.fallback_wait)?;
-        if !(1..=1000).contains(&self.write_batch) {
-            return Err(InvalidSetting::new(
-                "write_batch",
-                "must be between 1 and 1000",
-            ));
-        }
+        within("write_batch", self.write_batch, 1..=1000)?;
         nonzero("fallback_concurrency", self.fallback_concurrency as u128)?;
         if self.worker_io {
             nonzero("worker_pool_size", self.worker_pool_size as u128)?;

@@ -12,7 +12,7 @@ use crate::procs::{self, Managed};
 use crate::server_bin::ServerBinary;
 use crate::setup::{self, Api};
 use crate::stack::ServerEnv;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::process::Command;
@@ -197,7 +197,7 @@ pub(super) async fn deploy(
     };
     let env = server_env(opts, service_db_url, redis_url, &platform, broker.as_ref());
 
-    migrate(binary, &env, run_dir).await?;
+    crate::stack::migrate(&binary.path, &env, run_dir).await?;
     let db = setup::connect(&db_url).await?;
     setup::seed_users(&db, users, 1_000_000).await?;
     drop(db);
@@ -313,38 +313,6 @@ fn server_env(
         workers: (cores / 2).max(1),
         settings,
     }
-}
-
-/// The schema, by the server itself (`commerce-server migrate`, bounded).
-async fn migrate(binary: &ServerBinary, env: &ServerEnv, run_dir: &Path) -> Result<()> {
-    let migrate_log = run_dir.join("migrate.log");
-    let mut migrate = Command::new(&binary.path);
-    migrate.arg("migrate");
-    env.apply(&mut migrate, "127.0.0.1:0");
-    let mut m = Managed::spawn(
-        "commerce-server migrate",
-        &mut migrate,
-        &migrate_log,
-        libc::SIGTERM,
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = m.exited() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            m.stop(Duration::from_secs(5)).await;
-            bail!("commerce-server migrate did not finish within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    if !status.success() {
-        bail!(
-            "commerce-server migrate failed:\n{}",
-            procs::tail(&migrate_log, 20)
-        );
-    }
-    Ok(())
 }
 
 /// Prometheus and Alertmanager watching the instances, or why there are
