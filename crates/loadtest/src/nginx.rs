@@ -1,7 +1,12 @@
 //! nginx in front of the instances: a generated config in the run's folder,
 //! run in the foreground as our child (`daemon off`).
 
+use crate::procs::{self, Managed};
+use crate::setup::Api;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::Command;
 
 /// nginx from Debian's packages (`nginx-light` or `nginx`), if installed.
 pub fn find() -> Option<PathBuf> {
@@ -15,6 +20,35 @@ pub fn find() -> Option<PathBuf> {
         .map(PathBuf::from)
         .find(|p| p.is_file())
     })
+}
+
+/// Starts `bin` in `run_dir/nginx` in front of `ports` on a free port and
+/// waits (at most 15 s) for it to answer: the process and its URL.
+pub async fn start(bin: &Path, run_dir: &Path, ports: &[u16]) -> Result<(Managed, String)> {
+    let dir = run_dir.join("nginx");
+    std::fs::create_dir_all(&dir)?;
+    let port = procs::free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, config(&dir, port, ports))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"));
+    let m = Managed::spawn("nginx", &mut cmd, &dir.join("nginx.out"), libc::SIGQUIT)?;
+    let front = format!("http://127.0.0.1:{port}");
+    Api::new(vec![front.clone()], String::new())?
+        .wait_ready(&front, Duration::from_secs(15), None)
+        .await
+        .with_context(|| {
+            format!(
+                "nginx did not answer:\n{}",
+                procs::tail(&dir.join("nginx-error.log"), 20)
+            )
+        })?;
+    Ok((m, front))
 }
 
 /// One address for all instances: round robin with upstream keepalive, no

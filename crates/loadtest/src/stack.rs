@@ -7,7 +7,7 @@ use crate::options::{self, Balancer, RunOptions};
 use crate::procs::{self, Children, Managed};
 use crate::scenarios::Scenario;
 use crate::{nginx, setup};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use setup::Api;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -224,34 +224,8 @@ async fn start_nginx(
     ports: &[u16],
     children: &mut Children,
 ) -> Result<(String, String)> {
-    let dir = run_dir.join("nginx");
-    std::fs::create_dir_all(&dir)?;
-    let port = procs::free_port()?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx::config(&dir, port, ports))?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg(dir.join("nginx-error.log"));
-    children.push(Managed::spawn(
-        "nginx",
-        &mut cmd,
-        &dir.join("nginx.out"),
-        libc::SIGQUIT,
-    )?);
-    let front = format!("http://127.0.0.1:{port}");
-    let api = Api::new(vec![front.clone()], String::new())?;
-    api.wait_ready(&front, Duration::from_secs(15), None)
-        .await
-        .with_context(|| {
-            format!(
-                "nginx did not answer:\n{}",
-                procs::tail(&dir.join("nginx-error.log"), 20)
-            )
-        })?;
+    let (m, front) = nginx::start(bin, run_dir, ports).await?;
+    children.push(m);
     log(format!(
         "nginx on {front} in front of {} instance(s)",
         ports.len()

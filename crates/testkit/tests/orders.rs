@@ -401,21 +401,9 @@ async fn paying_with_a_coupon_that_expired_meanwhile_is_410_coupon_expired() {
     let a = TestApp::spawn().await;
     let user = a.create_user("late").await;
     let p = products(&a, &[(1_000, 10)]).await[0];
-    let now = chrono::Utc::now();
-    let (s, coupon) = a
-        .admin_post(
-            "/admin/coupons",
-            &json!({"name": "c", "discount_amount": 300, "quantity": 5,
-                    "opens_at": now - chrono::Duration::seconds(1),
-                    "expires_at": now + chrono::Duration::hours(1)}),
-        )
-        .await;
-    assert_eq!(s, 201, "{coupon}");
+    let coupon = a.create_coupon(5, 300, -1, Some(3600)).await;
     let (s, issued) = a
-        .post_empty(
-            &format!("/api/v1/coupons/{}/issue", coupon["id"]),
-            &user.token,
-        )
+        .post_empty(&format!("/api/v1/coupons/{coupon}/issue"), &user.token)
         .await;
     assert_eq!(s, 201, "{issued}");
     a.charge(&user, 5_000).await;
@@ -426,8 +414,7 @@ async fn paying_with_a_coupon_that_expired_meanwhile_is_410_coupon_expired() {
     let mut c = a.db.conn().await;
     diesel::sql_query(format!(
         "UPDATE coupons SET opens_at = now() - interval '2 hours', \
-         expires_at = now() - interval '1 hour' WHERE id = {}",
-        coupon["id"]
+         expires_at = now() - interval '1 hour' WHERE id = {coupon}"
     ))
     .execute(&mut c)
     .await

@@ -147,30 +147,7 @@ impl Deployment {
 async fn start_nginx(run_dir: &Path, ports: &[u16]) -> Result<(Managed, String)> {
     let bin = nginx::find()
         .ok_or_else(|| anyhow!("nginx is not installed (apt-get install -y nginx-light)"))?;
-    let dir = run_dir.join("nginx");
-    std::fs::create_dir_all(&dir)?;
-    let port = procs::free_port()?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx::config(&dir, port, ports))?;
-    let mut cmd = Command::new(&bin);
-    cmd.arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg(dir.join("nginx-error.log"));
-    let m = Managed::spawn("nginx", &mut cmd, &dir.join("nginx.out"), libc::SIGQUIT)?;
-    let front = format!("http://127.0.0.1:{port}");
-    Api::new(vec![front.clone()], String::new())?
-        .wait_ready(&front, Duration::from_secs(15), None)
-        .await
-        .with_context(|| {
-            format!(
-                "nginx did not answer:\n{}",
-                procs::tail(&dir.join("nginx-error.log"), 20)
-            )
-        })?;
-    Ok((m, front))
+    nginx::start(&bin, run_dir, ports).await
 }
 
 pub(super) async fn deploy(
