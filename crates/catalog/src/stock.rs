@@ -14,7 +14,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-pub use commerce_domain::StockReserved as Reserved;
+pub use commerce_domain::{StockReserved as Reserved, StockTake as Take};
 
 /// Takes `units` of `product`, guarded (stock never below zero): the
 /// conditional update is both the reservation and the guard, and it holds
@@ -65,29 +65,39 @@ pub async fn prices_in(
         .await?)
 }
 
-/// Takes `units` of `product` if that many are left **and** its price is
+/// Takes each product's `units` if that many are left **and** its price is
 /// still `price` (a batch priced its orders before taking the stock: a
-/// price changed meanwhile must not be sold at the old one). Otherwise the
-/// statement fails with [`StorageError::CheckViolation`] on
-/// [`STOCK_CHECK`] (a changed price sets the stock to -1, which the same
-/// check refuses), so the caller's transaction is aborted by PostgreSQL
-/// itself: a batch can send its `COMMIT` right behind this statement, in
-/// the same round trip, and hold the product's row lock for no longer than
-/// the commit.
-pub async fn take_in(
-    c: &AsyncPgConnection,
-    product: i64,
-    units: i32,
-    price: i64,
-) -> Result<(), StorageError> {
+/// price changed meanwhile must not be sold at the old one), in one
+/// statement for the whole batch. Otherwise the statement fails with
+/// [`StorageError::CheckViolation`] on [`STOCK_CHECK`] (a changed price
+/// sets the stock to -1, which the same check refuses), so the caller's
+/// transaction is aborted by PostgreSQL itself: a batch can send its
+/// `COMMIT` right behind this statement, in the same round trip, and hold
+/// the products' row locks for no longer than the commit.
+///
+/// `takes` are sorted by product here: rows are then locked in id order
+/// whatever plan PostgreSQL picks (the index scan of `= ANY` walks its
+/// keys sorted, a join keeps its outer side's order), so two batches
+/// sharing products cannot deadlock.
+pub async fn take_in(c: &AsyncPgConnection, takes: &[Take]) -> Result<(), StorageError> {
+    if takes.is_empty() {
+        return Ok(());
+    }
+    let mut sorted = takes.to_vec();
+    sorted.sort_unstable_by_key(|t| t.product);
+    let ids: Vec<i64> = sorted.iter().map(|t| t.product).collect();
+    let units: Vec<i32> = sorted.iter().map(|t| t.units).collect();
+    let prices: Vec<i64> = sorted.iter().map(|t| t.price).collect();
     commerce_storage::sql::cached(
-        "UPDATE products SET stock = CASE WHEN price = $3 THEN stock - $2 ELSE -1 END, \
-                             updated_at = now() \
-         WHERE id = $1",
+        "UPDATE products p \
+         SET stock = CASE WHEN p.price = v.price THEN p.stock - v.n ELSE -1 END, \
+             updated_at = now() \
+         FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS v(id, n, price) \
+         WHERE p.id = ANY($1) AND p.id = v.id",
     )
-    .bind::<BigInt, _>(product)
-    .bind::<Integer, _>(units)
-    .bind::<BigInt, _>(price)
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<Integer>, _>(&units)
+    .bind::<Array<BigInt>, _>(&prices)
     .execute(&mut &*c)
     .await?;
     Ok(())

@@ -235,6 +235,15 @@ pub enum StockReserved {
     Unknown,
 }
 
+/// One product's part of a batch taking stock: `units` at the `price` the
+/// batch priced its orders with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockTake {
+    pub product: i64,
+    pub units: i32,
+    pub price: i64,
+}
+
 /// Why an issued coupon cannot be used now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CouponUnusable {

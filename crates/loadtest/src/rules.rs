@@ -124,6 +124,27 @@ pub const RULES: &[Rule] = &[
                     WHERE i.stock <> p.stock + COALESCE(h.held, 0)
                     LIMIT 1000) v",
     },
+    // The order path's tables carry no foreign keys (migration
+    // 2026-12-07-000008): the writer checks the ids, this checks the writer.
+    // An item without its order would drop out of the conservation rule's
+    // join above.
+    Rule {
+        name: "every order, order item and idempotency key has its parent (user, order, product)",
+        design_rule: 2,
+        tables: &["users", "products", "orders", "order_items", "idempotency_keys"],
+        sql: "SELECT count(*), string_agg(what, '; ')
+              FROM ((SELECT format('order %s: no user %s', o.id, o.user_id) AS what
+                     FROM orders o WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = o.user_id) LIMIT 1000)
+                    UNION ALL
+                    (SELECT format('item of order %s: no such order', oi.order_id)
+                     FROM order_items oi WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = oi.order_id) LIMIT 1000)
+                    UNION ALL
+                    (SELECT format('item of order %s: no product %s', oi.order_id, oi.product_id)
+                     FROM order_items oi WHERE NOT EXISTS (SELECT 1 FROM products p WHERE p.id = oi.product_id) LIMIT 1000)
+                    UNION ALL
+                    (SELECT format('key of user %s: no such user', k.user_id)
+                     FROM idempotency_keys k WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = k.user_id) LIMIT 1000)) v",
+    },
     // A flash sale (more buyers than units) never sells more than its units,
     // and its stock is what it did not sell plus what expired or cancelled
     // orders gave back (orders expire after `orders.ttl_secs`, 300 s by

@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 type Answer<'a, T> = BoxFuture<'a, Result<T, StorageError>>;
 
-pub use commerce_domain::{CouponUnusable as Unusable, StockReserved as Reserved};
+pub use commerce_domain::{
+    CouponUnusable as Unusable, StockReserved as Reserved, StockTake as Take,
+};
 
 /// Product stock (owned by the catalog).
 pub trait Stock: Send + Sync {
@@ -35,16 +37,11 @@ pub trait Stock: Send + Sync {
         c: &'a AsyncPgConnection,
         ids: &'a [i64],
     ) -> Answer<'a, Vec<(i64, i64)>>;
-    /// Takes `units` if that many are left and the price is still `price`;
-    /// otherwise fails with [`StorageError::CheckViolation`], which aborts
-    /// the transaction (so a `COMMIT` may follow it in the same round trip).
-    fn take<'a>(
-        &'a self,
-        c: &'a AsyncPgConnection,
-        product: i64,
-        units: i32,
-        price: i64,
-    ) -> Answer<'a, ()>;
+    /// Takes each product's units if that many are left and its price is
+    /// still the one given, in one statement; otherwise fails with
+    /// [`StorageError::CheckViolation`], which aborts the transaction (so a
+    /// `COMMIT` may follow it in the same round trip).
+    fn take<'a>(&'a self, c: &'a AsyncPgConnection, takes: &'a [Take]) -> Answer<'a, ()>;
     /// Gives (product, units) back; the caller makes this exactly once.
     fn give_back<'a>(&'a self, c: &'a AsyncPgConnection, units: &'a [(i64, i32)])
         -> Answer<'a, ()>;

@@ -7,7 +7,7 @@
 
 use crate::error::OrderError;
 use crate::model::{NewOrder, Order, OrderItem};
-use crate::seams::Seams;
+use crate::seams::{Seams, Take};
 use crate::store::create_in;
 use chrono::SubsecRound;
 use commerce_domain::{OrderId, UserCouponId, UserId};
@@ -195,7 +195,7 @@ struct Want<'a> {
 /// second right behind the statements it commits:
 /// 1. `BEGIN`, the products' prices (no lock) and the new orders' ids;
 /// 2. each key claimed with its answer, the orders, their items, the
-///    answers of keys claimed earlier, each product's stock taken once for
+///    answers of keys claimed earlier, every product's stock taken in one statement for
 ///    the whole batch (guarded, in id order), then `COMMIT`.
 ///
 /// Every statement of (2) that cannot do its part fails, and a failure
@@ -297,14 +297,19 @@ async fn insert_batch(
     let saved = idempotency::complete_many(db, &answered);
     // The price is part of the guard: a price changed since it was read
     // sends the batch down the lone path, which prices atomically.
-    let takes = futures::future::join_all(wanted.iter().map(|(&product, &units)| {
-        let price = prices.get(&product).copied().unwrap_or(0);
-        seams.stock.take(db, product, units, price)
-    }));
+    let takes: Vec<Take> = wanted
+        .iter()
+        .map(|(&product, &units)| Take {
+            product,
+            units,
+            price: prices.get(&product).copied().unwrap_or(0),
+        })
+        .collect();
+    let taken = seams.stock.take(db, &takes);
     let commit = tx::commit(db);
     // Polled in this order, so sent in this order (one round trip).
-    let (claims, inserted, items, saved, takes, commit) =
-        futures::join!(claims, inserted, items, saved, takes, commit);
+    let (claims, inserted, items, saved, taken, commit) =
+        futures::join!(claims, inserted, items, saved, taken, commit);
     // The first failure is the cause; every statement after it failed
     // because the transaction was aborted, and the COMMIT rolled back.
     let failed = [
@@ -312,10 +317,10 @@ async fn insert_batch(
         inserted.err().map(StorageError::from),
         items.err().map(StorageError::from),
         saved.err(),
+        taken.err(),
     ]
     .into_iter()
     .flatten()
-    .chain(takes.into_iter().filter_map(Result::err))
     .next();
     match (failed, commit) {
         (None, Ok(_)) => Ok(made),

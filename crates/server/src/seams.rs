@@ -7,7 +7,7 @@ use commerce_accounts::ledger::{self, Entry, Kind};
 use commerce_catalog::stock;
 use commerce_coupons::redeem;
 use commerce_domain::{OrderId, ProductId, UserCouponId, UserId};
-use commerce_orders::seams::{CouponBook, Debit, Reserved, Seams, Stock, Unusable, Wallet};
+use commerce_orders::seams::{CouponBook, Debit, Reserved, Seams, Stock, Take, Unusable, Wallet};
 use commerce_storage::StorageError;
 use diesel_async::AsyncPgConnection;
 use futures::future::BoxFuture;
@@ -45,14 +45,8 @@ impl Stock for CatalogStock {
         stock::prices_in(c, ids).boxed()
     }
 
-    fn take<'a>(
-        &'a self,
-        c: &'a AsyncPgConnection,
-        product: i64,
-        units: i32,
-        price: i64,
-    ) -> Answer<'a, ()> {
-        stock::take_in(c, product, units, price).boxed()
+    fn take<'a>(&'a self, c: &'a AsyncPgConnection, takes: &'a [Take]) -> Answer<'a, ()> {
+        stock::take_in(c, takes).boxed()
     }
 
     fn give_back<'a>(

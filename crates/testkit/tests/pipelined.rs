@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use commerce_catalog::stock::{take_in, STOCK_CHECK};
+use commerce_catalog::stock::{take_in, Take, STOCK_CHECK};
 use commerce_storage::{sql::cached, tx, StorageError};
 use commerce_testkit::TestApp;
 use diesel::sql_types::{BigInt, Integer, Text};
@@ -61,12 +61,13 @@ async fn batch(
     let insert = cached("INSERT INTO products (name, price, stock) VALUES ($1, 1, 1)")
         .bind::<Text, _>(mark)
         .execute(&mut &*c);
-    let (begun, inserted, taken, committed) = futures::join!(
-        tx::begin(c),
-        insert,
-        take_in(c, p, units, price),
-        tx::commit(c)
-    );
+    let takes = [Take {
+        product: p,
+        units,
+        price,
+    }];
+    let (begun, inserted, taken, committed) =
+        futures::join!(tx::begin(c), insert, take_in(c, &takes), tx::commit(c));
     begun.unwrap();
     inserted.unwrap();
     committed.unwrap();
@@ -116,12 +117,13 @@ async fn statements_being_prepared_keep_their_place_before_the_commit() {
         let mark = format!("round-{round}");
         let sql = format!("INSERT INTO products (name, price, stock) VALUES ($1, {round}, 1)");
         let insert = cached(&sql).bind::<Text, _>(&mark).execute(&mut &*c);
-        let (begun, inserted, taken, committed) = futures::join!(
-            tx::begin(&c),
-            insert,
-            take_in(&c, p, 2, 100),
-            tx::commit(&c)
-        );
+        let takes = [Take {
+            product: p,
+            units: 2,
+            price: 100,
+        }];
+        let (begun, inserted, taken, committed) =
+            futures::join!(tx::begin(&c), insert, take_in(&c, &takes), tx::commit(&c));
         begun.unwrap();
         inserted.unwrap();
         committed.unwrap();
@@ -135,4 +137,117 @@ async fn statements_being_prepared_keep_their_place_before_the_commit() {
             "round {round}"
         );
     }
+}
+
+async fn stock_of(c: &mut AsyncPgConnection, id: i64) -> i32 {
+    stock_and_marks(c, id, "").await.0
+}
+
+#[tokio::test]
+async fn a_batch_takes_every_product_or_none() {
+    let app = TestApp::spawn().await;
+    let mut c = commerce_storage::conn(&app.state.db).await.unwrap();
+    let a = product(&mut c, "a", 100, 5).await;
+    let b = product(&mut c, "b", 50, 1).await;
+    let take = |product, units, price| Take {
+        product,
+        units,
+        price,
+    };
+
+    // b is short: a's units stay too.
+    let short = take_in(&c, &[take(a, 2, 100), take(b, 2, 50)]).await;
+    assert!(
+        matches!(&short, Err(StorageError::CheckViolation(name)) if name == STOCK_CHECK),
+        "{short:?}"
+    );
+    assert_eq!(
+        (stock_of(&mut c, a).await, stock_of(&mut c, b).await),
+        (5, 1)
+    );
+
+    // a's price changed: b's unit stays too.
+    let repriced = take_in(&c, &[take(b, 1, 50), take(a, 1, 99)]).await;
+    assert!(
+        matches!(&repriced, Err(StorageError::CheckViolation(_))),
+        "{repriced:?}"
+    );
+    assert_eq!(
+        (stock_of(&mut c, a).await, stock_of(&mut c, b).await),
+        (5, 1)
+    );
+
+    // Both there, given in any order: both taken.
+    take_in(&c, &[take(b, 1, 50), take(a, 2, 100)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (stock_of(&mut c, a).await, stock_of(&mut c, b).await),
+        (3, 0)
+    );
+}
+
+/// Two batches sharing products must lock them in the same order, or each
+/// can hold the row the other waits for (a deadlock: both batches fail).
+/// Here the higher id is held elsewhere and a take lists it first: the take
+/// must already hold the lower id while it waits.
+#[tokio::test]
+async fn a_batch_locks_its_products_in_id_order() {
+    let app = TestApp::spawn().await;
+    let mut setup = commerce_storage::conn(&app.state.db).await.unwrap();
+    let low = product(&mut setup, "low", 10, 5).await;
+    let high = product(&mut setup, "high", 10, 5).await;
+    assert!(low < high);
+
+    let holder = commerce_storage::conn(&app.state.db).await.unwrap();
+    tx::begin(&holder).await.unwrap();
+    cached("SELECT id FROM products WHERE id = $1 FOR UPDATE")
+        .bind::<BigInt, _>(high)
+        .execute(&mut &*holder)
+        .await
+        .unwrap();
+
+    let taker = commerce_storage::conn(&app.state.db).await.unwrap();
+    let takes = [
+        Take {
+            product: high,
+            units: 1,
+            price: 10,
+        },
+        Take {
+            product: low,
+            units: 1,
+            price: 10,
+        },
+    ];
+    let waiting = tokio::spawn(async move {
+        tx::begin(&taker).await.unwrap();
+        let taken = take_in(&taker, &takes).await;
+        tx::commit(&taker).await.unwrap();
+        taken
+    });
+
+    // Until the taker holds `low` (it waits on `high` meanwhile).
+    let mut held = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let probe = cached("SELECT id FROM products WHERE id = $1 FOR UPDATE NOWAIT")
+            .bind::<BigInt, _>(low)
+            .execute(&mut setup)
+            .await;
+        if probe.is_err() {
+            held = true;
+            break;
+        }
+    }
+    assert!(held, "the take did not lock the lower id first");
+    assert!(
+        !waiting.is_finished(),
+        "the take did not wait for the higher id"
+    );
+
+    tx::commit(&holder).await.unwrap();
+    waiting.await.unwrap().unwrap();
+    assert_eq!(stock_of(&mut setup, low).await, 4);
+    assert_eq!(stock_of(&mut setup, high).await, 4);
 }

@@ -150,11 +150,7 @@ pub async fn create(
     };
     // The order's batch claims the key with the order in one transaction.
     let answer = idempotency::answer_for(claim, StatusCode::CREATED, present);
-    match state
-        .orders
-        .create_claiming(user.0, &new, hold, answer)
-        .await
-    {
+    match io.orders.create_claiming(user.0, &new, hold, answer).await {
         Ok(order) => return Ok(HttpResponse::Created().json(present(&order))),
         Err(OrderError::NotClaimed) => {}
         Err(e) => {
