@@ -53,7 +53,9 @@ impl Description {
                 format!("description must be at most {} characters", Self::MAX_CHARS),
             ));
         }
-        if trimmed
+        // What was sent, not what trimming leaves: a carriage return or a
+        // form feed at either end is refused as the schema says.
+        if raw
             .chars()
             .any(|c| c.is_control() && c != '\n' && c != '\t')
         {
@@ -332,6 +334,10 @@ mod tests {
             ParseCode::InvalidDescription
         );
         assert!(Description::parse(&"d".repeat(5_001)).is_err());
+        // Trimmed ends are checked too (the schema refuses them).
+        assert!(Description::parse("ends with a return\r").is_err());
+        assert!(Description::parse("\u{c}starts with a form feed").is_err());
+        assert!(Description::parse("trailing line break\n").is_ok());
     }
 
     #[test]

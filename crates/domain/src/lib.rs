@@ -177,7 +177,10 @@ pub fn parse_name(raw: &str, max_chars: usize) -> Result<String, ParseError> {
             format!("name must be at most {max_chars} characters"),
         ));
     }
-    if trimmed.chars().any(char::is_control) {
+    // Anywhere in what was sent: a control character at either end (a
+    // tab, a form feed) is refused like one inside, as the schema says,
+    // not trimmed away.
+    if raw.chars().any(char::is_control) {
         return Err(ParseError::new(
             ParseCode::InvalidName,
             "name must not contain control characters",
@@ -299,6 +302,10 @@ mod tests {
         assert!(UserName::parse("   ").is_err());
         assert!(UserName::parse(&"x".repeat(65)).is_err());
         assert!(UserName::parse("a\u{0}b").is_err());
+        // Schemathesis found these accepted (trimmed) against the schema.
+        assert!(UserName::parse("\u{fd}\u{c}").is_err());
+        assert!(UserName::parse("\tkim").is_err());
+        assert!(UserName::parse("kim\n").is_err());
         assert!(UserName::parse(&"가".repeat(64)).is_ok());
     }
 
