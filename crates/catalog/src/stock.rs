@@ -78,7 +78,8 @@ pub async fn prices_in(
 /// `takes` are sorted by product here: rows are then locked in id order
 /// whatever plan PostgreSQL picks (the index scan of `= ANY` walks its
 /// keys sorted, a join keeps its outer side's order), so two batches
-/// sharing products cannot deadlock.
+/// sharing products cannot deadlock. Each product appears once in `takes`
+/// (a batch sums its orders' units per product first).
 pub async fn take_in(c: &AsyncPgConnection, takes: &[Take]) -> Result<(), StorageError> {
     if takes.is_empty() {
         return Ok(());

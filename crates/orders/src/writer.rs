@@ -195,8 +195,8 @@ struct Want<'a> {
 /// second right behind the statements it commits:
 /// 1. `BEGIN`, the products' prices (no lock) and the new orders' ids;
 /// 2. each key claimed with its answer, the orders, their items, the
-///    answers of keys claimed earlier, every product's stock taken in one statement for
-///    the whole batch (guarded, in id order), then `COMMIT`.
+///    answers of keys claimed earlier, the stock of every product taken in
+///    one statement (guarded, in id order), then `COMMIT`.
 ///
 /// Every statement of (2) that cannot do its part fails, and a failure
 /// aborts the transaction, so PostgreSQL turns the `COMMIT` into a
